@@ -1,0 +1,212 @@
+"""The CAM model: a torchvision backbone cut after a chosen stage, global average pooling and a
+linear classifier, with the class activation maps computed in one place.
+
+Zhou et al., "Learning Deep Features for Discriminative Localization" (CVPR 2016): with GAP before
+the classifier, the score of class c is ``S_c = sum_k w_ck * mean_xy f_k(x, y)``, so the map
+``M_c(x, y) = sum_k w_ck f_k(x, y)`` shows where the evidence for c lies (its mean is S_c minus
+the bias).
+
+Adding a backbone means one entry in ``BACKBONES``; heads read only ``features`` (N×C×h×w), so a
+multi-label head or the ACoL heads attach without another copy of the backbone.
+"""
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from utils import CamlabError
+
+# name -> (constructor, ImageNet weights enum). Every torchvision ResNet shares the stage names.
+BACKBONES: dict[str, tuple[Callable[..., nn.Module], torchvision.models.WeightsEnum]] = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V2),
+    "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights.IMAGENET1K_V2),
+    "resnet152": (torchvision.models.resnet152, torchvision.models.ResNet152_Weights.IMAGENET1K_V2),
+}
+STEM = ("conv1", "bn1", "relu", "maxpool")
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+# Seconds a download of ImageNet weights may stall before we give up and train from random init.
+DOWNLOAD_TIMEOUT_S = 10.0
+RANDOM_INIT = "random init"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that shapes the model's parameters; saved beside every checkpoint."""
+
+    num_classes: int = 10
+    backbone: str = "resnet18"
+    cut: str = "layer2"
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise CamlabError(f"--backbone {self.backbone!r}: choose from {', '.join(BACKBONES)}")
+        if self.cut not in STAGES:
+            raise CamlabError(f"--cut {self.cut!r}: choose from {', '.join(STAGES)}")
+        if self.num_classes < 1:
+            raise CamlabError(f"num_classes must be at least 1, got {self.num_classes}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------- weights
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """A download that cannot reach its host must fail in seconds, not hang."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _imagenet_state_dict(backbone: str) -> dict | None:
+    """torchvision's ImageNet weights from the torch hub cache, else a download; None if neither."""
+    weights = BACKBONES[backbone][1]
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            return weights.get_state_dict(progress=False, weights_only=True)
+    except Exception as err:  # URLError, timeouts, a corrupt cache file: all mean "not available"
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        print(f"warning: ImageNet weights for {backbone} could not be loaded ({reason}); "
+              f"training from random init instead", file=sys.stderr)
+        return None
+
+
+def _file_state_dict(path: Path) -> dict:
+    """A torchvision-format state dict saved with ``torch.save``, read without unpickling code."""
+    if not path.is_file():
+        raise CamlabError(f"--weights {path}: no such file (use 'imagenet', 'none' or a .pth path)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise CamlabError(f"--weights {path}: not a loadable state dict ({reason})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a whole training checkpoint of ours: take its weights
+    if not isinstance(state, dict):
+        raise CamlabError(f"--weights {path}: expected a state dict, found {type(state).__name__}")
+    return {k.removeprefix("backbone."): v for k, v in state.items()}
+
+
+def resolve_weights(spec: str, backbone: str) -> tuple[dict | None, str]:
+    """``(state_dict or None, description of the weights actually used)`` for ``--weights``."""
+    if spec == "none":
+        return None, RANDOM_INIT
+    if spec == "imagenet":
+        state = _imagenet_state_dict(backbone)
+        return state, ("imagenet" if state is not None else RANDOM_INIT)
+    return _file_state_dict(Path(spec)), str(spec)
+
+
+# ---------------------------------------------------------------------------------- backbone
+def _stage_channels(stage: nn.Sequential) -> int:
+    """Output channels of a ResNet stage: those of the last BatchNorm of its last block."""
+    norms = [m for m in stage[-1].modules() if isinstance(m, nn.BatchNorm2d)]
+    return norms[-1].num_features
+
+
+def build_backbone(config: ModelConfig, state_dict: dict | None = None,
+                   source: str = "") -> tuple[nn.Sequential, int]:
+    """The torchvision network up to and including ``config.cut``, and its output channels.
+
+    ``state_dict`` is in torchvision's format (keys like ``layer1.0.conv1.weight``); every key
+    of the kept layers must be there, keys of the dropped layers (``fc``, later stages) are ignored.
+    """
+    full = BACKBONES[config.backbone][0](weights=None)
+    keep = STEM + STAGES[: STAGES.index(config.cut) + 1]
+    backbone = nn.Sequential(OrderedDict((name, getattr(full, name)) for name in keep))
+    if state_dict is not None:
+        _load_kept(backbone, state_dict, source)
+    return backbone, _stage_channels(backbone[-1])
+
+
+def _load_kept(backbone: nn.Sequential, state_dict: dict, source: str) -> None:
+    wanted = backbone.state_dict()
+    missing = [k for k in wanted if k not in state_dict]
+    if missing:
+        raise CamlabError(f"--weights {source}: {len(missing)} backbone tensors missing "
+                          f"(first: {missing[0]}); is it a torchvision ResNet state dict?")
+    bad = [k for k in wanted if tuple(state_dict[k].shape) != tuple(wanted[k].shape)]
+    if bad:
+        raise CamlabError(f"--weights {source}: shape of {bad[0]} is {tuple(state_dict[bad[0]].shape)}, "
+                          f"the model needs {tuple(wanted[bad[0]].shape)} (another backbone?)")
+    backbone.load_state_dict({k: state_dict[k] for k in wanted})
+
+
+# ------------------------------------------------------------------------------------- model
+class CAMModel(nn.Module):
+    """Backbone -> GAP -> Linear, the lab's CAM network.
+
+    ``forward(images)`` takes float images N×3×H×W and returns ``(scores, features, gap)``:
+    scores N×num_classes, features N×C×h×w (ResNet-18 through layer2: C=128, h=w=H/8, so 28×28
+    at 224 and 14×14 at 112), gap N×C (the weighting coefficients of the handout).
+    """
+
+    def __init__(self, num_classes: int = 10, weights: str = "none",
+                 backbone: str = "resnet18", cut: str = "layer2") -> None:
+        super().__init__()
+        self.config = ModelConfig(num_classes=num_classes, backbone=backbone, cut=cut)
+        state, self.weights_used = resolve_weights(weights, backbone)
+        self.backbone, self.feature_dim = build_backbone(self.config, state, weights)
+        self.fc = nn.Linear(self.feature_dim, num_classes)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig | dict) -> "CAMModel":
+        """An untrained model of that shape (weights come from a checkpoint afterwards)."""
+        config = config if isinstance(config, ModelConfig) else ModelConfig(**config)
+        return cls(config.num_classes, "none", config.backbone, config.cut)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Float N×3×H×W -> feature maps N×C×h×w of the last kept stage."""
+        return self.backbone(images)
+
+    def forward_head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features N×C×h×w -> (scores N×num_classes, gap N×C)."""
+        gap = features.mean(dim=(2, 3))
+        return self.fc(gap), gap
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.forward_features(images)
+        scores, gap = self.forward_head(features)
+        return scores, features, gap
+
+    def class_cams(self, features: torch.Tensor) -> torch.Tensor:
+        """The paper's class-specific maps ``M_c = sum_k w_ck f_k``: N×num_classes×h×w.
+
+        No bias: it is constant over positions and would only shift every map.
+        """
+        return torch.einsum("ck,nkhw->nchw", self.fc.weight, features)
+
+    @staticmethod
+    def lab_cam(features: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+        """The handout's map: softmax over the weighting coefficients, then the weighted sum of
+        the feature maps, ``sum_k softmax(gap)_k f_k``. Class-agnostic: N×h×w."""
+        return torch.einsum("nk,nkhw->nhw", gap.softmax(dim=1), features)
+
+
+def select_class(cams: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Pick each image's map: cams N×K×h×w, classes int64 N -> N×h×w."""
+    return cams[torch.arange(cams.shape[0], device=cams.device), classes]
+
+
+def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """ReLU, then divide each map by its own maximum (SSENet, OC-CSE): values in [0, 1].
+
+    cam: float N×h×w. A map with no positive value stays all zero (eps keeps it finite).
+    """
+    cam = F.relu(cam)
+    return cam / (cam.flatten(1).amax(dim=1).view(-1, 1, 1) + eps)

@@ -1,0 +1,73 @@
+"""Small pieces every module of camlab shares: the project error type, constants defined once,
+safe output paths and atomic writes.
+
+Kept apart from the six role modules because each of them needs these and none owns them.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+# ImageNet statistics: torchvision's pretrained ResNets expect inputs normalised with these.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Output folders (relative to the working directory), ignored by git.
+DATA_DIR = Path("data")
+CHECKPOINT_DIR = Path("checkpoints")
+VISUALIZE_DIR = Path("visualize")
+REPORT_DIR = Path("report")
+
+# The embedded synthetic dataset is generated here when no --data_root is given.
+DEFAULT_DATA_ROOT = DATA_DIR / "synthetic"
+
+
+class CamlabError(Exception):
+    """A problem with the user's input or environment: reported as one line, exit code 2.
+
+    The message must name what is wrong (the file and line, the flag) and, where there is one,
+    what to do instead. Anything else that escapes is a bug in camlab and keeps its traceback.
+    """
+
+
+def safe_subdir(base: Path | str, name: str, flag: str = "--exp_id") -> Path:
+    """``base/name`` after checking that ``name`` is one plain folder name inside ``base``.
+
+    Refuses empty names, absolute paths, ``..`` and separators, so that an experiment id can
+    never make camlab write outside ``checkpoints/``, ``visualize/`` or ``report/``.
+    """
+    if not name or name in {".", ".."} or "/" in name or "\\" in name or "\0" in name:
+        raise CamlabError(f"{flag} {name!r} is not a plain folder name (no '/', '..' or empty)")
+    base = Path(base)
+    path = base / name
+    if path.resolve().parent != base.resolve():
+        raise CamlabError(f"{flag} {name!r} would write outside {base}/")
+    return path
+
+
+def atomic_write(path: Path | str, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``path`` so that it is either the old file or the complete new one, never half.
+
+    ``write`` receives an open file in the same folder; it is flushed and fsynced, then renamed
+    over ``path`` with ``os.replace`` (atomic on POSIX and Windows within one file system).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Text version of :func:`atomic_write`."""
+    atomic_write(path, lambda f: f.write(text), mode="w")
