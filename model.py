@@ -210,3 +210,42 @@ def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """
     cam = F.relu(cam)
     return cam / (cam.flatten(1).amax(dim=1).view(-1, 1, 1) + eps)
+
+
+# ---------------------------------------------------------------------------------- CAM forms
+def _lab_form(model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
+              classes: torch.Tensor) -> torch.Tensor:
+    return model.lab_cam(features, gap)
+
+
+def _class_form(model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
+                classes: torch.Tensor) -> torch.Tensor:
+    return normalize_cam(select_class(model.class_cams(features), classes))
+
+
+# name -> (model, features N×C×h×w, gap N×C, classes int64 N) -> one map per image, N×h×w.
+# "lab": the handout's class-agnostic softmax-weighted sum; "class": the map of the given class,
+# ReLU, divided by its max (SSENet's form; the paper's CAM up to that scaling).
+CAM_FORMS: dict[str, Callable[..., torch.Tensor]] = {"lab": _lab_form, "class": _class_form}
+
+
+def minmax(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Each map (N×H×W) stretched to [0, 1]; a constant map becomes all zeros."""
+    flat = maps.flatten(1)
+    low, high = flat.amin(dim=1), flat.amax(dim=1)
+    span = (high - low).clamp_min(eps).view(-1, 1, 1)
+    return (maps - low.view(-1, 1, 1)) / span
+
+
+@torch.inference_mode()
+def localization_maps(model: CAMModel, inputs: torch.Tensor, out_size: tuple[int, int],
+                      form: str = "class", classes: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores N×K, maps N×H×W)`` for evaluation: each image's CAM (of ``classes``, else of
+    its top prediction) upsampled bilinearly to ``out_size`` and min-max normalised to [0, 1].
+    Call it with the model in eval mode (BatchNorm's running statistics)."""
+    scores, features, gap = model(inputs)
+    classes = scores.argmax(dim=1) if classes is None else classes
+    cams = CAM_FORMS[form](model, features, gap, classes).unsqueeze(1)
+    cams = F.interpolate(cams, size=out_size, mode="bilinear", align_corners=False)[:, 0]
+    return scores, minmax(cams)

@@ -1,0 +1,120 @@
+"""camlab's command line: ``python main.py --mode CAM`` trains a CAM model (``--cv 5`` runs
+5-fold cross-validation instead). ``python main.py --help`` lists every flag.
+
+A problem with the user's input ends in one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+import dataloader
+import model
+import train
+import transforms
+from utils import CamlabError
+
+DEFAULTS = train.RunConfig()
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one line (not usage + error) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _transform_name(name: str) -> str:
+    try:
+        transforms.parse_transform(name)
+    except CamlabError as err:
+        raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
+    return name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="main.py", description="Train class activation map (CAM) models.",
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run = p.add_argument_group("run")
+    run.add_argument("--mode", default=DEFAULTS.mode, choices=list(train.OBJECTIVES),
+                     help="CAM: classification (task 1); SEG: plus the equivariance loss (task 2)")
+    run.add_argument("--exp_id", default=None,
+                     help="experiment name: outputs go to checkpoints/<exp_id>/; None takes the mode in lower case")
+    run.add_argument("--cv", type=int, default=DEFAULTS.cv,
+                     help="k-fold cross-validation over the training split (0: a single run)")
+    run.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    run.add_argument("--device", default=DEFAULTS.device, choices=["auto", "cpu", "cuda"])
+    run.add_argument("--overwrite", action="store_true", help="replace an existing checkpoints/<exp_id>/")
+    run.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch stays)")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default=DEFAULTS.dataset, choices=list(dataloader.DATASETS),
+                      help="lab: the handout's folder layout (the embedded synthetic set by default); "
+                           "cifar10: the python-pickle CIFAR-10; folder: an ImageFolder tree")
+    data.add_argument("--data_root", default=None,
+                      help="dataset folder; None takes data/synthetic for lab (generated when missing), data/<dataset> otherwise")
+    data.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR-10 (needs a network)")
+    data.add_argument("--img_size", type=int, default=DEFAULTS.img_size, help="training/eval resolution")
+
+    net = p.add_argument_group("model")
+    net.add_argument("--weights", default=DEFAULTS.weights,
+                     help="imagenet (torchvision's, random init if they cannot be had), none, or a .pth path")
+    net.add_argument("--backbone", default=DEFAULTS.backbone, choices=list(model.BACKBONES))
+    net.add_argument("--cut", default=DEFAULTS.cut, choices=list(model.STAGES),
+                     help="last backbone stage kept (the lab cuts after layer2)")
+
+    seg = p.add_argument_group("SEG mode (equivariance loss)")
+    seg.add_argument("--transform", default=DEFAULTS.transform, type=_transform_name,
+                     help=f"one of {', '.join(transforms.TRANSFORMS)}, or several joined with '+' "
+                          f"(applied left to right, e.g. rotate+hflip)")
+    seg.add_argument("--scale", type=float, default=DEFAULTS.scale, help="factor of the scale transform")
+    seg.add_argument("--rot_deg", type=float, default=DEFAULTS.rot_deg,
+                     help="rotate draws an angle per image in [-rot_deg, rot_deg]")
+    seg.add_argument("--shift", type=float, default=DEFAULTS.shift,
+                     help="translate draws a shift per image up to this fraction of the side")
+    seg.add_argument("--cam", default=DEFAULTS.cam, choices=list(train.CAM_FORMS),
+                     help="lab: softmax-weighted sum of feature maps; class: fc weights of the label, "
+                          "ReLU, divided by its max (SSENet)")
+    seg.add_argument("--ser_weight", type=float, default=DEFAULTS.ser_weight,
+                     help="weight of the equivariance loss L_ser")
+
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    opt.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size)
+    opt.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate (cosine decay)")
+    opt.add_argument("--val_fraction", type=float, default=DEFAULTS.val_fraction,
+                     help="share of the training split held out to choose the best epoch (no --cv)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> train.RunConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(train.RunConfig) if hasattr(args, f.name)}
+    values["exp_id"] = args.mode.lower() if args.exp_id is None else args.exp_id
+    values["progress"] = not args.quiet
+    for name in ("epochs", "batch_size", "img_size"):
+        if values[name] < 1:
+            raise CamlabError(f"--{name} must be a positive integer, got {values[name]}")
+    for name in ("lr", "scale"):
+        if not values[name] > 0:
+            raise CamlabError(f"--{name} must be positive, got {values[name]}")
+    return train.RunConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        cfg.run_dir()  # refuse an --exp_id that escapes checkpoints/ before any work
+        train.train_CV(cfg) if cfg.cv else train.train(cfg)
+    except CamlabError as err:
+        print(f"main.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("main.py: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

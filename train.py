@@ -1,0 +1,407 @@
+"""Training: the per-mode objectives, one ``run_epoch`` for training and evaluation, ``train``
+(best epoch chosen on a held-out validation part) and ``train_CV`` (k-fold cross-validation).
+
+Every choice that shapes a run is made from the ``RunConfig`` alone, so a run can be repeated
+from the ``args`` saved in its ``metrics.json``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import KFold, train_test_split
+from tqdm import tqdm
+
+import dataloader
+import visualize
+from model import CAM_FORMS, CAMModel
+from transforms import EquivarianceTransform, TransformSettings
+from utils import CHECKPOINT_DIR, CamlabError, atomic_write, atomic_write_text, safe_subdir
+
+CHECKPOINT_FORMAT = "camlab-checkpoint-1"
+
+
+# ------------------------------------------------------------------------------ configuration
+@dataclass
+class RunConfig:
+    """One run's settings; ``main.py`` fills it from the command line."""
+
+    mode: str = "CAM"
+    exp_id: str = "cam"
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 1e-3
+    img_size: int = 224
+    weights: str = "imagenet"
+    backbone: str = "resnet18"
+    cut: str = "layer2"
+    dataset: str = "lab"
+    data_root: str | None = None
+    download: bool = False
+    cv: int = 0
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    overwrite: bool = False
+    progress: bool = True
+    # SEG mode (the equivariance loss)
+    transform: str = "scale"
+    scale: float = 0.5
+    rot_deg: float = 30.0
+    shift: float = 0.125
+    cam: str = "lab"
+    ser_weight: float = 1.0
+
+    def run_dir(self) -> Path:
+        return safe_subdir(CHECKPOINT_DIR, self.exp_id)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` takes CUDA when there is one; asking for CUDA without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CamlabError("--device cuda: no CUDA device is available (try --device cpu)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# -------------------------------------------------------------------------------- objectives
+class Step(NamedTuple):
+    """What an objective returns for one batch: the loss to minimise, the scores used for
+    accuracy, and named loss terms for the log (each a 0-d tensor)."""
+
+    loss: torch.Tensor
+    scores: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
+# An objective: (model, images N×3×S×S, labels N, generator for its random draws) -> Step.
+Objective = Callable[[CAMModel, torch.Tensor, torch.Tensor, torch.Generator], Step]
+
+
+def cam_objective(model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
+                  generator: torch.Generator | None = None) -> Step:
+    """Task 1 of the handout: cross-entropy between the scores and the labels."""
+    scores, _, _ = model(images)
+    loss = F.cross_entropy(scores, labels)
+    return Step(loss, scores, {"ce": loss.detach()})
+
+
+class SegObjective:
+    """Task 2 (SSENet): both branches through the same model, the original image and its
+    transformed copy ``A x``, with ``L = (CE(x) + CE(Ax)) / 2 + ser_weight * L_ser`` where
+    ``L_ser = mean over valid positions of (cam(Ax) - A cam(x))^2``.
+
+    For ``scale`` this is the handout's I_L / I_S pair, the large branch's map downscaled by
+    bilinear interpolation. The handout downscales the features before the (linear) lab CAM;
+    transforming the one-channel CAM instead gives the same map for a fraction of the work.
+    """
+
+    def __init__(self, transform: EquivarianceTransform, cam_form: str = "lab",
+                 ser_weight: float = 1.0) -> None:
+        self.transform, self.cam_form, self.ser_weight = transform, cam_form, ser_weight
+
+    def __call__(self, model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
+                 generator: torch.Generator | None = None) -> Step:
+        sampled = self.transform.draw(images.shape[0], generator)
+        scores, features, gap = model(images)
+        scores_t, features_t, gap_t = model(self.transform.apply(images, sampled))
+        form = CAM_FORMS[self.cam_form]
+        cam_t = form(model, features_t, gap_t, labels).unsqueeze(1)
+        target = self.transform.apply(form(model, features, gap, labels).unsqueeze(1), sampled)
+        ser = ser_loss(cam_t, target, self.transform.valid(sampled, features.shape[-1], images.device))
+        ce = (F.cross_entropy(scores, labels) + F.cross_entropy(scores_t, labels)) / 2
+        loss = ce + self.ser_weight * ser
+        return Step(loss, scores, {"ce": ce.detach(), "ser": ser.detach()})
+
+
+def ser_loss(cam_t: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the valid positions (N×1×s×s each; a target whose side differs
+    by rounding, e.g. odd sizes under ``scale``, is resized to the transformed branch's map)."""
+    if target.shape[-2:] != cam_t.shape[-2:]:
+        target = F.interpolate(target, size=cam_t.shape[-2:], mode="bilinear", align_corners=False)
+        valid = (F.interpolate(valid, size=cam_t.shape[-2:], mode="bilinear", align_corners=False) > 0.999).float()
+    return ((cam_t - target) ** 2 * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def _cam_mode(cfg: "RunConfig") -> Objective:
+    return cam_objective
+
+
+def _seg_mode(cfg: "RunConfig") -> Objective:
+    settings = TransformSettings(scale=cfg.scale, rot_deg=cfg.rot_deg, shift=cfg.shift)
+    return SegObjective(EquivarianceTransform(cfg.transform, settings), cfg.cam, cfg.ser_weight)
+
+
+# mode name -> builder of its objective from the run's settings; main.py's --mode choices.
+OBJECTIVES: dict[str, Callable[["RunConfig"], Objective]] = {"CAM": _cam_mode, "SEG": _seg_mode}
+
+
+# ------------------------------------------------------------------------------------ epochs
+class EpochMeter:
+    """Sums of loss terms and correct predictions over an epoch, kept on the device so that
+    training never waits for a ``.item()`` per step."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def update(self, step: Step, labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        self.count += n
+        values = {"loss": step.loss.detach(), **step.terms}
+        values["acc"] = (step.scores.argmax(dim=1) == labels).float().mean()
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0) + value.float() * n
+
+    def compute(self) -> dict[str, float]:
+        if self.count == 0:
+            return {}
+        return {name: float(total) / self.count for name, total in self.sums.items()}
+
+
+def run_epoch(model: CAMModel, data: dataloader.ImageSet, indices: torch.Tensor, *,
+              objective: Objective, img_size: int, batch_size: int,
+              optimizer: torch.optim.Optimizer | None = None, seed: int = 0, epoch: int = 0,
+              desc: str = "", progress: bool = True) -> dict[str, float]:
+    """One pass over ``data[indices]``: trains when an optimizer is given, else evaluates.
+
+    Training shuffles and mirrors half of the images; evaluation runs in
+    ``torch.inference_mode``. Every random draw (order, flips, the objective's transforms)
+    comes from (seed, epoch), so a resumed run repeats it. Returns the epoch means of the loss,
+    its terms and ``acc``.
+    """
+    training = optimizer is not None
+    model.train(training)
+    meter = EpochMeter()
+    generator = torch.Generator().manual_seed(dataloader.epoch_seed(seed, epoch, stream=1))
+    batches = dataloader.batch_indices(indices, batch_size, training, seed, epoch)
+    with torch.inference_mode(not training):
+        for idx in tqdm(batches, desc=desc, leave=False, disable=not progress or None):
+            idx = idx.to(data.images.device, non_blocking=True)
+            flip = (torch.rand(len(idx), generator=generator) < 0.5).to(idx.device) if training else None
+            images = dataloader.to_model_input(data.images[idx], img_size, flip)
+            labels = data.labels[idx]
+            step = objective(model, images, labels, generator)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                step.loss.backward()
+                optimizer.step()
+            meter.update(step, labels)
+    return meter.compute()
+
+
+# ------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, model: CAMModel, **meta) -> None:
+    """Atomically write model weights, model config and plain metadata (numbers, strings,
+    lists, dicts, tensors), so that ``torch.load(weights_only=True)`` reads it back."""
+    payload = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+               "model_config": model.config.to_dict(), **meta}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tuple[CAMModel, dict]:
+    """``(model with the saved weights, the checkpoint dict)``; never unpickles code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CamlabError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise CamlabError(f"checkpoint {path} cannot be read safely ({reason})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CamlabError(f"checkpoint {path} was not written by camlab (no '{CHECKPOINT_FORMAT}' tag)")
+    model = CAMModel.from_config(ckpt["model_config"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
+
+
+# -------------------------------------------------------------------------------------- runs
+LOG_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _log_row(epoch: int, train: dict, val: dict, lr: float, seconds: float) -> dict:
+    row = {"epoch": epoch}
+    row.update({f"train_{k}": round(v, 6) for k, v in train.items()})
+    row.update({f"val_{k}": round(v, 6) for k, v in val.items()})
+    row.update({"lr": lr, "seconds": round(seconds, 2)})
+    return row
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to write over an earlier run's files unless told to."""
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise CamlabError(f"{run_dir} already holds a run; choose another --exp_id, "
+                          f"or pass --overwrite to replace it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def fit(cfg: RunConfig, train_set: dataloader.ImageSet, train_idx: torch.Tensor,
+        val_idx: torch.Tensor, run_dir: Path, device: torch.device, seed: int,
+        desc: str = "") -> tuple[CAMModel, dict]:
+    """Train for ``cfg.epochs``, keep ``best.pth`` (best validation accuracy) and ``last.pth``,
+    write ``log.csv`` and ``curves.png`` every epoch. Returns the best model and a summary."""
+    seed_everything(seed)
+    model = CAMModel(len(train_set.classes), cfg.weights, cfg.backbone, cfg.cut).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    objective = OBJECTIVES[cfg.mode](cfg)
+    common = dict(objective=objective, img_size=cfg.img_size, batch_size=cfg.batch_size,
+                  progress=cfg.progress)
+    rows, best_acc, best_epoch = [], -1.0, 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_m = run_epoch(model, train_set, train_idx, optimizer=optimizer, seed=seed,
+                            epoch=epoch, desc=f"{desc}epoch {epoch}/{cfg.epochs}", **common)
+        scheduler.step()
+        val_m = run_epoch(model, train_set, val_idx, desc=f"{desc}validate", **common)
+        if not math.isfinite(train_m["loss"]):
+            raise CamlabError(f"training loss became {train_m['loss']} in epoch {epoch}; "
+                              f"try a lower --lr (the last good checkpoints are kept in {run_dir})")
+        rows.append(_log_row(epoch, train_m, val_m, lr, time.perf_counter() - t0))
+        meta = dict(epoch=epoch, args=asdict(cfg), weights_used=model.weights_used,
+                    classes=list(train_set.classes))
+        if val_m["acc"] > best_acc:
+            best_acc, best_epoch = val_m["acc"], epoch
+            save_checkpoint(run_dir / "best.pth", model, best_val_acc=best_acc, **meta)
+        save_checkpoint(run_dir / "last.pth", model, best_val_acc=best_acc,
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), **meta)
+        _write_log(run_dir / "log.csv", rows)
+        visualize.plot_curves(rows, run_dir / "curves.png", title=f"{cfg.exp_id} {desc}".strip())
+        print(f"{desc}epoch {epoch}/{cfg.epochs}: train loss {train_m['loss']:.4f} "
+              f"acc {train_m['acc']:.3f} | val loss {val_m['loss']:.4f} acc {val_m['acc']:.3f} "
+              f"| {rows[-1]['seconds']:.0f}s", flush=True)
+    best, _ = load_checkpoint(run_dir / "best.pth", device)
+    return best, {"best_epoch": best_epoch, "best_val_acc": best_acc,
+                  "weights_used": model.weights_used, "log": rows}
+
+
+def evaluate(model: CAMModel, data: dataloader.ImageSet, cfg: RunConfig, desc: str = "test") -> dict:
+    """Loss and accuracy of ``model`` on every image of ``data``."""
+    idx = torch.arange(len(data))
+    return run_epoch(model, data, idx, objective=OBJECTIVES[cfg.mode](cfg), img_size=cfg.img_size,
+                     batch_size=cfg.batch_size, desc=desc, progress=cfg.progress)
+
+
+def load_data(cfg: RunConfig, device: torch.device) -> tuple[dataloader.ImageSet, dataloader.ImageSet]:
+    root = Path(cfg.data_root) if cfg.data_root else dataloader.default_root(cfg.dataset)
+    kw = dict(img_size=cfg.img_size, download=cfg.download, progress=cfg.progress)
+    train_set = dataloader.load_split(cfg.dataset, root, "train", **kw)
+    test_set = dataloader.load_split(cfg.dataset, root, "test", **kw)
+    return train_set.to(device), test_set.to(device)
+
+
+def _validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified train/validation indices, so the best epoch is chosen without the test split."""
+    if not 0 < fraction < 1:
+        raise CamlabError(f"--val_fraction must lie strictly between 0 and 1, got {fraction}")
+    idx = np.arange(len(labels))
+    y = labels.cpu().numpy()
+    stratify = y if np.bincount(y).min() >= 2 else None
+    tr, va = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+    return torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(va))
+
+
+def _finish(run_dir: Path, cfg: RunConfig, result: dict, extra: dict) -> dict:
+    metrics = {"test_acc": result["test_acc"], "best_epoch": result["best_epoch"],
+               "best_val_acc": result["best_val_acc"], "weights": result["weights_used"],
+               **extra, "args": asdict(cfg)}
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def train(cfg: RunConfig) -> dict:
+    """The lab's ``train()``: fit on the training split minus a validation part, pick the best
+    epoch on that part, then report the best checkpoint's test accuracy in ``metrics.json``."""
+    t0 = time.perf_counter()
+    run_dir = cfg.run_dir()
+    device = resolve_device(cfg.device)
+    train_set, test_set = load_data(cfg, device)
+    prepare_run_dir(run_dir, cfg.overwrite)
+    train_idx, val_idx = _validation_split(train_set.labels, cfg.val_fraction, cfg.seed)
+    model, result = fit(cfg, train_set, train_idx, val_idx, run_dir, device, cfg.seed)
+    result["test_acc"] = evaluate(model, test_set, cfg)["acc"]
+    extra = {"device": str(device), "n_train": len(train_idx), "n_val": len(val_idx),
+             "n_test": len(test_set), "seconds": round(time.perf_counter() - t0, 1)}
+    metrics = _finish(run_dir, cfg, result, extra)
+    print(f"test accuracy {metrics['test_acc']:.4f} (best epoch {metrics['best_epoch']}, "
+          f"val {metrics['best_val_acc']:.4f}); saved in {run_dir}/")
+    return metrics
+
+
+def kfold_splits(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's shuffled KFold over ``range(n)``: k disjoint validation parts covering all."""
+    if k < 2 or k > n:
+        raise CamlabError(f"--cv {k}: needs 2 <= folds <= number of training images ({n})")
+    return list(KFold(n_splits=k, shuffle=True, random_state=seed).split(np.arange(n)))
+
+
+def train_CV(cfg: RunConfig) -> dict:  # noqa: N802 - the handout's name
+    """k-fold cross-validation over the training split: per fold the best epoch is chosen on
+    that fold's validation part; the best model of each fold is then scored on the test split.
+    Writes ``cv.json`` (``folds``, ``mean``, ``std``) and ``cv.md`` beside the fold folders."""
+    run_dir = cfg.run_dir()
+    device = resolve_device(cfg.device)
+    train_set, test_set = load_data(cfg, device)
+    prepare_run_dir(run_dir, cfg.overwrite)
+    folds = []
+    for k, (tr, va) in enumerate(kfold_splits(len(train_set), cfg.cv, cfg.seed), start=1):
+        fold_dir = run_dir / f"fold{k}"
+        fold_dir.mkdir(exist_ok=True)
+        model, result = fit(cfg, train_set, torch.from_numpy(tr), torch.from_numpy(va),
+                            fold_dir, device, cfg.seed + k, desc=f"fold {k}/{cfg.cv} ")
+        result["test_acc"] = evaluate(model, test_set, cfg)["acc"]
+        _finish(fold_dir, cfg, result, {"fold": k, "n_train": len(tr), "n_val": len(va)})
+        folds.append({"fold": k, "val_acc": result["best_val_acc"], "test_acc": result["test_acc"],
+                      "best_epoch": result["best_epoch"]})
+    summary = cv_summary(folds)
+    atomic_write_text(run_dir / "cv.json", json.dumps({**summary, "args": asdict(cfg)}, indent=2) + "\n")
+    table = cv_table(summary)
+    atomic_write_text(run_dir / "cv.md", table + "\n")
+    print(table)
+    return summary
+
+
+def cv_summary(folds: list[dict]) -> dict:
+    """Mean and (population) standard deviation of each fold metric."""
+    keys = ("val_acc", "test_acc")
+    return {"folds": folds,
+            "mean": {k: float(np.mean([f[k] for f in folds])) for k in keys},
+            "std": {k: float(np.std([f[k] for f in folds])) for k in keys}}
+
+
+def cv_table(summary: dict) -> str:
+    """A Markdown table: one row per fold, then mean ± std."""
+    lines = ["| fold | best epoch | val acc | test acc |", "|---:|---:|---:|---:|"]
+    for f in summary["folds"]:
+        lines.append(f"| {f['fold']} | {f['best_epoch']} | {f['val_acc']:.4f} | {f['test_acc']:.4f} |")
+    m, s = summary["mean"], summary["std"]
+    lines.append(f"| mean ± std | | {m['val_acc']:.4f} ± {s['val_acc']:.4f} "
+                 f"| {m['test_acc']:.4f} ± {s['test_acc']:.4f} |")
+    return "\n".join(lines)

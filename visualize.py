@@ -1,0 +1,179 @@
+"""Figures: training curves (written by every run), and, with the SEG work, CAM overlays and masks.
+
+matplotlib draws off screen (Agg), so figures are written on servers without a display.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+
+import torch  # noqa: E402
+from torchvision.datasets.folder import IMG_EXTENSIONS  # noqa: E402
+
+import dataloader  # noqa: E402
+import iou  # noqa: E402
+import model  # noqa: E402
+import train  # noqa: E402
+from utils import CHECKPOINT_DIR, VISUALIZE_DIR, CamlabError, atomic_write, atomic_write_text, safe_subdir  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """Write a figure as PNG atomically, then free it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
+    """Loss and accuracy per epoch, training against validation, from ``log.csv`` rows."""
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, metric in zip(axes, ("loss", "acc")):
+        for split, style in (("train", "-o"), ("val", "--s")):
+            key = f"{split}_{metric}"
+            if key in rows[0]:
+                ax.plot(epochs, [r[key] for r in rows], style, label=split, markersize=4)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy" if metric == "acc" else "loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[1].set_ylim(0, 1)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------- CAM overlays, masks
+def heatmap_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The CAM in OpenCV's JET colour map blended over the image.
+
+    image: uint8 H×W×3 RGB; cam: float H×W in [0, 1]. Returns uint8 H×W×3 RGB.
+    """
+    heat = cv2.applyColorMap(np.round(cam * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(heat, alpha, image, 1 - alpha, 0)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """uint8 H×W (grey) or H×W×3 (RGB) to PNG, atomically."""
+    bgr = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", bgr)
+    if not ok:
+        raise CamlabError(f"cannot encode {path} as PNG")
+    atomic_write(path, lambda f: f.write(encoded.tobytes()))
+
+
+def plot_grid(rows: list[dict], path: Path, title: str = "") -> None:
+    """One row per image: image, CAM overlay, thresholded mask, ground truth (when known).
+
+    rows: dicts with ``name``, ``image`` (uint8 H×W×3), ``overlay``, ``mask`` (bool H×W),
+    optional ``gt`` (bool H×W) and ``caption``.
+    """
+    cols = ("image", "overlay", "mask", "gt")
+    heads = ("image", "CAM", "mask", "ground truth")
+    fig, axes = plt.subplots(len(rows), 4, figsize=(8, 2.1 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, key in enumerate(cols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if row.get(key) is not None:
+                ax.imshow(row[key], cmap="gray" if key in ("mask", "gt") else None, vmin=0, vmax=1
+                          if key in ("mask", "gt") else None)
+            if r == 0:
+                ax.set_title(heads[c], fontsize=9)
+        axes[r, 0].text(-0.08, 0.5, row.get("caption", row["name"]), transform=axes[r, 0].transAxes,
+                        rotation=90, va="center", ha="right", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- command line
+def _source_images(root: Path) -> tuple[list[str], np.ndarray]:
+    """Stems and uint8 N×H×W×3 images of ``root/test_seg_source`` (resized to the first
+    image's size when they differ, so they go through the model as one batch)."""
+    folder = root / "test_seg_source"
+    paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMG_EXTENSIONS) \
+        if folder.is_dir() else []
+    if not paths:
+        raise CamlabError(f"no images to visualise in {folder}")
+    images = [dataloader.decode_image(p) for p in paths]
+    h, w = images[0].shape[:2]
+    images = [im if im.shape[:2] == (h, w) else cv2.resize(im, (w, h)) for im in images]
+    return [p.stem for p in paths], np.stack(images)
+
+
+def _ground_truth(root: Path, stem: str) -> np.ndarray | None:
+    path = root / "test_seg" / f"{stem}.png"
+    return dataloader.read_mask(path) if path.is_file() else None
+
+
+def visualize_run(exp_id: str, threshold: float = iou.DEFAULT_THRESHOLD, form: str = "class",
+                  data_root: str | None = None, device: str = "auto") -> Path:
+    """Overlays, masks and a grid for every image of ``test_seg_source/`` under ``exp_id``'s
+    best checkpoint; returns the output folder ``visualize/<exp_id>/``."""
+    if not 0.0 <= threshold <= 1.0:
+        raise CamlabError(f"--threshold must lie in [0, 1], got {threshold}")
+    run_dir = safe_subdir(CHECKPOINT_DIR, exp_id)
+    out_dir = safe_subdir(VISUALIZE_DIR, exp_id)
+    dev = train.resolve_device(device)
+    net, ckpt = train.load_checkpoint(run_dir / "best.pth", dev)
+    args = ckpt.get("args", {})
+    root = Path(data_root or args.get("data_root") or dataloader.default_root(args.get("dataset", "lab")))
+    stems, images = _source_images(root)
+    inputs = dataloader.to_model_input(torch.from_numpy(images).permute(0, 3, 1, 2).to(dev),
+                                       int(args.get("img_size", 224)))
+    scores, maps = model.localization_maps(net.eval(), inputs, images.shape[1:3], form)
+    probs, preds = scores.softmax(dim=1).max(dim=1)
+    classes = ckpt.get("classes") or [str(i) for i in range(scores.shape[1])]
+    rows = []
+    for i, stem in enumerate(stems):
+        cam = maps[i].cpu().numpy()
+        mask = cam >= threshold
+        overlay = heatmap_overlay(images[i], cam)
+        write_png(out_dir / f"{stem}.png", overlay)
+        write_png(out_dir / f"{stem}{iou.PRED_SUFFIX}", mask.astype(np.uint8) * 255)
+        rows.append({"name": stem, "image": images[i], "overlay": overlay, "mask": mask,
+                     "gt": _ground_truth(root, stem),
+                     "caption": f"{stem}: {classes[preds[i]]} ({probs[i]:.2f})"})
+    plot_grid(rows, out_dir / "grid.png", title=f"{exp_id}: {form} CAM, threshold {threshold:g}")
+    settings = {"exp_id": exp_id, "checkpoint": str(run_dir / "best.pth"), "cam": form,
+                "threshold": threshold, "data_root": str(root), "images": stems}
+    atomic_write_text(out_dir / "settings.json", json.dumps(settings, indent=2) + "\n")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="visualize.py", description="CAM overlays and masks for test_seg_source/.")
+    p.add_argument("--exp_id", required=True, help="the run under checkpoints/ to visualise")
+    p.add_argument("--threshold", type=float, default=iou.DEFAULT_THRESHOLD,
+                   help="mask = min-max normalised CAM >= threshold; keep it the same for every mode")
+    p.add_argument("--cam", default="class", choices=list(model.CAM_FORMS),
+                   help="class: the paper's CAM of the predicted class; lab: the handout's softmax-weighted sum")
+    p.add_argument("--data_root", default=None, help="default: the checkpoint's data root")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    args = p.parse_args(argv)
+    try:
+        out = visualize_run(args.exp_id, args.threshold, args.cam, args.data_root, args.device)
+    except CamlabError as err:
+        print(f"visualize.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(f"wrote overlays, masks and grid.png to {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
