@@ -347,7 +347,7 @@ def _decode_files(paths: list[Path], labels: list[int], names: list[str], classe
     """Decode every image once. They keep their size when all share one; from the first image
     of a different size on, every image is resized to ``img_size``×``img_size`` instead."""
     arrays, resize = [], False
-    for path in tqdm(paths, desc=desc, unit="img", disable=not progress, leave=False):
+    for path in tqdm(paths, desc=desc, unit="img", disable=None if progress else True, leave=False):
         image = decode_image(path)
         if not resize and arrays and image.shape != arrays[0].shape:
             resize = True
@@ -751,7 +751,7 @@ def _write_synthetic_split(root: Path, split: str, n: int, seed: int, size: int,
     (root / f"{split}_masks").mkdir()
     lines, shares = [], []
     labels = _split_labels(seed, split, n)
-    for index in tqdm(range(n), desc=f"generating {split}", unit="img", disable=not progress,
+    for index in tqdm(range(n), desc=f"generating {split}", unit="img", disable=None if progress else True,
                       leave=False):
         sample = draw_sample(_sample_rng(seed, split, index), int(labels[index]), size)
         name = f"{index:05d}.png"

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -36,16 +38,20 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
-from dataloader import read_mask  # noqa: E402
-from utils import DEFAULT_DATA_ROOT, REPORT_DIR, VISUALIZE_DIR, CamlabError  # noqa: E402
-from utils import atomic_write, atomic_write_text  # noqa: E402
+import torch  # noqa: E402
 
-# Threshold on a min-max normalised CAM that visualisation uses until one is chosen from data.
-DEFAULT_THRESHOLD: float = 0.5
+import dataloader  # noqa: E402
+import model  # noqa: E402
+import train  # noqa: E402
+import visualize  # noqa: E402
+from dataloader import read_mask  # noqa: E402
+from utils import CHECKPOINT_DIR, DEFAULT_DATA_ROOT, DEFAULT_THRESHOLD, PRED_SUFFIX, REPORT_DIR  # noqa: E402
+from utils import VISUALIZE_DIR, CamlabError  # noqa: E402
+from utils import atomic_write_text, resolve_device, safe_subdir  # noqa: E402
+
 # Candidate thresholds for choose_threshold: 0.05, 0.10, ..., 0.95 (rounded, so 0.15 prints as 0.15).
 THRESHOLD_GRID: tuple[float, ...] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2).tolist())
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-PRED_SUFFIX = "_seg.png"  # visualize.py writes <stem>_seg.png
 
 
 # ------------------------------------------------------------------------------ IoU itself
@@ -292,30 +298,173 @@ def write_report(stems: Sequence[str], experiments: Sequence[str], matrix: np.nd
     atomic_write_text(Path(report_dir) / "iou.md", md_text)
 
 
-def plot_iou_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path | str,
-                    chosen: dict[str, float] | None = None) -> None:
-    """Mean IoU against threshold, one line per experiment, written atomically as PNG.
+# ------------------------------------------------------------------- the whole test set
+def dataset_cams(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, form: str,
+                 batch_size: int = 64) -> np.ndarray:
+    """float32 N×H×W CAMs in [0, 1] at the stored image size, one per image of ``data``, each
+    of the image's top predicted class; batched under ``torch.inference_mode``."""
+    out_size = tuple(data.images.shape[-2:])
+    maps = []
+    for idx in torch.arange(len(data)).split(batch_size):
+        inputs = dataloader.to_model_input(data.images[idx.to(data.images.device)], img_size)
+        maps.append(model.localization_maps(net, inputs, out_size, form)[1].float().cpu().numpy())
+    return np.concatenate(maps)
 
-    curves: experiment -> (thresholds, mean IoUs), both float arrays T, thresholds increasing.
-    chosen: experiment -> its chosen threshold, marked on that experiment's line.
-    """
-    if not curves:
-        raise CamlabError("plot_iou_curves: no curves to draw")
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for name, (thresholds, mious) in curves.items():
-        line, = ax.plot(thresholds, mious, "-", label=name)
-        if chosen and name in chosen:
-            t = chosen[name]
-            y = np.interp(t, thresholds, mious)
-            ax.plot([t], [y], "o", color=line.get_color(), markersize=7)
-    ax.set(xlabel="threshold on the normalised CAM", ylabel="mean IoU", ylim=(0, 1))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+def split_masks(root: Path, split: str, names: Sequence[str]) -> np.ndarray | None:
+    """bool N×H×W masks from ``root/<split>_masks/<stem>.png`` (the embedded dataset writes
+    them), or None when the dataset has no such folder."""
+    folder = root / f"{split}_masks"
+    if not folder.is_dir():
+        return None
+    return np.stack([read_mask(folder / f"{Path(name).stem}.png") for name in names])
+
+
+def _subset(data: "dataloader.ImageSet", n: int, seed: int = 0) -> "dataloader.ImageSet":
+    if n >= len(data):
+        return data
+    keep = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(data), n, replace=False)))
+    return dataloader.ImageSet(data.images[keep], data.labels[keep],
+                               [data.names[k] for k in keep.tolist()], data.classes)
+
+
+def localization_report(exp_id: str, form: str = "class", n_threshold: int = 500,
+                        device: str = "auto") -> dict | None:
+    """Mean IoU of ``exp_id``'s best checkpoint over the whole test set, at the threshold that
+    is best on ``n_threshold`` training images' masks (never on test masks). None when the
+    dataset has no ``train_masks/`` and ``test_masks/`` (only the embedded one has them)."""
+    dev = resolve_device(device)
+    net, ckpt = model.load_checkpoint(safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth", dev)
+    cfg = train.RunConfig(**{k: v for k, v in ckpt["args"].items() if k in train.RunConfig.__annotations__})
+    root = Path(cfg.data_root) if cfg.data_root else dataloader.default_root(cfg.dataset)
+    if not (root / "train_masks").is_dir() or not (root / "test_masks").is_dir():
+        return None
+    net.eval()
+    fit_set = _subset(dataloader.load_split(cfg.dataset, root, "train", img_size=cfg.img_size,
+                                            progress=False), n_threshold).to(dev)
+    curve = iou_curve(dataset_cams(net, fit_set, cfg.img_size, form),
+                      split_masks(root, "train", fit_set.names), THRESHOLD_GRID)
+    best = int(np.argmax(curve))
+    test_set = dataloader.load_split(cfg.dataset, root, "test", img_size=cfg.img_size, progress=False).to(dev)
+    test_masks = split_masks(root, "test", test_set.names)
+    test_cams = dataset_cams(net, test_set, cfg.img_size, form)
+    test_curve = iou_curve(test_cams, test_masks, THRESHOLD_GRID)
+    return {"exp_id": exp_id, "cam": form, "threshold": THRESHOLD_GRID[best],
+            "train_iou": float(curve[best]), "test_iou": float(test_curve[best]),
+            "n_threshold_images": len(fit_set), "n_test": len(test_set),
+            "curve": (np.asarray(THRESHOLD_GRID), curve), "test_curve": (np.asarray(THRESHOLD_GRID), test_curve)}
+
+
+def full_test_table(reports: list[dict]) -> str:
+    """Markdown: per experiment, the CAM form, the threshold chosen on training masks, the mean
+    IoU there and on the whole test set at that threshold."""
+    lines = ["| experiment | CAM | threshold (chosen on train masks) | train mean IoU | test mean IoU | test images |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in reports:
+        lines.append(f"| {_md_cell(r['exp_id'])} | {r['cam']} | {r['threshold']:.2f} | {r['train_iou']:.4f} "
+                     f"| {r['test_iou']:.4f} | {r['n_test']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _experiment_form(exp_id: str, default: str) -> str:
+    """The CAM form visualize.py used for ``exp_id`` (its settings.json), else ``default``."""
+    path = safe_subdir(VISUALIZE_DIR, exp_id) / "settings.json"
+    try:
+        return json.loads(path.read_text())["cam"]
+    except (OSError, ValueError, KeyError):
+        return default
+
+
+def whole_test_reports(experiments: Sequence[str], form: str, n_threshold: int,
+                       device: str) -> list[dict]:
+    """localization_report for each experiment that has a checkpoint and masked data."""
+    reports = []
+    for exp_id in experiments:
+        if (safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth").is_file():
+            report = localization_report(exp_id, _experiment_form(exp_id, form), n_threshold, device)
+            if report is not None:
+                reports.append(report)
+    return reports
+
+
+def write_full_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
+    """``iou_full.csv``, the curves in ``iou_threshold.png``; returns the markdown table."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["experiment", "cam", "threshold", "train_iou", "test_iou", "n_test"])
+    for r in reports:
+        writer.writerow([r["exp_id"], r["cam"], f"{r['threshold']:.2f}", f"{r['train_iou']:.4f}",
+                         f"{r['test_iou']:.4f}", r["n_test"]])
+    atomic_write_text(Path(report_dir) / "iou_full.csv", buf.getvalue())
+    visualize.plot_iou_curves({r["exp_id"]: r["curve"] for r in reports}, Path(report_dir) / "iou_threshold.png",
+                              chosen={r["exp_id"]: r["threshold"] for r in reports},
+                              title="mean IoU on training masks (where the threshold is chosen)")
+    return full_test_table(reports)
+
+
+# ------------------------------------------------------------------------------- ablation
+# (name, mode, transform): the comparison of handout section 3.5, one seed for all.
+ABLATION = (("cam", "CAM", "scale"), ("seg_scale", "SEG", "scale"), ("seg_rotate", "SEG", "rotate"),
+            ("seg_hflip", "SEG", "hflip"), ("seg_rotate_hflip", "SEG", "rotate+hflip"))
+# Settings that must agree for an existing run to be reused by the ablation.
+_SHAPING = ("mode", "transform", "epochs", "batch_size", "lr", "img_size", "weights", "dataset",
+            "data_root", "seed", "scale", "rot_deg", "shift", "cam", "ser_weight", "val_fraction")
+
+
+def _trained(cfg: "train.RunConfig") -> dict:
+    """The run's metrics: reused when ``checkpoints/<exp_id>`` holds the same settings (so an
+    interrupted ablation continues), trained otherwise; other settings there are an error."""
+    path = cfg.run_dir() / "metrics.json"
+    if not path.is_file():
+        return train.train(cfg)
+    metrics = json.loads(path.read_text())
+    wanted = {k: getattr(cfg, k) for k in _SHAPING}
+    found = {k: metrics.get("args", {}).get(k) for k in _SHAPING}
+    if wanted != found:
+        differ = [k for k in _SHAPING if wanted[k] != found[k]]
+        raise CamlabError(f"{cfg.run_dir()} holds a run with other settings ({', '.join(differ)}); "
+                          f"move it away or use another --prefix")
+    print(f"reusing {cfg.run_dir()} (same settings)")
+    return metrics
+
+
+def run_ablation(base: "train.RunConfig", prefix: str = "ablation", form: str = "class",
+                 n_threshold: int = 500) -> str:
+    """Train (or reuse) every ABLATION run under one seed, visualise the ten images at one
+    shared threshold (the CAM run's, chosen on training masks), and tabulate accuracy,
+    ten-image mean IoU and whole-test mean IoU into ``report/ablation.md``."""
+    rows, shared = [], None
+    for name, mode, transform in ABLATION:
+        cfg = dataclasses.replace(base, exp_id=f"{prefix}_{name}", mode=mode, transform=transform)
+        metrics = _trained(cfg)
+        full = localization_report(cfg.exp_id, form, n_threshold, cfg.device)
+        shared = shared if shared is not None else (full["threshold"] if full else DEFAULT_THRESHOLD)
+        out = visualize.visualize_run(cfg.exp_id, shared, form, cfg.data_root, cfg.device)
+        settings = json.loads((out / "settings.json").read_text())
+        ten = iou_table(out, Path(settings["data_root"]) / "test_seg")
+        rows.append({"run": cfg.exp_id, "mode": mode, "transform": "-" if mode == "CAM" else transform,
+                     "test_acc": metrics["test_acc"], "ten": float(np.mean(list(ten.values()))),
+                     "full": full})
+    table = ablation_table(rows, base, form, shared)
+    atomic_write_text(REPORT_DIR / "ablation.md", table)
+    return table
+
+
+def ablation_table(rows: list[dict], base: "train.RunConfig", form: str, shared: float) -> str:
+    """Markdown for report/ablation.md: the settings, then one row per run."""
+    head = (f"Settings: seed {base.seed}, {base.epochs} epochs, img_size {base.img_size}, batch {base.batch_size}, "
+            f"lr {base.lr}, weights {base.weights}, ser_weight {base.ser_weight}, loss CAM form {base.cam}, "
+            f"evaluated with the {form} CAM. Ten-image IoU at one shared threshold {shared:.2f} (chosen on "
+            f"training masks for the CAM run); whole-test IoU at each run's own threshold chosen on training masks.\n\n")
+    lines = ["| run | mode | transform | test acc | ten-image mean IoU | whole-test mean IoU | its threshold |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        full = r["full"]
+        lines.append(f"| {r['run']} | {r['mode']} | {_md_cell(r['transform'])} | {r['test_acc']:.4f} | "
+                     f"{r['ten']:.4f} | {full['test_iou']:.4f} | {full['threshold']:.2f} |" if full else
+                     f"| {r['run']} | {r['mode']} | {_md_cell(r['transform'])} | {r['test_acc']:.4f} | "
+                     f"{r['ten']:.4f} | - | - |")
+    return head + "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------- command line
@@ -324,14 +473,49 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gt_dir", type=Path, default=DEFAULT_DATA_ROOT / "test_seg",
                         help="ground-truth masks <stem>.png (default: %(default)s)")
+    parser.add_argument("--cam", default="class", choices=list(model.CAM_FORMS),
+                        help="CAM form for experiments visualize.py has not recorded one for")
+    parser.add_argument("--n_threshold", type=int, default=500,
+                        help="training images whose masks choose each experiment's threshold")
+    parser.add_argument("--no_full", action="store_true", help="only the ten-image table")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ab = parser.add_argument_group("ablation (train and compare CAM and SEG runs)")
+    ab.add_argument("--ablation", action="store_true",
+                    help="train CAM and SEG with scale, rotate, hflip and rotate+hflip, then write report/ablation.md")
+    ab.add_argument("--prefix", default="ablation", help="the runs are checkpoints/<prefix>_<name>/")
+    for flag in ("epochs", "img_size", "seed", "batch_size"):
+        ab.add_argument(f"--{flag}", type=int, default=getattr(train.RunConfig, flag))
+    ab.add_argument("--weights", default=train.RunConfig.weights)
+    ab.add_argument("--data_root", default=None)
     args = parser.parse_args(argv)
+    if args.ablation:
+        return _main_ablation(args)
     try:
         stems, experiments, matrix = experiment_table(VISUALIZE_DIR, args.gt_dir)
         write_report(stems, experiments, matrix)
+        print(format_table(stems, experiments, matrix)[1], end="")
+        reports = [] if args.no_full else whole_test_reports(experiments, args.cam, args.n_threshold, args.device)
+        if reports:
+            table = write_full_report(reports)
+            print("\nWhole test set (threshold chosen per experiment on training masks):\n" + table, end="")
+            with open(REPORT_DIR / "iou.md", "a", encoding="utf-8") as f:
+                f.write("\n## Whole test set\n\n" + table)
     except CamlabError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"iou.py: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    print(format_table(stems, experiments, matrix)[1], end="")
+    return 0
+
+
+def _main_ablation(args: argparse.Namespace) -> int:
+    base = train.RunConfig(epochs=args.epochs, img_size=args.img_size, seed=args.seed,
+                           batch_size=args.batch_size, weights=args.weights, data_root=args.data_root,
+                           device=args.device)
+    try:
+        table = run_ablation(base, args.prefix, args.cam, args.n_threshold)
+    except CamlabError as err:
+        print(f"iou.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(table, end="")
     return 0
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from utils import CamlabError
+from utils import CamlabError, atomic_write
 
 # name -> (constructor, ImageNet weights enum). Every torchvision ResNet shares the stage names.
 BACKBONES: dict[str, tuple[Callable[..., nn.Module], torchvision.models.WeightsEnum]] = {
@@ -210,6 +210,35 @@ def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """
     cam = F.relu(cam)
     return cam / (cam.flatten(1).amax(dim=1).view(-1, 1, 1) + eps)
+
+
+# -------------------------------------------------------------------------------- checkpoints
+CHECKPOINT_FORMAT = "camlab-checkpoint-1"
+
+
+def save_checkpoint(path: Path, model: CAMModel, **meta) -> None:
+    """Atomically write model weights, model config and plain metadata (numbers, strings,
+    lists, dicts, tensors), so that ``torch.load(weights_only=True)`` reads it back."""
+    payload = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+               "model_config": model.config.to_dict(), **meta}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tuple[CAMModel, dict]:
+    """``(model with the saved weights, the checkpoint dict)``; never unpickles code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CamlabError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise CamlabError(f"checkpoint {path} cannot be read safely ({reason})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CamlabError(f"checkpoint {path} was not written by camlab (no '{CHECKPOINT_FORMAT}' tag)")
+    model = CAMModel.from_config(ckpt["model_config"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
 
 
 # ---------------------------------------------------------------------------------- CAM forms

@@ -24,11 +24,9 @@ from tqdm import tqdm
 
 import dataloader
 import visualize
-from model import CAM_FORMS, CAMModel
+from model import CAM_FORMS, CAMModel, load_checkpoint, save_checkpoint
 from transforms import EquivarianceTransform, TransformSettings
-from utils import CHECKPOINT_DIR, CamlabError, atomic_write, atomic_write_text, safe_subdir
-
-CHECKPOINT_FORMAT = "camlab-checkpoint-1"
+from utils import CHECKPOINT_DIR, CamlabError, atomic_write_text, resolve_device, safe_subdir
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -64,15 +62,6 @@ class RunConfig:
 
     def run_dir(self) -> Path:
         return safe_subdir(CHECKPOINT_DIR, self.exp_id)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` takes CUDA when there is one; asking for CUDA without one is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CamlabError("--device cuda: no CUDA device is available (try --device cpu)")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -193,7 +182,7 @@ def run_epoch(model: CAMModel, data: dataloader.ImageSet, indices: torch.Tensor,
     generator = torch.Generator().manual_seed(dataloader.epoch_seed(seed, epoch, stream=1))
     batches = dataloader.batch_indices(indices, batch_size, training, seed, epoch)
     with torch.inference_mode(not training):
-        for idx in tqdm(batches, desc=desc, leave=False, disable=not progress or None):
+        for idx in tqdm(batches, desc=desc, leave=False, disable=None if progress else True):
             idx = idx.to(data.images.device, non_blocking=True)
             flip = (torch.rand(len(idx), generator=generator) < 0.5).to(idx.device) if training else None
             images = dataloader.to_model_input(data.images[idx], img_size, flip)
@@ -205,32 +194,6 @@ def run_epoch(model: CAMModel, data: dataloader.ImageSet, indices: torch.Tensor,
                 optimizer.step()
             meter.update(step, labels)
     return meter.compute()
-
-
-# ------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, model: CAMModel, **meta) -> None:
-    """Atomically write model weights, model config and plain metadata (numbers, strings,
-    lists, dicts, tensors), so that ``torch.load(weights_only=True)`` reads it back."""
-    payload = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
-               "model_config": model.config.to_dict(), **meta}
-    atomic_write(path, lambda f: torch.save(payload, f))
-
-
-def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tuple[CAMModel, dict]:
-    """``(model with the saved weights, the checkpoint dict)``; never unpickles code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CamlabError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise CamlabError(f"checkpoint {path} cannot be read safely ({reason})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CamlabError(f"checkpoint {path} was not written by camlab (no '{CHECKPOINT_FORMAT}' tag)")
-    model = CAMModel.from_config(ckpt["model_config"]).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model, ckpt
 
 
 # -------------------------------------------------------------------------------------- runs

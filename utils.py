@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 # ImageNet statistics: torchvision's pretrained ResNets expect inputs normalised with these.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,6 +24,11 @@ REPORT_DIR = Path("report")
 
 # The embedded synthetic dataset is generated here when no --data_root is given.
 DEFAULT_DATA_ROOT = DATA_DIR / "synthetic"
+
+# Masks from CAMs: mask = (min-max normalised CAM >= threshold). One value for every mode, as the
+# handout requires; README "Choosing the threshold" says how it was chosen (training masks only).
+DEFAULT_THRESHOLD = 0.5
+PRED_SUFFIX = "_seg.png"  # visualize/<exp_id>/<stem>_seg.png holds the predicted mask
 
 
 class CamlabError(Exception):
@@ -71,3 +78,12 @@ def atomic_write(path: Path | str, write: Callable[[Any], None], mode: str = "wb
 def atomic_write_text(path: Path | str, text: str) -> None:
     """Text version of :func:`atomic_write`."""
     atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` takes CUDA when there is one; asking for CUDA without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CamlabError("--device cuda: no CUDA device is available (try --device cpu)")
+    return torch.device(name)

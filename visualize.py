@@ -21,10 +21,9 @@ import torch  # noqa: E402
 from torchvision.datasets.folder import IMG_EXTENSIONS  # noqa: E402
 
 import dataloader  # noqa: E402
-import iou  # noqa: E402
 import model  # noqa: E402
-import train  # noqa: E402
-from utils import CHECKPOINT_DIR, VISUALIZE_DIR, CamlabError, atomic_write, atomic_write_text, safe_subdir  # noqa: E402
+from utils import CHECKPOINT_DIR, DEFAULT_THRESHOLD, PRED_SUFFIX, VISUALIZE_DIR, CamlabError  # noqa: E402
+from utils import atomic_write, atomic_write_text, resolve_device, safe_subdir  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -53,6 +52,32 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
         fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_iou_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path | str,
+                    chosen: dict[str, float] | None = None, title: str = "") -> None:
+    """Mean IoU against threshold, one line per experiment, written atomically as PNG.
+
+    curves: experiment -> (thresholds, mean IoUs), both float arrays T, thresholds increasing.
+    chosen: experiment -> its chosen threshold, marked on that experiment's line.
+    """
+    if not curves:
+        raise CamlabError("plot_iou_curves: no curves to draw")
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for name, (thresholds, mious) in curves.items():
+        line, = ax.plot(thresholds, mious, "-", label=name)
+        if chosen and name in chosen:
+            t = chosen[name]
+            y = np.interp(t, thresholds, mious)
+            ax.plot([t], [y], "o", color=line.get_color(), markersize=7)
+    ax.set(xlabel="threshold on the normalised CAM", ylabel="mean IoU", ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, Path(path))
+
 
 
 # ------------------------------------------------------------------------- CAM overlays, masks
@@ -121,7 +146,7 @@ def _ground_truth(root: Path, stem: str) -> np.ndarray | None:
     return dataloader.read_mask(path) if path.is_file() else None
 
 
-def visualize_run(exp_id: str, threshold: float = iou.DEFAULT_THRESHOLD, form: str = "class",
+def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str = "class",
                   data_root: str | None = None, device: str = "auto") -> Path:
     """Overlays, masks and a grid for every image of ``test_seg_source/`` under ``exp_id``'s
     best checkpoint; returns the output folder ``visualize/<exp_id>/``."""
@@ -129,8 +154,8 @@ def visualize_run(exp_id: str, threshold: float = iou.DEFAULT_THRESHOLD, form: s
         raise CamlabError(f"--threshold must lie in [0, 1], got {threshold}")
     run_dir = safe_subdir(CHECKPOINT_DIR, exp_id)
     out_dir = safe_subdir(VISUALIZE_DIR, exp_id)
-    dev = train.resolve_device(device)
-    net, ckpt = train.load_checkpoint(run_dir / "best.pth", dev)
+    dev = resolve_device(device)
+    net, ckpt = model.load_checkpoint(run_dir / "best.pth", dev)
     args = ckpt.get("args", {})
     root = Path(data_root or args.get("data_root") or dataloader.default_root(args.get("dataset", "lab")))
     stems, images = _source_images(root)
@@ -145,7 +170,7 @@ def visualize_run(exp_id: str, threshold: float = iou.DEFAULT_THRESHOLD, form: s
         mask = cam >= threshold
         overlay = heatmap_overlay(images[i], cam)
         write_png(out_dir / f"{stem}.png", overlay)
-        write_png(out_dir / f"{stem}{iou.PRED_SUFFIX}", mask.astype(np.uint8) * 255)
+        write_png(out_dir / f"{stem}{PRED_SUFFIX}", mask.astype(np.uint8) * 255)
         rows.append({"name": stem, "image": images[i], "overlay": overlay, "mask": mask,
                      "gt": _ground_truth(root, stem),
                      "caption": f"{stem}: {classes[preds[i]]} ({probs[i]:.2f})"})
@@ -159,7 +184,7 @@ def visualize_run(exp_id: str, threshold: float = iou.DEFAULT_THRESHOLD, form: s
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="visualize.py", description="CAM overlays and masks for test_seg_source/.")
     p.add_argument("--exp_id", required=True, help="the run under checkpoints/ to visualise")
-    p.add_argument("--threshold", type=float, default=iou.DEFAULT_THRESHOLD,
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="mask = min-max normalised CAM >= threshold; keep it the same for every mode")
     p.add_argument("--cam", default="class", choices=list(model.CAM_FORMS),
                    help="class: the paper's CAM of the predicted class; lab: the handout's softmax-weighted sum")

@@ -11,9 +11,10 @@ import pytest
 
 import iou as iou_mod
 from iou import (IoUMeter, choose_threshold, experiment_table, format_table, iou, iou_curve,
-                 iou_table, minmax_normalize, plot_iou_curves, read_mask_dir, threshold_masks,
+                 iou_table, minmax_normalize, read_mask_dir, threshold_masks,
                  write_report)
 from utils import CamlabError
+from visualize import plot_iou_curves
 
 T, F = True, False
 

@@ -1,0 +1,104 @@
+"""visualize.py and the report side of iou.py, end to end on a tiny trained run."""
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import iou
+import main
+import train
+import visualize
+from utils import CamlabError
+
+FAST = ["--img_size", "32", "--weights", "none", "--batch_size", "8", "--quiet", "--epochs", "1"]
+
+
+@pytest.fixture
+def trained(tiny_lab, tmp_path, monkeypatch):
+    """A working directory holding one tiny CAM run, checkpoints/tiny/."""
+    monkeypatch.chdir(tmp_path)
+    assert main.main(["--data_root", str(tiny_lab), "--exp_id", "tiny", *FAST]) == 0
+    return tmp_path
+
+
+def test_overlay_by_hand() -> None:
+    image = np.zeros((2, 2, 3), np.uint8)
+    cam = np.array([[0.0, 0.0], [1.0, 1.0]])
+    out = visualize.heatmap_overlay(image, cam, alpha=0.5)
+    # JET: 0 -> dark blue (0, 0, 128), 1 -> dark red (128, 0, 0), blended half with black
+    assert out[0, 0].tolist() == [0, 0, 64] and out[1, 0].tolist() == [64, 0, 0]
+
+
+def test_visualize_writes_overlays_masks_and_grid(trained, tiny_lab) -> None:
+    out = visualize.visualize_run("tiny", threshold=0.4, form="class", device="cpu")
+    stems = ["000", "001", "002"]
+    for stem in stems:
+        overlay = cv2.imread(str(out / f"{stem}.png"))
+        mask = cv2.imread(str(out / f"{stem}_seg.png"), cv2.IMREAD_GRAYSCALE)
+        assert overlay.shape == (16, 16, 3) and mask.shape == (16, 16)
+        assert set(np.unique(mask).tolist()) <= {0, 255} and mask.max() == 255  # the CAM max is kept
+    assert (out / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["threshold"] == 0.4 and settings["images"] == stems
+
+
+def test_iou_csv_agrees_with_the_mask_files(trained, tiny_lab) -> None:
+    visualize.visualize_run("tiny", device="cpu")
+    assert iou.main(["--gt_dir", str(tiny_lab / "test_seg"), "--no_full"]) == 0
+    rows = list(csv.reader(open(trained / "report" / "iou.csv")))
+    assert rows[0] == ["image", "tiny"]
+    for stem, value in rows[1:4]:
+        pred = cv2.imread(str(trained / "visualize" / "tiny" / f"{stem}_seg.png"), 0) > 127
+        gt = cv2.imread(str(tiny_lab / "test_seg" / f"{stem}.png"), 0) > 127
+        assert float(value) == pytest.approx((pred & gt).sum() / (pred | gt).sum(), abs=5e-5)
+    assert rows[4][0] == "mean"
+    assert float(rows[4][1]) == pytest.approx(np.mean([float(r[1]) for r in rows[1:4]]), abs=1e-4)
+
+
+def test_whole_test_report_chooses_threshold_on_training_masks(trained, monkeypatch) -> None:
+    seen = []
+    real = iou.split_masks
+    monkeypatch.setattr(iou, "split_masks", lambda root, split, names: seen.append(split) or real(root, split, names))
+    report = iou.localization_report("tiny", "class", n_threshold=10, device="cpu")
+    assert seen == ["train", "test"] and report["n_threshold_images"] == 10 and report["n_test"] == 9
+    grid, curve = report["curve"]
+    assert report["threshold"] == grid[int(np.argmax(curve))]  # best on training masks...
+    assert report["test_iou"] == report["test_curve"][1][int(np.argmax(curve))]  # ...applied to test
+    assert 0.0 <= report["test_iou"] <= 1.0
+
+
+def test_refuses_missing_or_foreign_checkpoints(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert visualize.main(["--exp_id", "nothing"]) == 2
+    assert "checkpoints/nothing/best.pth does not exist" in capsys.readouterr().err
+    (tmp_path / "checkpoints" / "foreign").mkdir(parents=True)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "checkpoints" / "foreign" / "best.pth")
+    assert visualize.main(["--exp_id", "foreign"]) == 2
+    assert "not written by camlab" in capsys.readouterr().err
+    assert visualize.main(["--exp_id", "../x"]) == 2
+
+
+def test_ablation_trains_compares_and_reuses(tiny_lab, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["--ablation", "--epochs", "1", "--img_size", "32", "--batch_size", "8", "--weights", "none",
+            "--data_root", str(tiny_lab), "--n_threshold", "8", "--device", "cpu"]
+    assert iou.main(argv) == 0
+    table = (tmp_path / "report" / "ablation.md").read_text()
+    runs = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ablation_")]
+    assert runs == ["ablation_cam", "ablation_seg_scale", "ablation_seg_rotate", "ablation_seg_hflip",
+                    "ablation_seg_rotate_hflip"]
+    seg = json.loads((tmp_path / "checkpoints" / "ablation_seg_rotate" / "metrics.json").read_text())
+    assert seg["args"]["mode"] == "SEG" and seg["args"]["transform"] == "rotate"
+    log = list(csv.DictReader(open(tmp_path / "checkpoints" / "ablation_seg_rotate" / "log.csv")))
+    assert float(log[0]["train_ser"]) >= 0.0  # the equivariance term is logged
+    capsys.readouterr()
+    assert iou.main(argv) == 0
+    assert capsys.readouterr().out.count("reusing") == 5
+    argv[argv.index("--epochs") + 1] = "2"
+    assert iou.main(argv) == 2
+    assert "other settings (epochs)" in capsys.readouterr().err
