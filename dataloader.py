@@ -86,6 +86,11 @@ def default_root(dataset: str) -> Path:
     return utils.DATA_DIR / dataset
 
 
+def resolve_root(dataset: str, data_root: str | Path | None) -> Path:
+    """``--data_root`` when given, else the dataset's default root."""
+    return Path(data_root) if data_root else default_root(dataset)
+
+
 def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 224,
                num_classes: int | None = None, download: bool = False,
                cache_dir: Path | None = utils.DATA_DIR / "cache",
@@ -361,13 +366,19 @@ def _decode_files(paths: list[Path], labels: list[int], names: list[str], classe
 def decode_image(path: Path | str) -> np.ndarray:
     """The image at ``path`` as uint8 H×W×3 RGB; grey is repeated, alpha dropped, 16 bits
     scaled to 8. Read through ``np.fromfile`` so that any path the OS accepts works."""
+    return _to_rgb8(_imread(path, cv2.IMREAD_UNCHANGED, "image"), path)
+
+
+def _imread(path: Path | str, flags: int, what: str) -> np.ndarray:
+    """cv2's decoder on the file's bytes; a missing, unreadable or undecodable file is a
+    CamlabError naming it (one line: cv2's own messages span several)."""
     try:
-        image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    except (OSError, cv2.error) as err:
-        raise CamlabError(f"cannot read image {path}: {err}") from None
+        image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), flags)
+    except (OSError, ValueError, cv2.error) as err:
+        raise CamlabError(f"cannot read {what} {path}: {' '.join(str(err).split())}") from None
     if image is None:
-        raise CamlabError(f"cannot read image {path}: not a decodable image file")
-    return _to_rgb8(image, path)
+        raise CamlabError(f"cannot read {what} {path}: not a decodable image file")
+    return image
 
 
 def _to_rgb8(image: np.ndarray, path: Path | str) -> np.ndarray:
@@ -399,12 +410,7 @@ def read_mask(path: Path | str) -> np.ndarray:
     The file must hold only 0 and 255 (the handout's masks), or only 0 and 1; anything else,
     or a file that cannot be read or decoded, -> CamlabError naming the file.
     """
-    try:
-        raw = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-    except (OSError, cv2.error) as err:
-        raise CamlabError(f"cannot read mask {path}: {' '.join(str(err).split())}") from None
-    if raw is None:
-        raise CamlabError(f"cannot read mask {path}: not a decodable image file")
+    raw = _imread(path, cv2.IMREAD_GRAYSCALE, "mask")
     _check_binary(raw, path)
     return raw > 0
 

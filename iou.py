@@ -32,22 +32,17 @@ from pathlib import Path
 from typing import Sequence
 
 import cv2
-import matplotlib
 import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-
-import torch  # noqa: E402
-
-import dataloader  # noqa: E402
-import model  # noqa: E402
-import train  # noqa: E402
-import visualize  # noqa: E402
-from dataloader import read_mask  # noqa: E402
-from utils import CHECKPOINT_DIR, DEFAULT_DATA_ROOT, DEFAULT_THRESHOLD, PRED_SUFFIX, REPORT_DIR  # noqa: E402
-from utils import VISUALIZE_DIR, CamlabError  # noqa: E402
-from utils import atomic_write_text, resolve_device, safe_subdir  # noqa: E402
+import dataloader
+import model
+import train
+import visualize
+from dataloader import read_mask
+from utils import (CHECKPOINT_DIR, DEFAULT_DATA_ROOT, DEFAULT_THRESHOLD, PRED_SUFFIX, REPORT_DIR,
+                   VISUALIZE_DIR, CamlabError, OneLineParser, atomic_write_text, resolve_device,
+                   run_cli, safe_subdir)
 
 # Candidate thresholds for choose_threshold: 0.05, 0.10, ..., 0.95 (rounded, so 0.15 prints as 0.15).
 THRESHOLD_GRID: tuple[float, ...] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2).tolist())
@@ -291,11 +286,12 @@ def format_table(stems: Sequence[str], experiments: Sequence[str], matrix: np.nd
 
 
 def write_report(stems: Sequence[str], experiments: Sequence[str], matrix: np.ndarray,
-                 report_dir: Path | str = REPORT_DIR) -> None:
-    """``report_dir/iou.csv`` and ``report_dir/iou.md`` (see :func:`format_table`), atomically."""
+                 report_dir: Path | str = REPORT_DIR, extra_md: str = "") -> None:
+    """``report_dir/iou.csv`` and ``report_dir/iou.md`` (see :func:`format_table`; ``extra_md``
+    is appended to the markdown), atomically."""
     csv_text, md_text = format_table(stems, experiments, matrix)
     atomic_write_text(Path(report_dir) / "iou.csv", csv_text)
-    atomic_write_text(Path(report_dir) / "iou.md", md_text)
+    atomic_write_text(Path(report_dir) / "iou.md", md_text + extra_md)
 
 
 # ------------------------------------------------------------------- the whole test set
@@ -336,7 +332,7 @@ def localization_report(exp_id: str, form: str = "class", n_threshold: int = 500
     dev = resolve_device(device)
     net, ckpt = model.load_checkpoint(safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth", dev)
     cfg = train.RunConfig(**{k: v for k, v in ckpt["args"].items() if k in train.RunConfig.__annotations__})
-    root = Path(cfg.data_root) if cfg.data_root else dataloader.default_root(cfg.dataset)
+    root = dataloader.resolve_root(cfg.dataset, cfg.data_root)
     if not (root / "train_masks").is_dir() or not (root / "test_masks").is_dir():
         return None
     net.eval()
@@ -470,7 +466,7 @@ def ablation_table(rows: list[dict], base: "train.RunConfig", form: str, shared:
 # ---------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
     """``python iou.py``: IoU of every experiment under visualize/, printed and written to report/."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="iou.py", description=__doc__.splitlines()[0])
     parser.add_argument("--gt_dir", type=Path, default=DEFAULT_DATA_ROOT / "test_seg",
                         help="ground-truth masks <stem>.png (default: %(default)s)")
     parser.add_argument("--cam", default="class", choices=list(model.CAM_FORMS),
@@ -488,35 +484,25 @@ def main(argv: list[str] | None = None) -> int:
     ab.add_argument("--weights", default=train.RunConfig.weights)
     ab.add_argument("--data_root", default=None)
     args = parser.parse_args(argv)
-    if args.ablation:
-        return _main_ablation(args)
-    try:
-        stems, experiments, matrix = experiment_table(VISUALIZE_DIR, args.gt_dir)
-        write_report(stems, experiments, matrix)
-        print(format_table(stems, experiments, matrix)[1], end="")
-        reports = [] if args.no_full else whole_test_reports(experiments, args.cam, args.n_threshold, args.device)
-        if reports:
-            table = write_full_report(reports)
-            print("\nWhole test set (threshold chosen per experiment on training masks):\n" + table, end="")
-            with open(REPORT_DIR / "iou.md", "a", encoding="utf-8") as f:
-                f.write("\n## Whole test set\n\n" + table)
-    except CamlabError as err:
-        print(f"iou.py: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("iou.py", lambda: (_ablation if args.ablation else _report)(args))
 
 
-def _main_ablation(args: argparse.Namespace) -> int:
+def _report(args: argparse.Namespace) -> None:
+    stems, experiments, matrix = experiment_table(VISUALIZE_DIR, args.gt_dir)
+    reports = [] if args.no_full else whole_test_reports(experiments, args.cam, args.n_threshold, args.device)
+    extra = ""
+    if reports:
+        extra = ("\n## Whole test set\n\nThreshold chosen per experiment on training masks.\n\n"
+                 + write_full_report(reports))
+    write_report(stems, experiments, matrix, extra_md=extra)
+    print(format_table(stems, experiments, matrix)[1] + extra, end="")
+
+
+def _ablation(args: argparse.Namespace) -> None:
     base = train.RunConfig(epochs=args.epochs, img_size=args.img_size, seed=args.seed,
                            batch_size=args.batch_size, weights=args.weights, data_root=args.data_root,
                            device=args.device)
-    try:
-        table = run_ablation(base, args.prefix, args.cam, args.n_threshold)
-    except CamlabError as err:
-        print(f"iou.py: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    print(table, end="")
-    return 0
+    print(run_ablation(base, args.prefix, args.cam, args.n_threshold), end="")
 
 
 if __name__ == "__main__":

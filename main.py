@@ -13,16 +13,9 @@ import dataloader
 import model
 import train
 import transforms
-from utils import CamlabError
+from utils import CamlabError, OneLineParser, run_cli
 
 DEFAULTS = train.RunConfig()
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag gives one line (not usage + error) and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _transform_name(name: str) -> str:
@@ -101,19 +94,15 @@ def config_from_args(args: argparse.Namespace) -> train.RunConfig:
     return train.RunConfig(**values)
 
 
+def run(args: argparse.Namespace) -> None:
+    cfg = config_from_args(args)
+    cfg.run_dir()  # refuse an --exp_id that escapes checkpoints/ before any work
+    train.train_CV(cfg) if cfg.cv else train.train(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-        cfg.run_dir()  # refuse an --exp_id that escapes checkpoints/ before any work
-        train.train_CV(cfg) if cfg.cv else train.train(cfg)
-    except CamlabError as err:
-        print(f"main.py: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("main.py: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_cli("main.py", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -273,7 +273,7 @@ def evaluate(model: CAMModel, data: dataloader.ImageSet, cfg: RunConfig, desc: s
 
 
 def load_data(cfg: RunConfig, device: torch.device) -> tuple[dataloader.ImageSet, dataloader.ImageSet]:
-    root = Path(cfg.data_root) if cfg.data_root else dataloader.default_root(cfg.dataset)
+    root = dataloader.resolve_root(cfg.dataset, cfg.data_root)
     kw = dict(img_size=cfg.img_size, download=cfg.download, progress=cfg.progress)
     train_set = dataloader.load_split(cfg.dataset, root, "train", **kw)
     test_set = dataloader.load_split(cfg.dataset, root, "test", **kw)

@@ -4,7 +4,6 @@ matplotlib draws off screen (Agg), so figures are written on servers without a d
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -23,7 +22,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS  # noqa: E402
 import dataloader  # noqa: E402
 import model  # noqa: E402
 from utils import CHECKPOINT_DIR, DEFAULT_THRESHOLD, PRED_SUFFIX, VISUALIZE_DIR, CamlabError  # noqa: E402
-from utils import atomic_write, atomic_write_text, resolve_device, safe_subdir  # noqa: E402
+from utils import OneLineParser, atomic_write, atomic_write_text, resolve_device, run_cli, safe_subdir  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -101,25 +100,26 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 
 def plot_grid(rows: list[dict], path: Path, title: str = "") -> None:
-    """One row per image: image, CAM overlay, thresholded mask, ground truth (when known).
+    """A report figure with one column per image and four rows: image, CAM overlay,
+    thresholded mask, ground truth (left blank where unknown).
 
     rows: dicts with ``name``, ``image`` (uint8 H×W×3), ``overlay``, ``mask`` (bool H×W),
     optional ``gt`` (bool H×W) and ``caption``.
     """
-    cols = ("image", "overlay", "mask", "gt")
-    heads = ("image", "CAM", "mask", "ground truth")
-    fig, axes = plt.subplots(len(rows), 4, figsize=(8, 2.1 * len(rows)), squeeze=False)
-    for r, row in enumerate(rows):
-        for c, key in enumerate(cols):
+    keys, heads = ("image", "overlay", "mask", "gt"), ("image", "CAM", "mask", "ground truth")
+    fig, axes = plt.subplots(4, len(rows), figsize=(1.5 * len(rows), 6.6), squeeze=False)
+    for c, row in enumerate(rows):
+        for r, key in enumerate(keys):
             ax = axes[r, c]
-            ax.axis("off")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            binary = key in ("mask", "gt")
             if row.get(key) is not None:
-                ax.imshow(row[key], cmap="gray" if key in ("mask", "gt") else None, vmin=0, vmax=1
-                          if key in ("mask", "gt") else None)
-            if r == 0:
-                ax.set_title(heads[c], fontsize=9)
-        axes[r, 0].text(-0.08, 0.5, row.get("caption", row["name"]), transform=axes[r, 0].transAxes,
-                        rotation=90, va="center", ha="right", fontsize=7)
+                ax.imshow(row[key], cmap="gray" if binary else None, vmin=0 if binary else None,
+                          vmax=1 if binary else None)
+            if c == 0:
+                ax.set_ylabel(heads[r], fontsize=9)
+        axes[0, c].set_title(row.get("caption", row["name"]), fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -157,7 +157,7 @@ def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str =
     dev = resolve_device(device)
     net, ckpt = model.load_checkpoint(run_dir / "best.pth", dev)
     args = ckpt.get("args", {})
-    root = Path(data_root or args.get("data_root") or dataloader.default_root(args.get("dataset", "lab")))
+    root = dataloader.resolve_root(args.get("dataset", "lab"), data_root or args.get("data_root"))
     stems, images = _source_images(root)
     inputs = dataloader.to_model_input(torch.from_numpy(images).permute(0, 3, 1, 2).to(dev),
                                        int(args.get("img_size", 224)))
@@ -173,7 +173,7 @@ def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str =
         write_png(out_dir / f"{stem}{PRED_SUFFIX}", mask.astype(np.uint8) * 255)
         rows.append({"name": stem, "image": images[i], "overlay": overlay, "mask": mask,
                      "gt": _ground_truth(root, stem),
-                     "caption": f"{stem}: {classes[preds[i]]} ({probs[i]:.2f})"})
+                     "caption": f"{stem}\n{classes[preds[i]]} ({probs[i]:.2f})"})
     plot_grid(rows, out_dir / "grid.png", title=f"{exp_id}: {form} CAM, threshold {threshold:g}")
     settings = {"exp_id": exp_id, "checkpoint": str(run_dir / "best.pth"), "cam": form,
                 "threshold": threshold, "data_root": str(root), "images": stems}
@@ -182,7 +182,7 @@ def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str =
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="visualize.py", description="CAM overlays and masks for test_seg_source/.")
+    p = OneLineParser(prog="visualize.py", description="CAM overlays and masks for test_seg_source/.")
     p.add_argument("--exp_id", required=True, help="the run under checkpoints/ to visualise")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="mask = min-max normalised CAM >= threshold; keep it the same for every mode")
@@ -191,13 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data_root", default=None, help="default: the checkpoint's data root")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = p.parse_args(argv)
-    try:
+
+    def body() -> None:
         out = visualize_run(args.exp_id, args.threshold, args.cam, args.data_root, args.device)
-    except CamlabError as err:
-        print(f"visualize.py: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    print(f"wrote overlays, masks and grid.png to {out}/")
-    return 0
+        print(f"wrote overlays, masks and grid.png to {out}/")
+    return run_cli("visualize.py", body)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -69,6 +68,8 @@ def test_unknown_mode_and_dataset(capsys) -> None:
     assert "--mode" in line and "'SEGG'" in line
     line = _one_line_error(*run_main(capsys, "--dataset", "imagenet"))
     assert "--dataset" in line
+    line = _one_line_error(*run_main(capsys, "--mode", "SEG", "--transform", "rotate+zoom"))
+    assert "--transform" in line and "'zoom'" in line and "scale, rotate, rot90, hflip, vflip, translate" in line
 
 
 def test_missing_data_root(tmp_path, monkeypatch, capsys) -> None:

@@ -11,9 +11,7 @@ import torch
 
 import iou
 import main
-import train
 import visualize
-from utils import CamlabError
 
 FAST = ["--img_size", "32", "--weights", "none", "--batch_size", "8", "--quiet", "--epochs", "1"]
 
