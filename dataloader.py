@@ -203,6 +203,8 @@ def _parse_annotations(ann_path: Path, image_dir: Path, num_classes: int) -> lis
             if not (image_dir / name).is_file():
                 raise CamlabError(f"{ann_path}, line {line_no}: image {image_dir / name} is missing")
             entries.append((name, label))
+    if not entries:
+        raise CamlabError(f"annotation file {ann_path} lists no images")
     return entries
 
 
@@ -337,8 +339,7 @@ def _download_cifar10(dataset: str, root: Path, split: str) -> None:
     try:
         CIFAR10(str(root), train=split == "train", download=True)
     except Exception as err:  # network and archive errors come in many types; all end here
-        reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
-        raise CamlabError(f"cannot download CIFAR-10 into '{root}': {reason}") from None
+        raise CamlabError(f"cannot download CIFAR-10 into '{root}': {utils.reason(err)}") from None
 
 
 _READERS: dict[str, Callable[[Path, str, int | None], _Listing]] = {
@@ -375,7 +376,7 @@ def _imread(path: Path | str, flags: int, what: str) -> np.ndarray:
     try:
         image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), flags)
     except (OSError, ValueError, cv2.error) as err:
-        raise CamlabError(f"cannot read {what} {path}: {' '.join(str(err).split())}") from None
+        raise CamlabError(f"cannot read {what} {path}: {utils.reason(err)}") from None
     if image is None:
         raise CamlabError(f"cannot read {what} {path}: not a decodable image file")
     return image
@@ -401,18 +402,38 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 # Mask files must use one of these codings; anything else (e.g. JPEG artefacts) is refused.
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 BINARY_CODINGS = (frozenset({0, 255}), frozenset({0, 1}))
 
 
 def read_mask(path: Path | str) -> np.ndarray:
-    """A binary mask image (ground truth or prediction) as bool H×W, foreground = non-zero.
+    """A binary mask image (ground truth or prediction) as bool H×W: foreground where > 127.
 
-    The file must hold only 0 and 255 (the handout's masks), or only 0 and 1; anything else,
-    or a file that cannot be read or decoded, -> CamlabError naming the file.
+    The file must hold only 0 and 255 (the handout's masks), or only 0 and 1 (read as 0 and
+    255); anything else, or a file that cannot be read or decoded, -> CamlabError naming the file.
     """
     raw = _imread(path, cv2.IMREAD_GRAYSCALE, "mask")
     _check_binary(raw, path)
-    return raw > 0
+    if raw.max(initial=0) == 1:
+        raw = raw * 255
+    return raw > 127
+
+
+def read_mask_dir(folder: Path | str) -> dict[str, np.ndarray]:
+    """stem -> bool H×W mask for every PNG/JPG/JPEG/BMP file in ``folder``, sorted by stem.
+
+    Each file goes through :func:`dataloader.read_mask`. A missing folder, or two files with the
+    same stem (``a.png`` and ``a.bmp``), -> CamlabError.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CamlabError(f"mask folder {folder} does not exist")
+    masks: dict[str, np.ndarray] = {}
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in MASK_SUFFIXES and p.is_file()):
+        if path.stem in masks:
+            raise CamlabError(f"two masks named {path.stem!r} in {folder}: keep one of them")
+        masks[path.stem] = read_mask(path)
+    return dict(sorted(masks.items()))
 
 
 def _check_binary(raw: np.ndarray, path: Path | str) -> None:

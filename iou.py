@@ -12,7 +12,7 @@ Both masks are compared at the ground truth's size. When both masks are empty th
 empty too; we count that as 1.0 - nothing was predicted where there was nothing to find.
 
 A CAM becomes a mask by min-max normalising it to [0, 1] and keeping the pixels at or above a
-threshold (:func:`minmax_normalize`, :func:`threshold_masks`). The handout asks for one threshold
+threshold (:func:`model.minmax`, :func:`threshold_masks`). The handout asks for one threshold
 shared by the CAM and SEG modes; :func:`choose_threshold` picks it from *training* masks, never
 test ones, and :data:`DEFAULT_THRESHOLD` is the value used until then.
 
@@ -39,14 +39,13 @@ import dataloader
 import model
 import train
 import visualize
-from dataloader import read_mask
-from utils import (CHECKPOINT_DIR, DEFAULT_DATA_ROOT, DEFAULT_THRESHOLD, PRED_SUFFIX, REPORT_DIR,
+from dataloader import read_mask, read_mask_dir
+from utils import (CHECKPOINT_DIR, DEFAULT_DATA_ROOT, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, REPORT_DIR,
                    VISUALIZE_DIR, CamlabError, OneLineParser, atomic_write_text, resolve_device,
                    run_cli, safe_subdir)
 
 # Candidate thresholds for choose_threshold: 0.05, 0.10, ..., 0.95 (rounded, so 0.15 prints as 0.15).
 THRESHOLD_GRID: tuple[float, ...] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2).tolist())
-MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 # ------------------------------------------------------------------------------ IoU itself
@@ -97,55 +96,11 @@ def _as_batch(masks: np.ndarray) -> np.ndarray:
     return masks[None] if masks.ndim == 2 else masks
 
 
-class IoUMeter:
-    """Accumulates per-image IoUs; :meth:`compute` gives their mean (each image counts once)."""
-
-    def __init__(self) -> None:
-        self._values: list[float] = []
-
-    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        """Add one image (H×W masks) or a batch (N×H×W); same rules as :func:`iou`."""
-        preds, gts = _as_batch(pred), _as_batch(gt)
-        if len(preds) != len(gts):
-            raise CamlabError(f"IoUMeter.update: {len(preds)} predicted masks but {len(gts)} ground truths")
-        self._values.extend(iou(p, g) for p, g in zip(preds, gts))
-
-    def compute(self) -> float:
-        """Mean IoU over every image added so far."""
-        if not self._values:
-            raise CamlabError("IoUMeter.compute: no masks were added")
-        return float(np.mean(self._values))
-
-    @property
-    def values(self) -> list[float]:
-        """The per-image IoUs, in the order they were added (a copy)."""
-        return list(self._values)
-
-    def reset(self) -> None:
-        self._values.clear()
-
-
 # ------------------------------------------------------------------------- CAMs to masks
-def minmax_normalize(cam: np.ndarray) -> np.ndarray:
-    """Each map (the last two axes of an H×W or N×H×W array) scaled to [0, 1].
-
-    Floating input keeps its dtype; integer input becomes float32. A constant map has no
-    range to scale and becomes all zeros (not NaN). NaN or inf in a map -> CamlabError.
-    """
-    cam = np.asarray(cam)
-    if not np.issubdtype(cam.dtype, np.floating):
-        cam = cam.astype(np.float32)
-    if not np.isfinite(cam).all():
-        raise CamlabError("minmax_normalize: the CAM contains NaN or inf")
-    lo = cam.min(axis=(-2, -1), keepdims=True)
-    span = cam.max(axis=(-2, -1), keepdims=True) - lo
-    return np.where(span > 0, (cam - lo) / np.where(span > 0, span, 1), 0).astype(cam.dtype)
-
-
 def _check_unit_range(cams: np.ndarray) -> np.ndarray:
     cams = np.asarray(cams)
     if cams.size and not (np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1):
-        raise CamlabError("CAMs must be min-max normalised to [0, 1] first (minmax_normalize)")
+        raise CamlabError("CAMs must be min-max normalised to [0, 1] first (model.minmax)")
     return cams
 
 
@@ -166,7 +121,7 @@ def _resize_cams(cams: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def iou_curve(cams: np.ndarray, gts: np.ndarray, thresholds: Sequence[float] | np.ndarray) -> np.ndarray:
     """Mean IoU over the images at each threshold -> float64 array, one value per threshold.
 
-    cams: float N×h×w in [0, 1] (see :func:`minmax_normalize`); gts: bool (or 0/255 uint8)
+    cams: float N×h×w in [0, 1] (see :func:`model.minmax`); gts: bool (or 0/255 uint8)
     N×H×W. CAMs of another size are resized to the ground truth's with bilinear interpolation
     before thresholding. Vectorised over the images; one pass per threshold.
     """
@@ -187,29 +142,16 @@ def choose_threshold(cams: np.ndarray, gts: np.ndarray,
     test masks makes the test IoU an optimistic, invalid estimate. Arguments as in
     :func:`iou_curve`.
     """
-    curve = iou_curve(cams, gts, thresholds)
+    return pick_threshold(thresholds, iou_curve(cams, gts, thresholds))
+
+
+def pick_threshold(thresholds: Sequence[float] | np.ndarray, curve: np.ndarray) -> tuple[float, float]:
+    """(threshold, mean IoU) at the curve's maximum; ties go to the lowest threshold."""
     best = int(np.argmax(curve))
     return float(np.asarray(thresholds, dtype=np.float64).ravel()[best]), float(curve[best])
 
 
 # ------------------------------------------------------------------------------ mask files
-def read_mask_dir(folder: Path | str) -> dict[str, np.ndarray]:
-    """stem -> bool H×W mask for every PNG/JPG/JPEG/BMP file in ``folder``, sorted by stem.
-
-    Each file goes through :func:`dataloader.read_mask`. A missing folder, or two files with the
-    same stem (``a.png`` and ``a.bmp``), -> CamlabError.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CamlabError(f"mask folder {folder} does not exist")
-    masks: dict[str, np.ndarray] = {}
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in MASK_SUFFIXES and p.is_file()):
-        if path.stem in masks:
-            raise CamlabError(f"two masks named {path.stem!r} in {folder}: keep one of them")
-        masks[path.stem] = read_mask(path)
-    return dict(sorted(masks.items()))
-
-
 def _table_for(pred_dir: Path, gts: dict[str, np.ndarray]) -> dict[str, float]:
     table = {}
     for stem, gt in gts.items():
@@ -329,6 +271,8 @@ def localization_report(exp_id: str, form: str = "class", n_threshold: int = 500
     """Mean IoU of ``exp_id``'s best checkpoint over the whole test set, at the threshold that
     is best on ``n_threshold`` training images' masks (never on test masks). None when the
     dataset has no ``train_masks/`` and ``test_masks/`` (only the embedded one has them)."""
+    if n_threshold < 1:
+        raise CamlabError(f"--n_threshold must be at least 1, got {n_threshold}")
     dev = resolve_device(device)
     net, ckpt = model.load_checkpoint(safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth", dev)
     cfg = train.RunConfig(**{k: v for k, v in ckpt["args"].items() if k in train.RunConfig.__annotations__})
@@ -340,13 +284,13 @@ def localization_report(exp_id: str, form: str = "class", n_threshold: int = 500
                                             progress=False), n_threshold).to(dev)
     curve = iou_curve(dataset_cams(net, fit_set, cfg.img_size, form),
                       split_masks(root, "train", fit_set.names), THRESHOLD_GRID)
-    best = int(np.argmax(curve))
+    threshold, train_iou = pick_threshold(THRESHOLD_GRID, curve)
     test_set = dataloader.load_split(cfg.dataset, root, "test", img_size=cfg.img_size, progress=False).to(dev)
     test_masks = split_masks(root, "test", test_set.names)
     test_cams = dataset_cams(net, test_set, cfg.img_size, form)
     test_curve = iou_curve(test_cams, test_masks, THRESHOLD_GRID)
-    return {"exp_id": exp_id, "cam": form, "threshold": THRESHOLD_GRID[best],
-            "train_iou": float(curve[best]), "test_iou": float(test_curve[best]),
+    return {"exp_id": exp_id, "cam": form, "threshold": threshold, "train_iou": train_iou,
+            "test_iou": float(test_curve[THRESHOLD_GRID.index(threshold)]),
             "n_threshold_images": len(fit_set), "n_test": len(test_set),
             "curve": (np.asarray(THRESHOLD_GRID), curve), "test_curve": (np.asarray(THRESHOLD_GRID), test_curve)}
 
@@ -408,11 +352,12 @@ _SHAPING = ("mode", "transform", "epochs", "batch_size", "lr", "img_size", "weig
 
 
 def _trained(cfg: "train.RunConfig") -> dict:
-    """The run's metrics: reused when ``checkpoints/<exp_id>`` holds the same settings (so an
-    interrupted ablation continues), trained otherwise; other settings there are an error."""
+    """The run's metrics: reused when ``checkpoints/<exp_id>`` holds a finished run with the
+    same settings (so an interrupted ablation continues where it stopped), trained otherwise (a
+    run interrupted before its metrics.json is retrained); other settings there are an error."""
     path = cfg.run_dir() / "metrics.json"
-    if not path.is_file():
-        return train.train(cfg)
+    if not path.is_file():  # never trained, or interrupted before it finished: (re)train it
+        return train.train(dataclasses.replace(cfg, overwrite=True))
     metrics = json.loads(path.read_text())
     wanted = {k: getattr(cfg, k) for k in _SHAPING}
     found = {k: metrics.get("args", {}).get(k) for k in _SHAPING}
@@ -426,15 +371,19 @@ def _trained(cfg: "train.RunConfig") -> dict:
 
 def run_ablation(base: "train.RunConfig", prefix: str = "ablation", form: str = "class",
                  n_threshold: int = 500) -> str:
-    """Train (or reuse) every ABLATION run under one seed, visualise the ten images at one
-    shared threshold (the CAM run's, chosen on training masks), and tabulate accuracy,
-    ten-image mean IoU and whole-test mean IoU into ``report/ablation.md``."""
+    """Train (or reuse) every ABLATION run under one seed, with ``form`` as the CAM that SEG's
+    loss regularises and that every run is scored on; visualise the ten images at one shared
+    threshold (the CAM run's, chosen on training masks) and tabulate accuracy, ten-image mean
+    IoU and whole-test mean IoU (at the shared threshold, and at each run's own threshold
+    chosen on training masks) into ``report/ablation.md``."""
     rows, shared = [], None
     for name, mode, transform in ABLATION:
-        cfg = dataclasses.replace(base, exp_id=f"{prefix}_{name}", mode=mode, transform=transform)
+        cfg = dataclasses.replace(base, exp_id=f"{prefix}_{name}", mode=mode, transform=transform, cam=form)
         metrics = _trained(cfg)
         full = localization_report(cfg.exp_id, form, n_threshold, cfg.device)
         shared = shared if shared is not None else (full["threshold"] if full else DEFAULT_THRESHOLD)
+        if full:
+            full["shared_iou"] = float(full["test_curve"][1][THRESHOLD_GRID.index(shared)])
         out = visualize.visualize_run(cfg.exp_id, shared, form, cfg.data_root, cfg.device)
         settings = json.loads((out / "settings.json").read_text())
         ten = iou_table(out, Path(settings["data_root"]) / "test_seg")
@@ -449,17 +398,19 @@ def run_ablation(base: "train.RunConfig", prefix: str = "ablation", form: str = 
 def ablation_table(rows: list[dict], base: "train.RunConfig", form: str, shared: float) -> str:
     """Markdown for report/ablation.md: the settings, then one row per run."""
     head = (f"Settings: seed {base.seed}, {base.epochs} epochs, img_size {base.img_size}, batch {base.batch_size}, "
-            f"lr {base.lr}, weights {base.weights}, ser_weight {base.ser_weight}, loss CAM form {base.cam}, "
-            f"evaluated with the {form} CAM. Ten-image IoU at one shared threshold {shared:.2f} (chosen on "
-            f"training masks for the CAM run); whole-test IoU at each run's own threshold chosen on training masks.\n\n")
-    lines = ["| run | mode | transform | test acc | ten-image mean IoU | whole-test mean IoU | its threshold |",
-             "|---|---|---|---:|---:|---:|---:|"]
+            f"lr {base.lr}, weights {base.weights}, ser_weight {base.ser_weight}; the {form} CAM is both "
+            f"what SEG's L_ser regularises and what every run is scored on. Shared threshold {shared:.2f}: "
+            f"the CAM run's best on training masks. Own threshold: each run's best on training masks. "
+            f"Test masks choose nothing.\n\n")
+    lines = ["| run | mode | transform | test acc | ten-image mean IoU (shared thr.) "
+             "| whole-test mean IoU (shared thr.) | whole-test mean IoU (own thr.) | own thr. |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         full = r["full"]
-        lines.append(f"| {r['run']} | {r['mode']} | {_md_cell(r['transform'])} | {r['test_acc']:.4f} | "
-                     f"{r['ten']:.4f} | {full['test_iou']:.4f} | {full['threshold']:.2f} |" if full else
-                     f"| {r['run']} | {r['mode']} | {_md_cell(r['transform'])} | {r['test_acc']:.4f} | "
-                     f"{r['ten']:.4f} | - | - |")
+        cells = ([f"{full['shared_iou']:.4f}", f"{full['test_iou']:.4f}", f"{full['threshold']:.2f}"]
+                 if full else ["-", "-", "-"])
+        lines.append(f"| {r['run']} | {r['mode']} | {_md_cell(r['transform'])} | {r['test_acc']:.4f} "
+                     f"| {r['ten']:.4f} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -467,14 +418,15 @@ def ablation_table(rows: list[dict], base: "train.RunConfig", form: str, shared:
 def main(argv: list[str] | None = None) -> int:
     """``python iou.py``: IoU of every experiment under visualize/, printed and written to report/."""
     parser = OneLineParser(prog="iou.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--gt_dir", type=Path, default=DEFAULT_DATA_ROOT / "test_seg",
-                        help="ground-truth masks <stem>.png (default: %(default)s)")
+    parser.add_argument("--gt_dir", type=Path, default=None,
+                        help="ground-truth masks <stem>.png (default: test_seg/ of the data root the "
+                             "experiments were visualised from, else data/synthetic/test_seg)")
     parser.add_argument("--cam", default="class", choices=list(model.CAM_FORMS),
                         help="CAM form for experiments visualize.py has not recorded one for")
     parser.add_argument("--n_threshold", type=int, default=500,
                         help="training images whose masks choose each experiment's threshold")
     parser.add_argument("--no_full", action="store_true", help="only the ten-image table")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     ab = parser.add_argument_group("ablation (train and compare CAM and SEG runs)")
     ab.add_argument("--ablation", action="store_true",
                     help="train CAM and SEG with scale, rotate, hflip and rotate+hflip, then write report/ablation.md")
@@ -487,8 +439,22 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli("iou.py", lambda: (_ablation if args.ablation else _report)(args))
 
 
+def _default_gt_dir() -> Path:
+    """``test_seg/`` of the one data root every visualised experiment records."""
+    roots = set()
+    for settings in sorted(VISUALIZE_DIR.glob("*/settings.json")):
+        try:
+            roots.add(json.loads(settings.read_text())["data_root"])
+        except (OSError, ValueError, KeyError):
+            continue
+    if len(roots) > 1:
+        raise CamlabError(f"experiments under {VISUALIZE_DIR}/ come from different data roots "
+                          f"({', '.join(sorted(roots))}); pass --gt_dir")
+    return Path(roots.pop()) / "test_seg" if roots else DEFAULT_DATA_ROOT / "test_seg"
+
+
 def _report(args: argparse.Namespace) -> None:
-    stems, experiments, matrix = experiment_table(VISUALIZE_DIR, args.gt_dir)
+    stems, experiments, matrix = experiment_table(VISUALIZE_DIR, args.gt_dir or _default_gt_dir())
     reports = [] if args.no_full else whole_test_reports(experiments, args.cam, args.n_threshold, args.device)
     extra = ""
     if reports:

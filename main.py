@@ -13,7 +13,7 @@ import dataloader
 import model
 import train
 import transforms
-from utils import CamlabError, OneLineParser, run_cli
+from utils import DEVICES, CamlabError, OneLineParser, run_cli
 
 DEFAULTS = train.RunConfig()
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cv", type=int, default=DEFAULTS.cv,
                      help="k-fold cross-validation over the training split (0: a single run)")
     run.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    run.add_argument("--device", default=DEFAULTS.device, choices=["auto", "cpu", "cuda"])
+    run.add_argument("--device", default=DEFAULTS.device, choices=DEVICES)
     run.add_argument("--overwrite", action="store_true", help="replace an existing checkpoints/<exp_id>/")
     run.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch stays)")
 
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rotate draws an angle per image in [-rot_deg, rot_deg]")
     seg.add_argument("--shift", type=float, default=DEFAULTS.shift,
                      help="translate draws a shift per image up to this fraction of the side")
-    seg.add_argument("--cam", default=DEFAULTS.cam, choices=list(train.CAM_FORMS),
+    seg.add_argument("--cam", default=DEFAULTS.cam, choices=list(model.CAM_FORMS),
                      help="lab: softmax-weighted sum of feature maps; class: fc weights of the label, "
                           "ReLU, divided by its max (SSENet)")
     seg.add_argument("--ser_weight", type=float, default=DEFAULTS.ser_weight,
@@ -91,6 +91,11 @@ def config_from_args(args: argparse.Namespace) -> train.RunConfig:
     for name in ("lr", "scale"):
         if not values[name] > 0:
             raise CamlabError(f"--{name} must be positive, got {values[name]}")
+    for name in ("ser_weight", "rot_deg"):
+        if not values[name] >= 0:
+            raise CamlabError(f"--{name} must not be negative, got {values[name]}")
+    if not 0 <= values["shift"] < 1:
+        raise CamlabError(f"--shift is a fraction of the side in [0, 1), got {values['shift']}")
     return train.RunConfig(**values)
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from utils import CamlabError, atomic_write
+from utils import CamlabError, atomic_write, reason
 
 # name -> (constructor, ImageNet weights enum). Every torchvision ResNet shares the stage names.
 BACKBONES: dict[str, tuple[Callable[..., nn.Module], torchvision.models.WeightsEnum]] = {
@@ -80,8 +80,7 @@ def _imagenet_state_dict(backbone: str) -> dict | None:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             return weights.get_state_dict(progress=False, weights_only=True)
     except Exception as err:  # URLError, timeouts, a corrupt cache file: all mean "not available"
-        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        print(f"warning: ImageNet weights for {backbone} could not be loaded ({reason}); "
+        print(f"warning: ImageNet weights for {backbone} could not be loaded ({reason(err, 160)}); "
               f"training from random init instead", file=sys.stderr)
         return None
 
@@ -93,8 +92,7 @@ def _file_state_dict(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise CamlabError(f"--weights {path}: not a loadable state dict ({reason})") from None
+        raise CamlabError(f"--weights {path}: not a loadable state dict ({reason(err)})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a whole training checkpoint of ours: take its weights
     if not isinstance(state, dict):
@@ -232,8 +230,7 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tup
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise CamlabError(f"checkpoint {path} cannot be read safely ({reason})") from None
+        raise CamlabError(f"checkpoint {path} cannot be read safely ({reason(err)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CamlabError(f"checkpoint {path} was not written by camlab (no '{CHECKPOINT_FORMAT}' tag)")
     model = CAMModel.from_config(ckpt["model_config"]).to(device)

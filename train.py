@@ -11,6 +11,7 @@ import io
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 import dataloader
 import visualize
-from model import CAM_FORMS, CAMModel, load_checkpoint, save_checkpoint
+from model import CAMModel, load_checkpoint, save_checkpoint, select_class
 from transforms import EquivarianceTransform, TransformSettings
 from utils import CHECKPOINT_DIR, CamlabError, atomic_write_text, resolve_device, safe_subdir
 
@@ -54,9 +55,9 @@ class RunConfig:
     progress: bool = True
     # SEG mode (the equivariance loss)
     transform: str = "scale"
-    scale: float = 0.5
-    rot_deg: float = 30.0
-    shift: float = 0.125
+    scale: float = TransformSettings.scale
+    rot_deg: float = TransformSettings.rot_deg
+    shift: float = TransformSettings.shift
     cam: str = "lab"
     ser_weight: float = 1.0
 
@@ -100,6 +101,11 @@ class SegObjective:
     For ``scale`` this is the handout's I_L / I_S pair, the large branch's map downscaled by
     bilinear interpolation. The handout downscales the features before the (linear) lab CAM;
     transforming the one-channel CAM instead gives the same map for a fraction of the work.
+    The ``class`` form is ReLU'd, transformed, and only then divided by its maximum over the
+    valid positions, so that an exactly equivariant model scores zero under every transform
+    (corners that a rotation drops would otherwise change the maximum). The ``lab`` form keeps
+    the handout's definition: each branch weights its own GAP, which sees the padding that
+    rotation and translation bring in, so for those two it is not exactly zero.
     """
 
     def __init__(self, transform: EquivarianceTransform, cam_form: str = "lab",
@@ -111,21 +117,44 @@ class SegObjective:
         sampled = self.transform.draw(images.shape[0], generator)
         scores, features, gap = model(images)
         scores_t, features_t, gap_t = model(self.transform.apply(images, sampled))
-        form = CAM_FORMS[self.cam_form]
-        cam_t = form(model, features_t, gap_t, labels).unsqueeze(1)
-        target = self.transform.apply(form(model, features, gap, labels).unsqueeze(1), sampled)
-        ser = ser_loss(cam_t, target, self.transform.valid(sampled, features.shape[-1], images.device))
+        cam_t = self._raw_map(model, features_t, gap_t, labels)
+        target = self.transform.apply(self._raw_map(model, features, gap, labels), sampled)
+        valid = self.transform.valid(sampled, features.shape[-1], images.device)
+        cam_t, target, valid = _same_size(cam_t, target, valid)
+        if self.cam_form == "class":
+            cam_t, target = _max_normalize(cam_t, valid), _max_normalize(target, valid)
+        ser = ser_loss(cam_t, target, valid)
         ce = (F.cross_entropy(scores, labels) + F.cross_entropy(scores_t, labels)) / 2
         loss = ce + self.ser_weight * ser
         return Step(loss, scores, {"ce": ce.detach(), "ser": ser.detach()})
 
+    def _raw_map(self, model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
+                 labels: torch.Tensor) -> torch.Tensor:
+        """N×1×h×w: the lab form, or the labelled class's map after ReLU (not yet scaled)."""
+        if self.cam_form == "lab":
+            return model.lab_cam(features, gap).unsqueeze(1)
+        return F.relu(select_class(model.class_cams(features), labels)).unsqueeze(1)
+
+
+def _same_size(cam_t: torch.Tensor, target: torch.Tensor, valid: torch.Tensor):
+    """The target and its validity mask resized to the transformed branch's map when rounding
+    made them differ (odd sizes under ``scale``)."""
+    if target.shape[-2:] == cam_t.shape[-2:]:
+        return cam_t, target, valid
+    size = cam_t.shape[-2:]
+    target = F.interpolate(target, size=size, mode="bilinear", align_corners=False)
+    valid = (F.interpolate(valid, size=size, mode="bilinear", align_corners=False) > 0.999).float()
+    return cam_t, target, valid
+
+
+def _max_normalize(maps: torch.Tensor, valid: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Non-negative N×1×h×w maps divided by their maximum over the valid positions."""
+    peak = (maps * valid).flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+    return maps / (peak + eps)
+
 
 def ser_loss(cam_t: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the valid positions (N×1×s×s each; a target whose side differs
-    by rounding, e.g. odd sizes under ``scale``, is resized to the transformed branch's map)."""
-    if target.shape[-2:] != cam_t.shape[-2:]:
-        target = F.interpolate(target, size=cam_t.shape[-2:], mode="bilinear", align_corners=False)
-        valid = (F.interpolate(valid, size=cam_t.shape[-2:], mode="bilinear", align_corners=False) > 0.999).float()
+    """Mean squared error over the valid positions (N×1×s×s each)."""
     return ((cam_t - target) ** 2 * valid).sum() / valid.sum().clamp_min(1.0)
 
 
@@ -197,9 +226,6 @@ def run_epoch(model: CAMModel, data: dataloader.ImageSet, indices: torch.Tensor,
 
 
 # -------------------------------------------------------------------------------------- runs
-LOG_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
-
-
 def _write_log(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), extrasaction="ignore")
@@ -217,10 +243,13 @@ def _log_row(epoch: int, train: dict, val: dict, lr: float, seconds: float) -> d
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to write over an earlier run's files unless told to."""
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise CamlabError(f"{run_dir} already holds a run; choose another --exp_id, "
-                          f"or pass --overwrite to replace it")
+    """Refuse to write over an earlier run's files unless told to; with ``overwrite`` the old
+    run is removed first, so no file of it (a fold, a cv.json) mixes with the new one."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise CamlabError(f"{run_dir} already holds a run; choose another --exp_id, "
+                              f"or pass --overwrite to replace it")
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -286,8 +315,14 @@ def _validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple
         raise CamlabError(f"--val_fraction must lie strictly between 0 and 1, got {fraction}")
     idx = np.arange(len(labels))
     y = labels.cpu().numpy()
-    stratify = y if np.bincount(y).min() >= 2 else None
-    tr, va = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+    n_val = math.ceil(fraction * len(y))
+    if len(y) < 2 or n_val >= len(y):
+        raise CamlabError(f"{len(y)} training images cannot spare a --val_fraction {fraction} "
+                          f"validation part; add images or lower --val_fraction")
+    classes = np.unique(y)
+    # stratify only where every class can be on both sides
+    stratify = y if n_val >= len(classes) and np.bincount(y)[classes].min() >= 2 else None
+    tr, va = train_test_split(idx, test_size=n_val, random_state=seed, stratify=stratify)
     return torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(va))
 
 

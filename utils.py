@@ -92,6 +92,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def reason(err: BaseException, limit: int = 200) -> str:
+    """An exception as one short line for an error message (library messages can span many)."""
+    text = " ".join(str(err).split())
+    return text[:limit] if text else type(err).__name__
+
+
+DEVICES = ("auto", "cpu", "cuda")  # --device choices; see resolve_device
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag gives one line (not usage + error) and exit code 2."""
 
@@ -104,7 +113,7 @@ def run_cli(prog: str, body: Callable[[], Any]) -> int:
     try:
         body()
     except CamlabError as err:
-        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"{prog}: error: {reason(err, limit=2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

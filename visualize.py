@@ -15,13 +15,14 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import torch  # noqa: E402
 from torchvision.datasets.folder import IMG_EXTENSIONS  # noqa: E402
 
 import dataloader  # noqa: E402
 import model  # noqa: E402
-from utils import CHECKPOINT_DIR, DEFAULT_THRESHOLD, PRED_SUFFIX, VISUALIZE_DIR, CamlabError  # noqa: E402
+from utils import CHECKPOINT_DIR, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, VISUALIZE_DIR, CamlabError  # noqa: E402
 from utils import OneLineParser, atomic_write, atomic_write_text, resolve_device, run_cli, safe_subdir  # noqa: E402
 
 
@@ -44,9 +45,10 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
                 ax.plot(epochs, [r[key] for r in rows], style, label=split, markersize=4)
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy" if metric == "acc" else "loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
-    axes[1].set_ylim(0, 1)
+        ax.legend(loc="lower right" if metric == "acc" else "upper right")
+    axes[1].set_ylim(0, 1.02)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -141,11 +143,6 @@ def _source_images(root: Path) -> tuple[list[str], np.ndarray]:
     return [p.stem for p in paths], np.stack(images)
 
 
-def _ground_truth(root: Path, stem: str) -> np.ndarray | None:
-    path = root / "test_seg" / f"{stem}.png"
-    return dataloader.read_mask(path) if path.is_file() else None
-
-
 def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str = "class",
                   data_root: str | None = None, device: str = "auto") -> Path:
     """Overlays, masks and a grid for every image of ``test_seg_source/`` under ``exp_id``'s
@@ -159,6 +156,7 @@ def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str =
     args = ckpt.get("args", {})
     root = dataloader.resolve_root(args.get("dataset", "lab"), data_root or args.get("data_root"))
     stems, images = _source_images(root)
+    truth = dataloader.read_mask_dir(root / "test_seg") if (root / "test_seg").is_dir() else {}
     inputs = dataloader.to_model_input(torch.from_numpy(images).permute(0, 3, 1, 2).to(dev),
                                        int(args.get("img_size", 224)))
     scores, maps = model.localization_maps(net.eval(), inputs, images.shape[1:3], form)
@@ -172,7 +170,7 @@ def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str =
         write_png(out_dir / f"{stem}.png", overlay)
         write_png(out_dir / f"{stem}{PRED_SUFFIX}", mask.astype(np.uint8) * 255)
         rows.append({"name": stem, "image": images[i], "overlay": overlay, "mask": mask,
-                     "gt": _ground_truth(root, stem),
+                     "gt": truth.get(stem),
                      "caption": f"{stem}\n{classes[preds[i]]} ({probs[i]:.2f})"})
     plot_grid(rows, out_dir / "grid.png", title=f"{exp_id}: {form} CAM, threshold {threshold:g}")
     settings = {"exp_id": exp_id, "checkpoint": str(run_dir / "best.pth"), "cam": form,
@@ -189,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cam", default="class", choices=list(model.CAM_FORMS),
                    help="class: the paper's CAM of the predicted class; lab: the handout's softmax-weighted sum")
     p.add_argument("--data_root", default=None, help="default: the checkpoint's data root")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     args = p.parse_args(argv)
 
     def body() -> None:

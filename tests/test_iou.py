@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import csv
-import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 import iou as iou_mod
-from iou import (IoUMeter, choose_threshold, experiment_table, format_table, iou, iou_curve,
-                 iou_table, minmax_normalize, read_mask_dir, threshold_masks,
-                 write_report)
+from iou import (choose_threshold, experiment_table, format_table, iou, iou_curve, iou_table,
+                 threshold_masks, write_report)
+from dataloader import read_mask_dir
+from model import minmax
 from utils import CamlabError
 from visualize import plot_iou_curves
 
@@ -84,43 +85,12 @@ def test_iou_refuses_wrong_shapes_and_dtypes() -> None:
         iou(np.zeros((2, 2)), np.zeros((2, 2), bool))
 
 
-# -------------------------------------------------------------------------- IoUMeter
-def test_meter_mean_over_images() -> None:
-    meter = IoUMeter()
-    meter.update(cols(4, 0, 1), cols(4, 0, 1, 2, 3))  # 1/2
-    meter.update(np.stack([cols(4, 0, 1), cols(4)]), np.stack([cols(4, 1, 2), cols(4)]))  # 1/3, 1
-    assert meter.values == pytest.approx([1 / 2, 1 / 3, 1.0])
-    assert meter.compute() == pytest.approx((1 / 2 + 1 / 3 + 1) / 3)  # 11/18
-    meter.reset()
-    with pytest.raises(CamlabError, match="no masks"):
-        meter.compute()
-
-
-def test_meter_refuses_mismatched_batches() -> None:
-    with pytest.raises(CamlabError, match="2 predicted masks but 1"):
-        IoUMeter().update(np.zeros((2, 2, 2), bool), np.zeros((1, 2, 2), bool))
-
-
 # -------------------------------------------------------------- normalising, thresholding
-def test_minmax_normalize_hand_values() -> None:
-    out = minmax_normalize(np.array([[2.0, 4.0], [6.0, 10.0]]))
-    np.testing.assert_array_equal(out, [[0.0, 0.25], [0.5, 1.0]])
-
-
-def test_minmax_normalize_constant_map_is_zero_without_nan() -> None:
-    cams = np.stack([np.full((2, 2), 3.0, np.float32), np.array([[0, 1], [2, 4]], np.float32)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no divide-by-zero RuntimeWarning either
-        out = minmax_normalize(cams)
-    assert out.dtype == np.float32
-    np.testing.assert_array_equal(out[0], np.zeros((2, 2)))
-    np.testing.assert_array_equal(out[1], [[0, 0.25], [0.5, 1]])  # each map on its own
-    np.testing.assert_array_equal(minmax_normalize(np.array([[7, 7]])), [[0, 0]])
-
-
-def test_minmax_normalize_refuses_nan() -> None:
-    with pytest.raises(CamlabError, match="NaN"):
-        minmax_normalize(np.array([[0.0, np.nan]]))
+def test_minmax_hand_values_and_constant_map() -> None:
+    cams = torch.tensor([[[2.0, 4.0], [6.0, 10.0]], [[3.0, 3.0], [3.0, 3.0]]])
+    out = minmax(cams)
+    assert torch.equal(out[0], torch.tensor([[0.0, 0.25], [0.5, 1.0]]))  # each map on its own
+    assert torch.equal(out[1], torch.zeros(2, 2))  # a constant map: zeros, not NaN
 
 
 def test_threshold_boundary_counts_as_foreground() -> None:
@@ -130,7 +100,7 @@ def test_threshold_boundary_counts_as_foreground() -> None:
 
 
 def test_threshold_refuses_unnormalised_cams() -> None:
-    with pytest.raises(CamlabError, match="minmax_normalize"):
+    with pytest.raises(CamlabError, match="model.minmax"):
         threshold_masks(np.array([[0.0, 2.0]]), 0.5)
 
 
