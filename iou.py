@@ -342,6 +342,193 @@ def write_full_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str
     return full_test_table(reports)
 
 
+# ------------------------------------------------------------------ boxes and WSOL metrics
+# Boxes are (x0, y0, x1, y1) with inclusive pixel coordinates: a box covers
+# (x1 - x0 + 1) × (y1 - y0 + 1) pixels, and a single pixel at (x, y) is (x, y, x, y).
+Box = tuple[int, int, int, int]
+BOX_FRACTION = 0.2  # the CAM paper's box rule keeps what is at least 20% of the map's max
+BOX_IOU_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)  # the δ of MaxBoxAccV2 (Choe et al.)
+LOC_IOU_THRESHOLD = 0.5  # top-1 and GT-known localisation count a box right from this IoU
+CAM_CURVE_INTERVAL = 0.01  # CAM thresholds of PxAP and MaxBoxAcc: arange(0, 1, interval)
+
+
+def cam_box(cam: np.ndarray, fraction: float = BOX_FRACTION) -> Box | None:
+    """Box of one CAM by the rule of Zhou et al., "Learning Deep Features for Discriminative
+    Localization" (CVPR 2016): keep the pixels with cam >= fraction · max(cam), then box the
+    largest 8-connected component (largest by pixel count; a tie goes to the component met
+    first in raster order).
+
+    cam: float H×W, any scale (only its max matters). Returns (x0, y0, x1, y1) inclusive, or
+    None when the map has no positive maximum (empty, all zero or all negative).
+    """
+    cam = np.asarray(cam, dtype=np.float64)
+    if not np.isfinite(cam).all():
+        raise CamlabError("cam_box: the CAM holds NaN or infinite values")
+    if cam.size == 0 or cam.max() <= 0:
+        return None
+    keep = (cam >= fraction * cam.max()).astype(np.uint8)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(keep, connectivity=8)
+    x, y, w, h = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])), :4]  # row 0: background
+    return int(x), int(y), int(x + w - 1), int(y + h - 1)
+
+
+def mask_box(mask: np.ndarray) -> Box | None:
+    """Ground-truth box of one H×W mask (bool, or 0/255 uint8): the smallest box holding every
+    foreground pixel, (x0, y0, x1, y1) inclusive; None for an empty mask. On the embedded
+    dataset this is an object's box."""
+    ys, xs = np.nonzero(_as_bool(mask, "ground-truth"))
+    if not len(xs):
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+
+
+def _box_area(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[..., 2:] - boxes[..., :2] + 1).prod(axis=-1)
+
+
+def _box_ious(a: np.ndarray | Sequence, b: np.ndarray | Sequence) -> np.ndarray:
+    """IoU of every box of ``a`` (K×4) with every box of ``b`` (M×4), inclusive coordinates
+    -> float64 K×M (K or M may be 0)."""
+    a = np.asarray(a, dtype=np.int64).reshape(-1, 1, 4)
+    b = np.asarray(b, dtype=np.int64).reshape(1, -1, 4)
+    if (a[..., 2:] < a[..., :2]).any() or (b[..., 2:] < b[..., :2]).any():
+        raise CamlabError("a box needs x0 <= x1 and y0 <= y1 (inclusive x0, y0, x1, y1)")
+    sides = np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]) + 1
+    inter = np.clip(sides, 0, None).prod(axis=-1)
+    return inter / (_box_area(a) + _box_area(b) - inter)
+
+
+def box_iou(a: Sequence[int], b: Sequence[int]) -> float:
+    """IoU = |A ∩ B| / (|A| + |B| - |A ∩ B|) of two boxes (x0, y0, x1, y1) with inclusive pixel
+    coordinates, |A| = (x1 - x0 + 1)(y1 - y0 + 1); 0 for disjoint boxes (as wsolevaluation's
+    ``calculate_multiple_iou``)."""
+    return float(_box_ious(a, b)[0, 0])
+
+
+def _best_iou(boxes: np.ndarray | Sequence, gt_boxes: Sequence[Sequence[int]]) -> float:
+    """Best IoU of any of ``boxes`` with any ground-truth box; 0.0 when either list is empty."""
+    ious = _box_ious(boxes, gt_boxes)
+    return float(ious.max()) if ious.size else 0.0
+
+
+def _check_count(what: str, *lengths: int) -> None:
+    if len(set(lengths)) != 1 or not lengths[0]:
+        raise CamlabError(f"{what}: got {', '.join(map(str, lengths))} items "
+                          "(need as many of each, and at least one)")
+
+
+def pxap(cams: np.ndarray, masks: np.ndarray, interval: float = CAM_CURVE_INTERVAL) -> float:
+    """Pixel average precision (PxAP) of Choe et al., "Evaluating Weakly Supervised Object
+    Localization Methods Right" (CVPR 2020), as ``MaskEvaluator`` of clovaai/wsolevaluation
+    (evaluation.py) computes it, returned as a fraction in [0, 1].
+
+    cams: float N×H×W in [0, 1]; masks: bool (or 0/255 uint8) N×H×W. Every pixel of every image
+    is pooled (no per-image average). The scores of foreground and of background pixels are
+    histogrammed into the bins [0, b), [b, 2b), ..., [1 - b, 1), [1, 2), [2, 3] (b = interval,
+    left edges arange(0, 1, b)); summing the bins from the top gives, for each threshold
+    τ_0 = 2 > τ_1 = 1 > τ_2 = 1 - b > ... > 0, TP(τ) and FP(τ), the pixels with score >= τ. Then
+
+        PxPrec(τ) = TP / (TP + FP),  PxRec(τ) = TP / |foreground|,
+        PxAP = Σ_{k>=1} PxPrec(τ_k) · (PxRec(τ_k) - PxRec(τ_{k-1})),
+
+    where a threshold that keeps no pixel adds nothing (its recall step is 0). Without any
+    foreground pixel the metric is undefined: CamlabError.
+    """
+    cams = _as_batch(_check_unit_range(cams))
+    masks = _as_bool(_as_batch(masks), "ground-truth")
+    if cams.shape != masks.shape:
+        raise CamlabError(f"pxap: CAMs of shape {cams.shape} and masks of shape {masks.shape} differ")
+    edges = np.append(np.arange(0, 1, interval), [1.0, 2.0, 3.0])
+    fg_hist, _ = np.histogram(cams[masks], bins=edges)
+    bg_hist, _ = np.histogram(cams[~masks], bins=edges)
+    if not fg_hist.sum():
+        raise CamlabError("pxap: the masks hold no foreground pixel")
+    tp, fp = np.cumsum(fg_hist[::-1]), np.cumsum(bg_hist[::-1])  # score >= τ, τ descending
+    precision = np.divide(tp, tp + fp, out=np.zeros(len(tp)), where=tp + fp > 0)
+    recall = tp / tp[-1]
+    return float(np.sum(precision[1:] * np.diff(recall)))
+
+
+def _contour_boxes(binary: np.ndarray, multi_contour: bool) -> np.ndarray:
+    """Inclusive boxes (K×4 int64) of the contours (``cv2.RETR_TREE``) of a 0/255 uint8 map:
+    every contour's with ``multi_contour``, else only the one of largest ``cv2.contourArea``;
+    0×4 when there is no contour. A contour's ``cv2.boundingRect`` (x, y, w, h) covers pixels
+    x .. x + w - 1, so its box is (x, y, x + w - 1, y + h - 1)."""
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if contours and not multi_contour:
+        contours = [max(contours, key=cv2.contourArea)]
+    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
+    return np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:] - 1], axis=1)
+
+
+def _threshold_ious(cam: np.ndarray, gt_boxes: Sequence[Sequence[int]], thresholds: np.ndarray,
+                    multi_contour: bool) -> np.ndarray:
+    """Best IoU of the map's boxes with its ground-truth boxes at each CAM threshold -> float64
+    T. As wsolevaluation: the map is quantised to uint8 (cam · 255) and a pixel is kept when
+    its value is above int(τ · the quantised max)."""
+    scores = (cam * 255).astype(np.uint8)
+    best = []
+    for tau in thresholds:
+        _, binary = cv2.threshold(scores, int(tau * scores.max()), 255, cv2.THRESH_BINARY)
+        best.append(_best_iou(_contour_boxes(binary, multi_contour), gt_boxes))
+    return np.array(best)
+
+
+def max_box_acc(cams: np.ndarray, gt_boxes: Sequence[Sequence[Sequence[int]]],
+                iou_thresholds: Sequence[float] = BOX_IOU_THRESHOLDS, multi_contour: bool = True,
+                interval: float = CAM_CURVE_INTERVAL) -> dict[float | str, float]:
+    """MaxBoxAcc per IoU threshold δ and their mean, MaxBoxAccV2 (Choe et al., CVPR 2020), as
+    ``BoxEvaluator`` of clovaai/wsolevaluation (evaluation.py) defines them, as fractions:
+
+        BoxAcc(τ, δ) = (1/N) Σ_n 1[ max_{b ∈ boxes(s_n, τ), g ∈ B_n} IoU(b, g) >= δ ],
+        MaxBoxAcc(δ) = max_τ BoxAcc(τ, δ),  MaxBoxAccV2 = mean over δ of MaxBoxAcc(δ),
+
+    τ over arange(0, 1, interval), one τ for the whole set but chosen per δ. boxes(s, τ): the
+    boxes of the contours of the thresholded map (see :func:`_threshold_ious`), every contour's
+    with ``multi_contour`` (V2), else the largest one's.
+
+    cams: float N×H×W in [0, 1]; gt_boxes: per image, a list of inclusive boxes (x0, y0, x1, y1)
+    (an image without boxes never counts as right). Returns {δ: MaxBoxAcc(δ), ..., "mean": ..}.
+
+    Two departures from wsolevaluation, both at the level of single pixels: a contour's box is
+    inclusive, (x, y, x + w - 1, y + h - 1), where theirs is (x, y, x + w, y + h) clipped to the
+    image, one pixel wider and taller than the region (on our small maps that extra pixel costs
+    much IoU); and a threshold that leaves no contour gives no box (IoU 0), where theirs scores
+    the box (0, 0, 0, 0).
+    """
+    cams = _as_batch(_check_unit_range(cams))
+    _check_count("max_box_acc: CAMs and ground-truth box lists", len(cams), len(gt_boxes))
+    thresholds = np.arange(0, 1, interval)
+    ious = np.stack([_threshold_ious(c, b, thresholds, multi_contour) for c, b in zip(cams, gt_boxes)])
+    acc: dict[float | str, float] = {d: float((ious >= d).mean(axis=0).max()) for d in iou_thresholds}
+    acc["mean"] = float(np.mean(list(acc.values())))
+    return acc
+
+
+def localization_accuracy(cams: np.ndarray, pred_classes: Sequence[int] | np.ndarray,
+                          labels: Sequence[int] | np.ndarray, gt_boxes: Sequence[Sequence[Sequence[int]]],
+                          fraction: float = BOX_FRACTION,
+                          iou_threshold: float = LOC_IOU_THRESHOLD) -> dict[str, float]:
+    """Top-1 and GT-known localisation accuracy (the ILSVRC measures the CAM paper reports),
+    as fractions, with the box of :func:`cam_box` at ``fraction``:
+
+        gt_known_loc = (1/N) Σ_n 1[IoU_n >= iou_threshold],
+        top1_loc = (1/N) Σ_n 1[pred_n = label_n] · 1[IoU_n >= iou_threshold],
+
+    IoU_n the best IoU of the image's box with any of its ground-truth boxes (0 without a box).
+    cams: float N×H×W, each image's CAM of its *true* class: GT-known localisation asks for that
+    map, and top-1 localisation only looks at the box when the prediction is the true class,
+    where the predicted class's map is that same map. pred_classes, labels: ints N; gt_boxes:
+    per image, a list of inclusive boxes (x0, y0, x1, y1).
+    """
+    cams = _as_batch(np.asarray(cams))
+    pred, labels = np.asarray(pred_classes).ravel(), np.asarray(labels).ravel()
+    _check_count("localization_accuracy: CAMs, predictions, labels and box lists",
+                 len(cams), len(pred), len(labels), len(gt_boxes))
+    hit = np.array([_best_iou(cam_box(c, fraction) or [], b) >= iou_threshold for c, b in zip(cams, gt_boxes)])
+    return {"top1_loc": float(np.mean(hit & (pred == labels))), "gt_known_loc": float(np.mean(hit))}
+
+
 # ------------------------------------------------------------------------------- ablation
 # (name, mode, transform): the comparison of handout section 3.5, one seed for all.
 ABLATION = (("cam", "CAM", "scale"), ("seg_scale", "SEG", "scale"), ("seg_rotate", "SEG", "rotate"),

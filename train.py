@@ -93,6 +93,25 @@ def cam_objective(model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
     return Step(loss, scores, {"ce": loss.detach()})
 
 
+def rest_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Adversarial "rest" loss of an ACoL ``n`` head (the ACoL-with-pretrained-models notes,
+    after Zhang et al., "Adversarial Complementary Learning for Weakly Supervised Object
+    Localization", CVPR 2018): cross-entropy toward the mean of the non-target logits,
+
+        L_i = -log( exp(mean_{j != y_i} z_ij) / sum_j exp(z_ij) )
+            = logsumexp_j z_ij - (sum_j z_ij - z_{i,y_i}) / (C - 1),
+
+    averaged over the batch. It falls as the target logit falls relative to the others.
+    logits: float N×C (C >= 2); labels: int64 N. Returns a 0-d tensor. Computed through
+    logsumexp, so large logits neither overflow nor lose the gradient.
+    """
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise CamlabError(f"rest_cross_entropy needs N×C logits with C >= 2, got {tuple(logits.shape)}")
+    target = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+    rest_mean = (logits.sum(dim=1) - target) / (logits.shape[1] - 1)
+    return (torch.logsumexp(logits, dim=1) - rest_mean).mean()
+
+
 class SegObjective:
     """Task 2 (SSENet): both branches through the same model, the original image and its
     transformed copy ``A x``, with ``L = (CE(x) + CE(Ax)) / 2 + ser_weight * L_ser`` where
