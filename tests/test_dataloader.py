@@ -410,3 +410,11 @@ def test_image_set_to_and_len():
     assert len(moved) == 2 and moved.names == data.names and moved.labels.dtype == torch.int64
     with pytest.raises(ValueError):
         dl.ImageSet(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), ["a", "b"], ["x"])
+
+
+def test_empty_annotation_file_is_named(tmp_path):
+    root = tmp_path / "lab"
+    write_lab(root, "train", [solid(10)], [0])
+    (root / "train_cls.txt").write_text("\n\n")
+    with pytest.raises(CamlabError, match="train_cls.txt lists no images"):
+        dl.load_split("lab", root, "train", img_size=8, **QUIET)

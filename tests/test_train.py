@@ -110,3 +110,13 @@ def test_validation_split_is_stratified_and_disjoint() -> None:
     tr, va = train._validation_split(labels, 0.2, seed=0)
     assert len(va) == 4 and set(tr.tolist()).isdisjoint(va.tolist())
     assert np.bincount(labels[va].numpy()).tolist() == [2, 2]
+
+
+def test_validation_split_on_tiny_sets() -> None:
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0])  # one validation image cannot hold 3 classes
+    tr, va = train._validation_split(labels, 0.1, seed=0)
+    assert len(va) == 1 and len(tr) == 6
+    with pytest.raises(CamlabError, match="cannot spare"):
+        train._validation_split(torch.tensor([0]), 0.5, seed=0)
+    with pytest.raises(CamlabError, match="--val_fraction must lie"):
+        train._validation_split(labels, 1.0, seed=0)
