@@ -575,7 +575,7 @@ def run_ablation(base: "train.RunConfig", prefix: str = "ablation", form: str = 
         settings = json.loads((out / "settings.json").read_text())
         ten = iou_table(out, Path(settings["data_root"]) / "test_seg")
         rows.append({"run": cfg.exp_id, "mode": mode, "transform": "-" if mode == "CAM" else transform,
-                     "test_acc": metrics["test_acc"], "ten": float(np.mean(list(ten.values()))),
+                     "test_acc": metrics["test_acc"], "weights": metrics["weights"], "ten": float(np.mean(list(ten.values()))),
                      "full": full})
     table = ablation_table(rows, base, form, shared)
     atomic_write_text(REPORT_DIR / "ablation.md", table)
@@ -584,8 +584,9 @@ def run_ablation(base: "train.RunConfig", prefix: str = "ablation", form: str = 
 
 def ablation_table(rows: list[dict], base: "train.RunConfig", form: str, shared: float) -> str:
     """Markdown for report/ablation.md: the settings, then one row per run."""
+    used = ", ".join(sorted({r["weights"] for r in rows}))
     head = (f"Settings: seed {base.seed}, {base.epochs} epochs, img_size {base.img_size}, batch {base.batch_size}, "
-            f"lr {base.lr}, weights {base.weights}, ser_weight {base.ser_weight}; the {form} CAM is both "
+            f"lr {base.lr}, weights {base.weights} (used: {used}), ser_weight {base.ser_weight}; the {form} CAM is both "
             f"what SEG's L_ser regularises and what every run is scored on. Shared threshold {shared:.2f}: "
             f"the CAM run's best on training masks. Own threshold: each run's best on training masks. "
             f"Test masks choose nothing.\n\n")
