@@ -314,9 +314,10 @@ def fit(cfg: RunConfig, train_set: dataloader.ImageSet, train_idx: torch.Tensor,
 
 
 def evaluate(model: CAMModel, data: dataloader.ImageSet, cfg: RunConfig, desc: str = "test") -> dict:
-    """Loss and accuracy of ``model`` on every image of ``data``."""
+    """Cross-entropy and accuracy of ``model`` on every image of ``data``. Accuracy reads the
+    original images' scores in every mode, so SEG's transformed branch is not computed here."""
     idx = torch.arange(len(data))
-    return run_epoch(model, data, idx, objective=OBJECTIVES[cfg.mode](cfg), img_size=cfg.img_size,
+    return run_epoch(model, data, idx, objective=cam_objective, img_size=cfg.img_size,
                      batch_size=cfg.batch_size, desc=desc, progress=cfg.progress)
 
 
