@@ -782,19 +782,21 @@ def _write_synthetic_split(root: Path, split: str, n: int, seed: int, size: int,
                       leave=False):
         sample = draw_sample(_sample_rng(seed, split, index), int(labels[index]), size)
         name = f"{index:05d}.png"
-        _write_png(root / split / name, cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
-        _write_png(root / f"{split}_masks" / name, sample.mask.astype(np.uint8) * 255)
+        (root / split / name).write_bytes(encode_png(sample.image))
+        (root / f"{split}_masks" / name).write_bytes(encode_png(sample.mask.astype(np.uint8) * 255))
         lines.append(f"{name} {sample.label}\n")
         shares.append(float(sample.part_mask.sum() / sample.mask.sum()))
     (root / f"{split}_cls.txt").write_text("".join(lines), encoding="utf-8")
     return shares
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    ok, buffer = cv2.imencode(".png", array)
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 H×W (grey) or H×W×3 (RGB) as PNG bytes. The generator writes them straight into
+    its temporary folder (renamed whole when done); outputs go through an atomic write."""
+    ok, buffer = cv2.imencode(".png", image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise CamlabError(f"cannot encode {path} as PNG")
-    path.write_bytes(buffer.tobytes())
+        raise CamlabError(f"cannot encode a {image.dtype} {image.shape} array as PNG")
+    return buffer.tobytes()
 
 
 def _copy_seg_examples(root: Path, test_labels: np.ndarray) -> list[str]:

@@ -94,11 +94,8 @@ def heatmap_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> n
 
 def write_png(path: Path, image: np.ndarray) -> None:
     """uint8 H×W (grey) or H×W×3 (RGB) to PNG, atomically."""
-    bgr = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", bgr)
-    if not ok:
-        raise CamlabError(f"cannot encode {path} as PNG")
-    atomic_write(path, lambda f: f.write(encoded.tobytes()))
+    encoded = dataloader.encode_png(image)
+    atomic_write(path, lambda f: f.write(encoded))
 
 
 def plot_grid(rows: list[dict], path: Path, title: str = "") -> None:
