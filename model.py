@@ -201,13 +201,17 @@ def select_class(cams: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     return cams[torch.arange(cams.shape[0], device=cams.device), classes]
 
 
-def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def normalize_cam(cam: torch.Tensor, eps: float = 1e-5,
+                  valid: torch.Tensor | None = None) -> torch.Tensor:
     """ReLU, then divide each map by its own maximum (SSENet, OC-CSE): values in [0, 1].
 
-    cam: float N×h×w. A map with no positive value stays all zero (eps keeps it finite).
+    cam: float N×h×w (or N×1×h×w). ``valid`` (same shape, 0/1) restricts the maximum to the
+    positions that count, e.g. those a rotation drew from inside the image. A map with no
+    positive value stays all zero (eps keeps it finite).
     """
     cam = F.relu(cam)
-    return cam / (cam.flatten(1).amax(dim=1).view(-1, 1, 1) + eps)
+    peak = (cam if valid is None else cam * valid).flatten(1).amax(dim=1)
+    return cam / (peak.view(-1, *([1] * (cam.dim() - 1))) + eps)
 
 
 # -------------------------------------------------------------------------------- checkpoints

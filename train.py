@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import dataloader
 import visualize
-from model import CAMModel, load_checkpoint, save_checkpoint, select_class
+from model import CAMModel, load_checkpoint, normalize_cam, save_checkpoint, select_class
 from transforms import EquivarianceTransform, TransformSettings
 from utils import CHECKPOINT_DIR, CamlabError, atomic_write_text, resolve_device, safe_subdir
 
@@ -141,7 +141,7 @@ class SegObjective:
         valid = self.transform.valid(sampled, features.shape[-1], images.device)
         cam_t, target, valid = _same_size(cam_t, target, valid)
         if self.cam_form == "class":
-            cam_t, target = _max_normalize(cam_t, valid), _max_normalize(target, valid)
+            cam_t, target = normalize_cam(cam_t, valid=valid), normalize_cam(target, valid=valid)
         ser = ser_loss(cam_t, target, valid)
         ce = (F.cross_entropy(scores, labels) + F.cross_entropy(scores_t, labels)) / 2
         loss = ce + self.ser_weight * ser
@@ -164,12 +164,6 @@ def _same_size(cam_t: torch.Tensor, target: torch.Tensor, valid: torch.Tensor):
     target = F.interpolate(target, size=size, mode="bilinear", align_corners=False)
     valid = (F.interpolate(valid, size=size, mode="bilinear", align_corners=False) > 0.999).float()
     return cam_t, target, valid
-
-
-def _max_normalize(maps: torch.Tensor, valid: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Non-negative N×1×h×w maps divided by their maximum over the valid positions."""
-    peak = (maps * valid).flatten(1).amax(dim=1).view(-1, 1, 1, 1)
-    return maps / (peak + eps)
 
 
 def ser_loss(cam_t: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

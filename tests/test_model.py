@@ -146,3 +146,10 @@ def test_imagenet_unreachable_falls_back_to_random_init(tmp_path, monkeypatch, c
 def test_unknown_backbone_is_a_user_error() -> None:
     with pytest.raises(CamlabError, match="--backbone 'vgg'"):
         CAMModel(backbone="vgg")
+
+
+def test_normalize_cam_over_valid_positions() -> None:
+    cam = torch.tensor([[[[4.0, 2.0], [1.0, -3.0]]]])  # N×1×h×w
+    valid = torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]])
+    out = normalize_cam(cam, eps=1e-12, valid=valid)  # the 4 lies outside: the max is 2
+    assert torch.allclose(out, torch.tensor([[[[2.0, 1.0], [0.5, 0.0]]]]))
