@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run = p.add_argument_group("run")
     run.add_argument("--mode", default=DEFAULTS.mode, choices=list(train.OBJECTIVES),
-                     help="CAM: classification (task 1); SEG: plus the equivariance loss (task 2)")
+                     help="CAM: classification (task 1); SEG: plus the equivariance loss (task 2); "
+                          "ACOL: complementary/adversarial heads on erased features; CSE: class-specific "
+                          "erasing judged by a frozen CAM classifier")
     run.add_argument("--exp_id", default=None,
                      help="experiment name: outputs go to checkpoints/<exp_id>/; None takes the mode in lower case")
     run.add_argument("--cv", type=int, default=DEFAULTS.cv,
@@ -72,6 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--ser_weight", type=float, default=DEFAULTS.ser_weight,
                      help="weight of the equivariance loss L_ser")
 
+    acol = p.add_argument_group("ACOL mode (adversarial complementary learning)")
+    acol.add_argument("--recipe", default=DEFAULTS.recipe,
+                      help="one letter per classifier head, starting with p: "
+                           + "; ".join(f"{k}: {v}" for k, v in model.HEAD_KINDS.items())
+                           + " (pp is the paper's ACoL)")
+    acol.add_argument("--delta", type=float, nargs="+", default=list(DEFAULTS.delta),
+                      help="erasing threshold of each head after the first (one value: all)")
+
+    cse = p.add_argument_group("CSE mode (class-specific adversarial erasing)")
+    cse.add_argument("--oc_exp", default=None,
+                     help="exp_id of a finished CAM run: the frozen ordinary classifier")
+    cse.add_argument("--erase_weight", type=float, default=DEFAULTS.erase_weight,
+                     help="weight of the erasing loss in epoch 1")
+    cse.add_argument("--erase_growth", type=float, default=DEFAULTS.erase_growth,
+                     help="added to the erasing weight every epoch (OC-CSE: 0.3 + 0.05 epoch)")
+    cse.add_argument("--area_weight", type=float, default=DEFAULTS.area_weight,
+                     help="weight of the mask-area term that keeps erasing masks to the object")
+
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
     opt.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size)
@@ -91,17 +111,22 @@ def config_from_args(args: argparse.Namespace) -> train.RunConfig:
     for name in ("lr", "scale"):
         if not values[name] > 0:
             raise CamlabError(f"--{name} must be positive, got {values[name]}")
-    for name in ("ser_weight", "rot_deg"):
+    values["delta"] = tuple(values["delta"])
+    for name in ("ser_weight", "rot_deg", "erase_weight", "erase_growth", "area_weight"):
         if not values[name] >= 0:
             raise CamlabError(f"--{name} must not be negative, got {values[name]}")
     if not 0 <= values["shift"] < 1:
         raise CamlabError(f"--shift is a fraction of the side in [0, 1), got {values['shift']}")
-    return train.RunConfig(**values)
+    cfg = train.RunConfig(**values)
+    cfg.model_config(1)  # a bad --recipe or --delta fails here, before any data is read
+    return cfg
 
 
 def run(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     cfg.run_dir()  # refuse an --exp_id that escapes checkpoints/ before any work
+    if cfg.mode == "CSE":
+        train.oc_checkpoint(cfg)
     train.train_CV(cfg) if cfg.cv else train.train(cfg)
 
 

@@ -17,7 +17,7 @@ import sys
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +41,30 @@ DOWNLOAD_TIMEOUT_S = 10.0
 RANDOM_INIT = "random init"
 
 
+# ACoL head letters (Zhang et al., CVPR 2018, and the ACoL-with-pretrained-models notes): what
+# each kind of classifier head is for. train.HEAD_LOSSES gives each letter its loss.
+HEAD_KINDS: dict[str, str] = {
+    "p": "complementary: cross-entropy toward the label; its CAM erases for later heads and is evaluated",
+    "n": "adversarial: the rest cross-entropy, toward the mean of the other classes",
+}
+ACOL_DELTA = 0.6  # the ACoL paper's erasing threshold
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything that shapes the model's parameters; saved beside every checkpoint."""
+    """Everything that shapes the model (its parameters and its forward pass); saved beside
+    every checkpoint.
+
+    ``recipe``: one letter of ``HEAD_KINDS`` per classifier head, the first a ``p`` (plain CAM:
+    ``"p"``; the paper's ACoL: ``"pp"``). ``deltas``: the erasing threshold of each head after
+    the first; one value applies to all. Stored expanded to ``len(recipe) - 1`` values.
+    """
 
     num_classes: int = 10
     backbone: str = "resnet18"
     cut: str = "layer2"
+    recipe: str = "p"
+    deltas: tuple[float, ...] = (ACOL_DELTA,)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -56,9 +73,26 @@ class ModelConfig:
             raise CamlabError(f"--cut {self.cut!r}: choose from {', '.join(STAGES)}")
         if self.num_classes < 1:
             raise CamlabError(f"num_classes must be at least 1, got {self.num_classes}")
+        if not self.recipe or self.recipe[0] != "p" or set(self.recipe) - set(HEAD_KINDS):
+            raise CamlabError(f"--recipe {self.recipe!r}: one letter per head from "
+                              f"{', '.join(HEAD_KINDS)}, starting with p (e.g. p, pp, pn, ppn)")
+        object.__setattr__(self, "deltas", _expand_deltas(tuple(self.deltas), len(self.recipe) - 1))
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _expand_deltas(deltas: tuple[float, ...], heads_after_first: int) -> tuple[float, ...]:
+    """One erasing threshold per head after the first; a single value applies to all."""
+    if len(deltas) == 1:
+        deltas = deltas * heads_after_first
+    if len(deltas) != heads_after_first:
+        raise CamlabError(f"--delta: give one value, or one per head after the first "
+                          f"({heads_after_first} for this --recipe), got {len(deltas)}")
+    for delta in deltas:
+        if not 0 <= delta <= 1:
+            raise CamlabError(f"--delta {delta}: an erasing threshold on min-max normalised maps lies in [0, 1]")
+    return tuple(float(d) for d in deltas)
 
 
 # ----------------------------------------------------------------------------------- weights
@@ -146,34 +180,52 @@ def _load_kept(backbone: nn.Sequential, state_dict: dict, source: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- model
-class CAMModel(nn.Module):
-    """Backbone -> GAP -> Linear, the lab's CAM network.
+class HeadOutput(NamedTuple):
+    """One classifier head's output: its letter (``HEAD_KINDS``), scores N×K, and its class
+    maps N×K×h×w, computed on the features that head saw (erased for ACoL heads after the first)."""
 
-    ``forward(images)`` takes float images N×3×H×W and returns ``(scores, features, gap)``:
-    scores N×num_classes, features N×C×h×w (ResNet-18 through layer2: C=128, h=w=H/8, so 28×28
-    at 224 and 14×14 at 112), gap N×C (the weighting coefficients of the handout).
+    kind: str
+    scores: torch.Tensor
+    cams: torch.Tensor
+
+
+class CAMModel(nn.Module):
+    """Backbone -> classifier heads, the lab's CAM network and ACoL's.
+
+    ``forward(images)`` takes float images N×3×H×W and returns ``(scores, features, gap)`` of the
+    first head: scores N×num_classes, features N×C×h×w (ResNet-18 through layer2: C=128,
+    h=w=H/8, so 28×28 at 224 and 14×14 at 112), gap N×C (the weighting coefficients of the
+    handout). Each head is GAP + a linear layer, which is the 1×1 convolution + GAP of ACoL and
+    OC-CSE in the other order: both are linear, so head k's class maps are
+    ``M_c = sum_k w_ck f_k`` (plus the bias, which no normalisation sees).
     """
 
-    def __init__(self, num_classes: int = 10, weights: str = "none",
-                 backbone: str = "resnet18", cut: str = "layer2") -> None:
+    def __init__(self, num_classes: int = 10, weights: str = "none", backbone: str = "resnet18",
+                 cut: str = "layer2", recipe: str = "p",
+                 deltas: tuple[float, ...] = (ACOL_DELTA,)) -> None:
         super().__init__()
-        self.config = ModelConfig(num_classes=num_classes, backbone=backbone, cut=cut)
+        self.config = ModelConfig(num_classes, backbone, cut, recipe, tuple(deltas))
         state, self.weights_used = resolve_weights(weights, backbone)
         self.backbone, self.feature_dim = build_backbone(self.config, state, weights)
-        self.fc = nn.Linear(self.feature_dim, num_classes)
+        self.heads = nn.ModuleList(nn.Linear(self.feature_dim, num_classes) for _ in recipe)
 
     @classmethod
     def from_config(cls, config: ModelConfig | dict) -> "CAMModel":
         """An untrained model of that shape (weights come from a checkpoint afterwards)."""
         config = config if isinstance(config, ModelConfig) else ModelConfig(**config)
-        return cls(config.num_classes, "none", config.backbone, config.cut)
+        return cls(config.num_classes, "none", config.backbone, config.cut, config.recipe, config.deltas)
+
+    @property
+    def fc(self) -> nn.Linear:
+        """The first head: the lab's classifier, and the one whose scores give the prediction."""
+        return self.heads[0]
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Float N×3×H×W -> feature maps N×C×h×w of the last kept stage."""
         return self.backbone(images)
 
     def forward_head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features N×C×h×w -> (scores N×num_classes, gap N×C)."""
+        """Features N×C×h×w -> (first head's scores N×num_classes, gap N×C)."""
         gap = features.mean(dim=(2, 3))
         return self.fc(gap), gap
 
@@ -182,12 +234,39 @@ class CAMModel(nn.Module):
         scores, gap = self.forward_head(features)
         return scores, features, gap
 
-    def class_cams(self, features: torch.Tensor) -> torch.Tensor:
-        """The paper's class-specific maps ``M_c = sum_k w_ck f_k``: N×num_classes×h×w.
+    def class_cams(self, features: torch.Tensor, head: int = 0) -> torch.Tensor:
+        """The paper's class-specific maps ``M_c = sum_k w_ck f_k`` of head ``head``:
+        N×num_classes×h×w.
 
         No bias: it is constant over positions and would only shift every map.
         """
-        return torch.einsum("ck,nkhw->nchw", self.fc.weight, features)
+        return torch.einsum("ck,nkhw->nchw", self.heads[head].weight, features)
+
+    def run_heads(self, features: torch.Tensor, classes: torch.Tensor) -> list[HeadOutput]:
+        """Every head in recipe order (ACoL). Head i > 1 sees ``features`` zeroed wherever an
+        earlier ``p`` head's min-max normalised map of ``classes`` (int64 N: the labels in
+        training, the predictions at test time) is at least ``deltas[i - 2]``; the erasing mask
+        is a threshold, so no gradient flows through it."""
+        outputs: list[HeadOutput] = []
+        found = None  # N×1×h×w, the max of earlier p heads' normalised target maps
+        for i, (kind, head) in enumerate(zip(self.config.recipe, self.heads)):
+            seen = features if i == 0 else features * (found < self.config.deltas[i - 1])
+            cams = self.class_cams(seen, i)
+            scores = cams.mean(dim=(2, 3)) + head.bias
+            outputs.append(HeadOutput(kind, scores, cams))
+            if kind == "p":
+                target = minmax(select_class(cams, classes).detach()).unsqueeze(1)
+                found = target if found is None else torch.maximum(found, target)
+        return outputs
+
+    def localization_cam(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """The map a method is evaluated on, N×h×w: the first head's class map of ``classes``;
+        with several ``p`` heads (ACoL), the element-wise max of their min-max normalised maps."""
+        if self.config.recipe.count("p") == 1:
+            return select_class(self.class_cams(features), classes)
+        maps = [minmax(select_class(out.cams, classes)) for out in self.run_heads(features, classes)
+                if out.kind == "p"]
+        return torch.stack(maps).amax(dim=0)
 
     @staticmethod
     def lab_cam(features: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
@@ -237,9 +316,18 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tup
         raise CamlabError(f"checkpoint {path} cannot be read safely ({reason(err)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CamlabError(f"checkpoint {path} was not written by camlab (no '{CHECKPOINT_FORMAT}' tag)")
-    model = CAMModel.from_config(ckpt["model_config"]).to(device)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = CAMModel.from_config(ckpt["model_config"]).to(device)
+        model.load_state_dict(_upgrade_keys(ckpt["model"]))
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise CamlabError(f"checkpoint {path} is damaged: its weights do not fit its model "
+                          f"settings ({reason(err)})") from None
     return model, ckpt
+
+
+def _upgrade_keys(state: dict) -> dict:
+    """Checkpoints from before the ACoL heads named the one classifier ``fc``."""
+    return {("heads.0." + k[3:] if k.startswith("fc.") else k): v for k, v in state.items()}
 
 
 # ---------------------------------------------------------------------------------- CAM forms
@@ -255,7 +343,7 @@ def _class_form(model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
 
 # name -> (model, features N×C×h×w, gap N×C, classes int64 N) -> one map per image, N×h×w.
 # "lab": the handout's class-agnostic softmax-weighted sum; "class": the map of the given class,
-# ReLU, divided by its max (SSENet's form; the paper's CAM up to that scaling).
+# ReLU, divided by its max (SSENet's form; the paper's CAM up to that scaling; ACoL's fused map).
 CAM_FORMS: dict[str, Callable[..., torch.Tensor]] = {"lab": _lab_form, "class": _class_form}
 
 

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 import dataloader
 import visualize
-from model import CAMModel, load_checkpoint, normalize_cam, save_checkpoint, select_class
+from model import (ACOL_DELTA, HEAD_KINDS, CAMModel, ModelConfig, load_checkpoint, normalize_cam,
+                   save_checkpoint, select_class)
 from transforms import EquivarianceTransform, TransformSettings
 from utils import CHECKPOINT_DIR, CamlabError, atomic_write_text, resolve_device, safe_subdir
 
@@ -60,9 +61,22 @@ class RunConfig:
     shift: float = TransformSettings.shift
     cam: str = "lab"
     ser_weight: float = 1.0
+    # ACOL mode (classifier heads after the first see erased features)
+    recipe: str = "pp"
+    delta: tuple[float, ...] = (ACOL_DELTA,)
+    # CSE mode (class-specific erasing judged by a frozen ordinary classifier)
+    oc_exp: str | None = None
+    erase_weight: float = 0.3
+    erase_growth: float = 0.05
+    area_weight: float = 0.0
 
     def run_dir(self) -> Path:
         return safe_subdir(CHECKPOINT_DIR, self.exp_id)
+
+    def model_config(self, num_classes: int) -> ModelConfig:
+        """The model this run trains: ACOL's heads per ``recipe``, one ``p`` head otherwise."""
+        recipe = self.recipe if self.mode == "ACOL" else "p"
+        return ModelConfig(num_classes, self.backbone, self.cut, recipe, tuple(self.delta))
 
 
 def seed_everything(seed: int) -> None:
@@ -81,12 +95,13 @@ class Step(NamedTuple):
     terms: dict[str, torch.Tensor]
 
 
-# An objective: (model, images N×3×S×S, labels N, generator for its random draws) -> Step.
-Objective = Callable[[CAMModel, torch.Tensor, torch.Tensor, torch.Generator], Step]
+# An objective: (model, images N×3×S×S, labels N, generator for its random draws, epoch from 1)
+# -> Step.
+Objective = Callable[[CAMModel, torch.Tensor, torch.Tensor, torch.Generator, int], Step]
 
 
 def cam_objective(model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
-                  generator: torch.Generator | None = None) -> Step:
+                  generator: torch.Generator | None = None, epoch: int = 1) -> Step:
     """Task 1 of the handout: cross-entropy between the scores and the labels."""
     scores, _, _ = model(images)
     loss = F.cross_entropy(scores, labels)
@@ -132,7 +147,7 @@ class SegObjective:
         self.transform, self.cam_form, self.ser_weight = transform, cam_form, ser_weight
 
     def __call__(self, model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
-                 generator: torch.Generator | None = None) -> Step:
+                 generator: torch.Generator | None = None, epoch: int = 1) -> Step:
         sampled = self.transform.draw(images.shape[0], generator)
         scores, features, gap = model(images)
         scores_t, features_t, gap_t = model(self.transform.apply(images, sampled))
@@ -171,17 +186,106 @@ def ser_loss(cam_t: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> 
     return ((cam_t - target) ** 2 * valid).sum() / valid.sum().clamp_min(1.0)
 
 
-def _cam_mode(cfg: "RunConfig") -> Objective:
+# ACoL head letter (model.HEAD_KINDS) -> its loss on (scores N×K, labels N).
+HEAD_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "p": F.cross_entropy, "n": rest_cross_entropy}
+assert HEAD_LOSSES.keys() == HEAD_KINDS.keys(), "every ACoL head letter needs a loss"
+
+
+def acol_objective(model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
+                   generator: torch.Generator | None = None, epoch: int = 1) -> Step:
+    """ACoL (Zhang et al., CVPR 2018) with the notes' recipes: every head's loss on its own
+    scores, summed; head i > 1 sees the features erased by the earlier ``p`` heads' maps of the
+    label (``CAMModel.run_heads``). Accuracy reads the first head. Terms: ``p1``, ``n2``, ..."""
+    outputs = model.run_heads(model.forward_features(images), labels)
+    terms = {f"{out.kind}{i}": HEAD_LOSSES[out.kind](out.scores, labels)
+             for i, out in enumerate(outputs, start=1)}
+    loss = torch.stack(list(terms.values())).sum()
+    return Step(loss, outputs[0].scores, {k: v.detach() for k, v in terms.items()})
+
+
+def erased_class_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``-log(1 - p_y)``, p the softmax of ``logits`` (N×K, K >= 2), averaged: falls as the
+    labelled class's probability falls. The one-label form of OC-CSE's "the erased class is
+    gone" target, computed as ``logsumexp_j z_j - logsumexp_{j != y} z_j`` (stable)."""
+    rest = logits.scatter(1, labels.view(-1, 1), float("-inf"))
+    return (torch.logsumexp(logits, dim=1) - torch.logsumexp(rest, dim=1)).mean()
+
+
+class CseObjective:
+    """Class-specific adversarial erasing after OC-CSE (Kweon et al., ICCV 2021), one label per
+    image: the trained network's CAM of the label (ReLU, divided by its max, upsampled to the
+    image) erases the image softly, ``image * (1 - mask)``, and a frozen ordinary classifier
+    (eval mode, no parameter updates, gradients flowing through it to the mask) judges it:
+
+        L = CE(scores, y) + w(epoch) * erased_class_loss(oc(erased), y) + area_weight * mean(mask),
+
+    with ``w(epoch) = erase_weight + erase_growth * (epoch - 1)`` (OC-CSE: 0.3 + 0.05 epoch).
+    With one label, a mask covering everything erases the class best; ``area_weight`` (off by
+    default) charges for the mask's area to keep it to the object. Terms: ``ce``, ``erase``, ``area``.
+    """
+
+    def __init__(self, classifier: CAMModel, erase_weight: float = 0.3, erase_growth: float = 0.05,
+                 area_weight: float = 0.0) -> None:
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.erase_weight, self.erase_growth, self.area_weight = erase_weight, erase_growth, area_weight
+
+    def __call__(self, model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
+                 generator: torch.Generator | None = None, epoch: int = 1) -> Step:
+        scores, features, _ = model(images)
+        mask = normalize_cam(select_class(model.class_cams(features), labels)).unsqueeze(1)
+        mask = F.interpolate(mask, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        erased_scores, _, _ = self.classifier(images * (1 - mask))
+        ce, erase, area = F.cross_entropy(scores, labels), erased_class_loss(erased_scores, labels), mask.mean()
+        weight = self.erase_weight + self.erase_growth * (epoch - 1)
+        loss = ce + weight * erase + self.area_weight * area
+        return Step(loss, scores, {"ce": ce.detach(), "erase": erase.detach(), "area": area.detach()})
+
+
+def _cam_mode(cfg: "RunConfig", classes: list[str]) -> Objective:
     return cam_objective
 
 
-def _seg_mode(cfg: "RunConfig") -> Objective:
+def _seg_mode(cfg: "RunConfig", classes: list[str]) -> Objective:
     settings = TransformSettings(scale=cfg.scale, rot_deg=cfg.rot_deg, shift=cfg.shift)
     return SegObjective(EquivarianceTransform(cfg.transform, settings), cfg.cam, cfg.ser_weight)
 
 
-# mode name -> builder of its objective from the run's settings; main.py's --mode choices.
-OBJECTIVES: dict[str, Callable[["RunConfig"], Objective]] = {"CAM": _cam_mode, "SEG": _seg_mode}
+def _acol_mode(cfg: "RunConfig", classes: list[str]) -> Objective:
+    return acol_objective
+
+
+def _cse_mode(cfg: "RunConfig", classes: list[str]) -> Objective:
+    return CseObjective(ordinary_classifier(cfg, classes), cfg.erase_weight, cfg.erase_growth,
+                        cfg.area_weight)
+
+
+def ordinary_classifier(cfg: "RunConfig", classes: list[str]) -> CAMModel:
+    """CSE's frozen classifier: the best checkpoint of the CAM run ``--oc_exp``, trained on the
+    same classes."""
+    classifier, ckpt = load_checkpoint(oc_checkpoint(cfg), resolve_device(cfg.device))
+    if list(ckpt.get("classes", [])) != list(classes):
+        raise CamlabError(f"--oc_exp {cfg.oc_exp}: it was trained on other classes "
+                          f"({len(ckpt.get('classes', []))}) than this dataset's ({len(classes)})")
+    return classifier
+
+
+def oc_checkpoint(cfg: "RunConfig") -> Path:
+    """The path of CSE's ordinary classifier, checked to exist."""
+    if not cfg.oc_exp:
+        raise CamlabError("--mode CSE needs --oc_exp <exp_id>, a finished CAM run "
+                          "(e.g. python main.py --mode CAM --exp_id oc, then --oc_exp oc)")
+    path = safe_subdir(CHECKPOINT_DIR, cfg.oc_exp, "--oc_exp") / "best.pth"
+    if not path.is_file():
+        raise CamlabError(f"--oc_exp {cfg.oc_exp}: {path} does not exist; train it first with "
+                          f"python main.py --mode CAM --exp_id {cfg.oc_exp}")
+    return path
+
+
+# mode name -> builder of its objective from the run's settings and the dataset's classes;
+# main.py's --mode choices.
+OBJECTIVES: dict[str, Callable[["RunConfig", list[str]], Objective]] = {
+    "CAM": _cam_mode, "SEG": _seg_mode, "ACOL": _acol_mode, "CSE": _cse_mode}
 
 
 # ------------------------------------------------------------------------------------ epochs
@@ -229,7 +333,7 @@ def run_epoch(model: CAMModel, data: dataloader.ImageSet, indices: torch.Tensor,
             flip = (torch.rand(len(idx), generator=generator) < 0.5).to(idx.device) if training else None
             images = dataloader.to_model_input(data.images[idx], img_size, flip)
             labels = data.labels[idx]
-            step = objective(model, images, labels, generator)
+            step = objective(model, images, labels, generator, epoch)
             if training:
                 optimizer.zero_grad(set_to_none=True)
                 step.loss.backward()
@@ -272,10 +376,12 @@ def fit(cfg: RunConfig, train_set: dataloader.ImageSet, train_idx: torch.Tensor,
     """Train for ``cfg.epochs``, keep ``best.pth`` (best validation accuracy) and ``last.pth``,
     write ``log.csv`` and ``curves.png`` every epoch. Returns the best model and a summary."""
     seed_everything(seed)
-    model = CAMModel(len(train_set.classes), cfg.weights, cfg.backbone, cfg.cut).to(device)
+    shape = cfg.model_config(len(train_set.classes))
+    model = CAMModel(shape.num_classes, cfg.weights, shape.backbone, shape.cut, shape.recipe,
+                     shape.deltas).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
-    objective = OBJECTIVES[cfg.mode](cfg)
+    objective = OBJECTIVES[cfg.mode](cfg, list(train_set.classes))
     common = dict(objective=objective, img_size=cfg.img_size, batch_size=cfg.batch_size,
                   progress=cfg.progress)
     rows, best_acc, best_epoch = [], -1.0, 0
@@ -285,7 +391,7 @@ def fit(cfg: RunConfig, train_set: dataloader.ImageSet, train_idx: torch.Tensor,
         train_m = run_epoch(model, train_set, train_idx, optimizer=optimizer, seed=seed,
                             epoch=epoch, desc=f"{desc}epoch {epoch}/{cfg.epochs}", **common)
         scheduler.step()
-        val_m = run_epoch(model, train_set, val_idx, desc=f"{desc}validate", **common)
+        val_m = run_epoch(model, train_set, val_idx, epoch=epoch, desc=f"{desc}validate", **common)
         if not math.isfinite(train_m["loss"]):
             raise CamlabError(f"training loss became {train_m['loss']} in epoch {epoch}; "
                               f"try a lower --lr (the last good checkpoints are kept in {run_dir})")

@@ -1,0 +1,163 @@
+"""ACoL heads and recipes, CSE's erasing objective: hand-computed erasing, gradients reaching
+every head, the frozen classifier left untouched, and both modes end to end on a tiny set."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import main
+import model
+import train
+from model import CAMModel, ModelConfig
+from utils import CamlabError
+
+RECIPES = ("p", "pp", "pn", "ppn", "pnp")
+
+
+def _hand_model(recipe: str, deltas: tuple[float, ...], weights: list[float]) -> CAMModel:
+    """One feature channel, one class; head i has weight weights[i] and bias 0."""
+    net = CAMModel(num_classes=1, weights="none", recipe=recipe, deltas=deltas)
+    net.heads = nn.ModuleList(nn.Linear(1, 1) for _ in recipe)
+    for head, w in zip(net.heads, weights):
+        head.weight.data.fill_(w)
+        head.bias.data.zero_()
+    return net
+
+
+def test_second_head_sees_features_erased_where_the_first_map_reaches_delta() -> None:
+    features = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # min-max: 0, 1/3, 2/3, 1
+    net = _hand_model("pp", (0.6,), [1.0, 2.0])
+    first, second = net.run_heads(features, torch.tensor([0]))
+    assert torch.equal(first.cams, features)
+    assert first.scores.item() == pytest.approx(2.5)
+    # 3 and 4 (normalised 2/3 and 1, >= 0.6) are zeroed: head 2 sees [[1, 2], [0, 0]], times 2
+    assert torch.equal(second.cams, torch.tensor([[[[2.0, 4.0], [0.0, 0.0]]]]))
+    assert second.scores.item() == pytest.approx(1.5)
+    # evaluated map: max of the p heads' min-max maps: max([0,1/3,2/3,1], [1/2,1,0,0])
+    fused = net.localization_cam(features, torch.tensor([0]))
+    assert torch.allclose(fused, torch.tensor([[[0.5, 1.0], [2 / 3, 1.0]]]))
+
+
+def test_n_heads_do_not_erase_and_p_heads_accumulate() -> None:
+    features = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    # recipe pnp, deltas 0.9 and 0.5; head 1's normalised map is [[0, 1/3], [2/3, 1]]
+    net = _hand_model("pnp", (0.9, 0.5), [1.0, -1.0, 1.0])
+    _, adversarial, third = net.run_heads(features, torch.tensor([0]))
+    # head 2 (n): only 1 >= 0.9 is erased
+    assert torch.equal(adversarial.cams, torch.tensor([[[[-1.0, -2.0], [-3.0, 0.0]]]]))
+    # head 3 (p): erased by head 1 alone (an n head's map erases nothing): 2/3 and 1 >= 0.5
+    assert torch.equal(third.cams, torch.tensor([[[[1.0, 2.0], [0.0, 0.0]]]]))
+
+
+def test_deltas_expand_and_bad_recipes_are_named() -> None:
+    assert ModelConfig(recipe="ppn", deltas=(0.7,)).deltas == (0.7, 0.7)
+    assert ModelConfig(recipe="p").deltas == ()
+    assert ModelConfig(recipe="pn", deltas=(0.9,)).deltas == (0.9,)
+    for recipe in ("", "n", "np", "px"):
+        with pytest.raises(CamlabError, match="--recipe"):
+            ModelConfig(recipe=recipe)
+    with pytest.raises(CamlabError, match="--delta"):
+        ModelConfig(recipe="ppp", deltas=(0.5, 0.6, 0.7))
+    with pytest.raises(CamlabError, match="--delta"):
+        ModelConfig(recipe="pp", deltas=(1.5,))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_head_gets_a_gradient_and_nothing_is_nan(recipe: str) -> None:
+    torch.manual_seed(0)
+    net = CAMModel(num_classes=3, weights="none", recipe=recipe, deltas=(0.7,))
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    step = train.acol_objective(net, images, labels)
+    step.loss.backward()
+    assert torch.isfinite(step.loss)
+    assert set(step.terms) == {f"{kind}{i}" for i, kind in enumerate(recipe, start=1)}
+    for name, param in net.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+    for i, head in enumerate(net.heads):
+        assert head.weight.grad.abs().sum() > 0, f"head {i + 1}"
+
+
+def test_acol_loss_is_the_sum_of_head_losses() -> None:
+    torch.manual_seed(0)
+    net = CAMModel(num_classes=3, weights="none", recipe="pn", deltas=(0.6,))
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([2, 1])
+    step = train.acol_objective(net, images, labels)
+    first, second = net.run_heads(net.forward_features(images), labels)
+    assert step.terms["p1"] == pytest.approx(nn.functional.cross_entropy(first.scores, labels).item(), rel=1e-5)
+    assert step.terms["n2"] == pytest.approx(train.rest_cross_entropy(second.scores, labels).item(), rel=1e-5)
+    assert step.loss.item() == pytest.approx(step.terms["p1"].item() + step.terms["n2"].item(), rel=1e-5)
+    scores, _, _ = net(images)  # the first head's GAP-then-linear scores are its 1×1-conv-then-GAP ones
+    assert torch.allclose(scores, first.scores, atol=1e-5)
+
+
+def test_erased_class_loss_by_hand() -> None:
+    # logits (log 3, 0, 0): p_y = 3/5, loss -log(2/5); logits (0, 0): p_y = 1/2, loss log 2
+    three = torch.tensor([[math.log(3.0), 0.0, 0.0]])
+    assert train.erased_class_loss(three, torch.tensor([0])).item() == pytest.approx(-math.log(2 / 5))
+    two = torch.tensor([[0.0, 0.0]])
+    assert train.erased_class_loss(two, torch.tensor([1])).item() == pytest.approx(math.log(2))
+    big = torch.tensor([[1000.0, 0.0, 0.0]])  # stable: p_y ≈ 1 gives ≈ 1000 - log 2, not inf
+    assert train.erased_class_loss(big, torch.tensor([0])).item() == pytest.approx(1000 - math.log(2), rel=1e-6)
+
+
+def test_cse_trains_the_generator_through_the_frozen_classifier() -> None:
+    torch.manual_seed(0)
+    classifier = CAMModel(num_classes=3, weights="none")
+    frozen = {k: v.clone() for k, v in classifier.state_dict().items()}
+    net = CAMModel(num_classes=3, weights="none")
+    objective = train.CseObjective(classifier, erase_weight=0.3, erase_growth=0.05, area_weight=0.5)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    net.train()
+    step = objective(net, images, labels, None, 3)
+    expected = step.terms["ce"] + (0.3 + 0.05 * 2) * step.terms["erase"] + 0.5 * step.terms["area"]
+    assert step.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert 0 <= step.terms["area"] <= 1
+    step.loss.backward()
+    erase_grads = {n: p.grad.clone() for n, p in net.backbone.named_parameters()}
+    net.zero_grad()
+    nn.functional.cross_entropy(net(images)[0], labels).backward()
+    # the erasing term reaches the generator's backbone through the mask
+    assert any(not torch.allclose(erase_grads[n], p.grad) for n, p in net.backbone.named_parameters())
+    assert not classifier.training
+    assert all(p.grad is None and not p.requires_grad for p in classifier.parameters())
+    assert all(torch.equal(frozen[k], v) for k, v in classifier.state_dict().items())  # BN stats too
+
+
+def _run(tiny_lab, tmp_path, monkeypatch, *extra: str) -> dict:
+    monkeypatch.chdir(tmp_path)
+    argv = ["--data_root", str(tiny_lab), "--img_size", "32", "--epochs", "2", "--batch_size", "8",
+            "--weights", "none", "--quiet", "--device", "cpu", *extra]
+    assert main.main(argv) == 0
+    exp_id = extra[extra.index("--exp_id") + 1]
+    return json.loads((tmp_path / "checkpoints" / exp_id / "metrics.json").read_text())
+
+
+def test_acol_and_cse_modes_train_and_evaluate_end_to_end(tiny_lab, tmp_path, monkeypatch) -> None:
+    metrics = _run(tiny_lab, tmp_path, monkeypatch, "--mode", "ACOL", "--recipe", "ppn",
+                   "--delta", "0.6", "0.9", "--exp_id", "acol")
+    assert 0 <= metrics["test_acc"] <= 1
+    net, ckpt = model.load_checkpoint(tmp_path / "checkpoints" / "acol" / "best.pth")
+    assert net.config.recipe == "ppn" and net.config.deltas == (0.6, 0.9)
+    header = (tmp_path / "checkpoints" / "acol" / "log.csv").read_text().splitlines()[0]
+    assert {"train_p1", "train_p2", "train_n3", "val_p1"} <= set(header.split(","))
+    _run(tiny_lab, tmp_path, monkeypatch, "--mode", "CAM", "--exp_id", "oc")
+    metrics = _run(tiny_lab, tmp_path, monkeypatch, "--mode", "CSE", "--oc_exp", "oc", "--exp_id", "cse",
+                   "--area_weight", "0.1")
+    assert metrics["args"]["oc_exp"] == "oc" and 0 <= metrics["test_acc"] <= 1
+    net, _ = model.load_checkpoint(tmp_path / "checkpoints" / "cse" / "best.pth")
+    assert net.config.recipe == "p"  # CSE trains a plain CAM network
+
+
+def test_old_checkpoints_with_an_fc_head_still_load(tmp_path) -> None:
+    net = CAMModel(num_classes=2, weights="none")
+    state = {("fc." + k[len("heads.0."):] if k.startswith("heads.0.") else k): v
+             for k, v in net.state_dict().items()}
+    torch.save({"format": model.CHECKPOINT_FORMAT, "model": state,
+                "model_config": {"num_classes": 2, "backbone": "resnet18", "cut": "layer2"}}, tmp_path / "old.pth")
+    loaded, _ = model.load_checkpoint(tmp_path / "old.pth")
+    assert torch.equal(loaded.fc.weight, net.fc.weight)
