@@ -238,15 +238,20 @@ def write_report(stems: Sequence[str], experiments: Sequence[str], matrix: np.nd
 
 # ------------------------------------------------------------------- the whole test set
 def dataset_cams(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, form: str,
-                 batch_size: int = 64) -> np.ndarray:
-    """float32 N×H×W CAMs in [0, 1] at the stored image size, one per image of ``data``, each
-    of the image's top predicted class; batched under ``torch.inference_mode``."""
+                 batch_size: int = 64, of_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(predictions int64 N, CAMs float32 N×H×W in [0, 1])`` for every image of ``data``, the
+    maps at the stored image size, each of the image's top predicted class (``of_labels``: of
+    its labelled class, as GT-known localisation asks); batched under ``torch.inference_mode``."""
     out_size = tuple(data.images.shape[-2:])
-    maps = []
+    preds, maps = [], []
     for idx in torch.arange(len(data)).split(batch_size):
-        inputs = dataloader.to_model_input(data.images[idx.to(data.images.device)], img_size)
-        maps.append(model.localization_maps(net, inputs, out_size, form)[1].float().cpu().numpy())
-    return np.concatenate(maps)
+        idx = idx.to(data.images.device)
+        inputs = dataloader.to_model_input(data.images[idx], img_size)
+        scores, cams = model.localization_maps(net, inputs, out_size, form,
+                                               data.labels[idx] if of_labels else None)
+        preds.append(scores.argmax(dim=1).cpu().numpy())
+        maps.append(cams.float().cpu().numpy())
+    return np.concatenate(preds), np.concatenate(maps)
 
 
 def split_masks(root: Path, split: str, names: Sequence[str]) -> np.ndarray | None:
@@ -266,30 +271,56 @@ def _subset(data: "dataloader.ImageSet", n: int, seed: int = 0) -> "dataloader.I
                                [data.names[k] for k in keep.tolist()], data.classes)
 
 
+@dataclasses.dataclass
+class Experiment:
+    """A finished run, ready to evaluate: its best model (eval mode), settings and data root."""
+
+    exp_id: str
+    net: "model.CAMModel"
+    cfg: "train.RunConfig"
+    root: Path
+    device: torch.device
+
+    @classmethod
+    def load(cls, exp_id: str, device: str = "auto") -> "Experiment":
+        dev = resolve_device(device)
+        net, ckpt = model.load_checkpoint(safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth", dev)
+        cfg = train.RunConfig(**{k: v for k, v in ckpt["args"].items() if k in train.RunConfig.__annotations__})
+        return cls(exp_id, net.eval(), cfg, dataloader.resolve_root(cfg.dataset, cfg.data_root), dev)
+
+    def has_masks(self) -> bool:
+        """Only the embedded dataset writes ``train_masks/`` and ``test_masks/``."""
+        return (self.root / "train_masks").is_dir() and (self.root / "test_masks").is_dir()
+
+    def split(self, split: str, n: int | None = None) -> "dataloader.ImageSet":
+        data = dataloader.load_split(self.cfg.dataset, self.root, split, img_size=self.cfg.img_size,
+                                     progress=False)
+        return (data if n is None else _subset(data, n)).to(self.device)
+
+    def cams(self, data: "dataloader.ImageSet", form: str = "class",
+             of_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        return dataset_cams(self.net, data, self.cfg.img_size, form, of_labels=of_labels)
+
+
 def localization_report(exp_id: str, form: str = "class", n_threshold: int = 500,
                         device: str = "auto") -> dict | None:
     """Mean IoU of ``exp_id``'s best checkpoint over the whole test set, at the threshold that
     is best on ``n_threshold`` training images' masks (never on test masks). None when the
     dataset has no ``train_masks/`` and ``test_masks/`` (only the embedded one has them)."""
+    exp = Experiment.load(exp_id, device)
+    return _localization(exp, form, n_threshold) if exp.has_masks() else None
+
+
+def _localization(exp: Experiment, form: str, n_threshold: int) -> dict:
     if n_threshold < 1:
         raise CamlabError(f"--n_threshold must be at least 1, got {n_threshold}")
-    dev = resolve_device(device)
-    net, ckpt = model.load_checkpoint(safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth", dev)
-    cfg = train.RunConfig(**{k: v for k, v in ckpt["args"].items() if k in train.RunConfig.__annotations__})
-    root = dataloader.resolve_root(cfg.dataset, cfg.data_root)
-    if not (root / "train_masks").is_dir() or not (root / "test_masks").is_dir():
-        return None
-    net.eval()
-    fit_set = _subset(dataloader.load_split(cfg.dataset, root, "train", img_size=cfg.img_size,
-                                            progress=False), n_threshold).to(dev)
-    curve = iou_curve(dataset_cams(net, fit_set, cfg.img_size, form),
-                      split_masks(root, "train", fit_set.names), THRESHOLD_GRID)
+    fit_set = exp.split("train", n_threshold)
+    curve = iou_curve(exp.cams(fit_set, form)[1], split_masks(exp.root, "train", fit_set.names), THRESHOLD_GRID)
     threshold, train_iou = pick_threshold(THRESHOLD_GRID, curve)
-    test_set = dataloader.load_split(cfg.dataset, root, "test", img_size=cfg.img_size, progress=False).to(dev)
-    test_masks = split_masks(root, "test", test_set.names)
-    test_cams = dataset_cams(net, test_set, cfg.img_size, form)
-    test_curve = iou_curve(test_cams, test_masks, THRESHOLD_GRID)
-    return {"exp_id": exp_id, "cam": form, "threshold": threshold, "train_iou": train_iou,
+    test_set = exp.split("test")
+    test_curve = iou_curve(exp.cams(test_set, form)[1], split_masks(exp.root, "test", test_set.names),
+                           THRESHOLD_GRID)
+    return {"exp_id": exp.exp_id, "cam": form, "threshold": threshold, "train_iou": train_iou,
             "test_iou": float(test_curve[THRESHOLD_GRID.index(threshold)]),
             "n_threshold_images": len(fit_set), "n_test": len(test_set),
             "curve": (np.asarray(THRESHOLD_GRID), curve), "test_curve": (np.asarray(THRESHOLD_GRID), test_curve)}
@@ -529,13 +560,125 @@ def localization_accuracy(cams: np.ndarray, pred_classes: Sequence[int] | np.nda
     return {"top1_loc": float(np.mean(hit & (pred == labels))), "gt_known_loc": float(np.mean(hit))}
 
 
+# ------------------------------------------------------------------ methods compared (WSOL)
+# methods.csv / methods.md columns: (key in a wsol_report, header)
+METHOD_COLUMNS = (("test_acc", "test acc"), ("test_iou", "mean IoU"), ("pxap", "PxAP"),
+                  ("max_box_acc_v2", "MaxBoxAccV2"), ("top1_loc", "top-1 loc"), ("gt_known_loc", "GT-known loc"))
+
+
+def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto") -> dict | None:
+    """Every measure of the methods table for ``exp_id`` on its test split, as fractions; None
+    when the dataset has no masks (only the embedded one has them).
+
+    test_acc: the best checkpoint's accuracy. test_iou: mean IoU of the predicted class's CAM at
+    the threshold chosen on training masks (as :func:`localization_report`). PxAP, MaxBoxAccV2,
+    top-1 and GT-known localisation follow wsolevaluation and the CAM paper, and read the
+    labelled class's CAM; ground-truth boxes are the boxes of the object masks.
+    """
+    exp = Experiment.load(exp_id, device)
+    if not exp.has_masks():
+        return None
+    report = _localization(exp, "class", n_threshold)
+    test_set = exp.split("test")
+    preds, cams = exp.cams(test_set, of_labels=True)
+    masks = split_masks(exp.root, "test", test_set.names)
+    boxes = [[box] if (box := mask_box(m)) is not None else [] for m in masks]
+    labels = test_set.labels.cpu().numpy()
+    report.update(test_acc=float(np.mean(preds == labels)), pxap=pxap(cams, masks),
+                  max_box_acc_v2=max_box_acc(cams, boxes)["mean"],
+                  **localization_accuracy(cams, preds, labels, boxes),
+                  method=_method_name(exp.cfg), mean_mask_area=float(masks.mean()))
+    report["examples"] = _examples(test_set, cams, boxes)
+    return report
+
+
+def _method_name(cfg: "train.RunConfig") -> str:
+    """How a run's method reads in a table: CAM, SEG rotate+hflip, ACoL pn δ=0.9, CSE."""
+    if cfg.mode == "SEG":
+        return f"SEG {cfg.transform}"
+    if cfg.mode == "ACOL":
+        return f"ACoL {cfg.recipe} δ={','.join(f'{d:g}' for d in cfg.delta)}"
+    if cfg.mode == "CSE":
+        return f"CSE (area weight {cfg.area_weight:g})"
+    return cfg.mode
+
+
+def _examples(data: "dataloader.ImageSet", cams: np.ndarray, boxes: list, n: int = 8) -> list[dict]:
+    """The first ``n`` test images with their CAMs and boxes, for the report figure."""
+    return [{"image": data.images[i].permute(1, 2, 0).cpu().numpy(), "cam": cams[i],
+             "box": cam_box(cams[i]), "gt_box": boxes[i][0] if boxes[i] else None, "name": data.names[i]}
+            for i in range(min(n, len(data)))]
+
+
+def finished_experiments(checkpoint_dir: Path = CHECKPOINT_DIR) -> list[str]:
+    """The exp_ids under ``checkpoints/`` with a best checkpoint (k-fold runs keep theirs per fold
+    and are left out), sorted."""
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(d.name for d in checkpoint_dir.iterdir() if (d / "best.pth").is_file())
+
+
+def methods_table(reports: list[dict]) -> tuple[str, str]:
+    """(csv, markdown): one row per experiment, its exp_id first, the measures of METHOD_COLUMNS."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["experiment", "method"] + [key for key, _ in METHOD_COLUMNS])
+    lines = ["| experiment | method | " + " | ".join(h for _, h in METHOD_COLUMNS) + " |",
+             "|---|---|" + "---:|" * len(METHOD_COLUMNS)]
+    for r in reports:
+        values = [f"{r[key]:.4f}" for key, _ in METHOD_COLUMNS]
+        writer.writerow([r["exp_id"], r["method"]] + values)
+        lines.append(f"| {_md_cell(r['exp_id'])} | {_md_cell(r['method'])} | " + " | ".join(values) + " |")
+    return buf.getvalue(), "\n".join(lines) + "\n"
+
+
+def write_methods_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
+    """``methods.csv``, ``methods.md`` and the figure ``methods_grid.png``; returns the markdown."""
+    if not reports:
+        raise CamlabError(f"no experiment under {CHECKPOINT_DIR}/ has a best.pth on a dataset with "
+                          f"masks; train one first (python main.py --mode CAM)")
+    csv_text, md = methods_table(reports)
+    note = (f"Mean IoU at each run's threshold chosen on training masks; PxAP, MaxBoxAccV2 (IoU 0.3/0.5/0.7, "
+            f"every contour) and localisation read the labelled class's CAM; boxes by the CAM paper's "
+            f"20% rule; {reports[0]['n_test']} test images.\n\n")
+    atomic_write_text(Path(report_dir) / "methods.csv", csv_text)
+    atomic_write_text(Path(report_dir) / "methods.md", note + md)
+    visualize.plot_methods({r["exp_id"]: r["examples"] for r in reports}, Path(report_dir) / "methods_grid.png")
+    return note + md
+
+
 # ------------------------------------------------------------------------------- ablation
-# (name, mode, transform): the comparison of handout section 3.5, one seed for all.
-ABLATION = (("cam", "CAM", "scale"), ("seg_scale", "SEG", "scale"), ("seg_rotate", "SEG", "rotate"),
-            ("seg_hflip", "SEG", "hflip"), ("seg_rotate_hflip", "SEG", "rotate+hflip"))
-# Settings that must agree for an existing run to be reused by the ablation.
+# (name, settings over the base run): the comparison of handout section 3.5, one seed for all.
+ABLATION: tuple[tuple[str, dict], ...] = (
+    ("cam", dict(mode="CAM")), ("seg_scale", dict(mode="SEG", transform="scale")),
+    ("seg_rotate", dict(mode="SEG", transform="rotate")), ("seg_hflip", dict(mode="SEG", transform="hflip")),
+    ("seg_rotate_hflip", dict(mode="SEG", transform="rotate+hflip")))
+# The methods compared in the README, one seed for all. SEG takes the transform whose ablation run
+# was best on *training* masks (rotate+hflip); ACoL pp the paper's delta, pn the notes' 0.9; CSE's
+# ordinary classifier is the CAM run of the same comparison ("{prefix}" is filled in).
+METHODS: tuple[tuple[str, dict], ...] = (
+    ("cam", dict(mode="CAM")), ("seg", dict(mode="SEG", transform="rotate+hflip")),
+    ("acol_pp", dict(mode="ACOL", recipe="pp", delta=(0.6,))),
+    ("acol_pn", dict(mode="ACOL", recipe="pn", delta=(0.9,))),
+    ("cse", dict(mode="CSE", oc_exp="{prefix}_cam")))
+# Settings that must agree for an existing run to be reused by the ablation or the comparison.
 _SHAPING = ("mode", "transform", "epochs", "batch_size", "lr", "img_size", "weights", "dataset",
-            "data_root", "seed", "scale", "rot_deg", "shift", "cam", "ser_weight", "val_fraction")
+            "data_root", "seed", "scale", "rot_deg", "shift", "cam", "ser_weight", "val_fraction",
+            "backbone", "cut", "recipe", "delta", "oc_exp", "erase_weight", "erase_growth", "area_weight")
+
+
+def _runs(base: "train.RunConfig", prefix: str, table: tuple[tuple[str, dict], ...],
+          form: str) -> list["train.RunConfig"]:
+    """The configs of ``table``'s runs: ``<prefix>_<name>``, ``form`` as SEG's regularised CAM."""
+    return [dataclasses.replace(base, exp_id=f"{prefix}_{name}", cam=form,
+                                **{k: (v.format(prefix=prefix) if isinstance(v, str) else v)
+                                   for k, v in settings.items()})
+            for name, settings in table]
+
+
+def _plain(value):
+    """A setting as metrics.json stores it (tuples become lists)."""
+    return json.loads(json.dumps(value))
 
 
 def _trained(cfg: "train.RunConfig") -> dict:
@@ -546,7 +689,7 @@ def _trained(cfg: "train.RunConfig") -> dict:
     if not path.is_file():  # never trained, or interrupted before it finished: (re)train it
         return train.train(dataclasses.replace(cfg, overwrite=True))
     metrics = json.loads(path.read_text())
-    wanted = {k: getattr(cfg, k) for k in _SHAPING}
+    wanted = {k: _plain(getattr(cfg, k)) for k in _SHAPING}
     found = {k: metrics.get("args", {}).get(k) for k in _SHAPING}
     if wanted != found:
         differ = [k for k in _SHAPING if wanted[k] != found[k]]
@@ -564,8 +707,7 @@ def run_ablation(base: "train.RunConfig", prefix: str = "ablation", form: str = 
     IoU and whole-test mean IoU (at the shared threshold, and at each run's own threshold
     chosen on training masks) into ``report/ablation.md``."""
     rows, shared = [], None
-    for name, mode, transform in ABLATION:
-        cfg = dataclasses.replace(base, exp_id=f"{prefix}_{name}", mode=mode, transform=transform, cam=form)
+    for cfg in _runs(base, prefix, ABLATION, form):
         metrics = _trained(cfg)
         full = localization_report(cfg.exp_id, form, n_threshold, cfg.device)
         shared = shared if shared is not None else (full["threshold"] if full else DEFAULT_THRESHOLD)
@@ -574,12 +716,22 @@ def run_ablation(base: "train.RunConfig", prefix: str = "ablation", form: str = 
         out = visualize.visualize_run(cfg.exp_id, shared, form, cfg.data_root, cfg.device)
         settings = json.loads((out / "settings.json").read_text())
         ten = iou_table(out, Path(settings["data_root"]) / "test_seg")
-        rows.append({"run": cfg.exp_id, "mode": mode, "transform": "-" if mode == "CAM" else transform,
+        rows.append({"run": cfg.exp_id, "mode": cfg.mode, "transform": "-" if cfg.mode == "CAM" else cfg.transform,
                      "test_acc": metrics["test_acc"], "weights": metrics["weights"], "ten": float(np.mean(list(ten.values()))),
                      "full": full})
     table = ablation_table(rows, base, form, shared)
     atomic_write_text(REPORT_DIR / "ablation.md", table)
     return table
+
+
+def run_methods(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500) -> str:
+    """Train (or reuse) every METHODS run under one seed, then evaluate them all with
+    :func:`wsol_report` into ``report/methods.{csv,md}`` and ``report/methods_grid.png``."""
+    configs = _runs(base, prefix, METHODS, "class")
+    for cfg in configs:
+        _trained(cfg)
+    reports = [wsol_report(cfg.exp_id, n_threshold, cfg.device) for cfg in configs]
+    return write_methods_report([r for r in reports if r is not None])
 
 
 def ablation_table(rows: list[dict], base: "train.RunConfig", form: str, shared: float) -> str:
@@ -615,16 +767,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="training images whose masks choose each experiment's threshold")
     parser.add_argument("--no_full", action="store_true", help="only the ten-image table")
     parser.add_argument("--device", default="auto", choices=DEVICES)
-    ab = parser.add_argument_group("ablation (train and compare CAM and SEG runs)")
+    parser.add_argument("--wsol", action="store_true",
+                        help="evaluate every experiment in checkpoints/ (IoU, PxAP, MaxBoxAccV2, top-1 and "
+                             "GT-known localisation) into report/methods.csv and report/methods.md")
+    ab = parser.add_argument_group("comparisons (train, or reuse finished runs with the same settings, then compare)")
     ab.add_argument("--ablation", action="store_true",
-                    help="train CAM and SEG with scale, rotate, hflip and rotate+hflip, then write report/ablation.md")
-    ab.add_argument("--prefix", default="ablation", help="the runs are checkpoints/<prefix>_<name>/")
+                    help="CAM and SEG with scale, rotate, hflip and rotate+hflip -> report/ablation.md")
+    ab.add_argument("--methods", action="store_true",
+                    help="CAM, SEG rotate+hflip, ACoL pp and pn, CSE -> report/methods.md")
+    ab.add_argument("--prefix", default=None,
+                    help="the runs are checkpoints/<prefix>_<name>/ (default: ablation or methods)")
     for flag in ("epochs", "img_size", "seed", "batch_size"):
         ab.add_argument(f"--{flag}", type=int, default=getattr(train.RunConfig, flag))
     ab.add_argument("--weights", default=train.RunConfig.weights)
     ab.add_argument("--data_root", default=None)
     args = parser.parse_args(argv)
-    return run_cli("iou.py", lambda: (_ablation if args.ablation else _report)(args))
+    if sum((args.ablation, args.methods, args.wsol)) > 1:
+        parser.error("choose one of --ablation, --methods and --wsol")
+    command = _ablation if args.ablation else _methods if args.methods else _wsol if args.wsol else _report
+    return run_cli("iou.py", lambda: command(args))
 
 
 def _default_gt_dir() -> Path:
@@ -652,11 +813,32 @@ def _report(args: argparse.Namespace) -> None:
     print(format_table(stems, experiments, matrix)[1] + extra, end="")
 
 
-def _ablation(args: argparse.Namespace) -> None:
-    base = train.RunConfig(epochs=args.epochs, img_size=args.img_size, seed=args.seed,
+def _base_run(args: argparse.Namespace) -> "train.RunConfig":
+    for flag in ("epochs", "img_size", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise CamlabError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    return train.RunConfig(epochs=args.epochs, img_size=args.img_size, seed=args.seed,
                            batch_size=args.batch_size, weights=args.weights, data_root=args.data_root,
                            device=args.device)
-    print(run_ablation(base, args.prefix, args.cam, args.n_threshold), end="")
+
+
+def _ablation(args: argparse.Namespace) -> None:
+    print(run_ablation(_base_run(args), args.prefix or "ablation", args.cam, args.n_threshold), end="")
+
+
+def _methods(args: argparse.Namespace) -> None:
+    print(run_methods(_base_run(args), args.prefix or "methods", args.n_threshold), end="")
+
+
+def _wsol(args: argparse.Namespace) -> None:
+    reports = []
+    for exp_id in finished_experiments():
+        report = wsol_report(exp_id, args.n_threshold, args.device)
+        if report is None:
+            print(f"skipping {exp_id}: its dataset has no train_masks/ and test_masks/")
+        else:
+            reports.append(report)
+    print(write_methods_report(reports), end="")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,43 @@ def plot_grid(rows: list[dict], path: Path, title: str = "") -> None:
     save_figure(fig, path)
 
 
+def _draw_box(ax: plt.Axes, box, colour: str) -> None:
+    """An inclusive pixel box (x0, y0, x1, y1) drawn around the pixels it covers."""
+    if box is not None:
+        x0, y0, x1, y1 = box
+        ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False,
+                                   edgecolor=colour, linewidth=1.2))
+
+
+def plot_methods(examples: dict[str, list[dict]], path: Path, title: str = "") -> None:
+    """The methods figure: one row per experiment, one column per test image, each cell the CAM
+    over the image with the CAM's box (red, 20% rule) and the ground-truth box (green).
+
+    examples: exp_id -> list of dicts with ``image`` (uint8 H×W×3), ``cam`` (float H×W in
+    [0, 1]), ``box`` and ``gt_box`` (inclusive (x0, y0, x1, y1) or None), ``name``.
+    """
+    names = list(examples)
+    cols = max(len(v) for v in examples.values())
+    fig, axes = plt.subplots(len(names), cols, figsize=(1.3 * cols, 1.4 * len(names) + 0.4), squeeze=False)
+    for r, exp_id in enumerate(names):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(examples[exp_id]):
+                ex = examples[exp_id][c]
+                ax.imshow(heatmap_overlay(ex["image"], ex["cam"]))
+                _draw_box(ax, ex["gt_box"], "lime")
+                _draw_box(ax, ex["box"], "red")
+                if r == 0:
+                    ax.set_title(ex["name"], fontsize=7)
+        axes[r, 0].set_ylabel(exp_id, fontsize=8)
+    fig.suptitle(title or "CAM of the labelled class; boxes: CAM (red, 20% rule), ground truth (green)",
+                 fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 # ----------------------------------------------------------------------------- command line
 def _source_images(root: Path) -> tuple[list[str], np.ndarray]:
     """Stems and uint8 N×H×W×3 images of ``root/test_seg_source`` (resized to the first

@@ -161,3 +161,43 @@ def test_old_checkpoints_with_an_fc_head_still_load(tmp_path) -> None:
                 "model_config": {"num_classes": 2, "backbone": "resnet18", "cut": "layer2"}}, tmp_path / "old.pth")
     loaded, _ = model.load_checkpoint(tmp_path / "old.pth")
     assert torch.equal(loaded.fc.weight, net.fc.weight)
+
+
+def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tmp_path, monkeypatch, capsys) -> None:
+    import csv
+    import iou
+    monkeypatch.chdir(tmp_path)
+    argv = ["--methods", "--epochs", "1", "--img_size", "32", "--batch_size", "8", "--weights", "none",
+            "--data_root", str(tiny_lab), "--device", "cpu", "--n_threshold", "6"]
+    assert iou.main(argv) == 0
+    rows = list(csv.DictReader(open(tmp_path / "report" / "methods.csv")))
+    assert [r["experiment"] for r in rows] == ["methods_cam", "methods_seg", "methods_acol_pp",
+                                              "methods_acol_pn", "methods_cse"]
+    assert [r["method"] for r in rows] == ["CAM", "SEG rotate+hflip", "ACoL pp δ=0.6", "ACoL pn δ=0.9",
+                                          "CSE (area weight 0)"]
+    for r in rows:
+        metrics = json.loads((tmp_path / "checkpoints" / r["experiment"] / "metrics.json").read_text())
+        assert float(r["test_acc"]) == pytest.approx(metrics["test_acc"], abs=1e-4)
+        values = {k: float(r[k]) for k, _ in iou.METHOD_COLUMNS}
+        assert all(0 <= v <= 1 for v in values.values())
+        assert values["top1_loc"] <= values["gt_known_loc"]
+    cse = json.loads((tmp_path / "checkpoints" / "methods_cse" / "metrics.json").read_text())
+    assert cse["args"]["oc_exp"] == "methods_cam"
+    assert (tmp_path / "report" / "methods_grid.png").stat().st_size > 0
+    md = (tmp_path / "report" / "methods.md").read_text()
+    assert md.count("| methods_") == 5
+    capsys.readouterr()
+    # --wsol evaluates every finished experiment again, without training
+    assert iou.main(["--wsol", "--device", "cpu", "--n_threshold", "6"]) == 0
+    assert "epoch 1/1" not in capsys.readouterr().out
+    again = list(csv.DictReader(open(tmp_path / "report" / "methods.csv")))
+    assert sorted(r["experiment"] for r in again) == sorted(r["experiment"] for r in rows)
+    assert {r["experiment"]: r["pxap"] for r in again} == {r["experiment"]: r["pxap"] for r in rows}
+
+
+def test_wsol_without_experiments_says_what_to_do(tmp_path, monkeypatch, capsys) -> None:
+    import iou
+    monkeypatch.chdir(tmp_path)
+    assert iou.main(["--wsol"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "python main.py --mode CAM" in err
