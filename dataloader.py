@@ -24,7 +24,8 @@ import json
 import os
 import pickle
 import shutil
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -50,12 +51,16 @@ class ImageSet:
     labels: int64 tensor N, each in ``[0, len(classes))``.
     names: N file names (relative to the split folder), in the same order.
     classes: the class names; ``len(classes)`` is the number of classes.
+    skipped: the files (relative to the split folder) left out because they could not be
+      decoded (``load_split(..., skip_bad=True)``); kept with the split, so that a split read
+      back from the cache still tells the user which files it lacks.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     names: list[str]
     classes: list[str]
+    skipped: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -94,7 +99,7 @@ def resolve_root(dataset: str, data_root: str | Path | None) -> Path:
 def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 224,
                num_classes: int | None = None, download: bool = False,
                cache_dir: Path | None = utils.DATA_DIR / "cache",
-               progress: bool = True) -> ImageSet:
+               progress: bool = True, skip_bad: bool = False) -> ImageSet:
     """Read split ``train`` or ``test`` of ``dataset`` (one of ``DATASETS``) stored at ``root``.
 
     Images are stored at their own size when all images of the split share one, else each is
@@ -102,6 +107,12 @@ def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 22
     with the classes the data declares (for ``lab`` without ``meta.json`` it declares them).
     The decoded split is cached in ``cache_dir`` (``None``: no cache), keyed by the files' names,
     sizes and modification times, so an edited dataset is decoded again.
+
+    An image file that cannot be decoded is a CamlabError naming it, unless ``skip_bad``: then
+    every such file is left out (with its label), listed in ``ImageSet.skipped`` and in one
+    warning on stderr, and only a split with no decodable image at all is an error. Errors in
+    the annotation files (a bad line, a listed file that does not exist) stay errors either way:
+    they are mistakes in the dataset's description, not damaged files.
     """
     _check_choice("dataset", dataset, DATASETS)
     _check_choice("split", split, SPLITS)
@@ -110,11 +121,22 @@ def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 22
         _download_cifar10(dataset, root, split)
     _ensure_root(dataset, root, progress)
     listing = _READERS[dataset](root, split, num_classes)
-    # img_size is in the key because it decides how a split of mixed sizes is stored
+    # img_size is in the key because it decides how a split of mixed sizes is stored, and
+    # skip_bad because it decides whether a damaged file is left out or is an error
     store_rule = f"native size if uniform, else {img_size}x{img_size}"
-    key = _cache_key([_CACHE_VERSION, dataset, str(root.resolve()), split, num_classes, store_rule],
-                     listing.files)
-    return _cached(cache_dir, key, lambda: listing.decode(img_size, progress))
+    key = _cache_key([_CACHE_VERSION, dataset, str(root.resolve()), split, num_classes, store_rule,
+                      f"skip_bad={skip_bad}"], listing.files)
+    data = _cached(cache_dir, key, lambda: listing.decode(img_size, progress, skip_bad))
+    _warn_skipped(data.skipped, root / split)
+    return data
+
+
+def _warn_skipped(skipped: list[str], folder: Path) -> None:
+    """One line on stderr naming every skipped file: the user must be able to find (and fix or
+    delete) each of them, however many there are. Printed on every load, cached or not."""
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} "
+              f"in {folder}: {', '.join(skipped)}", file=sys.stderr)
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
@@ -145,11 +167,11 @@ class _Listing:
     """What a reader found before decoding anything.
 
     files: every file the split's content depends on (their stats form the cache key).
-    decode: ``decode(img_size, progress) -> ImageSet`` does the expensive part.
+    decode: ``decode(img_size, progress, skip_bad) -> ImageSet`` does the expensive part.
     """
 
     files: list[Path]
-    decode: Callable[[int, bool], ImageSet]
+    decode: Callable[[int, bool, bool], ImageSet]
 
 
 # ------------------------------------------------------------------------ format: lab layout
@@ -158,13 +180,12 @@ def _list_lab(root: Path, split: str, num_classes: int | None) -> _Listing:
     classes = _lab_classes(meta_path, num_classes)
     ann_path = root / f"{split}_cls.txt"
     entries = _parse_annotations(ann_path, root / split, len(classes))
-    paths = [root / split / name for name, _ in entries]
     labels = [label for _, label in entries]
     names = [name for name, _ in entries]
-    files = [ann_path] + ([meta_path] if meta_path.exists() else []) + paths
+    files = [ann_path] + ([meta_path] if meta_path.exists() else []) + [root / split / n for n in names]
 
-    def decode(img_size: int, progress: bool) -> ImageSet:
-        return _decode_files(paths, labels, names, classes, img_size, progress, f"decoding {split}")
+    def decode(img_size: int, progress: bool, skip_bad: bool) -> ImageSet:
+        return _decode_files(root / split, names, labels, classes, img_size, progress, skip_bad)
     return _Listing(files, decode)
 
 
@@ -189,15 +210,21 @@ def _check_num_classes(expected: int | None, found: int, source: Path) -> None:
 
 def _parse_annotations(ann_path: Path, image_dir: Path, num_classes: int) -> list[tuple[str, int]]:
     """``(file name, label)`` for each non-empty line of ``ann_path``; every listed image must
-    exist in ``image_dir``. Errors name the file and the line."""
+    exist in ``image_dir``. Errors name the file and the line.
+
+    Lines are counted as editors count them: at ``\\n``, ``\\r\\n`` and ``\\r`` only (not at the
+    form feeds or Unicode separators where ``str.splitlines`` also breaks), so the number in an
+    error is the one the user sees. A UTF-8 byte order mark (Windows editors write one) is dropped
+    rather than read as part of the first file name.
+    """
     try:
-        text = ann_path.read_text(encoding="utf-8")
+        text = ann_path.read_text(encoding="utf-8-sig")  # universal newlines: \r\n, \r -> \n
     except FileNotFoundError:
         raise CamlabError(f"annotation file {ann_path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise CamlabError(f"cannot read annotation file {ann_path}: {err}") from None
+        raise CamlabError(f"cannot read annotation file {ann_path}: {utils.reason(err)}") from None
     entries = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             name, label = _parse_line(line, num_classes, f"{ann_path}, line {line_no}")
             if not (image_dir / name).is_file():
@@ -243,8 +270,8 @@ def _list_folder(root: Path, split: str, num_classes: int | None) -> _Listing:
     labels = [label for _, label in samples]
     names = [p.relative_to(root / split).as_posix() for p in paths]
 
-    def decode(img_size: int, progress: bool) -> ImageSet:
-        return _decode_files(paths, labels, names, classes, img_size, progress, f"decoding {split}")
+    def decode(img_size: int, progress: bool, skip_bad: bool) -> ImageSet:
+        return _decode_files(root / split, names, labels, classes, img_size, progress, skip_bad)
     return _Listing(paths, decode)
 
 
@@ -274,7 +301,8 @@ def _list_cifar10(root: Path, split: str, num_classes: int | None) -> _Listing:
         raise CamlabError(f"{files[-1]} has no b'label_names' list")
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in label_names]
     _check_num_classes(num_classes, len(classes), files[-1])
-    return _Listing(files, lambda img_size, progress: _decode_cifar10(files[:-1], classes))
+    # skip_bad does not apply: the batches are arrays, not separately decoded image files
+    return _Listing(files, lambda img_size, progress, skip_bad: _decode_cifar10(files[:-1], classes))
 
 
 def _decode_cifar10(batch_files: list[Path], classes: list[str]) -> ImageSet:
@@ -348,20 +376,47 @@ DATASETS: tuple[str, ...] = tuple(_READERS)
 
 
 # ------------------------------------------------------------------------------- decoding
-def _decode_files(paths: list[Path], labels: list[int], names: list[str], classes: list[str],
-                  img_size: int, progress: bool, desc: str) -> ImageSet:
-    """Decode every image once. They keep their size when all share one; from the first image
-    of a different size on, every image is resized to ``img_size``×``img_size`` instead."""
-    arrays, resize = [], False
-    for path in tqdm(paths, desc=desc, unit="img", disable=None if progress else True, leave=False):
-        image = decode_image(path)
-        if not resize and arrays and image.shape != arrays[0].shape:
-            resize = True
-            arrays = [_resize(a, img_size) for a in arrays]
-        arrays.append(_resize(image, img_size) if resize else image)
+def _decode_files(folder: Path, names: list[str], labels: list[int], classes: list[str],
+                  img_size: int, progress: bool, skip_bad: bool) -> ImageSet:
+    """Decode every image ``folder/<name>`` once, sized as :func:`_add_image` says.
+
+    A file that cannot be decoded is a CamlabError naming it; with ``skip_bad`` it is left out
+    instead (its label and name too, so the three lists stay aligned) and listed in
+    ``ImageSet.skipped``. Leaving out every file is still an error: an empty split would only
+    fail later, with a message that no longer says why.
+    """
+    arrays, kept, skipped, first_error = [], [], [], None
+    for index, name in enumerate(tqdm(names, desc=f"decoding {folder.name}", unit="img",
+                                      disable=None if progress else True, leave=False)):
+        try:
+            image = decode_image(folder / name)
+        except CamlabError as err:
+            if not skip_bad:
+                raise
+            skipped.append(name)
+            first_error = first_error or err
+            continue
+        _add_image(arrays, image, img_size)
+        kept.append(index)
+    if first_error is not None and not kept:
+        raise CamlabError(f"no image in {folder} can be decoded: all {len(skipped)} were skipped "
+                          f"(the first: {utils.reason(first_error, limit=500)})")
     images = np.stack(arrays) if arrays else np.zeros((0, img_size, img_size, 3), np.uint8)
     return ImageSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                    torch.tensor(labels, dtype=torch.int64), list(names), list(classes))
+                    torch.tensor([labels[i] for i in kept], dtype=torch.int64),
+                    [names[i] for i in kept], list(classes), skipped)
+
+
+def _add_image(arrays: list[np.ndarray], image: np.ndarray, img_size: int) -> None:
+    """Append ``image`` to ``arrays`` (in place) so that all share one size: their own while
+    they agree, else ``img_size``×``img_size`` (from the first image of another size on, the
+    earlier ones are resized too). Resizing as they come, not at the end, keeps only stored-size
+    arrays in memory when a folder holds large photos."""
+    if arrays and image.shape != arrays[0].shape:
+        if arrays[0].shape != (img_size, img_size, 3):
+            arrays[:] = [_resize(a, img_size) for a in arrays]
+        image = _resize(image, img_size)
+    arrays.append(image)
 
 
 def decode_image(path: Path | str) -> np.ndarray:
@@ -467,8 +522,8 @@ def _cached(cache_dir: Path | None, key: str, build: Callable[[], ImageSet]) -> 
     data = _read_cache(path)
     if data is None:
         data = build()
-        payload = {"images": data.images, "labels": data.labels,
-                   "names": data.names, "classes": data.classes}
+        payload = {"images": data.images, "labels": data.labels, "names": data.names,
+                   "classes": data.classes, "skipped": data.skipped}
         _write_cache(path, payload)
     return data
 

@@ -285,6 +285,27 @@ def test_grey_rgba_and_16_bit_images_become_rgb8(tmp_path):
     assert deep_rgb[0, 0].tolist() == [255] * 3 and deep_rgb[1, 1].tolist() == [100] * 3
 
 
+def test_a_split_of_mixed_formats_and_sizes_loads_with_exact_colours(tmp_path):
+    """Through load_split (not just decode_image): 8- and 16-bit grey, BGRA with its alpha
+    dropped, 16-bit colour and 16-bit BGRA, all of different sizes, in one split. Solid
+    images keep their exact values when resized, so each pixel value can be checked."""
+    images = {  # file: (array for write_png: 3 channels RGB, 4 channels BGRA; expected RGB)
+        "a_grey8.png": (np.full((5, 7), 77, np.uint8), [77] * 3),
+        "b_grey16.png": (np.full((6, 6), 65535, np.uint16), [255] * 3),
+        "c_bgra8.png": (np.full((8, 8, 4), (10, 20, 30, 0), np.uint8), [30, 20, 10]),
+        "d_rgb16.png": (np.full((9, 4, 3), (257 * 60, 257 * 50, 257 * 40), np.uint16), [60, 50, 40]),
+        "e_bgra16.png": (np.full((3, 3, 4), (0, 257 * 128, 65535, 257), np.uint16), [255, 128, 0]),
+    }
+    for name, (array, _) in images.items():
+        write_png(tmp_path / "train" / "x" / name, array)
+    write_png(tmp_path / "test" / "x" / "t.png", solid(1))
+    data = dl.load_split("folder", tmp_path, "train", img_size=8, **QUIET)
+    assert data.images.shape == (5, 3, 8, 8) and data.images.dtype == torch.uint8
+    for i, (name, (_, rgb)) in enumerate(images.items()):
+        assert data.names[i] == f"x/{name}"
+        assert data.images[i].flatten(1).T.unique(dim=0).tolist() == [rgb], name
+
+
 def test_mixed_sizes_are_resized_to_img_size(tmp_path):
     root = write_lab(tmp_path, "train", [solid(50, (8, 8)), solid(90, (12, 20)), solid(70, (8, 8))],
                      [0, 1, 2])
@@ -324,6 +345,7 @@ def test_undecodable_image_is_named(tmp_path):
         dl.load_split("lab", root, "train", **QUIET)
 
 
+@pytest.mark.parametrize("skip_bad", [False, True])  # skip_bad skips damaged images, not bad lines
 @pytest.mark.parametrize("line, message", [
     ("01.png x", r"line 2: label 'x' is not an integer"),
     ("01.png 12", r"line 2: label 12 is out of range \[0, 10\)"),
@@ -332,10 +354,104 @@ def test_undecodable_image_is_named(tmp_path):
     ("01.png 1 2", r"line 2: malformed line"),
     ("missing.png 1", r"line 2: image .*missing\.png is missing"),
 ])
-def test_annotation_errors_name_file_and_line(tmp_path, line, message):
+def test_annotation_errors_name_file_and_line(tmp_path, line, message, skip_bad):
+    """A bad line is a mistake in the dataset's description: an error naming the file
+    and line, one line long, with or without skip_bad (which only skips damaged images)."""
     root = write_lab(tmp_path, "train", [solid(0), solid(1)], [], lines=["00.png 0", line])
-    with pytest.raises(CamlabError, match=r"train_cls\.txt, " + message):
+    with pytest.raises(CamlabError, match=r"train_cls\.txt, " + message) as info:
+        dl.load_split("lab", root, "train", skip_bad=skip_bad, **QUIET)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_line_numbers_are_the_editors(tmp_path):
+    """A BOM is not part of the first name, and only newlines (LF, CRLF, CR) count as line
+    breaks: str.splitlines would also break at the form feed and U+2028 and misnumber line 4."""
+    root = write_lab(tmp_path, "train", [solid(0), solid(1)], [], lines=[])
+    text = "\ufeff00.png 0\r\n01.png\x0c1\r\n\r\n01.png\u20281 x\r\n"
+    (root / "train_cls.txt").write_bytes(text.encode("utf-8"))
+    with pytest.raises(CamlabError, match=r"train_cls\.txt, line 4: malformed line"):
         dl.load_split("lab", root, "train", **QUIET)
+    (root / "train_cls.txt").write_bytes(text.rsplit("\r\n", 2)[0].encode("utf-8"))
+    assert dl.load_split("lab", root, "train", **QUIET).names == ["00.png", "01.png"]
+
+
+def test_unreadable_annotation_file_is_one_line(tmp_path):
+    """Bytes that are not UTF-8: one line naming the file (not a UnicodeDecodeError)."""
+    root = write_lab(tmp_path, "train", [solid(0)], [0])
+    (root / "train_cls.txt").write_bytes(b"00.png 0\n\xff\xfe 1\n")
+    with pytest.raises(CamlabError, match=r"cannot read annotation file .*train_cls\.txt: .*utf-8"):
+        dl.load_split("lab", root, "train", **QUIET)
+
+
+# --------------------------------------------------------------------------------- skip_bad
+def damaged_files(folder: Path) -> list[str]:
+    """Three undecodable images in ``folder``: text, a truncated PNG, an empty file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "text.png").write_bytes(b"this is not a PNG")
+    (folder / "cut.png").write_bytes(dl.encode_png(solid(7))[:40])
+    (folder / "empty.png").write_bytes(b"")
+    return ["text.png", "cut.png", "empty.png"]
+
+
+def test_skip_bad_leaves_out_every_damaged_image_and_says_which(tmp_path, capsys):
+    """Without skip_bad the first damaged file is an error; with it, every damaged file is
+    left out with its label, the rest stay aligned, and ONE warning names them all."""
+    root = write_lab(tmp_path, "train", [solid(10), solid(20), solid(30)], [0, 1, 2])
+    bad = damaged_files(root / "train")
+    lines = ["00.png 0", "text.png 5", "01.png 1", "cut.png 6", "empty.png 7", "02.png 2"]
+    (root / "train_cls.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(CamlabError, match=r"cannot read image .*text\.png"):
+        dl.load_split("lab", root, "train", **QUIET)
+    data = dl.load_split("lab", root, "train", skip_bad=True, **QUIET)
+    assert data.names == ["00.png", "01.png", "02.png"] and data.labels.tolist() == [0, 1, 2]
+    assert [data.images[i].unique().tolist() for i in range(3)] == [[10], [20], [30]]
+    assert data.skipped == bad
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == [f"warning: skipped 3 unreadable images in {root / 'train'}: "
+                        "text.png, cut.png, empty.png"]
+
+
+def test_skip_bad_in_a_folder_dataset_names_files_by_class(tmp_path, capsys):
+    """In an ImageFolder tree the warning names files by class folder, as ImageSet.names does."""
+    write_png(tmp_path / "train" / "cat" / "a.png", solid(1))
+    damaged_files(tmp_path / "train" / "dog")
+    write_png(tmp_path / "train" / "dog" / "b.png", solid(2))
+    write_png(tmp_path / "test" / "cat" / "c.png", solid(3))
+    write_png(tmp_path / "test" / "dog" / "d.png", solid(4))
+    data = dl.load_split("folder", tmp_path, "train", skip_bad=True, **QUIET)
+    assert data.names == ["cat/a.png", "dog/b.png"] and data.labels.tolist() == [0, 1]
+    assert data.skipped == ["dog/cut.png", "dog/empty.png", "dog/text.png"]
+    assert "dog/cut.png, dog/empty.png, dog/text.png" in capsys.readouterr().err
+
+
+def test_skip_bad_is_part_of_the_cache_key_and_its_warning_outlives_the_cache(tmp_path, capsys,
+                                                                          monkeypatch):
+    """A split cached with skipping still warns when read back, and is not reused
+    without skip_bad (which must fail on the damaged file instead)."""
+    root = write_lab(tmp_path / "data", "train", [solid(10)], [0], lines=["00.png 0", "cut.png 1"])
+    damaged_files(root / "train")
+    cache = tmp_path / "cache"
+    first = dl.load_split("lab", root, "train", cache_dir=cache, progress=False, skip_bad=True)
+    assert capsys.readouterr().err.count("warning: skipped 1 unreadable image in") == 1
+
+    def fail(path):
+        raise AssertionError(f"decoded {path} although it is cached")
+    monkeypatch.setattr(dl, "decode_image", fail)
+    again = dl.load_split("lab", root, "train", cache_dir=cache, progress=False, skip_bad=True)
+    assert again.names == first.names == ["00.png"] and again.skipped == ["cut.png"]
+    assert "skipped 1 unreadable image in" in capsys.readouterr().err and "cut.png" in str(again.skipped)
+    monkeypatch.undo()
+    with pytest.raises(CamlabError, match=r"cannot read image .*cut\.png"):  # not the cached split
+        dl.load_split("lab", root, "train", cache_dir=cache, progress=False)
+
+
+def test_skip_bad_with_no_decodable_image_is_an_error(tmp_path):
+    """Skipping every image would leave an empty split that fails later, obscurely: an error now."""
+    root = write_lab(tmp_path, "train", [], [], lines=["text.png 0", "cut.png 1", "empty.png 2"])
+    damaged_files(root / "train")
+    with pytest.raises(CamlabError, match=r"no image in .*train can be decoded: all 3 were skipped "
+                                          r"\(the first: cannot read image .*text\.png"):
+        dl.load_split("lab", root, "train", skip_bad=True, **QUIET)
 
 
 # ------------------------------------------------------------------------------------ cache
