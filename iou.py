@@ -63,6 +63,9 @@ def _resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """bool H×W mask resized to ``shape`` (H, W) by nearest neighbour (stays binary)."""
     if mask.shape == shape:
         return mask
+    if not mask.size or not all(shape):
+        raise CamlabError(f"cannot compare masks of shapes {mask.shape} and {shape}: an empty mask "
+                          "cannot be resized to another size")
     resized = cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
     return resized > 0
 
@@ -72,6 +75,10 @@ def batch_iou(preds: np.ndarray, gts: np.ndarray) -> np.ndarray:
 
     An empty union (both masks empty) gives 1.0.
     """
+    preds, gts = _as_bool(preds, "predicted"), _as_bool(gts, "ground-truth")
+    if preds.shape != gts.shape or preds.ndim not in (2, 3):
+        raise CamlabError(f"batch_iou() takes two H×W or N×H×W masks of one shape, got shapes "
+                          f"{preds.shape} and {gts.shape}")
     inter = np.logical_and(preds, gts).sum(axis=(-2, -1))
     union = np.logical_or(preds, gts).sum(axis=(-2, -1))
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
@@ -126,6 +133,9 @@ def iou_curve(cams: np.ndarray, gts: np.ndarray, thresholds: Sequence[float] | n
     before thresholding. Vectorised over the images; one pass per threshold.
     """
     cams, gts = _as_batch(_check_unit_range(cams)), _as_bool(_as_batch(gts), "ground-truth")
+    if cams.ndim != 3 or gts.ndim != 3 or 0 in cams.shape[1:] + gts.shape[1:]:
+        raise CamlabError(f"iou_curve: CAMs of shape {cams.shape} and masks of shape {gts.shape} "
+                          "(need non-empty H×W or N×H×W arrays)")
     thresholds = np.asarray(thresholds, dtype=np.float64).ravel()
     if len(cams) != len(gts) or not len(cams) or not len(thresholds):
         raise CamlabError(f"iou_curve: {len(cams)} CAMs, {len(gts)} masks and {len(thresholds)} "
@@ -393,6 +403,10 @@ def cam_box(cam: np.ndarray, fraction: float = BOX_FRACTION) -> Box | None:
     None when the map has no positive maximum (empty, all zero or all negative).
     """
     cam = np.asarray(cam, dtype=np.float64)
+    if cam.ndim != 2:
+        raise CamlabError(f"cam_box: the CAM must be one H×W map, got shape {cam.shape}")
+    if not 0 <= fraction <= 1:  # also refuses NaN; above 1 no pixel would be kept
+        raise CamlabError(f"cam_box: fraction must lie in [0, 1], got {fraction}")
     if not np.isfinite(cam).all():
         raise CamlabError("cam_box: the CAM holds NaN or infinite values")
     if cam.size == 0 or cam.max() <= 0:
@@ -417,11 +431,26 @@ def _box_area(boxes: np.ndarray) -> np.ndarray:
     return (boxes[..., 2:] - boxes[..., :2] + 1).prod(axis=-1)
 
 
+def _as_boxes(boxes: np.ndarray | Sequence) -> np.ndarray:
+    """Boxes as float64 K×4, fractions truncated (as the int cast did). float64, not int64: the
+    areas of boxes with coordinates past 2**31 overflow int64 into wrong IoUs. CamlabError
+    unless every box is 4 finite coordinates within ±2**31 (beyond any image)."""
+    try:
+        array = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):  # ragged lists, non-numbers
+        raise CamlabError("a box must be 4 numbers (x0, y0, x1, y1)") from None
+    if array.size and (array.ndim == 0 or array.shape[-1] != 4):
+        raise CamlabError(f"a box must be 4 numbers (x0, y0, x1, y1), got an array of shape {array.shape}")
+    if not (np.abs(array) <= 2 ** 31).all():  # also False for NaN
+        raise CamlabError("box coordinates must be finite and within ±2**31")
+    return np.trunc(array).reshape(-1, 4)
+
+
 def _box_ious(a: np.ndarray | Sequence, b: np.ndarray | Sequence) -> np.ndarray:
     """IoU of every box of ``a`` (K×4) with every box of ``b`` (M×4), inclusive coordinates
     -> float64 K×M (K or M may be 0)."""
-    a = np.asarray(a, dtype=np.int64).reshape(-1, 1, 4)
-    b = np.asarray(b, dtype=np.int64).reshape(1, -1, 4)
+    a = _as_boxes(a).reshape(-1, 1, 4)
+    b = _as_boxes(b).reshape(1, -1, 4)
     if (a[..., 2:] < a[..., :2]).any() or (b[..., 2:] < b[..., :2]).any():
         raise CamlabError("a box needs x0 <= x1 and y0 <= y1 (inclusive x0, y0, x1, y1)")
     sides = np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]) + 1
@@ -433,13 +462,22 @@ def box_iou(a: Sequence[int], b: Sequence[int]) -> float:
     """IoU = |A ∩ B| / (|A| + |B| - |A ∩ B|) of two boxes (x0, y0, x1, y1) with inclusive pixel
     coordinates, |A| = (x1 - x0 + 1)(y1 - y0 + 1); 0 for disjoint boxes (as wsolevaluation's
     ``calculate_multiple_iou``)."""
-    return float(_box_ious(a, b)[0, 0])
+    ious = _box_ious(a, b)
+    if ious.shape != (1, 1):
+        raise CamlabError(f"box_iou() takes two boxes (x0, y0, x1, y1), got {ious.shape[0]} and {ious.shape[1]}")
+    return float(ious[0, 0])
 
 
 def _best_iou(boxes: np.ndarray | Sequence, gt_boxes: Sequence[Sequence[int]]) -> float:
     """Best IoU of any of ``boxes`` with any ground-truth box; 0.0 when either list is empty."""
     ious = _box_ious(boxes, gt_boxes)
     return float(ious.max()) if ious.size else 0.0
+
+
+def _check_interval(what: str, interval: float) -> None:
+    """The step of a threshold grid arange(0, 1, interval) must make a grid."""
+    if not 0 < interval <= 1:  # also refuses NaN
+        raise CamlabError(f"{what}: interval must lie in (0, 1], got {interval}")
 
 
 def _check_count(what: str, *lengths: int) -> None:
@@ -465,6 +503,7 @@ def pxap(cams: np.ndarray, masks: np.ndarray, interval: float = CAM_CURVE_INTERV
     where a threshold that keeps no pixel adds nothing (its recall step is 0). Without any
     foreground pixel the metric is undefined: CamlabError.
     """
+    _check_interval("pxap", interval)
     cams = _as_batch(_check_unit_range(cams))
     masks = _as_bool(_as_batch(masks), "ground-truth")
     if cams.shape != masks.shape:
@@ -527,7 +566,10 @@ def max_box_acc(cams: np.ndarray, gt_boxes: Sequence[Sequence[Sequence[int]]],
     much IoU); and a threshold that leaves no contour gives no box (IoU 0), where theirs scores
     the box (0, 0, 0, 0).
     """
+    _check_interval("max_box_acc", interval)
     cams = _as_batch(_check_unit_range(cams))
+    if cams.ndim != 3 or 0 in cams.shape[1:]:
+        raise CamlabError(f"max_box_acc: CAMs must be non-empty H×W or N×H×W maps, got shape {cams.shape}")
     _check_count("max_box_acc: CAMs and ground-truth box lists", len(cams), len(gt_boxes))
     thresholds = np.arange(0, 1, interval)
     ious = np.stack([_threshold_ious(c, b, thresholds, multi_contour) for c, b in zip(cams, gt_boxes)])
@@ -553,6 +595,8 @@ def localization_accuracy(cams: np.ndarray, pred_classes: Sequence[int] | np.nda
     per image, a list of inclusive boxes (x0, y0, x1, y1).
     """
     cams = _as_batch(np.asarray(cams))
+    if cams.ndim != 3:
+        raise CamlabError(f"localization_accuracy: CAMs must be H×W or N×H×W, got shape {cams.shape}")
     pred, labels = np.asarray(pred_classes).ravel(), np.asarray(labels).ravel()
     _check_count("localization_accuracy: CAMs, predictions, labels and box lists",
                  len(cams), len(pred), len(labels), len(gt_boxes))

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=DEFAULTS.seed)
     run.add_argument("--device", default=DEFAULTS.device, choices=DEVICES)
     run.add_argument("--overwrite", action="store_true", help="replace an existing checkpoints/<exp_id>/")
+    run.add_argument("--resume", action="store_true",
+                     help="continue checkpoints/<exp_id>/ from its last.pth (same settings), exactly as if never stopped")
+    run.add_argument("--deterministic", action="store_true",
+                     help="deterministic kernels only (exact repeats on a GPU; slower there)")
     run.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch stays)")
 
     data = p.add_argument_group("data")
@@ -50,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data_root", default=None,
                       help="dataset folder; None takes data/synthetic for lab (generated when missing), data/<dataset> otherwise")
     data.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR-10 (needs a network)")
+    data.add_argument("--skip_bad", action="store_true",
+                      help="leave out images that cannot be decoded (each is listed) instead of stopping")
     data.add_argument("--img_size", type=int, default=DEFAULTS.img_size, help="training/eval resolution")
 
     net = p.add_argument_group("model")
@@ -125,6 +131,8 @@ def config_from_args(args: argparse.Namespace) -> train.RunConfig:
 def run(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     cfg.run_dir()  # refuse an --exp_id that escapes checkpoints/ before any work
+    if cfg.resume and cfg.overwrite:
+        raise CamlabError("--resume continues a run and --overwrite replaces it: choose one")
     if cfg.mode == "CSE":
         train.oc_checkpoint(cfg)
     train.train_CV(cfg) if cfg.cv else train.train(cfg)

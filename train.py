@@ -13,7 +13,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -28,7 +28,7 @@ import visualize
 from model import (ACOL_DELTA, HEAD_KINDS, CAMModel, ModelConfig, load_checkpoint, normalize_cam,
                    save_checkpoint, select_class)
 from transforms import EquivarianceTransform, TransformSettings
-from utils import CHECKPOINT_DIR, CamlabError, atomic_write_text, resolve_device, safe_subdir
+from utils import CHECKPOINT_DIR, CamlabError, atomic_write_text, reason, resolve_device, safe_subdir
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -53,6 +53,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     overwrite: bool = False
+    resume: bool = False
+    deterministic: bool = False
+    skip_bad: bool = False
     progress: bool = True
     # SEG mode (the equivariance loss)
     transform: str = "scale"
@@ -79,10 +82,51 @@ class RunConfig:
         return ModelConfig(num_classes, self.backbone, self.cut, recipe, tuple(self.delta))
 
 
+# Settings that change where or how verbosely a run goes, not what it computes: the rest must
+# agree for --resume to continue a run and for a comparison to reuse one.
+NOT_SHAPING = ("exp_id", "device", "overwrite", "resume", "deterministic", "progress", "download")
+
+
+def shaping(cfg: RunConfig) -> dict:
+    """The settings that decide a run's results, as metrics.json stores them (lists, not tuples)."""
+    return {k: json.loads(json.dumps(v)) for k, v in asdict(cfg).items() if k not in NOT_SHAPING}
+
+
+def differing(cfg: RunConfig, saved_args: dict) -> list[str]:
+    """The shaping settings in which ``cfg`` and a saved run's ``args`` differ (a setting the
+    saved run predates counts as its default)."""
+    known = {k: v for k, v in saved_args.items() if k in RunConfig.__annotations__}
+    saved = shaping(RunConfig(**{**known, "delta": tuple(known.get("delta", RunConfig.delta))}))
+    return [k for k, v in shaping(cfg).items() if saved[k] != v]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def random_states() -> dict:
+    """Every global random state (python, numpy, torch CPU and CUDA), in types that
+    ``torch.load(weights_only=True)`` reads back. The data order, flips and transforms are drawn
+    from generators seeded by (seed, epoch) alone, so they need no saved state."""
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = np_state["state"]["key"].tolist()
+    states = {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_random_states(states: dict) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = dict(states["numpy"])
+    np_state["state"] = {**np_state["state"], "key": np.asarray(np_state["state"]["key"], dtype=np.uint32)}
+    np.random.set_state(np_state)
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
 # -------------------------------------------------------------------------------- objectives
@@ -351,30 +395,70 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _log_row(epoch: int, train: dict, val: dict, lr: float, seconds: float) -> dict:
+def _log_row(epoch: int, train: dict, val: dict, lr: float) -> dict:
+    """One log.csv row. Wall time is kept out (in metrics.json), so that a resumed run's log
+    equals an uninterrupted one's."""
     row = {"epoch": epoch}
     row.update({f"train_{k}": round(v, 6) for k, v in train.items()})
     row.update({f"val_{k}": round(v, 6) for k, v in val.items()})
-    row.update({"lr": lr, "seconds": round(seconds, 2)})
+    row["lr"] = lr
     return row
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool = False) -> None:
     """Refuse to write over an earlier run's files unless told to; with ``overwrite`` the old
-    run is removed first, so no file of it (a fold, a cv.json) mixes with the new one."""
+    run is removed first, so no file of it (a fold, a cv.json) mixes with the new one; with
+    ``resume`` the run goes on in place."""
+    if resume:
+        if not run_dir.is_dir():
+            raise CamlabError(f"--resume: {run_dir} holds no run to continue; leave --resume out to start it")
+        return
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            raise CamlabError(f"{run_dir} already holds a run; choose another --exp_id, "
-                              f"or pass --overwrite to replace it")
+            raise CamlabError(f"{run_dir} already holds a run; pass --resume to continue it, choose "
+                              f"another --exp_id, or pass --overwrite to replace it")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class Progress:
+    """How far a run has come; saved in ``last.pth`` so that ``--resume`` goes on exactly."""
+
+    epoch: int = 0
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    rows: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+
+
+def _resume_from(path: Path, cfg: RunConfig, model: CAMModel, optimizer: torch.optim.Optimizer,
+                 scheduler) -> Progress:
+    """Load ``last.pth`` into the model, optimiser and scheduler, restore the random states,
+    and return the progress it records. Another run's settings are refused."""
+    saved, ckpt = load_checkpoint(path, next(model.parameters()).device)
+    differ = differing(cfg, ckpt.get("args", {}))
+    if differ:
+        raise CamlabError(f"--resume: {path} was written with other settings "
+                          f"({', '.join(f'--{k}' for k in differ)}); rerun with the saved ones "
+                          f"(see metrics args in {path.parent}) or choose another --exp_id")
+    try:
+        model.load_state_dict(saved.state_dict())
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        restore_random_states(ckpt["random"])
+        return Progress(**ckpt["progress"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CamlabError(f"--resume: {path} lacks a complete training state ({reason(err)})") from None
 
 
 def fit(cfg: RunConfig, train_set: dataloader.ImageSet, train_idx: torch.Tensor,
         val_idx: torch.Tensor, run_dir: Path, device: torch.device, seed: int,
         desc: str = "") -> tuple[CAMModel, dict]:
-    """Train for ``cfg.epochs``, keep ``best.pth`` (best validation accuracy) and ``last.pth``,
-    write ``log.csv`` and ``curves.png`` every epoch. Returns the best model and a summary."""
+    """Train for ``cfg.epochs``, keep ``best.pth`` (best validation accuracy) and ``last.pth``
+    (everything ``--resume`` needs), write ``log.csv`` and ``curves.png`` every epoch. With
+    ``cfg.resume`` and a ``last.pth`` in ``run_dir``, go on from there. Returns the best model
+    and a summary."""
     seed_everything(seed)
     shape = cfg.model_config(len(train_set.classes))
     model = CAMModel(shape.num_classes, cfg.weights, shape.backbone, shape.cut, shape.recipe,
@@ -384,8 +468,11 @@ def fit(cfg: RunConfig, train_set: dataloader.ImageSet, train_idx: torch.Tensor,
     objective = OBJECTIVES[cfg.mode](cfg, list(train_set.classes))
     common = dict(objective=objective, img_size=cfg.img_size, batch_size=cfg.batch_size,
                   progress=cfg.progress)
-    rows, best_acc, best_epoch = [], -1.0, 0
-    for epoch in range(1, cfg.epochs + 1):
+    state = Progress()
+    if cfg.resume and (run_dir / "last.pth").is_file():
+        state = _resume_from(run_dir / "last.pth", cfg, model, optimizer, scheduler)
+        print(f"{desc}resuming {run_dir} after epoch {state.epoch}", flush=True)
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_m = run_epoch(model, train_set, train_idx, optimizer=optimizer, seed=seed,
@@ -395,22 +482,25 @@ def fit(cfg: RunConfig, train_set: dataloader.ImageSet, train_idx: torch.Tensor,
         if not math.isfinite(train_m["loss"]):
             raise CamlabError(f"training loss became {train_m['loss']} in epoch {epoch}; "
                               f"try a lower --lr (the last good checkpoints are kept in {run_dir})")
-        rows.append(_log_row(epoch, train_m, val_m, lr, time.perf_counter() - t0))
+        state.epoch = epoch
+        state.rows.append(_log_row(epoch, train_m, val_m, lr))
+        state.seconds.append(round(time.perf_counter() - t0, 2))
         meta = dict(epoch=epoch, args=asdict(cfg), weights_used=model.weights_used,
                     classes=list(train_set.classes))
-        if val_m["acc"] > best_acc:
-            best_acc, best_epoch = val_m["acc"], epoch
-            save_checkpoint(run_dir / "best.pth", model, best_val_acc=best_acc, **meta)
-        save_checkpoint(run_dir / "last.pth", model, best_val_acc=best_acc,
-                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), **meta)
-        _write_log(run_dir / "log.csv", rows)
-        visualize.plot_curves(rows, run_dir / "curves.png", title=f"{cfg.exp_id} {desc}".strip())
+        if val_m["acc"] > state.best_acc:
+            state.best_acc, state.best_epoch = val_m["acc"], epoch
+            save_checkpoint(run_dir / "best.pth", model, best_val_acc=state.best_acc, **meta)
+        save_checkpoint(run_dir / "last.pth", model, best_val_acc=state.best_acc,
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        random=random_states(), progress=asdict(state), **meta)
+        _write_log(run_dir / "log.csv", state.rows)
+        visualize.plot_curves(state.rows, run_dir / "curves.png", title=f"{cfg.exp_id} {desc}".strip())
         print(f"{desc}epoch {epoch}/{cfg.epochs}: train loss {train_m['loss']:.4f} "
               f"acc {train_m['acc']:.3f} | val loss {val_m['loss']:.4f} acc {val_m['acc']:.3f} "
-              f"| {rows[-1]['seconds']:.0f}s", flush=True)
+              f"| {state.seconds[-1]:.0f}s", flush=True)
     best, _ = load_checkpoint(run_dir / "best.pth", device)
-    return best, {"best_epoch": best_epoch, "best_val_acc": best_acc,
-                  "weights_used": model.weights_used, "log": rows}
+    return best, {"best_epoch": state.best_epoch, "best_val_acc": state.best_acc,
+                  "weights_used": model.weights_used, "log": state.rows, "epoch_seconds": state.seconds}
 
 
 def evaluate(model: CAMModel, data: dataloader.ImageSet, cfg: RunConfig, desc: str = "test") -> dict:
@@ -423,7 +513,7 @@ def evaluate(model: CAMModel, data: dataloader.ImageSet, cfg: RunConfig, desc: s
 
 def load_data(cfg: RunConfig, device: torch.device) -> tuple[dataloader.ImageSet, dataloader.ImageSet]:
     root = dataloader.resolve_root(cfg.dataset, cfg.data_root)
-    kw = dict(img_size=cfg.img_size, download=cfg.download, progress=cfg.progress)
+    kw = dict(img_size=cfg.img_size, download=cfg.download, progress=cfg.progress, skip_bad=cfg.skip_bad)
     train_set = dataloader.load_split(cfg.dataset, root, "train", **kw)
     test_set = dataloader.load_split(cfg.dataset, root, "test", **kw)
     return train_set.to(device), test_set.to(device)
@@ -449,19 +539,35 @@ def _validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple
 def _finish(run_dir: Path, cfg: RunConfig, result: dict, extra: dict) -> dict:
     metrics = {"test_acc": result["test_acc"], "best_epoch": result["best_epoch"],
                "best_val_acc": result["best_val_acc"], "weights": result["weights_used"],
-               **extra, "args": asdict(cfg)}
+               "epoch_seconds": result["epoch_seconds"], **extra, "args": asdict(cfg)}
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _start(cfg: RunConfig) -> tuple[Path, torch.device]:
+    """The run folder and device; deterministic kernels when asked (exact repeats on a GPU)."""
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    return cfg.run_dir(), resolve_device(cfg.device)
+
+
+def _finished(run_dir: Path, cfg: RunConfig) -> dict | None:
+    """With --resume, the metrics of a part (a fold) that already finished with these settings."""
+    path = run_dir / "metrics.json"
+    if not cfg.resume or not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    return None if differing(cfg, metrics.get("args", {})) else metrics
 
 
 def train(cfg: RunConfig) -> dict:
     """The lab's ``train()``: fit on the training split minus a validation part, pick the best
     epoch on that part, then report the best checkpoint's test accuracy in ``metrics.json``."""
     t0 = time.perf_counter()
-    run_dir = cfg.run_dir()
-    device = resolve_device(cfg.device)
+    run_dir, device = _start(cfg)
     train_set, test_set = load_data(cfg, device)
-    prepare_run_dir(run_dir, cfg.overwrite)
+    prepare_run_dir(run_dir, cfg.overwrite, cfg.resume)
     train_idx, val_idx = _validation_split(train_set.labels, cfg.val_fraction, cfg.seed)
     model, result = fit(cfg, train_set, train_idx, val_idx, run_dir, device, cfg.seed)
     result["test_acc"] = evaluate(model, test_set, cfg)["acc"]
@@ -484,14 +590,19 @@ def train_CV(cfg: RunConfig) -> dict:  # noqa: N802 - the handout's name
     """k-fold cross-validation over the training split: per fold the best epoch is chosen on
     that fold's validation part; the best model of each fold is then scored on the test split.
     Writes ``cv.json`` (``folds``, ``mean``, ``std``) and ``cv.md`` beside the fold folders."""
-    run_dir = cfg.run_dir()
-    device = resolve_device(cfg.device)
+    run_dir, device = _start(cfg)
     train_set, test_set = load_data(cfg, device)
-    prepare_run_dir(run_dir, cfg.overwrite)
+    prepare_run_dir(run_dir, cfg.overwrite, cfg.resume)
     folds = []
     for k, (tr, va) in enumerate(kfold_splits(len(train_set), cfg.cv, cfg.seed), start=1):
         fold_dir = run_dir / f"fold{k}"
         fold_dir.mkdir(exist_ok=True)
+        done = _finished(fold_dir, cfg)
+        if done is not None:
+            print(f"fold {k}/{cfg.cv}: finished before, test accuracy {done['test_acc']:.4f}")
+            folds.append({"fold": k, "val_acc": done["best_val_acc"], "test_acc": done["test_acc"],
+                          "best_epoch": done["best_epoch"]})
+            continue
         model, result = fit(cfg, train_set, torch.from_numpy(tr), torch.from_numpy(va),
                             fold_dir, device, cfg.seed + k, desc=f"fold {k}/{cfg.cv} ")
         result["test_acc"] = evaluate(model, test_set, cfg)["acc"]
