@@ -1,0 +1,759 @@
+"""Throughput benchmark: ``python bench.py --device cpu|cuda [--quick] --out report/bench.json``.
+
+One run, one device, the same data, model, optimizer, batch size and resolution, three pipelines
+for each task:
+
+* ``naive`` - the handout's way: a ``Dataset`` that opens every PNG with PIL, per-sample
+  ``Resize`` + ``ToTensor`` + ``Normalize``, a ``DataLoader`` with worker processes, fp32 NCHW,
+  and a ``.item()`` per step as a typical student loop has;
+* ``fast``  - the project's own path, the code ``main.py`` runs: :func:`train.run_epoch` on an
+  :class:`dataloader.ImageSet` already on the device (training), :func:`iou.dataset_cams` (the
+  CAM extraction that evaluation runs);
+* ``bound`` - the model alone on float batches already on the device at the final resolution,
+  made once before timing: the ceiling any data path can reach.
+
+Tasks: ``cam_train`` (CAM mode, cross-entropy), ``seg_train`` (SEG mode, the equivariance
+objective with its default scale-1/2 transform), ``cam_infer`` (the CAM of each image's top
+class, upsampled to the stored image size, as evaluation computes it).
+
+Per task and pipeline it reports images per second, achieved GFLOP/s (FLOPs per image counted
+with ``torch.utils.flop_counter`` times images per second) and peak memory, and per task the
+ratios fast/naive and fast/bound. Each pipeline runs a few timed epochs ("rounds") of the same
+images, interleaved with the other pipelines' (the order rotating), and its best round counts:
+on a shared machine, bursts of other work then hit all three alike. Timing never includes
+loading or decoding the dataset into the ``ImageSet`` (``main.py`` does that once per run, and
+caches it on disk), nor the untimed warm-up batches; it does include the naive ``DataLoader``'s
+worker start-up, which every epoch pays (with few images per round that weighs more than in a
+real 2,000-image epoch).
+
+Output: the JSON written to ``--out`` (any path you name; an existing file is replaced only
+with ``--overwrite``) and a Markdown table on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms as T
+
+import dataloader
+import iou
+import model as model_lib
+import train
+import utils
+from utils import CamlabError, OneLineParser, reason, run_cli
+
+TASKS = ("cam_train", "seg_train", "cam_infer")
+PIPELINES = ("naive", "fast", "bound")
+TASK_MODE = {"cam_train": "CAM", "seg_train": "SEG", "cam_infer": "CAM"}
+
+# fp32 peak of this project's reference CPU: 2 AVX2/FMA cores at ~2.45 GHz, 2 FMA units of
+# 8 fp32 lanes each = 32 FLOP/cycle/core -> ~157 GFLOP/s (/work/shared/notes/measured-facts.md,
+# "Compute"). Override with --peak_gflops on another machine; on CUDA no default is assumed.
+CPU_PEAK_GFLOPS = 157.0
+
+INFER_FORM = "class"  # iou.localization_report's default CAM form for evaluation
+RSS_SAMPLE_S = 0.005  # how often the CPU memory sampler reads /proc/self/statm
+
+
+# ------------------------------------------------------------------------------- settings
+@dataclass
+class BenchSettings:
+    """Everything that shapes one benchmark run (saved in the JSON under ``settings``)."""
+
+    device: str = "auto"
+    img_size: int = 224
+    batch_size: int = 32
+    workers: int = 2
+    n_train: int = 0          # timed images per round of a training pipeline (0: the default)
+    n_infer: int = 0          # timed images per round of an inference pipeline (0: the default)
+    warmup_batches: int = 0   # untimed batches before each pipeline (0: the device's default)
+    rounds: int = 0           # timed epochs per pipeline, interleaved; the best counts (0: default)
+    quick: bool = False
+    tasks: tuple[str, ...] = TASKS
+    compile: bool = False
+    peak_gflops: float | None = None
+    data_root: str | None = None
+    seed: int = 0
+    lr: float = train.RunConfig.lr
+    notes: list[str] = field(default_factory=list)
+
+
+# defaults per device type and --quick: (timed images per round for a training pipeline, for an
+# inference pipeline, untimed warm-up batches, rounds). CPU --quick: about 1.5 minutes on the
+# project's 2-core machine when it is otherwise idle.
+_DEFAULT_COUNTS = {
+    "cpu": {True: (64, 96, 1, 2), False: (256, 512, 2, 3)},
+    "cuda": {True: (1024, 2048, 3, 3), False: (4096, 8192, 5, 3)},
+}
+
+
+def resolve_settings(s: BenchSettings, device: torch.device) -> BenchSettings:
+    """Fill the device-dependent defaults and check every number; a bad one is a CamlabError."""
+    for name in ("img_size", "batch_size"):
+        if getattr(s, name) < 1:
+            raise CamlabError(f"--{name} must be a positive integer, got {getattr(s, name)}")
+    for name in ("workers", "n_train", "n_infer", "warmup_batches", "rounds"):
+        if getattr(s, name) < 0:
+            raise CamlabError(f"--{name} must not be negative, got {getattr(s, name)}")
+    if s.peak_gflops is not None and not s.peak_gflops > 0:
+        raise CamlabError(f"--peak_gflops must be positive, got {s.peak_gflops}")
+    unknown = [t for t in s.tasks if t not in TASKS]
+    if unknown or not s.tasks:
+        raise CamlabError(f"--tasks: choose from {', '.join(TASKS)}, got {list(s.tasks)}")
+    defaults = _DEFAULT_COUNTS[device.type if device.type in _DEFAULT_COUNTS else "cpu"][s.quick]
+    n_train, n_infer, warm, rounds = defaults
+    s = replace(s, n_train=s.n_train or n_train, n_infer=s.n_infer or n_infer,
+                warmup_batches=s.warmup_batches or warm, rounds=s.rounds or rounds,
+                notes=list(s.notes))
+    # whole batches only: a smaller last batch would time a different shape (and recompile)
+    s.n_train = _round_up(s.n_train, s.batch_size)
+    s.n_infer = _round_up(s.n_infer, s.batch_size)
+    if s.peak_gflops is None and device.type == "cpu":
+        s.peak_gflops = CPU_PEAK_GFLOPS
+    if s.compile and device.type != "cuda":
+        s.compile = False
+        s.notes.append("--compile applies to CUDA only; skipped on this device")
+    return s
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def run_config(s: BenchSettings, mode: str) -> train.RunConfig:
+    """The ``RunConfig`` ``main.py --mode <mode>`` would build for these settings (random init,
+    no progress bars); every pipeline of a task reads its model and objective from it."""
+    return train.RunConfig(mode=mode, img_size=s.img_size, batch_size=s.batch_size, lr=s.lr,
+                           weights="none", dataset="lab", data_root=s.data_root, seed=s.seed,
+                           device=s.device, progress=False)
+
+
+def build_model(cfg: train.RunConfig, classes: list[str], device: torch.device,
+                compile_model: bool = False) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Model and optimizer as :func:`train.fit` builds them (seeded, so every pipeline starts
+    from the same weights); ``compile_model`` wraps the model in ``torch.compile``.
+    Mirrors fit()'s first lines: keep the two in step."""
+    train.seed_everything(cfg.seed)
+    shape = cfg.model_config(len(classes))
+    net = model_lib.CAMModel(shape.num_classes, cfg.weights, shape.backbone, shape.cut,
+                             shape.recipe, shape.deltas).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    if compile_model:
+        net = torch.compile(net, dynamic=False)
+    return net, optimizer
+
+
+def build_objective(cfg: train.RunConfig, classes: list[str]) -> train.Objective:
+    """The objective :func:`train.fit` trains with."""
+    return train.OBJECTIVES[cfg.mode](cfg, list(classes))
+
+
+def epoch_kwargs(cfg: train.RunConfig, classes: list[str]) -> dict:
+    """The keyword arguments :func:`train.fit` passes to every ``run_epoch`` call (its
+    ``common``); kept in step with fit() so that ``fast`` stays the code main.py runs."""
+    kw = dict(objective=build_objective(cfg, classes), img_size=cfg.img_size,
+              batch_size=cfg.batch_size, progress=False)
+    if "precision" in inspect.signature(train.run_epoch).parameters:  # fit() passes the run's
+        kw["precision"] = cfg.precision
+    return kw
+
+
+def train_numerics(cfg: train.RunConfig, device: torch.device
+                   ) -> tuple[Callable[[], contextlib.AbstractContextManager], torch.memory_format]:
+    """What ``run_epoch`` does to a training epoch beyond ``to_model_input`` (its autocast, and
+    channels-last batches on a GPU), so that ``bound`` runs the same numerics as ``fast`` and
+    the two differ only in the data path: (a maker of the context, the batches' layout)."""
+    if not hasattr(train, "autocast"):  # a run_epoch without device speed-ups: fp32, NCHW
+        return contextlib.nullcontext, torch.contiguous_format
+    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return lambda: train.autocast(device, cfg.precision), layout
+
+
+# ------------------------------------------------------------------------- measurement
+class _RssPeak:
+    """Peak resident set size (MB) of this process while the block runs, sampled every
+    ``RSS_SAMPLE_S`` from ``/proc/self/statm``. DataLoader worker processes are not included
+    (they share most pages with the parent, so adding them would overcount)."""
+
+    def __init__(self) -> None:
+        self.available = os.path.exists("/proc/self/statm")
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE") if self.available else 0
+
+    def _read(self) -> None:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        self.peak_mb = max(self.peak_mb, pages * self._page / 2**20)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_S):
+            self._read()
+
+    def __enter__(self) -> "_RssPeak":
+        if self.available:
+            self._read()
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.available:
+            self._stop.set()
+            self._thread.join()
+            self._read()
+
+
+def _keep_max(out: dict, key: str, value: float) -> None:
+    out[key] = max(out.get(key, value), value)
+
+
+@contextlib.contextmanager
+def _memory(device: torch.device, out: dict):
+    """Raises ``out``'s peak-memory fields to what this window used (a pipeline runs in several
+    windows: built and warmed up, then once per round). The field names say what is measured."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        yield
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        _keep_max(out, "peak_cuda_alloc_mb", peak / 2**20)             # all live tensors
+        _keep_max(out, "cuda_alloc_above_start_mb", (peak - start) / 2**20)  # this window's own
+        return
+    sampler = _RssPeak()
+    with sampler:
+        yield
+    if sampler.available:
+        _keep_max(out, "peak_rss_mb", sampler.peak_mb)
+    else:  # ru_maxrss: KiB on Linux, the process's peak so far (monotone over the whole run)
+        _keep_max(out, "process_max_rss_so_far_mb",
+                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Pipeline:
+    """One pipeline of one task, built: ``warmup()`` runs the untimed batches, ``timed(r)`` one
+    timed epoch of ``images`` images (round ``r`` from 0: the epoch's shuffle depends on it)."""
+
+    warmup: Callable[[], None]
+    timed: Callable[[int], None]
+    images: int
+
+
+# ------------------------------------------------------------------------------- the data
+@dataclass
+class BenchData:
+    """What every pipeline reads: the split on the device (``fast`` and ``bound``) and the
+    PNG files behind it (``naive``)."""
+
+    root: Path
+    train: dataloader.ImageSet   # on the device
+    test: dataloader.ImageSet    # on the device
+
+    def paths(self, split: str) -> list[Path]:
+        data = self.train if split == "train" else self.test
+        return [self.root / split / name for name in data.names]
+
+
+def load_bench_data(s: BenchSettings, device: torch.device) -> BenchData:
+    """The lab-layout dataset at ``--data_root`` (default: the embedded synthetic one,
+    generated when missing), decoded as ``train.load_data`` does and moved to the device."""
+    root = dataloader.resolve_root("lab", s.data_root)
+    kw = dict(img_size=s.img_size, progress=False)
+    train_set = dataloader.load_split("lab", root, "train", **kw)
+    test_set = dataloader.load_split("lab", root, "test", **kw)
+    return BenchData(root, train_set.to(device), test_set.to(device))
+
+
+def cycled(n: int, available: int) -> torch.Tensor:
+    """Indices 0..n-1 wrapped around a split of ``available`` images (a small split is reused)."""
+    return torch.arange(n) % available
+
+
+def subset(data: dataloader.ImageSet, idx: torch.Tensor) -> dataloader.ImageSet:
+    """The images ``idx`` of ``data`` as an ImageSet of their own (on the same device)."""
+    dev_idx = idx.to(data.images.device)
+    return dataloader.ImageSet(data.images[dev_idx], data.labels[dev_idx],
+                               [data.names[i] for i in idx.tolist()], data.classes)
+
+
+# --------------------------------------------------------------------- naive: the handout
+class NaiveImages(Dataset):
+    """The handout's dataset: each item opens its PNG with PIL and runs the torchvision
+    transforms on it. ``small`` (SEG) also returns the image at half size (the I_S of the
+    handout's I_L / I_S pair). ``flip``: mirror half of the images first, as ``fast`` does, so
+    both pipelines do the same augmentation work."""
+
+    def __init__(self, paths: list[Path], labels: list[int], img_size: int,
+                 small: bool = False, flip: bool = False) -> None:
+        self.paths, self.labels, self.flip = paths, labels, flip
+        norm = [T.ToTensor(), T.Normalize(utils.IMAGENET_MEAN, utils.IMAGENET_STD)]
+        self.large = T.Compose([T.Resize((img_size, img_size))] + norm)
+        half = max(1, img_size // 2)
+        self.small = T.Compose([T.Resize((half, half))] + norm) if small else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.paths[i]) as im:
+            image = im.convert("RGB")
+        if self.flip and torch.rand(1).item() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        if self.small is None:
+            return self.large(image), self.labels[i]
+        return self.large(image), self.small(image), self.labels[i]
+
+
+def _naive_loader(s: BenchSettings, data: BenchData, split: str, idx: torch.Tensor,
+                  training: bool, small: bool = False, epoch: int = 0) -> DataLoader:
+    source = data.train if split == "train" else data.test
+    paths, labels = data.paths(split), source.labels.tolist()
+    chosen = idx.tolist()
+    dataset = NaiveImages([paths[i] for i in chosen], [labels[i] for i in chosen], s.img_size,
+                          small=small, flip=training)
+    return DataLoader(dataset, batch_size=s.batch_size, shuffle=training, num_workers=s.workers,
+                      generator=torch.Generator().manual_seed(s.seed + epoch))
+
+
+def _naive_seg_loss(net: torch.nn.Module, large: torch.Tensor, small: torch.Tensor,
+                    labels: torch.Tensor, ser_weight: float) -> torch.Tensor:
+    """The handout's SEG loss computed its own way (not through train.SegObjective): both
+    images through the model, CE on each, and the MSE between the small branch's lab CAM and
+    the large branch's lab CAM downscaled bilinearly. Same model work as SegObjective with the
+    default ``scale`` transform (a 224 and a 112 pass); only I_S comes from PIL here."""
+    scores_l, feat_l, gap_l = net(large)
+    scores_s, feat_s, gap_s = net(small)
+    cam_l = model_lib.CAMModel.lab_cam(feat_l, gap_l).unsqueeze(1)
+    cam_s = model_lib.CAMModel.lab_cam(feat_s, gap_s).unsqueeze(1)
+    target = F.interpolate(cam_l, size=cam_s.shape[-2:], mode="bilinear", align_corners=False)
+    ce = (F.cross_entropy(scores_l, labels) + F.cross_entropy(scores_s, labels)) / 2
+    return ce + ser_weight * F.mse_loss(cam_s, target)
+
+
+def naive_train(s: BenchSettings, data: BenchData, device: torch.device, mode: str) -> Pipeline:
+    cfg = run_config(s, mode)
+    net, optimizer = build_model(cfg, data.train.classes, device)
+    seg = mode == "SEG"
+    idx = cycled(s.n_train, len(data.train))
+    warm_idx = cycled(s.warmup_batches * s.batch_size, len(data.train))
+
+    def epoch(indices: torch.Tensor, number: int) -> None:
+        net.train()
+        running = 0.0
+        for batch in _naive_loader(s, data, "train", indices, training=True, small=seg,
+                                   epoch=number):
+            labels = batch[-1].to(device)
+            large = batch[0].to(device)
+            if seg:
+                loss = _naive_seg_loss(net, large, batch[1].to(device), labels, cfg.ser_weight)
+            else:
+                scores, _, _ = net(large)
+                loss = F.cross_entropy(scores, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            running += loss.item()  # the typical student loop: a host sync every step
+
+    return Pipeline(lambda: epoch(warm_idx, 0), lambda r: epoch(idx, r + 1), len(idx))
+
+
+def naive_infer(s: BenchSettings, data: BenchData, device: torch.device) -> Pipeline:
+    cfg = run_config(s, "CAM")
+    net, _ = build_model(cfg, data.test.classes, device)
+    net.eval()
+    out_size = tuple(data.test.images.shape[-2:])
+    idx = cycled(s.n_infer, len(data.test))
+    warm_idx = cycled(s.warmup_batches * s.batch_size, len(data.test))
+
+    def run(indices: torch.Tensor) -> None:
+        maps = []
+        with torch.no_grad():
+            for images, _ in _naive_loader(s, data, "test", indices, training=False):
+                _, cams = model_lib.localization_maps(net, images.to(device), out_size, INFER_FORM)
+                maps.append(cams.cpu())  # a host copy per batch
+
+    return Pipeline(lambda: run(warm_idx), lambda r: run(idx), len(idx))
+
+
+# ------------------------------------------------------------------- fast: the project
+def fast_train(s: BenchSettings, data: BenchData, device: torch.device, mode: str,
+               compile_model: bool = False) -> Pipeline:
+    """:func:`train.run_epoch` exactly as :func:`train.fit` calls it, on the split already on
+    the device (as ``train.load_data`` leaves it)."""
+    cfg = run_config(s, mode)
+    net, optimizer = build_model(cfg, data.train.classes, device, compile_model)
+    common = epoch_kwargs(cfg, data.train.classes)
+    idx = cycled(s.n_train, len(data.train))
+    warm_idx = cycled(s.warmup_batches * s.batch_size, len(data.train))
+
+    def epoch(indices: torch.Tensor, number: int) -> None:
+        train.run_epoch(net, data.train, indices, optimizer=optimizer, seed=cfg.seed,
+                        epoch=number, **common)
+
+    return Pipeline(lambda: epoch(warm_idx, 0), lambda r: epoch(idx, r + 1), len(idx))
+
+
+def fast_infer(s: BenchSettings, data: BenchData, device: torch.device,
+               compile_model: bool = False) -> Pipeline:
+    """:func:`iou.dataset_cams`, the CAM extraction evaluation runs (at this benchmark's
+    batch size; evaluation's own default is 64)."""
+    cfg = run_config(s, "CAM")
+    net, _ = build_model(cfg, data.test.classes, device, compile_model)
+    net.eval()
+    timed = subset(data.test, cycled(s.n_infer, len(data.test)))
+    warm = subset(data.test, cycled(s.warmup_batches * s.batch_size, len(data.test)))
+
+    def run(part: dataloader.ImageSet) -> None:
+        iou.dataset_cams(net, part, cfg.img_size, INFER_FORM, batch_size=cfg.batch_size)
+
+    return Pipeline(lambda: run(warm), lambda r: run(timed), len(timed))
+
+
+# ------------------------------------------------------------------- bound: model alone
+_BOUND_POOL = 4  # distinct pre-made batches, cycled (keeps memory flat for long CUDA runs)
+
+
+def _premade(s: BenchSettings, data: dataloader.ImageSet, n_batches: int = _BOUND_POOL,
+             layout: torch.memory_format = torch.contiguous_format
+             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n_batches`` batches of float model input at the final resolution, on the device,
+    made once before timing."""
+    idx = cycled(n_batches * s.batch_size, len(data)).to(data.images.device)
+    return [(dataloader.to_model_input(data.images[b], s.img_size).contiguous(memory_format=layout),
+             data.labels[b]) for b in idx.split(s.batch_size)]
+
+
+def bound_train(s: BenchSettings, data: BenchData, device: torch.device, mode: str,
+                compile_model: bool = False) -> Pipeline:
+    cfg = run_config(s, mode)
+    net, optimizer = build_model(cfg, data.train.classes, device, compile_model)
+    objective = build_objective(cfg, data.train.classes)
+    numerics, layout = train_numerics(cfg, device)
+    n = s.n_train // s.batch_size
+    batches = _premade(s, data.train, min(_BOUND_POOL, n), layout)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    def steps(n_batches: int) -> None:
+        net.train()
+        with numerics():
+            for i in range(n_batches):
+                images, labels = batches[i % len(batches)]
+                step = objective(net, images, labels, generator)
+                optimizer.zero_grad(set_to_none=True)
+                step.loss.backward()
+                optimizer.step()
+
+    return Pipeline(lambda: steps(s.warmup_batches), lambda r: steps(n), n * s.batch_size)
+
+
+def bound_infer(s: BenchSettings, data: BenchData, device: torch.device,
+                compile_model: bool = False) -> Pipeline:
+    cfg = run_config(s, "CAM")
+    net, _ = build_model(cfg, data.test.classes, device, compile_model)
+    net.eval()
+    out_size = tuple(data.test.images.shape[-2:])
+    n = s.n_infer // s.batch_size
+    batches = _premade(s, data.test, min(_BOUND_POOL, n))
+
+    def run(n_batches: int) -> None:
+        for i in range(n_batches):
+            model_lib.localization_maps(net, batches[i % len(batches)][0], out_size, INFER_FORM)
+
+    return Pipeline(lambda: run(s.warmup_batches), lambda r: run(n), n * s.batch_size)
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def count_flops_per_image(s: BenchSettings, data: BenchData, device: torch.device, task: str) -> float:
+    """FLOPs per image of one step of ``task`` (``torch.utils.flop_counter``): forward and
+    backward of one batch for training (the optimizer's update is not a counted op), the
+    forward and CAM of one batch for inference; divided by the batch size."""
+    mode = TASK_MODE[task]
+    cfg = run_config(s, mode)
+    split = data.test if task == "cam_infer" else data.train
+    net, _ = build_model(cfg, split.classes, device)
+    images, labels = _premade(s, split, 1)[0]
+    counter = FlopCounterMode(display=False)
+    if task == "cam_infer":
+        net.eval()
+        with counter:
+            model_lib.localization_maps(net, images, tuple(split.images.shape[-2:]), INFER_FORM)
+    else:  # counted in fp32: FLOPs do not depend on the precision they run in
+        net.train()
+        objective = build_objective(cfg, split.classes)
+        with counter:
+            objective(net, images, labels, torch.Generator().manual_seed(cfg.seed)).loss.backward()
+    return counter.get_total_flops() / images.shape[0]
+
+
+# --------------------------------------------------------------------------------- a run
+def _pipelines(task: str, compile_model: bool) -> dict[str, Callable]:
+    if task == "cam_infer":
+        made = {"naive": naive_infer, "fast": fast_infer, "bound": bound_infer}
+    else:
+        mode = TASK_MODE[task]
+        made = {"naive": lambda s, d, dev: naive_train(s, d, dev, mode),
+                "fast": lambda s, d, dev, c=False: fast_train(s, d, dev, mode, c),
+                "bound": lambda s, d, dev, c=False: bound_train(s, d, dev, mode, c)}
+    if compile_model:
+        made["fast_compiled"] = lambda s, d, dev, f=made["fast"]: f(s, d, dev, True)
+        made["bound_compiled"] = lambda s, d, dev, f=made["bound"]: f(s, d, dev, True)
+    return made
+
+
+def _ratio(a: dict, b: dict) -> float | None:
+    if "img_per_s" not in a or "img_per_s" not in b:
+        return None
+    return a["img_per_s"] / b["img_per_s"]
+
+
+def _build_and_warm(name: str, task: str, make: Callable[[], Pipeline], device: torch.device,
+                    entry: dict) -> Pipeline:
+    with _memory(device, entry):
+        pipe = make()
+        t0 = time.perf_counter()
+        pipe.warmup()
+        _sync(device)
+        entry["warmup_s"] = time.perf_counter() - t0
+    print(f"[{task}] {name}: built and warmed up in {entry['warmup_s']:.1f} s", flush=True)
+    return pipe
+
+
+def _timed_round(pipe: Pipeline, r: int, device: torch.device, entry: dict) -> float:
+    with _memory(device, entry):
+        _sync(device)
+        t0 = time.perf_counter()
+        pipe.timed(r)
+        _sync(device)
+        return time.perf_counter() - t0
+
+
+def bench_task(s: BenchSettings, data: BenchData, device: torch.device, task: str) -> dict:
+    """The JSON entry of one task: its pipelines, their ratios and FLOPs per image.
+
+    Every pipeline is built and warmed up first; then ``s.rounds`` rounds each time one epoch
+    of every pipeline, the order rotating from round to round, so that a burst of other work on
+    a shared machine hits all of them alike. A pipeline's ``img_per_s`` is its best round (the
+    least disturbed); ``img_per_s_rounds`` lists them all."""
+    flops = count_flops_per_image(s, data, device, task)
+    entries: dict[str, dict] = {}
+    pipes: dict[str, Pipeline] = {}
+    for name, make in _pipelines(task, s.compile).items():
+        entries[name] = {}
+        try:
+            pipes[name] = _build_and_warm(name, task, lambda: make(s, data, device), device,
+                                          entries[name])
+        except Exception as err:
+            if not name.endswith("_compiled"):
+                raise
+            # torch.compile is tried, not required: report why it did not run
+            entries[name] = {"error": reason(err)}
+            print(f"[{task}] {name}: failed ({entries[name]['error']})", flush=True)
+    names, seconds = list(pipes), {name: [] for name in pipes}
+    for r in range(s.rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            seconds[name].append(_timed_round(pipes[name], r, device, entries[name]))
+            print(f"[{task}] round {r + 1}/{s.rounds} {name}: {pipes[name].images} images in "
+                  f"{seconds[name][-1]:.2f} s = {pipes[name].images / seconds[name][-1]:.1f} img/s",
+                  flush=True)
+    result: dict = {}
+    for name, entry in entries.items():
+        if name in pipes:
+            images, best = pipes[name].images, min(seconds[name])
+            entry = {"img_per_s": images / best, "images": images, "seconds": best,
+                     "img_per_s_rounds": [images / x for x in seconds[name]],
+                     "gflops_per_s": flops * images / best / 1e9, **entry}
+            if s.peak_gflops:
+                entry["pct_of_peak"] = 100 * entry["gflops_per_s"] / s.peak_gflops
+        result[name] = entry
+    result["fast_over_naive"] = _ratio(result["fast"], result["naive"])
+    result["fast_over_bound"] = _ratio(result["fast"], result["bound"])
+    if s.compile:
+        result["fast_compiled_over_naive"] = _ratio(result["fast_compiled"], result["naive"])
+        result["fast_compiled_over_bound_compiled"] = _ratio(result["fast_compiled"],
+                                                             result["bound_compiled"])
+    result["gflop_per_image"] = flops / 1e9
+    if task == "cam_train":
+        best = max(result[k]["img_per_s"] for k in ("fast", "fast_compiled")
+                   if "img_per_s" in result.get(k, {}))
+        result["fast_epoch_50k_s"] = 50_000 / best  # a full 50,000-image epoch at this speed
+    return result
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def run_bench(s: BenchSettings, data: BenchData | None = None) -> dict:
+    """Every chosen task on one device; the result is what ``--out`` receives."""
+    device = utils.resolve_device(s.device)
+    s = resolve_settings(s, device)
+    if data is None:
+        data = load_bench_data(s, device)
+    settings = asdict(s)
+    settings.update(device=str(device), tasks=list(s.tasks), threads=torch.get_num_threads(),
+                    precision=getattr(run_config(s, "CAM"), "precision", "fp32"),
+                    load_avg_1m_start=_load_average(), n_train_split=len(data.train), n_test_split=len(data.test),
+                    stored_size=list(data.train.images.shape[-2:]), infer_form=INFER_FORM,
+                    cudnn_benchmark=torch.backends.cudnn.benchmark,
+                    memory="over a pipeline's build, warm-up and rounds, while all pipelines of "
+                           "the task are alive: cuda: torch.cuda.max_memory_allocated (all live "
+                           "tensors) and its rise above the window's start (the pipeline's own "
+                           "working memory); cpu: peak RSS of the main process (sampled every "
+                           f"{RSS_SAMPLE_S * 1000:.0f} ms; DataLoader workers not included)")
+    result = {"device": _device_name(device), "torch": torch.__version__, "settings": settings}
+    for task in s.tasks:
+        print(f"[{task}] counting FLOPs; {', '.join(_pipelines(task, s.compile))}: "
+              f"{s.rounds} rounds of {s.n_infer if task == 'cam_infer' else s.n_train} images",
+              flush=True)
+        result[task] = bench_task(s, data, device, task)
+    settings["load_avg_1m_end"] = _load_average()  # includes this run's own work
+    before = settings["load_avg_1m_start"]
+    if device.type == "cpu" and before is not None and before > 1.0:
+        settings["notes"].append(f"load average {before:.1f} on {os.cpu_count()} cores before the "
+                                 f"run: other work shared the CPU, so the rates are low and noisy "
+                                 f"(the ratios, from interleaved rounds, less so)")
+    return result
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none): how busy the machine was."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------------------- the table
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _mem(entry: dict) -> float | None:
+    for key in ("peak_cuda_alloc_mb", "peak_rss_mb", "process_max_rss_so_far_mb"):
+        if key in entry:
+            return entry[key]
+    return None
+
+
+def format_table(result: dict) -> str:
+    """Markdown: one row per task (plus one per compiled variant)."""
+    peak = result["settings"].get("peak_gflops")
+    lines = ["| task | naive img/s | fast img/s | bound img/s | fast/naive | fast/bound | GFLOP/img "
+             "| fast GFLOP/s (% of peak) | peak mem MB (naive/fast/bound) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for task in TASKS:
+        if task not in result:
+            continue
+        r = result[task]
+        variants = [("", "fast", "bound", "fast_over_bound")]
+        if "fast_compiled" in r:
+            variants.append((" (compiled)", "fast_compiled", "bound_compiled",
+                             "fast_compiled_over_bound_compiled"))
+        for label, fast, bound, over in variants:
+            f, b, n = r[fast], r[bound], r["naive"]
+            gf = f.get("gflops_per_s")
+            pct = f" ({_fmt(f.get('pct_of_peak'), '.0f')}%)" if peak else ""
+            mems = "/".join(_fmt(_mem(e), ".0f") for e in (n, f, b))
+            lines.append(
+                f"| {task}{label} | {_fmt(n.get('img_per_s'), '.1f')} | {_fmt(f.get('img_per_s'), '.1f')} "
+                f"| {_fmt(b.get('img_per_s'), '.1f')} | {_fmt(_ratio(f, n), '.2f')} | {_fmt(r[over], '.2f')} "
+                f"| {r['gflop_per_image']:.2f} | {_fmt(gf, '.1f')}{pct} | {mems} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ the CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="bench.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                      description="Images per second of the naive (handout), fast (main.py's) and "
+                                  "bound (model alone) pipelines for CAM training, SEG training and "
+                                  "CAM extraction; writes JSON to --out and prints a Markdown table.")
+    p.add_argument("--device", default="auto", choices=utils.DEVICES)
+    p.add_argument("--quick", action="store_true",
+                   help="fewer images (CPU: 2 rounds of 64 per training pipeline, of 96 per "
+                        "inference pipeline; about 1.5 minutes on an idle 2-core CPU)")
+    p.add_argument("--out", default=str(utils.REPORT_DIR / "bench.json"),
+                   help="JSON output, any path; an existing file is kept unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--img_size", type=int, default=224)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the naive pipeline")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--compile", action="store_true",
+                   help="CUDA only: also time fast and bound under torch.compile (both are reported)")
+    p.add_argument("--peak_gflops", type=float, default=None,
+                   help=f"the device's peak GFLOP/s for the %% column (CPU default {CPU_PEAK_GFLOPS:g}, "
+                        f"measured on the project's 2-core AVX2 machine)")
+    p.add_argument("--data_root", default=None,
+                   help="a lab-layout dataset; None takes data/synthetic (generated when missing)")
+    p.add_argument("--n_train", type=int, default=0,
+                   help="timed images per round of a training pipeline (0: default)")
+    p.add_argument("--n_infer", type=int, default=0,
+                   help="timed images per round of an inference pipeline (0: default)")
+    p.add_argument("--warmup_batches", type=int, default=0,
+                   help="untimed batches per pipeline (0: default)")
+    p.add_argument("--rounds", type=int, default=0,
+                   help="timed epochs per pipeline, interleaved with the others'; the best counts (0: default)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    return BenchSettings(device=args.device, img_size=args.img_size, batch_size=args.batch_size,
+                         workers=args.workers, n_train=args.n_train, n_infer=args.n_infer,
+                         warmup_batches=args.warmup_batches, rounds=args.rounds, quick=args.quick,
+                         tasks=tuple(dict.fromkeys(args.tasks)), compile=args.compile,
+                         peak_gflops=args.peak_gflops, data_root=args.data_root, seed=args.seed)
+
+
+def run(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    if out.is_dir():
+        raise CamlabError(f"--out {out} is a folder; name a file")
+    if out.exists() and not args.overwrite:
+        raise CamlabError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+    s = settings_from_args(args)
+    resolve_settings(s, utils.resolve_device(s.device))  # refuse bad numbers before any work
+    result = run_bench(s)
+    utils.atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(format_table(result))
+    for note in result["settings"]["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {out}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli("bench.py", lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

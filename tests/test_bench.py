@@ -1,0 +1,159 @@
+"""bench.py on a tiny setting: the JSON's shape, its arithmetic (ratios, GFLOP/s, FLOPs per
+image against an independent count) and the command line's one-line errors. Never timings."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import bench
+import model as model_lib
+import train
+from conftest import write_lab_layout
+
+SIZE, BATCH, N = 32, 4, 8
+ROUNDS = 2
+TINY = ["--device", "cpu", "--img_size", str(SIZE), "--batch_size", str(BATCH), "--n_train", str(N),
+        "--n_infer", str(N), "--warmup_batches", "1", "--rounds", "1", "--workers", "0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Timings are never asserted; one thread keeps these runs fast on a busy shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    return write_lab_layout(tmp_path_factory.mktemp("bench") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def result(tiny_root: Path, tmp_path_factory) -> dict:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("cwd"))  # the decoded-split cache goes to ./data/cache
+        settings = bench.BenchSettings(device="cpu", img_size=SIZE, batch_size=BATCH, workers=0,
+                                       n_train=N, n_infer=N, warmup_batches=1, rounds=ROUNDS,
+                                       data_root=str(tiny_root))
+        return bench.run_bench(settings)
+
+
+def _positive(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_json_shape(result: dict) -> None:
+    assert set(result) == {"device", "torch", "settings", *bench.TASKS}
+    assert result["settings"]["img_size"] == SIZE and result["settings"]["batch_size"] == BATCH
+    assert result["settings"]["peak_gflops"] == bench.CPU_PEAK_GFLOPS
+    json.dumps(result, allow_nan=False)  # plain JSON, no NaN or infinities
+    for task in bench.TASKS:
+        r = result[task]
+        for name in bench.PIPELINES:
+            entry = r[name]
+            assert entry["images"] == N
+            for key in ("img_per_s", "seconds", "gflops_per_s", "pct_of_peak", "peak_rss_mb"):
+                assert _positive(entry[key]), (task, name, key, entry.get(key))
+        for key in ("fast_over_naive", "fast_over_bound", "gflop_per_image"):
+            assert _positive(r[key]), (task, key)
+    assert _positive(result["cam_train"]["fast_epoch_50k_s"])
+
+
+def test_arithmetic_of_the_fields(result: dict) -> None:
+    for task in bench.TASKS:
+        r = result[task]
+        assert r["fast_over_naive"] == pytest.approx(r["fast"]["img_per_s"] / r["naive"]["img_per_s"])
+        assert r["fast_over_bound"] == pytest.approx(r["fast"]["img_per_s"] / r["bound"]["img_per_s"])
+        for name in bench.PIPELINES:
+            e = r[name]
+            assert e["img_per_s"] == pytest.approx(e["images"] / e["seconds"])
+            assert len(e["img_per_s_rounds"]) == ROUNDS and e["img_per_s"] == max(e["img_per_s_rounds"])
+            assert e["gflops_per_s"] == pytest.approx(r["gflop_per_image"] * e["img_per_s"])
+            assert e["pct_of_peak"] == pytest.approx(100 * e["gflops_per_s"] / bench.CPU_PEAK_GFLOPS)
+    assert result["cam_train"]["fast_epoch_50k_s"] == pytest.approx(
+        50_000 / result["cam_train"]["fast"]["img_per_s"])
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        return bench.main(argv)
+    except SystemExit as exit_:  # argparse exits on bad flags
+        return exit_.code
+
+
+def _count(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def test_flops_per_image_match_an_independent_count(result: dict) -> None:
+    """Counted here on a batch of 2 (FLOPs are linear in the batch), by hand-written steps."""
+    net = model_lib.CAMModel(3, "none")
+    x, y = torch.randn(2, 3, SIZE, SIZE), torch.tensor([0, 2])
+
+    def cam_step() -> None:
+        F.cross_entropy(net(x)[0], y).backward()
+
+    cam = _count(cam_step) / 2
+    assert result["cam_train"]["gflop_per_image"] * 1e9 == pytest.approx(cam, rel=1e-9)
+    net.eval()
+    infer = _count(lambda: model_lib.localization_maps(net, x, (16, 16), "class")) / 2
+    assert result["cam_infer"]["gflop_per_image"] * 1e9 == pytest.approx(infer, rel=1e-9)
+    # SEG: the image and its half-size copy through the model; the convolutions dominate, and
+    # at a quarter of the area the second pass costs a quarter: about 1.25 times CAM's count.
+    net.train()
+    seg = train.OBJECTIVES["SEG"](train.RunConfig(mode="SEG"), ["a", "b", "c"])
+    seg_flops = _count(lambda: seg(net, x, y, torch.Generator().manual_seed(0)).loss.backward()) / 2
+    assert result["seg_train"]["gflop_per_image"] * 1e9 == pytest.approx(seg_flops, rel=1e-9)
+    assert seg_flops == pytest.approx(1.25 * cam, rel=0.05)
+
+
+def test_table_has_a_row_per_task(result: dict) -> None:
+    table = bench.format_table(result)
+    lines = table.splitlines()
+    assert lines[0].startswith("| task | naive img/s | fast img/s | bound img/s | fast/naive | fast/bound")
+    assert [line.split("|")[1].strip() for line in lines[2:]] == list(bench.TASKS)
+    assert f"{result['cam_train']['fast_over_naive']:.2f}" in lines[2]
+
+
+def test_cli_writes_json_and_keeps_an_existing_file(tiny_root: Path, tmp_path: Path, monkeypatch,
+                                                    capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "report" / "bench.json"
+    argv = TINY + ["--workers", "1", "--tasks", "cam_infer", "--data_root", str(tiny_root),
+                   "--compile", "--out", str(out)]
+    assert _main(argv) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert set(data) == {"device", "torch", "settings", "cam_infer"}
+    assert data["settings"]["workers"] == 1 and data["settings"]["compile"] is False
+    assert "| cam_infer |" in printed and "--compile applies to CUDA only" in printed
+    before = out.read_text()
+    assert _main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already exists" in err and "--overwrite" in err
+    assert out.read_text() == before
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--bogus"], "unrecognized arguments"),
+    (["--tasks", "cam_nope"], "invalid choice"),
+    (["--img_size", "0"], "--img_size must be a positive integer"),
+    (["--workers", "-1"], "--workers must not be negative"),
+    (["--peak_gflops", "0"], "--peak_gflops must be positive"),
+])
+def test_cli_one_line_errors(extra: list[str], message: str, tmp_path: Path, capsys) -> None:
+    code = _main(["--device", "cpu", "--out", str(tmp_path / "b.json")] + extra)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "b.json").exists()
