@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DistributedSampler
 from torchvision.datasets import folder as tv_folder
 from tqdm import tqdm
 
@@ -547,17 +548,25 @@ def _write_cache(path: Path, payload: dict) -> None:
 
 # ------------------------------------------------------------------- batches and model input
 def batch_indices(indices: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
-                  epoch: int) -> list[torch.Tensor]:
+                  epoch: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
     """Split ``indices`` (int64, e.g. one k-fold part) into batches of ``batch_size`` (the last
     may be smaller). When shuffling, epoch ``epoch``'s order is a permutation drawn from a
     generator seeded by ``(seed, epoch)`` alone, so a resumed run (or another process) repeats
-    it without saved generator state."""
+    it without saved generator state.
+
+    With ``world`` > 1 processes, process ``rank`` keeps its shard of that order: in training
+    (``shuffle``) torch's DistributedSampler's, padded so that every process steps equally
+    often (DDP needs that); in evaluation every ``world``-th index, so no image counts twice.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if shuffle:
         generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         order = torch.randperm(len(indices), generator=generator)
         indices = indices[order.to(indices.device)]
+    if world > 1:
+        sampler = DistributedSampler(range(len(indices)), num_replicas=world, rank=rank, shuffle=False)
+        indices = indices[torch.tensor(list(sampler))] if shuffle else indices[rank::world]
     return list(indices.split(batch_size))
 
 

@@ -105,7 +105,9 @@ def _as_batch(masks: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------- CAMs to masks
 def _check_unit_range(cams: np.ndarray) -> np.ndarray:
+    """Float CAMs in [0, 1] (bool maps read as 0 and 1)."""
     cams = np.asarray(cams)
+    cams = cams.astype(np.float32) if cams.dtype == np.bool_ else cams
     if cams.size and not (np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1):
         raise CamlabError("CAMs must be min-max normalised to [0, 1] first (model.minmax)")
     return cams

@@ -1,5 +1,7 @@
 """camlab's command line: ``python main.py --mode CAM`` trains a CAM model (``--cv 5`` runs
 5-fold cross-validation instead). ``python main.py --help`` lists every flag.
+``torchrun --nproc_per_node N main.py ...`` trains one model on N processes (DDP), or with
+``--cv`` spreads the folds over them.
 
 A problem with the user's input ends in one line on stderr and exit code 2, never a traceback.
 """
@@ -39,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cv", type=int, default=DEFAULTS.cv,
                      help="k-fold cross-validation over the training split (0: a single run)")
     run.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    run.add_argument("--device", default=DEFAULTS.device, choices=DEVICES)
+    run.add_argument("--device", default=DEFAULTS.device, choices=DEVICES,
+                     help="under torchrun, cuda means one GPU per process (NCCL), cpu the gloo backend")
+    run.add_argument("--precision", default=DEFAULTS.precision, choices=train.PRECISIONS,
+                     help="auto: bfloat16 autocast on a GPU, fp32 on the CPU")
     run.add_argument("--overwrite", action="store_true", help="replace an existing checkpoints/<exp_id>/")
     run.add_argument("--resume", action="store_true",
                      help="continue checkpoints/<exp_id>/ from its last.pth (same settings), exactly as if never stopped")
@@ -135,7 +140,8 @@ def run(args: argparse.Namespace) -> None:
         raise CamlabError("--resume continues a run and --overwrite replaces it: choose one")
     if cfg.mode == "CSE":
         train.oc_checkpoint(cfg)
-    train.train_CV(cfg) if cfg.cv else train.train(cfg)
+    with train.distributed(cfg.device):  # one process, or one of those torchrun started
+        train.train_CV(cfg) if cfg.cv else train.train(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,21 +6,26 @@ from the ``args`` saved in its ``metrics.json``.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
+import os
 import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from sklearn.model_selection import KFold, train_test_split
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import dataloader
@@ -52,6 +57,7 @@ class RunConfig:
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     overwrite: bool = False
     resume: bool = False
     deterministic: bool = False
@@ -84,7 +90,7 @@ class RunConfig:
 
 # Settings that change where or how verbosely a run goes, not what it computes: the rest must
 # agree for --resume to continue a run and for a comparison to reuse one.
-NOT_SHAPING = ("exp_id", "device", "overwrite", "resume", "deterministic", "progress", "download")
+NOT_SHAPING = ("exp_id", "device", "precision", "overwrite", "resume", "deterministic", "progress", "download")
 
 
 def shaping(cfg: RunConfig) -> dict:
@@ -332,6 +338,74 @@ OBJECTIVES: dict[str, Callable[["RunConfig", list[str]], Objective]] = {
     "CAM": _cam_mode, "SEG": _seg_mode, "ACOL": _acol_mode, "CSE": _cse_mode}
 
 
+# ------------------------------------------------------------------------ processes (DDP)
+@dataclass(frozen=True)
+class World:
+    """This process's place among those ``torchrun`` started (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Only the main process writes checkpoints, logs, figures and reports."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+
+SINGLE = World()
+
+
+def current_world() -> World:
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return SINGLE
+
+
+@contextlib.contextmanager
+def distributed(device: str) -> Iterator[World]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1), join the process group for the run: NCCL with
+    one GPU per process (``LOCAL_RANK``), gloo on CPUs. Otherwise a single process."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        yield SINGLE
+        return
+    use_cuda = resolve_device(device).type == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        yield current_world()
+    finally:
+        dist.destroy_process_group()
+
+
+class ObjectiveModule(nn.Module):
+    """The model and an objective as one module, so that DistributedDataParallel sees a whole
+    training step as one forward call (objectives read the model's parts, not only forward)."""
+
+    def __init__(self, model: CAMModel, objective: Objective) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+                epoch: int) -> Step:
+        return self.objective(self.model, images, labels, generator, epoch)
+
+
+def data_parallel(objective: Objective, model: CAMModel, world: World) -> Objective:
+    """``objective`` with gradients averaged over the processes of ``world`` (DDP)."""
+    if world.size == 1:
+        return objective
+    device = next(model.parameters()).device
+    ddp = DistributedDataParallel(ObjectiveModule(model, objective),
+                                  device_ids=[device.index] if device.type == "cuda" else None)
+    return lambda _model, images, labels, generator, epoch: ddp(images, labels, generator, epoch)
+
+
 # ------------------------------------------------------------------------------------ epochs
 class EpochMeter:
     """Sums of loss terms and correct predictions over an epoch, kept on the device so that
@@ -349,33 +423,46 @@ class EpochMeter:
         for name, value in values.items():
             self.sums[name] = self.sums.get(name, 0) + value.float() * n
 
-    def compute(self) -> dict[str, float]:
-        if self.count == 0:
-            return {}
-        return {name: float(total) / self.count for name, total in self.sums.items()}
+    def compute(self, world: World = SINGLE) -> dict[str, float]:
+        """Epoch means; with several processes, over all their images (one all-reduce)."""
+        names = list(self.sums)
+        if world.size > 1:
+            device = next(iter(self.sums.values())).device
+            totals = torch.stack([torch.tensor(float(self.count), device=device)] + [self.sums[n] for n in names])
+            dist.all_reduce(totals)
+            count, sums = float(totals[0]), dict(zip(names, totals[1:]))
+        else:
+            count, sums = self.count, self.sums
+        return {name: float(sums[name]) / count for name in names} if count else {}
 
 
 def run_epoch(model: CAMModel, data: dataloader.ImageSet, indices: torch.Tensor, *,
               objective: Objective, img_size: int, batch_size: int,
               optimizer: torch.optim.Optimizer | None = None, seed: int = 0, epoch: int = 0,
-              desc: str = "", progress: bool = True) -> dict[str, float]:
+              desc: str = "", progress: bool = True, world: World = SINGLE,
+              precision: str = "auto") -> dict[str, float]:
     """One pass over ``data[indices]``: trains when an optimizer is given, else evaluates.
 
     Training shuffles and mirrors half of the images; evaluation runs in
     ``torch.inference_mode``. Every random draw (order, flips, the objective's transforms)
-    comes from (seed, epoch), so a resumed run repeats it. Returns the epoch means of the loss,
-    its terms and ``acc``.
+    comes from (seed, epoch), so a resumed run repeats it. With several processes each takes
+    its shard and the means cover them all. On a GPU the batches are channels-last and, with
+    ``precision`` auto or bf16, run under bfloat16 autocast; nothing waits on the GPU per step.
+    Returns the epoch means of the loss, its terms and ``acc``.
     """
     training = optimizer is not None
     model.train(training)
     meter = EpochMeter()
+    device = data.images.device
     generator = torch.Generator().manual_seed(dataloader.epoch_seed(seed, epoch, stream=1))
-    batches = dataloader.batch_indices(indices, batch_size, training, seed, epoch)
-    with torch.inference_mode(not training):
-        for idx in tqdm(batches, desc=desc, leave=False, disable=None if progress else True):
-            idx = idx.to(data.images.device, non_blocking=True)
-            flip = (torch.rand(len(idx), generator=generator) < 0.5).to(idx.device) if training else None
+    batches = dataloader.batch_indices(indices, batch_size, training, seed, epoch, world.rank, world.size)
+    with torch.inference_mode(not training), autocast(device, precision):
+        for idx in tqdm(batches, desc=desc, leave=False, disable=None if progress and world.main else True):
+            idx = idx.to(device, non_blocking=True)
+            flip = (torch.rand(len(idx), generator=generator) < 0.5).to(device) if training else None
             images = dataloader.to_model_input(data.images[idx], img_size, flip)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
             labels = data.labels[idx]
             step = objective(model, images, labels, generator, epoch)
             if training:
@@ -383,7 +470,18 @@ def run_epoch(model: CAMModel, data: dataloader.ImageSet, indices: torch.Tensor,
                 step.loss.backward()
                 optimizer.step()
             meter.update(step, labels)
-    return meter.compute()
+    return meter.compute(world)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")  # --precision; auto: bf16 on a GPU, fp32 on the CPU
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """bfloat16 autocast where it pays (tensor cores); fp32 on the CPU unless asked."""
+    if precision not in PRECISIONS:
+        raise CamlabError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    use = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
 
 
 # -------------------------------------------------------------------------------------- runs
@@ -452,13 +550,31 @@ def _resume_from(path: Path, cfg: RunConfig, model: CAMModel, optimizer: torch.o
         raise CamlabError(f"--resume: {path} lacks a complete training state ({reason(err)})") from None
 
 
+def _save_epoch(run_dir: Path, cfg: RunConfig, model: CAMModel, optimizer: torch.optim.Optimizer,
+                scheduler, state: Progress, improved: bool, classes: list[str]) -> None:
+    """The epoch's files, each written atomically: best.pth (when improved), then last.pth, then
+    log.csv and curves.png, so that a kill at any moment leaves a state --resume repeats exactly."""
+    meta = dict(epoch=state.epoch, args=asdict(cfg), weights_used=model.weights_used, classes=classes,
+                best_val_acc=state.best_acc)
+    if improved:
+        save_checkpoint(run_dir / "best.pth", model, **meta)
+    save_checkpoint(run_dir / "last.pth", model, optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), random=random_states(), progress=asdict(state), **meta)
+    _write_log(run_dir / "log.csv", state.rows)
+    visualize.plot_curves(state.rows, run_dir / "curves.png",
+                          title=" ".join(dict.fromkeys([cfg.exp_id, run_dir.name])))  # "cv5 fold2"
+
+
 def fit(cfg: RunConfig, train_set: dataloader.ImageSet, train_idx: torch.Tensor,
         val_idx: torch.Tensor, run_dir: Path, device: torch.device, seed: int,
-        desc: str = "") -> tuple[CAMModel, dict]:
+        desc: str = "", world: World = SINGLE) -> tuple[CAMModel, dict]:
     """Train for ``cfg.epochs``, keep ``best.pth`` (best validation accuracy) and ``last.pth``
     (everything ``--resume`` needs), write ``log.csv`` and ``curves.png`` every epoch. With
-    ``cfg.resume`` and a ``last.pth`` in ``run_dir``, go on from there. Returns the best model
-    and a summary."""
+    ``cfg.resume`` and a ``last.pth`` in ``run_dir``, go on from there. With several processes
+    (``world``) they train one model with DDP, each on its shard; only the main one writes.
+    Returns the best model and a summary."""
+    if len(val_idx) < world.size:
+        raise CamlabError(f"{len(val_idx)} validation images cannot be shared by {world.size} processes")
     seed_everything(seed)
     shape = cfg.model_config(len(train_set.classes))
     model = CAMModel(shape.num_classes, cfg.weights, shape.backbone, shape.cut, shape.recipe,
@@ -466,49 +582,51 @@ def fit(cfg: RunConfig, train_set: dataloader.ImageSet, train_idx: torch.Tensor,
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     objective = OBJECTIVES[cfg.mode](cfg, list(train_set.classes))
-    common = dict(objective=objective, img_size=cfg.img_size, batch_size=cfg.batch_size,
-                  progress=cfg.progress)
+    train_objective = data_parallel(objective, model, world)
+    common = dict(img_size=cfg.img_size, batch_size=cfg.batch_size, progress=cfg.progress,
+                  world=world, precision=cfg.precision)
     state = Progress()
     if cfg.resume and (run_dir / "last.pth").is_file():
         state = _resume_from(run_dir / "last.pth", cfg, model, optimizer, scheduler)
-        print(f"{desc}resuming {run_dir} after epoch {state.epoch}", flush=True)
+        if world.main:
+            print(f"{desc}resuming {run_dir} after epoch {state.epoch}", flush=True)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_m = run_epoch(model, train_set, train_idx, optimizer=optimizer, seed=seed,
-                            epoch=epoch, desc=f"{desc}epoch {epoch}/{cfg.epochs}", **common)
+        train_m = run_epoch(model, train_set, train_idx, objective=train_objective, optimizer=optimizer,
+                            seed=seed, epoch=epoch, desc=f"{desc}epoch {epoch}/{cfg.epochs}", **common)
         scheduler.step()
-        val_m = run_epoch(model, train_set, val_idx, epoch=epoch, desc=f"{desc}validate", **common)
+        val_m = run_epoch(model, train_set, val_idx, objective=objective, epoch=epoch,
+                          desc=f"{desc}validate", **common)
         if not math.isfinite(train_m["loss"]):
             raise CamlabError(f"training loss became {train_m['loss']} in epoch {epoch}; "
                               f"try a lower --lr (the last good checkpoints are kept in {run_dir})")
         state.epoch = epoch
         state.rows.append(_log_row(epoch, train_m, val_m, lr))
         state.seconds.append(round(time.perf_counter() - t0, 2))
-        meta = dict(epoch=epoch, args=asdict(cfg), weights_used=model.weights_used,
-                    classes=list(train_set.classes))
-        if val_m["acc"] > state.best_acc:
+        improved = val_m["acc"] > state.best_acc
+        if improved:
             state.best_acc, state.best_epoch = val_m["acc"], epoch
-            save_checkpoint(run_dir / "best.pth", model, best_val_acc=state.best_acc, **meta)
-        save_checkpoint(run_dir / "last.pth", model, best_val_acc=state.best_acc,
-                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        random=random_states(), progress=asdict(state), **meta)
-        _write_log(run_dir / "log.csv", state.rows)
-        visualize.plot_curves(state.rows, run_dir / "curves.png", title=f"{cfg.exp_id} {desc}".strip())
-        print(f"{desc}epoch {epoch}/{cfg.epochs}: train loss {train_m['loss']:.4f} "
-              f"acc {train_m['acc']:.3f} | val loss {val_m['loss']:.4f} acc {val_m['acc']:.3f} "
-              f"| {state.seconds[-1]:.0f}s", flush=True)
+        if world.main:
+            _save_epoch(run_dir, cfg, model, optimizer, scheduler, state, improved, list(train_set.classes))
+            print(f"{desc}epoch {epoch}/{cfg.epochs}: train loss {train_m['loss']:.4f} "
+                  f"acc {train_m['acc']:.3f} | val loss {val_m['loss']:.4f} acc {val_m['acc']:.3f} "
+                  f"| {state.seconds[-1]:.0f}s", flush=True)
+    world.barrier()  # best.pth is written before any process reads it
     best, _ = load_checkpoint(run_dir / "best.pth", device)
     return best, {"best_epoch": state.best_epoch, "best_val_acc": state.best_acc,
                   "weights_used": model.weights_used, "log": state.rows, "epoch_seconds": state.seconds}
 
 
-def evaluate(model: CAMModel, data: dataloader.ImageSet, cfg: RunConfig, desc: str = "test") -> dict:
-    """Cross-entropy and accuracy of ``model`` on every image of ``data``. Accuracy reads the
-    original images' scores in every mode, so SEG's transformed branch is not computed here."""
+def evaluate(model: CAMModel, data: dataloader.ImageSet, cfg: RunConfig, desc: str = "test",
+             world: World = SINGLE) -> dict:
+    """Cross-entropy and accuracy of ``model`` on every image of ``data`` (shared among the
+    processes of ``world``). Accuracy reads the original images' scores in every mode, so SEG's
+    transformed branch is not computed here."""
     idx = torch.arange(len(data))
     return run_epoch(model, data, idx, objective=cam_objective, img_size=cfg.img_size,
-                     batch_size=cfg.batch_size, desc=desc, progress=cfg.progress)
+                     batch_size=cfg.batch_size, desc=desc, progress=cfg.progress, world=world,
+                     precision=cfg.precision)
 
 
 def load_data(cfg: RunConfig, device: torch.device) -> tuple[dataloader.ImageSet, dataloader.ImageSet]:
@@ -544,12 +662,27 @@ def _finish(run_dir: Path, cfg: RunConfig, result: dict, extra: dict) -> dict:
     return metrics
 
 
-def _start(cfg: RunConfig) -> tuple[Path, torch.device]:
-    """The run folder and device; deterministic kernels when asked (exact repeats on a GPU)."""
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    return cfg.run_dir(), resolve_device(cfg.device)
+def _start(cfg: RunConfig) -> tuple[Path, torch.device, World]:
+    """The run folder, device and processes; cuDNN picks its fastest kernels for the fixed
+    input size, unless deterministic kernels are asked for (exact repeats on a GPU)."""
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    world = current_world()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return cfg.run_dir(), device, world
+
+
+def _prepare(cfg: RunConfig, run_dir: Path, device: torch.device,
+             world: World) -> tuple[dataloader.ImageSet, dataloader.ImageSet]:
+    """The data and the run folder, the main process first: it alone may generate the
+    embedded dataset, fill the decode cache and make (or refuse) the folder."""
+    if world.main:
+        data = load_data(cfg, device)
+        prepare_run_dir(run_dir, cfg.overwrite, cfg.resume)
+    world.barrier()
+    return data if world.main else load_data(cfg, device)
 
 
 def _finished(run_dir: Path, cfg: RunConfig) -> dict | None:
@@ -565,14 +698,15 @@ def train(cfg: RunConfig) -> dict:
     """The lab's ``train()``: fit on the training split minus a validation part, pick the best
     epoch on that part, then report the best checkpoint's test accuracy in ``metrics.json``."""
     t0 = time.perf_counter()
-    run_dir, device = _start(cfg)
-    train_set, test_set = load_data(cfg, device)
-    prepare_run_dir(run_dir, cfg.overwrite, cfg.resume)
+    run_dir, device, world = _start(cfg)
+    train_set, test_set = _prepare(cfg, run_dir, device, world)
     train_idx, val_idx = _validation_split(train_set.labels, cfg.val_fraction, cfg.seed)
-    model, result = fit(cfg, train_set, train_idx, val_idx, run_dir, device, cfg.seed)
-    result["test_acc"] = evaluate(model, test_set, cfg)["acc"]
-    extra = {"device": str(device), "n_train": len(train_idx), "n_val": len(val_idx),
-             "n_test": len(test_set), "seconds": round(time.perf_counter() - t0, 1)}
+    model, result = fit(cfg, train_set, train_idx, val_idx, run_dir, device, cfg.seed, world=world)
+    result["test_acc"] = evaluate(model, test_set, cfg, world=world)["acc"]
+    extra = {"device": str(device), "processes": world.size, "n_train": len(train_idx),
+             "n_val": len(val_idx), "n_test": len(test_set), "seconds": round(time.perf_counter() - t0, 1)}
+    if not world.main:
+        return {"test_acc": result["test_acc"]}
     metrics = _finish(run_dir, cfg, result, extra)
     print(f"test accuracy {metrics['test_acc']:.4f} (best epoch {metrics['best_epoch']}, "
           f"val {metrics['best_val_acc']:.4f}); saved in {run_dir}/")
@@ -590,11 +724,12 @@ def train_CV(cfg: RunConfig) -> dict:  # noqa: N802 - the handout's name
     """k-fold cross-validation over the training split: per fold the best epoch is chosen on
     that fold's validation part; the best model of each fold is then scored on the test split.
     Writes ``cv.json`` (``folds``, ``mean``, ``std``) and ``cv.md`` beside the fold folders."""
-    run_dir, device = _start(cfg)
-    train_set, test_set = load_data(cfg, device)
-    prepare_run_dir(run_dir, cfg.overwrite, cfg.resume)
+    run_dir, device, world = _start(cfg)
+    train_set, test_set = _prepare(cfg, run_dir, device, world)
     folds = []
     for k, (tr, va) in enumerate(kfold_splits(len(train_set), cfg.cv, cfg.seed), start=1):
+        if (k - 1) % world.size != world.rank:
+            continue  # with several processes, each trains its own folds alone
         fold_dir = run_dir / f"fold{k}"
         fold_dir.mkdir(exist_ok=True)
         done = _finished(fold_dir, cfg)
@@ -609,12 +744,24 @@ def train_CV(cfg: RunConfig) -> dict:  # noqa: N802 - the handout's name
         _finish(fold_dir, cfg, result, {"fold": k, "n_train": len(tr), "n_val": len(va)})
         folds.append({"fold": k, "val_acc": result["best_val_acc"], "test_acc": result["test_acc"],
                       "best_epoch": result["best_epoch"]})
+    folds = _gather_folds(folds, world)
+    if not world.main:
+        return {}
     summary = cv_summary(folds)
     atomic_write_text(run_dir / "cv.json", json.dumps({**summary, "args": asdict(cfg)}, indent=2) + "\n")
     table = cv_table(summary)
     atomic_write_text(run_dir / "cv.md", table + "\n")
     print(table)
     return summary
+
+
+def _gather_folds(folds: list[dict], world: World) -> list[dict]:
+    """Every process's fold results, in fold order."""
+    if world.size == 1:
+        return folds
+    everyone: list = [None] * world.size
+    dist.all_gather_object(everyone, folds)
+    return sorted((f for part in everyone for f in part), key=lambda f: f["fold"])
 
 
 def cv_summary(folds: list[dict]) -> dict:
