@@ -12,6 +12,10 @@ for each task:
 * ``bound`` - the model alone on float batches already on the device at the final resolution,
   made once before timing: the ceiling any data path can reach.
 
+``fast`` and ``bound`` share the numerics ``run_epoch`` uses (its autocast and, on a GPU,
+channels-last batches) and ``torch.backends.cudnn.benchmark`` as ``main.py`` sets it; ``naive``
+runs fp32 NCHW with cuDNN's default (no benchmark), as the handout does.
+
 Tasks: ``cam_train`` (CAM mode, cross-entropy), ``seg_train`` (SEG mode, the equivariance
 objective with its default scale-1/2 transform), ``cam_infer`` (the CAM of each image's top
 class, upsampled to the stored image size, as evaluation computes it).
@@ -177,6 +181,12 @@ def epoch_kwargs(cfg: train.RunConfig, classes: list[str]) -> dict:
     return kw
 
 
+def main_cudnn_benchmark(cfg: train.RunConfig) -> bool:
+    """``torch.backends.cudnn.benchmark`` as main.py sets it for a run (train._start): on,
+    unless deterministic kernels are asked for."""
+    return not getattr(cfg, "deterministic", False)
+
+
 def train_numerics(cfg: train.RunConfig, device: torch.device
                    ) -> tuple[Callable[[], contextlib.AbstractContextManager], torch.memory_format]:
     """What ``run_epoch`` does to a training epoch beyond ``to_model_input`` (its autocast, and
@@ -264,6 +274,7 @@ class Pipeline:
     warmup: Callable[[], None]
     timed: Callable[[int], None]
     images: int
+    cudnn_benchmark: bool = False  # the global flag while this pipeline runs (CUDA only)
 
 
 # ------------------------------------------------------------------------------- the data
@@ -428,7 +439,8 @@ def fast_train(s: BenchSettings, data: BenchData, device: torch.device, mode: st
         train.run_epoch(net, data.train, indices, optimizer=optimizer, seed=cfg.seed,
                         epoch=number, **common)
 
-    return Pipeline(lambda: epoch(warm_idx, 0), lambda r: epoch(idx, r + 1), len(idx))
+    return Pipeline(lambda: epoch(warm_idx, 0), lambda r: epoch(idx, r + 1), len(idx),
+                    main_cudnn_benchmark(cfg))
 
 
 def fast_infer(s: BenchSettings, data: BenchData, device: torch.device,
@@ -444,7 +456,7 @@ def fast_infer(s: BenchSettings, data: BenchData, device: torch.device,
     def run(part: dataloader.ImageSet) -> None:
         iou.dataset_cams(net, part, cfg.img_size, INFER_FORM, batch_size=cfg.batch_size)
 
-    return Pipeline(lambda: run(warm), lambda r: run(timed), len(timed))
+    return Pipeline(lambda: run(warm), lambda r: run(timed), len(timed), main_cudnn_benchmark(cfg))
 
 
 # ------------------------------------------------------------------- bound: model alone
@@ -481,7 +493,8 @@ def bound_train(s: BenchSettings, data: BenchData, device: torch.device, mode: s
                 step.loss.backward()
                 optimizer.step()
 
-    return Pipeline(lambda: steps(s.warmup_batches), lambda r: steps(n), n * s.batch_size)
+    return Pipeline(lambda: steps(s.warmup_batches), lambda r: steps(n), n * s.batch_size,
+                    main_cudnn_benchmark(cfg))
 
 
 def bound_infer(s: BenchSettings, data: BenchData, device: torch.device,
@@ -497,7 +510,8 @@ def bound_infer(s: BenchSettings, data: BenchData, device: torch.device,
         for i in range(n_batches):
             model_lib.localization_maps(net, batches[i % len(batches)][0], out_size, INFER_FORM)
 
-    return Pipeline(lambda: run(s.warmup_batches), lambda r: run(n), n * s.batch_size)
+    return Pipeline(lambda: run(s.warmup_batches), lambda r: run(n), n * s.batch_size,
+                    main_cudnn_benchmark(cfg))
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -549,6 +563,7 @@ def _build_and_warm(name: str, task: str, make: Callable[[], Pipeline], device: 
                     entry: dict) -> Pipeline:
     with _memory(device, entry):
         pipe = make()
+        torch.backends.cudnn.benchmark = entry["cudnn_benchmark"] = pipe.cudnn_benchmark
         t0 = time.perf_counter()
         pipe.warmup()
         _sync(device)
@@ -558,6 +573,7 @@ def _build_and_warm(name: str, task: str, make: Callable[[], Pipeline], device: 
 
 
 def _timed_round(pipe: Pipeline, r: int, device: torch.device, entry: dict) -> float:
+    torch.backends.cudnn.benchmark = pipe.cudnn_benchmark
     with _memory(device, entry):
         _sync(device)
         t0 = time.perf_counter()
@@ -635,18 +651,19 @@ def run_bench(s: BenchSettings, data: BenchData | None = None) -> dict:
                     precision=getattr(run_config(s, "CAM"), "precision", "fp32"),
                     load_avg_1m_start=_load_average(), n_train_split=len(data.train), n_test_split=len(data.test),
                     stored_size=list(data.train.images.shape[-2:]), infer_form=INFER_FORM,
-                    cudnn_benchmark=torch.backends.cudnn.benchmark,
                     memory="over a pipeline's build, warm-up and rounds, while all pipelines of "
                            "the task are alive: cuda: torch.cuda.max_memory_allocated (all live "
                            "tensors) and its rise above the window's start (the pipeline's own "
                            "working memory); cpu: peak RSS of the main process (sampled every "
                            f"{RSS_SAMPLE_S * 1000:.0f} ms; DataLoader workers not included)")
     result = {"device": _device_name(device), "torch": torch.__version__, "settings": settings}
+    cudnn_flag = torch.backends.cudnn.benchmark  # each pipeline sets its own; restored after
     for task in s.tasks:
         print(f"[{task}] counting FLOPs; {', '.join(_pipelines(task, s.compile))}: "
               f"{s.rounds} rounds of {s.n_infer if task == 'cam_infer' else s.n_train} images",
               flush=True)
         result[task] = bench_task(s, data, device, task)
+    torch.backends.cudnn.benchmark = cudnn_flag
     settings["load_avg_1m_end"] = _load_average()  # includes this run's own work
     before = settings["load_avg_1m_start"]
     if device.type == "cpu" and before is not None and before > 1.0:
