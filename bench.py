@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -153,14 +152,10 @@ def run_config(s: BenchSettings, mode: str) -> train.RunConfig:
 
 def build_model(cfg: train.RunConfig, classes: list[str], device: torch.device,
                 compile_model: bool = False) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """Model and optimizer as :func:`train.fit` builds them (seeded, so every pipeline starts
-    from the same weights); ``compile_model`` wraps the model in ``torch.compile``.
-    Mirrors fit()'s first lines: keep the two in step."""
-    train.seed_everything(cfg.seed)
-    shape = cfg.model_config(len(classes))
-    net = model_lib.CAMModel(shape.num_classes, cfg.weights, shape.backbone, shape.cut,
-                             shape.recipe, shape.deltas).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    """Model and optimizer exactly as :func:`train.fit` builds them (:func:`train.build_training`,
+    seeded, so every pipeline starts from the same weights); ``compile_model`` wraps the model
+    in ``torch.compile``."""
+    net, optimizer, _, _ = train.build_training(cfg, list(classes), device, cfg.seed)
     if compile_model:
         net = torch.compile(net, dynamic=False)
     return net, optimizer
@@ -172,19 +167,15 @@ def build_objective(cfg: train.RunConfig, classes: list[str]) -> train.Objective
 
 
 def epoch_kwargs(cfg: train.RunConfig, classes: list[str]) -> dict:
-    """The keyword arguments :func:`train.fit` passes to every ``run_epoch`` call (its
-    ``common``); kept in step with fit() so that ``fast`` stays the code main.py runs."""
-    kw = dict(objective=build_objective(cfg, classes), img_size=cfg.img_size,
-              batch_size=cfg.batch_size, progress=False)
-    if "precision" in inspect.signature(train.run_epoch).parameters:  # fit() passes the run's
-        kw["precision"] = cfg.precision
-    return kw
+    """The keyword arguments :func:`train.fit` passes to every ``run_epoch`` call, so that
+    ``fast`` is the code main.py runs."""
+    return dict(objective=build_objective(cfg, classes), **train.epoch_options(cfg))
 
 
 def main_cudnn_benchmark(cfg: train.RunConfig) -> bool:
     """``torch.backends.cudnn.benchmark`` as main.py sets it for a run (train._start): on,
     unless deterministic kernels are asked for."""
-    return not getattr(cfg, "deterministic", False)
+    return not cfg.deterministic
 
 
 def train_numerics(cfg: train.RunConfig, device: torch.device
@@ -192,8 +183,6 @@ def train_numerics(cfg: train.RunConfig, device: torch.device
     """What ``run_epoch`` does to a training epoch beyond ``to_model_input`` (its autocast, and
     channels-last batches on a GPU), so that ``bound`` runs the same numerics as ``fast`` and
     the two differ only in the data path: (a maker of the context, the batches' layout)."""
-    if not hasattr(train, "autocast"):  # a run_epoch without device speed-ups: fp32, NCHW
-        return contextlib.nullcontext, torch.contiguous_format
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     return lambda: train.autocast(device, cfg.precision), layout
 

@@ -256,14 +256,14 @@ def dataset_cams(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: i
     its labelled class, as GT-known localisation asks); batched under ``torch.inference_mode``."""
     out_size = tuple(data.images.shape[-2:])
     preds, maps = [], []
-    for idx in torch.arange(len(data)).split(batch_size):
-        idx = idx.to(data.images.device)
+    for idx in torch.arange(len(data), device=data.images.device).split(batch_size):
         inputs = dataloader.to_model_input(data.images[idx], img_size)
         scores, cams = model.localization_maps(net, inputs, out_size, form,
                                                data.labels[idx] if of_labels else None)
-        preds.append(scores.argmax(dim=1).cpu().numpy())
-        maps.append(cams.float().cpu().numpy())
-    return np.concatenate(preds), np.concatenate(maps)
+        preds.append(scores.argmax(dim=1))
+        maps.append(cams.float())
+    # one copy to the host at the end: the GPU is never waited for batch by batch
+    return torch.cat(preds).cpu().numpy(), torch.cat(maps).cpu().numpy()
 
 
 def split_masks(root: Path, split: str, names: Sequence[str]) -> np.ndarray | None:

@@ -138,6 +138,8 @@ def run(args: argparse.Namespace) -> None:
     cfg.run_dir()  # refuse an --exp_id that escapes checkpoints/ before any work
     if cfg.resume and cfg.overwrite:
         raise CamlabError("--resume continues a run and --overwrite replaces it: choose one")
+    if cfg.resume:
+        train.prepare_run_dir(cfg.run_dir(), overwrite=False, resume=True)  # is there a run to go on with?
     if cfg.mode == "CSE":
         train.oc_checkpoint(cfg)
     with train.distributed(cfg.device):  # one process, or one of those torchrun started

@@ -535,11 +535,13 @@ def _resume_from(path: Path, cfg: RunConfig, model: CAMModel, optimizer: torch.o
     """Load ``last.pth`` into the model, optimiser and scheduler, restore the random states,
     and return the progress it records. Another run's settings are refused."""
     saved, ckpt = load_checkpoint(path, next(model.parameters()).device)
-    differ = differing(cfg, ckpt.get("args", {}))
+    saved_args = ckpt.get("args", {})
+    differ = differing(cfg, saved_args)
     if differ:
-        raise CamlabError(f"--resume: {path} was written with other settings "
-                          f"({', '.join(f'--{k}' for k in differ)}); rerun with the saved ones "
-                          f"(see metrics args in {path.parent}) or choose another --exp_id")
+        given = shaping(cfg)
+        detail = "; ".join(f"--{k} {saved_args.get(k)} there, {given[k]} now" for k in differ)
+        raise CamlabError(f"--resume: {path} was written with other settings ({detail}); rerun with "
+                          f"the saved ones or choose another --exp_id")
     try:
         model.load_state_dict(saved.state_dict())
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -548,6 +550,27 @@ def _resume_from(path: Path, cfg: RunConfig, model: CAMModel, optimizer: torch.o
         return Progress(**ckpt["progress"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CamlabError(f"--resume: {path} lacks a complete training state ({reason(err)})") from None
+
+
+def build_training(cfg: RunConfig, classes: list[str], device: torch.device, seed: int
+                   ) -> tuple[CAMModel, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, Objective]:
+    """The model (seeded, channels-last on a GPU), Adam (fused on a GPU), the cosine schedule
+    and the mode's objective, as every run starts; ``bench.py`` builds its ``fast`` path here too."""
+    seed_everything(seed)
+    shape = cfg.model_config(len(classes))
+    model = CAMModel(shape.num_classes, cfg.weights, shape.backbone, shape.cut, shape.recipe,
+                     shape.deltas).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    return model, optimizer, scheduler, OBJECTIVES[cfg.mode](cfg, classes)
+
+
+def epoch_options(cfg: RunConfig, world: World = SINGLE) -> dict:
+    """The keyword arguments every ``run_epoch`` of a run shares."""
+    return dict(img_size=cfg.img_size, batch_size=cfg.batch_size, progress=cfg.progress,
+                world=world, precision=cfg.precision)
 
 
 def _save_epoch(run_dir: Path, cfg: RunConfig, model: CAMModel, optimizer: torch.optim.Optimizer,
@@ -575,16 +598,9 @@ def fit(cfg: RunConfig, train_set: dataloader.ImageSet, train_idx: torch.Tensor,
     Returns the best model and a summary."""
     if len(val_idx) < world.size:
         raise CamlabError(f"{len(val_idx)} validation images cannot be shared by {world.size} processes")
-    seed_everything(seed)
-    shape = cfg.model_config(len(train_set.classes))
-    model = CAMModel(shape.num_classes, cfg.weights, shape.backbone, shape.cut, shape.recipe,
-                     shape.deltas).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
-    objective = OBJECTIVES[cfg.mode](cfg, list(train_set.classes))
+    model, optimizer, scheduler, objective = build_training(cfg, list(train_set.classes), device, seed)
     train_objective = data_parallel(objective, model, world)
-    common = dict(img_size=cfg.img_size, batch_size=cfg.batch_size, progress=cfg.progress,
-                  world=world, precision=cfg.precision)
+    common = epoch_options(cfg, world)
     state = Progress()
     if cfg.resume and (run_dir / "last.pth").is_file():
         state = _resume_from(run_dir / "last.pth", cfg, model, optimizer, scheduler)
