@@ -12,6 +12,7 @@ multi-label head or the ACoL heads attach without another copy of the backbone.
 from __future__ import annotations
 
 import contextlib
+import pickle
 import socket
 import sys
 from collections import OrderedDict
@@ -123,10 +124,7 @@ def _file_state_dict(path: Path) -> dict:
     """A torchvision-format state dict saved with ``torch.save``, read without unpickling code."""
     if not path.is_file():
         raise CamlabError(f"--weights {path}: no such file (use 'imagenet', 'none' or a .pth path)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CamlabError(f"--weights {path}: not a loadable state dict ({reason(err)})") from None
+    state = safe_load(path, "cpu", f"--weights {path}: not a loadable state dict")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a whole training checkpoint of ours: take its weights
     if not isinstance(state, dict):
@@ -305,15 +303,26 @@ def save_checkpoint(path: Path, model: CAMModel, **meta) -> None:
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
+def safe_load(path: Path, device: torch.device | str, failure: str):
+    """``torch.load(weights_only=True)``: tensors and plain values only, so a file that would run
+    code while unpickling is refused before any of it runs. Any failure is ``failure`` plus why."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CamlabError(f"{failure} (it holds Python objects that would run code when loaded; "
+                          f"refused, nothing was run)") from None
+    except RuntimeError as err:  # torch's zip reader: a truncated or damaged file
+        raise CamlabError(f"{failure} (truncated or damaged: {reason(err, 80)})") from None
+    except Exception as err:  # not a torch file, unreadable: all one message
+        raise CamlabError(f"{failure} ({reason(err)})") from None
+
+
 def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tuple[CAMModel, dict]:
     """``(model with the saved weights, the checkpoint dict)``; never unpickles code."""
     path = Path(path)
     if not path.is_file():
         raise CamlabError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:
-        raise CamlabError(f"checkpoint {path} cannot be read safely ({reason(err)})") from None
+    ckpt = safe_load(path, device, f"checkpoint {path} cannot be read safely")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CamlabError(f"checkpoint {path} was not written by camlab (no '{CHECKPOINT_FORMAT}' tag)")
     try:
