@@ -30,7 +30,7 @@ caches it on disk), nor the untimed warm-up batches. The naive ``DataLoader``'s 
 in the warm-up and persist through the rounds: in a real 2,000-image epoch their start-up is
 spread thin, in a short round it would not be.
 
-Output: the JSON written to ``--out`` (any path you name; an existing file is replaced only
+Output: the JSON written to ``--out`` (a file under report/; an existing file is replaced only
 with ``--overwrite``) and a Markdown table on stdout.
 """
 from __future__ import annotations
@@ -719,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fewer images (CPU: 3 rounds of 32 per training pipeline, of 64 per "
                         "inference pipeline; about 1.5 minutes on an idle 2-core CPU)")
     p.add_argument("--out", default=str(utils.REPORT_DIR / "bench.json"),
-                   help="JSON output, any path; an existing file is kept unless --overwrite")
+                   help="JSON output, a file under report/; an existing file is kept unless --overwrite")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--img_size", type=int, default=224)
     p.add_argument("--batch_size", type=int, default=32)
@@ -754,6 +754,9 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
 
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
+    if not out.resolve().is_relative_to(utils.REPORT_DIR.resolve()) or out.resolve() == utils.REPORT_DIR.resolve():
+        raise CamlabError(f"--out {out} would write outside {utils.REPORT_DIR}/; name a file there, "
+                          f"e.g. {utils.REPORT_DIR / 'bench.json'}")
     if out.is_dir():
         raise CamlabError(f"--out {out} is a folder; name a file")
     if out.exists() and not args.overwrite:

@@ -152,9 +152,12 @@ def test_cli_writes_json_and_keeps_an_existing_file(tiny_root: Path, tmp_path: P
     (["--img_size", "0"], "--img_size must be a positive integer"),
     (["--workers", "-1"], "--workers must not be negative"),
     (["--peak_gflops", "0"], "--peak_gflops must be positive"),
+    (["--out", "../b.json"], "would write outside report/"),
+    (["--out", "/tmp/b.json"], "would write outside report/"),
 ])
-def test_cli_one_line_errors(extra: list[str], message: str, tmp_path: Path, capsys) -> None:
-    code = _main(["--device", "cpu", "--out", str(tmp_path / "b.json")] + extra)
+def test_cli_one_line_errors(extra: list[str], message: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = _main(["--device", "cpu", "--out", "report/b.json"] + extra)
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err
-    assert not (tmp_path / "b.json").exists()
+    assert not (tmp_path / "report" / "b.json").exists() and not (tmp_path.parent / "b.json").exists()
