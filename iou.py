@@ -306,7 +306,7 @@ class Experiment:
 
     def split(self, split: str, n: int | None = None) -> "dataloader.ImageSet":
         data = dataloader.load_split(self.cfg.dataset, self.root, split, img_size=self.cfg.img_size,
-                                     progress=False)
+                                     progress=False, skip_bad=self.cfg.skip_bad)
         return (data if n is None else _subset(data, n)).to(self.device)
 
     def cams(self, data: "dataloader.ImageSet", form: str = "class",
@@ -707,12 +707,6 @@ METHODS: tuple[tuple[str, dict], ...] = (
     ("acol_pp", dict(mode="ACOL", recipe="pp", delta=(0.6,))),
     ("acol_pn", dict(mode="ACOL", recipe="pn", delta=(0.9,))),
     ("cse", dict(mode="CSE", oc_exp="{prefix}_cam")))
-# Settings that must agree for an existing run to be reused by the ablation or the comparison.
-_SHAPING = ("mode", "transform", "epochs", "batch_size", "lr", "img_size", "weights", "dataset",
-            "data_root", "seed", "scale", "rot_deg", "shift", "cam", "ser_weight", "val_fraction",
-            "backbone", "cut", "recipe", "delta", "oc_exp", "erase_weight", "erase_growth", "area_weight")
-
-
 def _runs(base: "train.RunConfig", prefix: str, table: tuple[tuple[str, dict], ...],
           form: str) -> list["train.RunConfig"]:
     """The configs of ``table``'s runs: ``<prefix>_<name>``, ``form`` as SEG's regularised CAM."""
@@ -720,11 +714,6 @@ def _runs(base: "train.RunConfig", prefix: str, table: tuple[tuple[str, dict], .
                                 **{k: (v.format(prefix=prefix) if isinstance(v, str) else v)
                                    for k, v in settings.items()})
             for name, settings in table]
-
-
-def _plain(value):
-    """A setting as metrics.json stores it (tuples become lists)."""
-    return json.loads(json.dumps(value))
 
 
 def _trained(cfg: "train.RunConfig") -> dict:
@@ -735,10 +724,8 @@ def _trained(cfg: "train.RunConfig") -> dict:
     if not path.is_file():  # never trained, or interrupted before it finished: (re)train it
         return train.train(dataclasses.replace(cfg, overwrite=True))
     metrics = json.loads(path.read_text())
-    wanted = {k: _plain(getattr(cfg, k)) for k in _SHAPING}
-    found = {k: metrics.get("args", {}).get(k) for k in _SHAPING}
-    if wanted != found:
-        differ = [k for k in _SHAPING if wanted[k] != found[k]]
+    differ = train.differing(cfg, metrics.get("args", {}))
+    if differ:
         raise CamlabError(f"{cfg.run_dir()} holds a run with other settings ({', '.join(differ)}); "
                           f"move it away or use another --prefix")
     print(f"reusing {cfg.run_dir()} (same settings)")

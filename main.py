@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue checkpoints/<exp_id>/ from its last.pth (same settings), exactly as if never stopped")
     run.add_argument("--deterministic", action="store_true",
-                     help="deterministic kernels only (exact repeats on a GPU; slower there)")
+                     help="deterministic kernels wherever torch has them (exact repeats; slower on a GPU)")
     run.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch stays)")
 
     data = p.add_argument_group("data")

@@ -347,7 +347,7 @@ def _lab_form(model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
 
 def _class_form(model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
                 classes: torch.Tensor) -> torch.Tensor:
-    return normalize_cam(select_class(model.class_cams(features), classes))
+    return normalize_cam(model.localization_cam(features, classes))
 
 
 # name -> (model, features N×C×h×w, gap N×C, classes int64 N) -> one map per image, N×h×w.

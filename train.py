@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import io
 import json
 import math
@@ -119,8 +120,8 @@ def random_states() -> dict:
     np_state = np.random.get_state(legacy=False)
     np_state["state"]["key"] = np_state["state"]["key"].tolist()
     states = {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()  # this process's GPU only (one per DDP rank)
     return states
 
 
@@ -132,7 +133,7 @@ def restore_random_states(states: dict) -> None:
     np.random.set_state(np_state)
     torch.set_rng_state(states["torch"].cpu())
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+        torch.cuda.set_rng_state(states["cuda"].cpu())
 
 
 # -------------------------------------------------------------------------------- objectives
@@ -365,6 +366,9 @@ def current_world() -> World:
     return SINGLE
 
 
+DIST_TIMEOUT = datetime.timedelta(hours=24)
+
+
 @contextlib.contextmanager
 def distributed(device: str) -> Iterator[World]:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1), join the process group for the run: NCCL with
@@ -376,7 +380,8 @@ def distributed(device: str) -> Iterator[World]:
     use_cuda = resolve_device(device).type == "cuda"
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    # generous: with --cv a process may wait a whole fold for the others before the gather
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=DIST_TIMEOUT)
     try:
         yield current_world()
     finally:
@@ -454,7 +459,8 @@ def run_epoch(model: CAMModel, data: dataloader.ImageSet, indices: torch.Tensor,
     model.train(training)
     meter = EpochMeter()
     device = data.images.device
-    generator = torch.Generator().manual_seed(dataloader.epoch_seed(seed, epoch, stream=1))
+    # flips and transforms: stream 1 for the main process, its own stream for every other one
+    generator = torch.Generator().manual_seed(dataloader.epoch_seed(seed, epoch, stream=1 + world.rank))
     batches = dataloader.batch_indices(indices, batch_size, training, seed, epoch, world.rank, world.size)
     with torch.inference_mode(not training), autocast(device, precision):
         for idx in tqdm(batches, desc=desc, leave=False, disable=None if progress and world.main else True):
@@ -639,6 +645,8 @@ def evaluate(model: CAMModel, data: dataloader.ImageSet, cfg: RunConfig, desc: s
     """Cross-entropy and accuracy of ``model`` on every image of ``data`` (shared among the
     processes of ``world``). Accuracy reads the original images' scores in every mode, so SEG's
     transformed branch is not computed here."""
+    if len(data) < world.size:
+        raise CamlabError(f"{len(data)} test images cannot be shared by {world.size} processes")
     idx = torch.arange(len(data))
     return run_epoch(model, data, idx, objective=cam_objective, img_size=cfg.img_size,
                      batch_size=cfg.batch_size, desc=desc, progress=cfg.progress, world=world,
@@ -681,7 +689,9 @@ def _finish(run_dir: Path, cfg: RunConfig, result: dict, extra: dict) -> dict:
 def _start(cfg: RunConfig) -> tuple[Path, torch.device, World]:
     """The run folder, device and processes; cuDNN picks its fastest kernels for the fixed
     input size, unless deterministic kernels are asked for (exact repeats on a GPU)."""
-    torch.use_deterministic_algorithms(cfg.deterministic)
+    # warn_only: the bilinear-upsampling and grid-sample backwards SEG and CSE need have no
+    # deterministic CUDA kernel; torch warns once about them instead of stopping the run
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     world = current_world()
     device = resolve_device(cfg.device)

@@ -59,3 +59,60 @@ def test_folds_spread_over_processes(tmp_path) -> None:
     summary = json.loads((tmp_path / "checkpoints" / "cv" / "cv.json").read_text())
     assert [f["fold"] for f in summary["folds"]] == [1, 2, 3]
     assert all((tmp_path / "checkpoints" / "cv" / f"fold{k}" / "metrics.json").is_file() for k in (1, 2, 3))
+
+
+WORKER = '''
+import json, sys
+import torch, torch.distributed as dist
+import train
+from model import CAMModel
+
+def batch(rank):
+    g = torch.Generator().manual_seed(100 + rank)
+    return torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 1, 0]) if rank else torch.tensor([1, 1, 0, 0])
+
+def fresh():
+    torch.manual_seed(0)
+    net = CAMModel(2, "none")
+    return net, torch.optim.SGD(net.parameters(), lr=0.5)
+
+dist.init_process_group("gloo")
+world = train.current_world()
+net, opt = fresh()
+objective = train.data_parallel(train.cam_objective, net, world)  # kept: DDP must outlive backward
+step = objective(net, *batch(world.rank), None, 1)
+step.loss.backward()
+opt.step()
+flat = torch.cat([p.detach().flatten() for p in net.parameters()])
+everyone = [torch.zeros_like(flat) for _ in range(world.size)]
+dist.all_gather(everyone, flat)
+if world.rank == 0:  # the same step by hand: each rank's gradient, averaged, one SGD step
+    ref, ref_opt = fresh()
+    grads = []
+    for r in range(world.size):
+        ref.zero_grad()
+        train.cam_objective(ref, *batch(r)).loss.backward()
+        grads.append([p.grad.clone() for p in ref.parameters()])
+    for p, *gs in zip(ref.parameters(), *grads):
+        p.grad = sum(gs) / len(gs)
+    ref_opt.step()
+    expected = torch.cat([p.detach().flatten() for p in ref.parameters()])
+    json.dump({"ranks_equal": bool(torch.equal(everyone[0], everyone[1])),
+               "max_diff_to_average": float((everyone[0] - expected).abs().max()),
+               "moved": float((everyone[0] - torch.cat([p.detach().flatten() for p in fresh()[0].parameters()])).abs().max())},
+              open(sys.argv[1], "w"))
+dist.destroy_process_group()
+'''
+
+
+def test_ddp_averages_gradients_over_processes(tmp_path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path / "out.json")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["ranks_equal"] and out["moved"] > 1e-3  # different shards, one model
+    assert out["max_diff_to_average"] < 1e-5  # the step of the averaged gradient

@@ -25,11 +25,12 @@ from utils import CamlabError
 
 
 # ------------------------------------------------------------------------------ harness
-def _run_cases(cases: list[tuple[str, Callable[[], Any], Callable[[Any], None]]]) -> None:
+def _run_cases(cases: list[tuple[str, Callable[[], Any], Callable[[Any], None]]]) -> int:
     """Run ``(description, call, check)`` cases: ``check(call())`` when the call works, nothing
     when it raises CamlabError. Every other exception, and every failed check, is collected and
-    reported together at the end (with its case), instead of stopping at the first."""
-    broken = []
+    reported together at the end (with its case), instead of stopping at the first. Returns
+    how many calls worked (so that a function refusing everything is noticed)."""
+    broken, worked = [], 0
     for description, call, check in cases:
         try:
             result = call()
@@ -41,11 +42,13 @@ def _run_cases(cases: list[tuple[str, Callable[[], Any], Callable[[Any], None]]]
             try:
                 check(result)
                 problem = None
+                worked += 1
             except AssertionError as err:
                 problem = f"returned {_short(result)}: {err}"
         if problem:
             broken.append(f"{description} -> {problem}")
     assert not broken, f"{len(broken)} of {len(cases)} cases broke the promise:\n" + "\n".join(broken[:25])
+    return worked
 
 
 def _bad_message(err: CamlabError) -> str | None:
@@ -548,7 +551,8 @@ def test_metrics_on_random_arrays(name):
         described = ", ".join([*map(_describe, args), *(f"{k}={_describe(v)}" for k, v in kwargs.items())])
         cases.append((f"#{i} {name}({described})", _bind(fn, args, kwargs), check))
     with np.errstate(all="ignore"):  # a NaN warning is no failure; a NaN result is
-        _run_cases(cases)
+        worked = _run_cases(cases)
+    assert worked >= len(cases) // 5, f"only {worked} of {len(cases)} random inputs were accepted"
 
 
 def _bind(fn: Callable, args: tuple, kwargs: dict) -> Callable[[], Any]:

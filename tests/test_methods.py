@@ -201,3 +201,20 @@ def test_wsol_without_experiments_says_what_to_do(tmp_path, monkeypatch, capsys)
     assert iou.main(["--wsol"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "python main.py --mode CAM" in err
+
+
+def test_evaluation_reads_the_fused_map_of_the_p_heads() -> None:
+    torch.manual_seed(0)
+    net = CAMModel(num_classes=3, weights="none", recipe="pnp", deltas=(0.5,)).eval()
+    images, classes = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+    with torch.inference_mode():
+        features = net.forward_features(images)
+        outs = net.run_heads(features, classes)
+        fused = torch.maximum(model.minmax(model.select_class(outs[0].cams, classes)),
+                              model.minmax(model.select_class(outs[2].cams, classes)))
+        _, maps = model.localization_maps(net, images, (4, 4), "class", classes)
+    expected = model.minmax(nn.functional.interpolate(model.normalize_cam(fused).unsqueeze(1), size=(4, 4),
+                                                      mode="bilinear", align_corners=False)[:, 0])
+    assert torch.allclose(maps, expected, atol=1e-6)
+    head0 = model.minmax(model.select_class(outs[0].cams, classes))
+    assert not torch.allclose(fused, head0)  # the second p head changes the map
