@@ -647,10 +647,8 @@ def evaluate(model: CAMModel, data: dataloader.ImageSet, cfg: RunConfig, desc: s
     transformed branch is not computed here."""
     if len(data) < world.size:
         raise CamlabError(f"{len(data)} test images cannot be shared by {world.size} processes")
-    idx = torch.arange(len(data))
-    return run_epoch(model, data, idx, objective=cam_objective, img_size=cfg.img_size,
-                     batch_size=cfg.batch_size, desc=desc, progress=cfg.progress, world=world,
-                     precision=cfg.precision)
+    return run_epoch(model, data, torch.arange(len(data)), objective=cam_objective, desc=desc,
+                     **epoch_options(cfg, world))
 
 
 def load_data(cfg: RunConfig, device: torch.device) -> tuple[dataloader.ImageSet, dataloader.ImageSet]:
@@ -758,18 +756,16 @@ def train_CV(cfg: RunConfig) -> dict:  # noqa: N802 - the handout's name
             continue  # with several processes, each trains its own folds alone
         fold_dir = run_dir / f"fold{k}"
         fold_dir.mkdir(exist_ok=True)
-        done = _finished(fold_dir, cfg)
-        if done is not None:
-            print(f"fold {k}/{cfg.cv}: finished before, test accuracy {done['test_acc']:.4f}")
-            folds.append({"fold": k, "val_acc": done["best_val_acc"], "test_acc": done["test_acc"],
-                          "best_epoch": done["best_epoch"]})
-            continue
-        model, result = fit(cfg, train_set, torch.from_numpy(tr), torch.from_numpy(va),
-                            fold_dir, device, cfg.seed + k, desc=f"fold {k}/{cfg.cv} ")
-        result["test_acc"] = evaluate(model, test_set, cfg)["acc"]
-        _finish(fold_dir, cfg, result, {"fold": k, "n_train": len(tr), "n_val": len(va)})
-        folds.append({"fold": k, "val_acc": result["best_val_acc"], "test_acc": result["test_acc"],
-                      "best_epoch": result["best_epoch"]})
+        metrics = _finished(fold_dir, cfg)
+        if metrics is not None:
+            print(f"fold {k}/{cfg.cv}: finished before, test accuracy {metrics['test_acc']:.4f}")
+        else:
+            model, result = fit(cfg, train_set, torch.from_numpy(tr), torch.from_numpy(va),
+                                fold_dir, device, cfg.seed + k, desc=f"fold {k}/{cfg.cv} ")
+            result["test_acc"] = evaluate(model, test_set, cfg)["acc"]
+            metrics = _finish(fold_dir, cfg, result, {"fold": k, "n_train": len(tr), "n_val": len(va)})
+        folds.append({"fold": k, "val_acc": metrics["best_val_acc"], "test_acc": metrics["test_acc"],
+                      "best_epoch": metrics["best_epoch"]})
     folds = _gather_folds(folds, world)
     if not world.main:
         return {}
