@@ -297,7 +297,7 @@ class Experiment:
     def load(cls, exp_id: str, device: str = "auto") -> "Experiment":
         dev = resolve_device(device)
         net, ckpt = model.load_checkpoint(safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth", dev)
-        cfg = train.RunConfig(**{k: v for k, v in ckpt["args"].items() if k in train.RunConfig.__annotations__})
+        cfg = train.RunConfig.from_args(ckpt["args"])
         return cls(exp_id, net.eval(), cfg, dataloader.resolve_root(cfg.dataset, cfg.data_root), dev)
 
     def has_masks(self) -> bool:
@@ -847,12 +847,9 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _base_run(args: argparse.Namespace) -> "train.RunConfig":
-    for flag in ("epochs", "img_size", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise CamlabError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
     return train.RunConfig(epochs=args.epochs, img_size=args.img_size, seed=args.seed,
                            batch_size=args.batch_size, weights=args.weights, data_root=args.data_root,
-                           device=args.device)
+                           device=args.device).checked()
 
 
 def _ablation(args: argparse.Namespace) -> None:

@@ -116,21 +116,8 @@ def config_from_args(args: argparse.Namespace) -> train.RunConfig:
     values = {f.name: getattr(args, f.name) for f in fields(train.RunConfig) if hasattr(args, f.name)}
     values["exp_id"] = args.mode.lower() if args.exp_id is None else args.exp_id
     values["progress"] = not args.quiet
-    for name in ("epochs", "batch_size", "img_size"):
-        if values[name] < 1:
-            raise CamlabError(f"--{name} must be a positive integer, got {values[name]}")
-    for name in ("lr", "scale"):
-        if not values[name] > 0:
-            raise CamlabError(f"--{name} must be positive, got {values[name]}")
     values["delta"] = tuple(values["delta"])
-    for name in ("ser_weight", "rot_deg", "erase_weight", "erase_growth", "area_weight"):
-        if not values[name] >= 0:
-            raise CamlabError(f"--{name} must not be negative, got {values[name]}")
-    if not 0 <= values["shift"] < 1:
-        raise CamlabError(f"--shift is a fraction of the side in [0, 1), got {values['shift']}")
-    cfg = train.RunConfig(**values)
-    cfg.model_config(1)  # a bad --recipe or --delta fails here, before any data is read
-    return cfg
+    return train.RunConfig(**values).checked()
 
 
 def run(args: argparse.Namespace) -> None:

@@ -83,6 +83,32 @@ class RunConfig:
     def run_dir(self) -> Path:
         return safe_subdir(CHECKPOINT_DIR, self.exp_id)
 
+    @classmethod
+    def from_args(cls, saved: dict) -> "RunConfig":
+        """A run's settings from the ``args`` its metrics.json or checkpoint saved: JSON's lists
+        become tuples again, and a setting the saved run predates takes its default."""
+        known = {k: v for k, v in saved.items() if k in cls.__annotations__}
+        if "delta" in known:
+            known["delta"] = tuple(known["delta"])
+        return cls(**known)
+
+    def checked(self) -> "RunConfig":
+        """These settings, after the range checks every command line shares (one line naming
+        the flag); a bad --recipe or --delta fails here too, before any data is read."""
+        for name in ("epochs", "batch_size", "img_size"):
+            if getattr(self, name) < 1:
+                raise CamlabError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("lr", "scale"):
+            if not getattr(self, name) > 0:
+                raise CamlabError(f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("ser_weight", "rot_deg", "erase_weight", "erase_growth", "area_weight"):
+            if not getattr(self, name) >= 0:
+                raise CamlabError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.shift < 1:
+            raise CamlabError(f"--shift is a fraction of the side in [0, 1), got {self.shift}")
+        self.model_config(1)
+        return self
+
     def model_config(self, num_classes: int) -> ModelConfig:
         """The model this run trains: ACOL's heads per ``recipe``, one ``p`` head otherwise."""
         recipe = self.recipe if self.mode == "ACOL" else "p"
@@ -102,8 +128,7 @@ def shaping(cfg: RunConfig) -> dict:
 def differing(cfg: RunConfig, saved_args: dict) -> list[str]:
     """The shaping settings in which ``cfg`` and a saved run's ``args`` differ (a setting the
     saved run predates counts as its default)."""
-    known = {k: v for k, v in saved_args.items() if k in RunConfig.__annotations__}
-    saved = shaping(RunConfig(**{**known, "delta": tuple(known.get("delta", RunConfig.delta))}))
+    saved = shaping(RunConfig.from_args(saved_args))
     return [k for k, v in shaping(cfg).items() if saved[k] != v]
 
 
