@@ -283,24 +283,13 @@ class BenchData:
 
 def load_bench_data(s: BenchSettings, device: torch.device) -> BenchData:
     """The lab-layout dataset at ``--data_root`` (default: the embedded synthetic one,
-    generated when missing), decoded as ``train.load_data`` does and moved to the device."""
-    root = dataloader.resolve_root("lab", s.data_root)
-    kw = dict(img_size=s.img_size, progress=False)
-    train_set = dataloader.load_split("lab", root, "train", **kw)
-    test_set = dataloader.load_split("lab", root, "test", **kw)
-    return BenchData(root, train_set.to(device), test_set.to(device))
+    generated when missing), read by ``train.load_data`` as a run reads it, on the device."""
+    return BenchData(dataloader.resolve_root("lab", s.data_root), *train.load_data(run_config(s, "CAM"), device))
 
 
 def cycled(n: int, available: int) -> torch.Tensor:
     """Indices 0..n-1 wrapped around a split of ``available`` images (a small split is reused)."""
     return torch.arange(n) % available
-
-
-def subset(data: dataloader.ImageSet, idx: torch.Tensor) -> dataloader.ImageSet:
-    """The images ``idx`` of ``data`` as an ImageSet of their own (on the same device)."""
-    dev_idx = idx.to(data.images.device)
-    return dataloader.ImageSet(data.images[dev_idx], data.labels[dev_idx],
-                               [data.names[i] for i in idx.tolist()], data.classes)
 
 
 # --------------------------------------------------------------------- naive: the handout
@@ -439,8 +428,8 @@ def fast_infer(s: BenchSettings, data: BenchData, device: torch.device,
     cfg = run_config(s, "CAM")
     net, _ = build_model(cfg, data.test.classes, device, compile_model)
     net.eval()
-    timed = subset(data.test, cycled(s.n_infer, len(data.test)))
-    warm = subset(data.test, cycled(s.warmup_batches * s.batch_size, len(data.test)))
+    timed = data.test.take(cycled(s.n_infer, len(data.test)))
+    warm = data.test.take(cycled(s.warmup_batches * s.batch_size, len(data.test)))
 
     def run(part: dataloader.ImageSet) -> None:
         iou.dataset_cams(net, part, cfg.img_size, INFER_FORM, batch_size=cfg.batch_size)

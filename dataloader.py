@@ -82,6 +82,12 @@ class ImageSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def take(self, idx: torch.Tensor) -> ImageSet:
+        """The images ``idx`` (int64, repeats allowed) as a set of their own, on the same device."""
+        on_device = idx.to(self.images.device)
+        return dataclasses.replace(self, images=self.images[on_device], labels=self.labels[on_device],
+                                   names=[self.names[i] for i in idx.tolist()])
+
 
 # ------------------------------------------------------------------------- loading a split
 def default_root(dataset: str) -> Path:
@@ -523,8 +529,7 @@ def _cached(cache_dir: Path | None, key: str, build: Callable[[], ImageSet]) -> 
     data = _read_cache(path)
     if data is None:
         data = build()
-        payload = {"images": data.images, "labels": data.labels, "names": data.names,
-                   "classes": data.classes, "skipped": data.skipped}
+        payload = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
         _write_cache(path, payload)
     return data
 

@@ -278,9 +278,7 @@ def split_masks(root: Path, split: str, names: Sequence[str]) -> np.ndarray | No
 def _subset(data: "dataloader.ImageSet", n: int, seed: int = 0) -> "dataloader.ImageSet":
     if n >= len(data):
         return data
-    keep = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(data), n, replace=False)))
-    return dataloader.ImageSet(data.images[keep], data.labels[keep],
-                               [data.names[k] for k in keep.tolist()], data.classes)
+    return data.take(torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(data), n, replace=False))))
 
 
 @dataclasses.dataclass
