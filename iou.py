@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import io
 import json
 import sys
@@ -307,6 +308,12 @@ class Experiment:
                                      progress=False, skip_bad=self.cfg.skip_bad)
         return (data if n is None else _subset(data, n)).to(self.device)
 
+    @functools.cached_property
+    def test(self) -> tuple["dataloader.ImageSet", np.ndarray]:
+        """The test split and its masks, read once however many measures use them."""
+        data = self.split("test")
+        return data, split_masks(self.root, "test", data.names)
+
     def cams(self, data: "dataloader.ImageSet", form: str = "class",
              of_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
         return dataset_cams(self.net, data, self.cfg.img_size, form, of_labels=of_labels)
@@ -327,9 +334,8 @@ def _localization(exp: Experiment, form: str, n_threshold: int) -> dict:
     fit_set = exp.split("train", n_threshold)
     curve = iou_curve(exp.cams(fit_set, form)[1], split_masks(exp.root, "train", fit_set.names), THRESHOLD_GRID)
     threshold, train_iou = pick_threshold(THRESHOLD_GRID, curve)
-    test_set = exp.split("test")
-    test_curve = iou_curve(exp.cams(test_set, form)[1], split_masks(exp.root, "test", test_set.names),
-                           THRESHOLD_GRID)
+    test_set, test_masks = exp.test
+    test_curve = iou_curve(exp.cams(test_set, form)[1], test_masks, THRESHOLD_GRID)
     return {"exp_id": exp.exp_id, "cam": form, "threshold": threshold, "train_iou": train_iou,
             "test_iou": float(test_curve[THRESHOLD_GRID.index(threshold)]),
             "n_threshold_images": len(fit_set), "n_test": len(test_set),
@@ -623,9 +629,8 @@ def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto") -> di
     if not exp.has_masks():
         return None
     report = _localization(exp, "class", n_threshold)
-    test_set = exp.split("test")
+    test_set, masks = exp.test
     preds, cams = exp.cams(test_set, of_labels=True)
-    masks = split_masks(exp.root, "test", test_set.names)
     boxes = [[box] if (box := mask_box(m)) is not None else [] for m in masks]
     labels = test_set.labels.cpu().numpy()
     report.update(test_acc=float(np.mean(preds == labels)), pxap=pxap(cams, masks),
@@ -705,6 +710,8 @@ METHODS: tuple[tuple[str, dict], ...] = (
     ("acol_pp", dict(mode="ACOL", recipe="pp", delta=(0.6,))),
     ("acol_pn", dict(mode="ACOL", recipe="pn", delta=(0.9,))),
     ("cse", dict(mode="CSE", oc_exp="{prefix}_cam")))
+
+
 def _runs(base: "train.RunConfig", prefix: str, table: tuple[tuple[str, dict], ...],
           form: str) -> list["train.RunConfig"]:
     """The configs of ``table``'s runs: ``<prefix>_<name>``, ``form`` as SEG's regularised CAM."""
