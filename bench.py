@@ -109,16 +109,24 @@ _DEFAULT_COUNTS = {
 }
 
 
+# flag -> (low, high, why), both ends inclusive (--img_size and --batch_size: train.RANGES, then
+# the model's size check). 0 for a count means its default.
+BENCH_RANGES: dict[str, tuple[int, int, str]] = {
+    "workers": (0, 64, "DataLoader processes"),
+    "n_train": (0, 1_000_000, "0: the default"),
+    "n_infer": (0, 1_000_000, "0: the default"),
+    "warmup_batches": (0, 10_000, "0: the default"),
+    "rounds": (0, 1_000, "0: the default"),
+}
+
+
 def resolve_settings(s: BenchSettings, device: torch.device) -> BenchSettings:
     """Fill the device-dependent defaults and check every number; a bad one is a CamlabError."""
-    for name in ("img_size", "batch_size"):
-        if getattr(s, name) < 1:
-            raise CamlabError(f"--{name} must be a positive integer, got {getattr(s, name)}")
-    for name in ("workers", "n_train", "n_infer", "warmup_batches", "rounds"):
-        if getattr(s, name) < 0:
-            raise CamlabError(f"--{name} must not be negative, got {getattr(s, name)}")
-    if s.peak_gflops is not None and not s.peak_gflops > 0:
-        raise CamlabError(f"--peak_gflops must be positive, got {s.peak_gflops}")
+    for flag, (low, high, why) in BENCH_RANGES.items():
+        utils.check_range(f"--{flag}", getattr(s, flag), low, high, why=why)
+    if s.peak_gflops is not None:
+        utils.check_range("--peak_gflops", s.peak_gflops, 0, 1e9, open_low=True)
+    run_config(s, "SEG").checked()  # the image size and batch that the SEG task trains must fit
     unknown = [t for t in s.tasks if t not in TASKS]
     if unknown or not s.tasks:
         raise CamlabError(f"--tasks: choose from {', '.join(TASKS)}, got {list(s.tasks)}")

@@ -99,8 +99,11 @@ def default_root(dataset: str) -> Path:
 
 
 def resolve_root(dataset: str, data_root: str | Path | None) -> Path:
-    """``--data_root`` when given, else the dataset's default root."""
-    return Path(data_root) if data_root else default_root(dataset)
+    """``--data_root`` when given, else the dataset's default root. An empty one is a mistake
+    (an unset shell variable, say), not a request for the default."""
+    if data_root is not None and not str(data_root).strip():
+        raise CamlabError("--data_root is empty: name a dataset folder, or leave the flag out for the default")
+    return Path(data_root) if data_root is not None else default_root(dataset)
 
 
 def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 224,

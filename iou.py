@@ -42,8 +42,8 @@ import train
 import visualize
 from dataloader import read_mask, read_mask_dir
 from utils import (CHECKPOINT_DIR, DEFAULT_DATA_ROOT, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, REPORT_DIR,
-                   VISUALIZE_DIR, CamlabError, OneLineParser, atomic_write_text, resolve_device,
-                   run_cli, safe_subdir)
+                   VISUALIZE_DIR, CamlabError, OneLineParser, atomic_write_text, check_range,
+                   resolve_device, run_cli, safe_subdir)
 
 # Candidate thresholds for choose_threshold: 0.05, 0.10, ..., 0.95 (rounded, so 0.15 prints as 0.15).
 THRESHOLD_GRID: tuple[float, ...] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2).tolist())
@@ -793,8 +793,7 @@ def ablation_table(rows: list[dict], base: "train.RunConfig", form: str, shared:
 
 
 # ---------------------------------------------------------------------------- command line
-def main(argv: list[str] | None = None) -> int:
-    """``python iou.py``: IoU of every experiment under visualize/, printed and written to report/."""
+def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="iou.py", description=__doc__.splitlines()[0])
     parser.add_argument("--gt_dir", type=Path, default=None,
                         help="ground-truth masks <stem>.png (default: test_seg/ of the data root the "
@@ -819,11 +818,21 @@ def main(argv: list[str] | None = None) -> int:
         ab.add_argument(f"--{flag}", type=int, default=getattr(train.RunConfig, flag))
     ab.add_argument("--weights", default=train.RunConfig.weights)
     ab.add_argument("--data_root", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python iou.py``: IoU of every experiment under visualize/, printed and written to report/."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if sum((args.ablation, args.methods, args.wsol)) > 1:
         parser.error("choose one of --ablation, --methods and --wsol")
     command = _ablation if args.ablation else _methods if args.methods else _wsol if args.wsol else _report
-    return run_cli("iou.py", lambda: command(args))
+
+    def body() -> None:
+        check_range("--n_threshold", args.n_threshold, 1, 1_000_000, why="training images that choose a threshold")
+        command(args)
+    return run_cli("iou.py", body)
 
 
 def _default_gt_dir() -> Path:

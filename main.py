@@ -8,6 +8,7 @@ A problem with the user's input ends in one line on stderr and exit code 2, neve
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 
@@ -139,4 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        train.exit_process(code)  # a torchrun worker: see exit_process for why not sys.exit
+    sys.exit(code)

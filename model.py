@@ -12,6 +12,8 @@ multi-label head or the ACoL heads attach without another copy of the backbone.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import pickle
 import socket
 import sys
@@ -164,6 +166,80 @@ def build_backbone(config: ModelConfig, state_dict: dict | None = None,
     return backbone, _stage_channels(backbone[-1])
 
 
+class InputShape(NamedTuple):
+    """What an ``img_size``×``img_size`` input becomes in a backbone cut at a stage:
+    ``feature_side`` (h = w of the feature maps) and ``activation_bytes`` (float32 bytes of every
+    layer's output for one image, what a training step keeps for its backward pass)."""
+
+    feature_side: int
+    activation_bytes: int
+
+
+def input_shape(config: ModelConfig, img_size: int) -> InputShape:
+    """Measured by one forward pass on the ``meta`` device, which computes shapes and allocates
+    nothing, so any backbone and any size (even absurd ones) costs milliseconds."""
+    backbone = _meta_backbone(config.backbone, config.cut)
+    with torch.device("meta"):
+        total = 0
+
+        def count(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            nonlocal total
+            total += output.numel() * output.element_size()
+
+        leaves = [m for m in backbone.modules() if not list(m.children())]
+        handles = [m.register_forward_hook(count) for m in leaves]
+        try:
+            features = backbone(torch.empty(1, 3, img_size, img_size))
+        finally:
+            for handle in handles:
+                handle.remove()
+    return InputShape(features.shape[-1], total)
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_backbone(backbone: str, cut: str) -> nn.Sequential:
+    """The backbone with no storage behind its weights, in eval mode (batch statistics of one
+    image would refuse 1×1 maps); built once per process, as building is the slow part."""
+    with torch.device("meta"):
+        return build_backbone(ModelConfig(backbone=backbone, cut=cut))[0].eval()
+
+
+# Training keeps each layer's output for the backward pass, plus gradients and workspace: the
+# peak RSS of a training step grew by 1.15× the forward outputs (ResNet-18 through layer2, batch
+# 32, 112 and 224 px, this project's CPU); 2 leaves room for the data and the allocator.
+TRAINING_MEMORY_FACTOR = 2
+MIN_FEATURE_SIDE = 2  # a 1×1 feature map has no spatial extent to localise anything in
+
+
+def memory_limit(device: torch.device) -> int:
+    """Bytes one process may use for a batch: the GPU's memory, or the machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_input_size(config: ModelConfig, img_size: int, batch_size: int, device: torch.device,
+                     flag: str = "--img_size") -> InputShape:
+    """Refuse an ``img_size`` whose feature maps at ``config.cut`` are smaller than 2×2, or a
+    batch whose activations cannot fit in ``device``'s memory: one line naming the flags."""
+    shape = input_shape(config, img_size)
+    if shape.feature_side < MIN_FEATURE_SIDE:
+        smallest = next(s for s in range(img_size + 1, 10_000)
+                        if input_shape(config, s).feature_side >= MIN_FEATURE_SIDE)
+        raise CamlabError(f"{flag} {img_size} gives {shape.feature_side}×{shape.feature_side} feature maps "
+                          f"after {config.cut}; at least {smallest} gives {MIN_FEATURE_SIDE}×{MIN_FEATURE_SIDE}")
+    need, have = batch_size * shape.activation_bytes * TRAINING_MEMORY_FACTOR, memory_limit(device)
+    if need > have:
+        raise CamlabError(f"{flag} {img_size} with --batch_size {batch_size} needs about {_gib(need)} "
+                          f"for one batch's activations on {device.type}, which has {_gib(have)}; "
+                          f"lower --img_size or --batch_size")
+    return shape
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
 def _load_kept(backbone: nn.Sequential, state_dict: dict, source: str) -> None:
     wanted = backbone.state_dict()
     missing = [k for k in wanted if k not in state_dict]
@@ -303,17 +379,51 @@ def save_checkpoint(path: Path, model: CAMModel, **meta) -> None:
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
+# How torch.save's files begin: a zip archive (since torch 1.6) or a pickle (the legacy format).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+_KNOWN_KINDS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                (b"BM", "a BMP image"), (b"%PDF", "a PDF"), (b"\x1f\x8b", "a gzip file"))
+
+
+def _file_kind(head: bytes) -> str:
+    """What a file that is not a PyTorch checkpoint looks like, from its first bytes."""
+    if not head:
+        return "an empty file"
+    for magic, kind in _KNOWN_KINDS:
+        if head.startswith(magic):
+            return kind
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return "a file of another format"
+
+
 def safe_load(path: Path, device: torch.device | str, failure: str):
     """``torch.load(weights_only=True)``: tensors and plain values only, so a file that would run
-    code while unpickling is refused before any of it runs. Any failure is ``failure`` plus why."""
+    code while unpickling is refused before any of it runs. Any failure is ``failure`` plus why:
+    not a PyTorch checkpoint at all (text, an image: told from the first bytes), an incomplete
+    one, or a pickle that would run code."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as err:
+        raise CamlabError(f"{failure} ({reason(err)})") from None
+    if not head.startswith(_TORCH_MAGIC):
+        raise CamlabError(f"{failure}: it is not a PyTorch checkpoint ({_file_kind(head)}, "
+                          f"not a file torch.save wrote)")
     try:
         return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        raise CamlabError(f"{failure} (it holds Python objects that would run code when loaded; "
-                          f"refused, nothing was run)") from None
-    except RuntimeError as err:  # torch's zip reader: a truncated or damaged file
-        raise CamlabError(f"{failure} (truncated or damaged: {reason(err, 80)})") from None
-    except Exception as err:  # not a torch file, unreadable: all one message
+    except pickle.UnpicklingError as err:
+        if head.startswith(b"PK") or "weights_only" in str(err) or "global" in str(err).lower():
+            raise CamlabError(f"{failure} (it holds Python objects that would run code when loaded; "
+                              f"refused, nothing was run)") from None
+        raise CamlabError(f"{failure}: it is not a complete PyTorch checkpoint "
+                          f"(truncated or damaged: {reason(err, 80)})") from None
+    except (RuntimeError, EOFError) as err:  # torch's zip reader, or a pickle cut short
+        raise CamlabError(f"{failure}: it is not a complete PyTorch checkpoint "
+                          f"(truncated or damaged: {reason(err, 80)})") from None
+    except Exception as err:  # unreadable in some other way: all one message
         raise CamlabError(f"{failure} ({reason(err)})") from None
 
 

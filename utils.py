@@ -6,6 +6,7 @@ Kept apart from the six role modules because each of them needs these and none o
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -115,12 +116,48 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+SEED_MAX = 2**32 - 1  # numpy's seeds lie in [0, 2**32)
+
+
+def check_range(flag: str, value: float, low: float, high: float, *, open_low: bool = False,
+                open_high: bool = False, why: str = "") -> None:
+    """Refuse ``value`` (NaN and infinities included) unless it lies between ``low`` and ``high``,
+    each end inclusive unless ``open_*``: one line naming ``flag``, the range and ``why``."""
+    above = low < value if open_low else low <= value
+    below = value < high if open_high else value <= high
+    if not (math.isfinite(value) and above and below):
+        span = f"{'(' if open_low else '['}{_number(low)}, {_number(high)}{')' if open_high else ']'}"
+        raise CamlabError(f"{flag} must lie in {span}{f' ({why})' if why else ''}, got {_number(value)}")
+
+
+def _number(x: float) -> str:
+    """Integers as written (2**32 - 1, not 4.29497e+09), other numbers in short form."""
+    return str(int(x)) if isinstance(x, int) or (math.isfinite(x) and x == int(x) and abs(x) < 1e16) else f"{x:g}"
+
+
+# What the allocators say when a tensor does not fit (CPU: c10's DefaultCPUAllocator; CUDA:
+# torch.OutOfMemoryError, a RuntimeError too).
+_NO_MEMORY = ("can't allocate memory", "tried to allocate", "out of memory")
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(err, RuntimeError) and any(s in str(err) for s in _NO_MEMORY))
+
+
 def run_cli(prog: str, body: Callable[[], Any]) -> int:
-    """Run a command's body; a CamlabError becomes one line on stderr and exit code 2."""
+    """Run a command's body; a CamlabError becomes one line on stderr and exit code 2, and so
+    does an allocation that does not fit (the size checks estimate; this catches the rest)."""
     try:
         body()
     except CamlabError as err:
         print(f"{prog}: error: {reason(err, limit=2000)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        print(f"{prog}: error: out of memory ({reason(err, 160)}); lower --img_size or --batch_size",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

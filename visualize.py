@@ -4,6 +4,7 @@ matplotlib draws off screen (Agg), so figures are written on servers without a d
 """
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import sys
@@ -23,7 +24,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS  # noqa: E402
 import dataloader  # noqa: E402
 import model  # noqa: E402
 from utils import CHECKPOINT_DIR, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, VISUALIZE_DIR, CamlabError  # noqa: E402
-from utils import OneLineParser, atomic_write, atomic_write_text, resolve_device, run_cli, safe_subdir  # noqa: E402
+from utils import (OneLineParser, atomic_write, atomic_write_text, check_range, resolve_device,  # noqa: E402
+                   run_cli, safe_subdir)
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -213,7 +215,7 @@ def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str =
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="visualize.py", description="CAM overlays and masks for test_seg_source/.")
     p.add_argument("--exp_id", required=True, help="the run under checkpoints/ to visualise")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
@@ -222,9 +224,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="class: the paper's CAM of the predicted class; lab: the handout's softmax-weighted sum")
     p.add_argument("--data_root", default=None, help="default: the checkpoint's data root")
     p.add_argument("--device", default="auto", choices=DEVICES)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     def body() -> None:
+        check_range("--threshold", args.threshold, 0, 1, why="a share of the CAM's maximum")
         out = visualize_run(args.exp_id, args.threshold, args.cam, args.data_root, args.device)
         print(f"wrote overlays, masks and grid.png to {out}/")
     return run_cli("visualize.py", body)

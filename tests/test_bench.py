@@ -149,9 +149,9 @@ def test_cli_writes_json_and_keeps_an_existing_file(tiny_root: Path, tmp_path: P
 @pytest.mark.parametrize("extra, message", [
     (["--bogus"], "unrecognized arguments"),
     (["--tasks", "cam_nope"], "invalid choice"),
-    (["--img_size", "0"], "--img_size must be a positive integer"),
-    (["--workers", "-1"], "--workers must not be negative"),
-    (["--peak_gflops", "0"], "--peak_gflops must be positive"),
+    (["--img_size", "0"], "--img_size must lie in [1, 1048576], got 0"),
+    (["--workers", "-1"], "--workers must lie in [0, 64] (DataLoader processes), got -1"),
+    (["--peak_gflops", "0"], "--peak_gflops must lie in (0, 1000000000], got 0"),
     (["--out", "../b.json"], "would write outside report/"),
     (["--out", "/tmp/b.json"], "would write outside report/"),
 ])

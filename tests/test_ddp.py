@@ -76,32 +76,32 @@ def fresh():
     net = CAMModel(2, "none")
     return net, torch.optim.SGD(net.parameters(), lr=0.5)
 
-dist.init_process_group("gloo")
-world = train.current_world()
-net, opt = fresh()
-objective = train.data_parallel(train.cam_objective, net, world)  # kept: DDP must outlive backward
-step = objective(net, *batch(world.rank), None, 1)
-step.loss.backward()
-opt.step()
-flat = torch.cat([p.detach().flatten() for p in net.parameters()])
-everyone = [torch.zeros_like(flat) for _ in range(world.size)]
-dist.all_gather(everyone, flat)
-if world.rank == 0:  # the same step by hand: each rank's gradient, averaged, one SGD step
-    ref, ref_opt = fresh()
-    grads = []
-    for r in range(world.size):
-        ref.zero_grad()
-        train.cam_objective(ref, *batch(r)).loss.backward()
-        grads.append([p.grad.clone() for p in ref.parameters()])
-    for p, *gs in zip(ref.parameters(), *grads):
-        p.grad = sum(gs) / len(gs)
-    ref_opt.step()
-    expected = torch.cat([p.detach().flatten() for p in ref.parameters()])
-    json.dump({"ranks_equal": bool(torch.equal(everyone[0], everyone[1])),
-               "max_diff_to_average": float((everyone[0] - expected).abs().max()),
-               "moved": float((everyone[0] - torch.cat([p.detach().flatten() for p in fresh()[0].parameters()])).abs().max())},
-              open(sys.argv[1], "w"))
-dist.destroy_process_group()
+with train.distributed("cpu") as world:  # main.py's own start and end: a barrier, then the group goes
+    net, opt = fresh()
+    objective = train.data_parallel(train.cam_objective, net, world)  # kept: DDP must outlive backward
+    step = objective(net, *batch(world.rank), None, 1)
+    step.loss.backward()
+    opt.step()
+    flat = torch.cat([p.detach().flatten() for p in net.parameters()])
+    everyone = [torch.zeros_like(flat) for _ in range(world.size)]
+    dist.all_gather(everyone, flat)
+    if world.rank == 0:  # the same step by hand: each rank's gradient, averaged, one SGD step
+        ref, ref_opt = fresh()
+        grads = []
+        for r in range(world.size):
+            ref.zero_grad()
+            train.cam_objective(ref, *batch(r)).loss.backward()
+            grads.append([p.grad.clone() for p in ref.parameters()])
+        for p, *gs in zip(ref.parameters(), *grads):
+            p.grad = sum(gs) / len(gs)
+        ref_opt.step()
+        expected = torch.cat([p.detach().flatten() for p in ref.parameters()])
+        with open(sys.argv[1], "w") as out:  # closed here: exit_process skips finalisation
+            json.dump({"ranks_equal": bool(torch.equal(everyone[0], everyone[1])),
+                       "max_diff_to_average": float((everyone[0] - expected).abs().max()),
+                       "moved": float((everyone[0] - torch.cat([p.detach().flatten() for p in fresh()[0].parameters()])).abs().max())},
+                      out)
+train.exit_process(0)  # as main.py ends a torchrun worker
 '''
 
 

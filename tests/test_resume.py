@@ -166,7 +166,7 @@ def test_checkpoints_that_need_code_or_are_cut_short_are_refused(tiny_lab, tmp_p
     assert not evil_marker.exists()
     data = (run / "best.pth").read_bytes()
     (run / "best.pth").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CamlabError, match="cannot be read safely .truncated or damaged"):
+    with pytest.raises(CamlabError, match="cannot be read safely: it is not a complete PyTorch checkpoint .truncated or damaged"):
         model.load_checkpoint(run / "best.pth")
     import visualize
     assert visualize.main(["--exp_id", "v", "--device", "cpu"]) == 2
