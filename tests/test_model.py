@@ -153,3 +153,51 @@ def test_normalize_cam_over_valid_positions() -> None:
     valid = torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]])
     out = normalize_cam(cam, eps=1e-12, valid=valid)  # the 4 lies outside: the max is 2
     assert torch.allclose(out, torch.tensor([[[[2.0, 1.0], [0.5, 0.0]]]]))
+
+
+@pytest.mark.parametrize("size, side", [(7, 1), (8, 1), (9, 2), (16, 2), (17, 3), (32, 4), (224, 28)])
+def test_input_shape_gives_the_feature_side_of_a_real_forward(size: int, side: int) -> None:
+    """Hand count for layer2: conv1 (k7 s2 p3), maxpool (k3 s2 p1), layer2 (s2): 9 -> 5 -> 3 -> 2."""
+    config = M.ModelConfig()
+    assert M.input_shape(config, size).feature_side == side
+    net = M.CAMModel(2, "none").eval()
+    assert net.forward_features(torch.zeros(1, 3, size, size)).shape[-1] == side
+
+
+def test_activation_bytes_count_every_layer_output() -> None:
+    """At 32 px: the stem's outputs (conv1, bn1, relu at 64×16×16; maxpool 64×8×8); each basic
+    block's conv1, bn1, relu, conv2, bn2 and relu again (the one ReLU module runs twice), so six
+    outputs, eight with layer2's downsample conv and bn; layer1 at 64×8×8, layer2 at 128×4×4;
+    float32."""
+    stem = 3 * 64 * 16 * 16 + 64 * 8 * 8
+    layer1 = 2 * 6 * 64 * 8 * 8
+    layer2 = (8 + 6) * 128 * 4 * 4
+    assert M.input_shape(M.ModelConfig(), 32).activation_bytes == 4 * (stem + layer1 + layer2)
+
+
+def test_input_size_checks_name_the_flags() -> None:
+    config = M.ModelConfig()
+    with pytest.raises(CamlabError, match=r"--img_size 8 gives 1×1 feature maps after layer2; at least 9 gives 2×2"):
+        M.check_input_size(config, 8, 1, torch.device("cpu"))
+    with pytest.raises(CamlabError, match=r"--img_size 100000 with --batch_size 32 needs about .* GiB"):
+        M.check_input_size(config, 100_000, 32, torch.device("cpu"))
+    assert M.check_input_size(config, 16, 8, torch.device("cpu")).feature_side == 2
+
+
+@pytest.mark.parametrize("content, kind", [(b"", "an empty file"), (b"hello\n", "a text file"),
+                                           (b"\x89PNG\r\n\x1a\n\x00\x01", "a PNG image"),
+                                           (b"\xff\xd8\xff\xe0\x00", "a JPEG image")])
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path, content: bytes, kind: str) -> None:
+    path = tmp_path / "x.pth"
+    path.write_bytes(content)
+    with pytest.raises(CamlabError, match=f"it is not a PyTorch checkpoint \\({kind}, not a file torch.save wrote\\)"):
+        M.safe_load(path, "cpu", "checkpoint x.pth cannot be read safely")
+
+
+def test_a_cut_checkpoint_is_not_called_dangerous(tmp_path) -> None:
+    path = tmp_path / "x.pth"
+    torch.save({"w": torch.ones(3)}, path)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(CamlabError, match="not a complete PyTorch checkpoint .truncated or damaged") as err:
+        M.safe_load(path, "cpu", "checkpoint x.pth cannot be read safely")
+    assert "run code" not in str(err.value)

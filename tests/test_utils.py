@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+import utils
 from utils import CamlabError, atomic_write, atomic_write_text, reason, run_cli, safe_subdir
 
 
@@ -46,3 +47,37 @@ def test_run_cli_turns_errors_into_one_line(capsys) -> None:
     assert capsys.readouterr().err == "x.py: error: bad input here\n"
     assert run_cli("x.py", lambda: None) == 0
     assert reason(ValueError("")) == "ValueError"
+
+
+@pytest.mark.parametrize("value, ok", [(0, True), (1, True), (0.5, True), (-1e-9, False), (1.0000001, False),
+                                       (float("nan"), False), (float("inf"), False), (float("-inf"), False)])
+def test_check_range_closed(value: float, ok: bool) -> None:
+    if ok:
+        utils.check_range("--x", value, 0, 1)
+    else:
+        with pytest.raises(utils.CamlabError, match=r"^--x must lie in \[0, 1\] \(why\), got "):
+            utils.check_range("--x", value, 0, 1, why="why")
+
+
+def test_check_range_open_ends_and_plain_integers() -> None:
+    with pytest.raises(utils.CamlabError, match=r"--lr must lie in \(0, 1\], got 0$"):
+        utils.check_range("--lr", 0.0, 0, 1, open_low=True)
+    with pytest.raises(utils.CamlabError, match=r"--seed must lie in \[0, 4294967295\], got 99999999999$"):
+        utils.check_range("--seed", 99999999999, 0, utils.SEED_MAX)
+    utils.check_range("--lr", 1.0, 0, 1, open_low=True)
+    with pytest.raises(utils.CamlabError):
+        utils.check_range("--f", 1.0, 0, 1, open_high=True)
+
+
+def test_run_cli_turns_an_allocation_failure_into_one_line(capsys) -> None:
+    def body() -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 3840000000000 bytes.")
+    assert utils.run_cli("main.py", body) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of memory" in err and "lower --img_size or --batch_size" in err
+
+    def other() -> None:
+        raise RuntimeError("a bug")
+    with pytest.raises(RuntimeError, match="a bug"):  # anything else keeps its traceback
+        utils.run_cli("main.py", other)
