@@ -256,14 +256,34 @@ def dataset_cams(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: i
     maps at the stored image size, each of the image's top predicted class (``of_labels``: of
     its labelled class, as GT-known localisation asks); batched under ``torch.inference_mode``."""
     out_size = tuple(data.images.shape[-2:])
+    return _batched(net, data, img_size, batch_size, of_labels,
+                    lambda inputs, classes: model.localization_maps(net, inputs, out_size, form, classes))
+
+
+def protocol_cams(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, protocol: str,
+                  of_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(predictions, evaluation maps N×H×W in [0, 1])`` as ``protocol`` defines them
+    (:class:`Protocol`): wsolevaluation's from the raw maps (:func:`wsol_scoremaps`)."""
+    rule = _protocol(protocol)
+    if rule.form != "raw":
+        return dataset_cams(net, data, img_size, rule.form, of_labels=of_labels)
+    preds, raw = _batched(net, data, img_size, 64, of_labels,
+                          lambda inputs, classes: model.feature_maps(net, inputs, "raw", classes))
+    return preds, wsol_scoremaps(raw, tuple(data.images.shape[-2:]))
+
+
+def _batched(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, batch_size: int,
+             of_labels: bool, maps_of) -> tuple[np.ndarray, np.ndarray]:
+    """``maps_of(inputs, classes) -> (scores, maps)`` over ``data`` in batches (classes: the
+    labels with ``of_labels``, else None for the top prediction), one host copy at the end (the
+    GPU is never waited for batch by batch)."""
     preds, maps = [], []
-    for idx in torch.arange(len(data), device=data.images.device).split(batch_size):
-        inputs = dataloader.to_model_input(data.images[idx], img_size)
-        scores, cams = model.localization_maps(net, inputs, out_size, form,
-                                               data.labels[idx] if of_labels else None)
-        preds.append(scores.argmax(dim=1))
-        maps.append(cams.float())
-    # one copy to the host at the end: the GPU is never waited for batch by batch
+    with torch.inference_mode():
+        for idx in torch.arange(len(data), device=data.images.device).split(batch_size):
+            inputs = dataloader.to_model_input(data.images[idx], img_size)
+            scores, cams = maps_of(inputs, data.labels[idx] if of_labels else None)
+            preds.append(scores.argmax(dim=1))
+            maps.append(cams.float())
     return torch.cat(preds).cpu().numpy(), torch.cat(maps).cpu().numpy()
 
 
@@ -399,6 +419,54 @@ LOC_IOU_THRESHOLD = 0.5  # top-1 and GT-known localisation count a box right fro
 CAM_CURVE_INTERVAL = 0.01  # CAM thresholds of PxAP and MaxBoxAcc: arange(0, 1, interval)
 
 
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How the WSOL measures (PxAP, MaxBoxAcc/V2, top-1 and GT-known localisation) read a map.
+
+    ``wsolevaluation``, the default: exactly what clovaai/wsolevaluation computes (inference.py,
+    evaluation.py), so that a number can stand beside a published one. The evaluation map is the
+    raw class map (no ReLU), resized to the image with ``cv2.INTER_CUBIC`` and min-max normalised
+    (a constant map becomes zeros); a contour's box is ``(x, y, x + w, y + h)`` from
+    ``cv2.boundingRect``, clipped to ``(W - 1, H - 1)``; a threshold that leaves no contour gives
+    the box ``(0, 0, 0, 0)``; box areas count ``+ 1`` (``calculate_multiple_iou``); a ground-truth
+    box from a mask takes the same ends as a predicted one (``boundingRect`` of the mask).
+
+    ``camlab``, the earlier variant: the map of the ``class`` form (ReLU, divided by its max)
+    upsampled bilinearly and min-max normalised; inclusive boxes ``(x, y, x + w - 1, y + h - 1)``
+    of predictions and masks; no contour, no box (IoU 0). Kept under its name for older tables.
+    """
+
+    name: str
+    form: str               # the CAM form evaluated (model.CAM_FORMS)
+    exclusive_ends: bool    # boxes end at x + w, y + h (clipped to the image) rather than x + w - 1
+    box_when_empty: bool    # no contour still scores the box (0, 0, 0, 0)
+
+
+PROTOCOLS = {p.name: p for p in (Protocol("wsolevaluation", "raw", True, True),
+                                 Protocol("camlab", "class", False, False))}
+DEFAULT_PROTOCOL = "wsolevaluation"
+
+
+def wsol_scoremaps(raw: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """wsolevaluation's evaluation maps from raw CAMs N×h×w: each resized to ``out_size`` (H, W)
+    with ``cv2.INTER_CUBIC``, then ``normalize_scoremap``: minus its min, divided by its new max;
+    a constant map or one with NaN becomes all zeros. -> float32 N×H×W in [0, 1]."""
+    out = np.zeros((len(raw), *out_size), np.float32)
+    for i, cam in enumerate(np.asarray(raw, dtype=np.float32)):
+        cam = cv2.resize(cam, (out_size[1], out_size[0]), interpolation=cv2.INTER_CUBIC)
+        if np.isnan(cam).any() or cam.min() == cam.max():
+            continue
+        cam = cam - cam.min()
+        out[i] = cam / cam.max()
+    return out
+
+
+def _protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise CamlabError(f"--protocol {name!r}: choose from {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
 def cam_box(cam: np.ndarray, fraction: float = BOX_FRACTION) -> Box | None:
     """Box of one CAM by the rule of Zhou et al., "Learning Deep Features for Discriminative
     Localization" (CVPR 2016): keep the pixels with cam >= fraction · max(cam), then box the
@@ -423,14 +491,16 @@ def cam_box(cam: np.ndarray, fraction: float = BOX_FRACTION) -> Box | None:
     return int(x), int(y), int(x + w - 1), int(y + h - 1)
 
 
-def mask_box(mask: np.ndarray) -> Box | None:
+def mask_box(mask: np.ndarray, protocol: str = "camlab") -> Box | None:
     """Ground-truth box of one H×W mask (bool, or 0/255 uint8): the smallest box holding every
-    foreground pixel, (x0, y0, x1, y1) inclusive; None for an empty mask. On the embedded
-    dataset this is an object's box."""
+    foreground pixel, (x0, y0, x1, y1) inclusive under ``camlab``; under ``wsolevaluation`` the
+    ends are ``boundingRect``'s x + w, y + h (one past the last pixel), as its predicted boxes
+    are. None for an empty mask. On the embedded dataset this is an object's box."""
     ys, xs = np.nonzero(_as_bool(mask, "ground-truth"))
     if not len(xs):
         return None
-    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+    past = int(_protocol(protocol).exclusive_ends)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + past, int(ys.max()) + past
 
 
 def _box_area(boxes: np.ndarray) -> np.ndarray:
@@ -525,34 +595,45 @@ def pxap(cams: np.ndarray, masks: np.ndarray, interval: float = CAM_CURVE_INTERV
     return float(np.sum(precision[1:] * np.diff(recall)))
 
 
-def _contour_boxes(binary: np.ndarray, multi_contour: bool) -> np.ndarray:
-    """Inclusive boxes (K×4 int64) of the contours (``cv2.RETR_TREE``) of a 0/255 uint8 map:
-    every contour's with ``multi_contour``, else only the one of largest ``cv2.contourArea``;
-    0×4 when there is no contour. A contour's ``cv2.boundingRect`` (x, y, w, h) covers pixels
-    x .. x + w - 1, so its box is (x, y, x + w - 1, y + h - 1)."""
+def _contour_boxes(binary: np.ndarray, multi_contour: bool, protocol: Protocol) -> np.ndarray:
+    """Boxes (K×4 int64) of the contours (``cv2.RETR_TREE``) of a 0/255 uint8 map: every
+    contour's with ``multi_contour``, else only the one of largest ``cv2.contourArea``. A
+    contour's ``cv2.boundingRect`` (x, y, w, h) covers pixels x .. x + w - 1: its box is
+    (x, y, x + w - 1, y + h - 1) under ``camlab``, (x, y, min(x + w, W - 1), min(y + h, H - 1))
+    under ``wsolevaluation``. No contour: 0×4 (``camlab``) or the box (0, 0, 0, 0)."""
     contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
-    if contours and not multi_contour:
+    if not contours:
+        return np.zeros((int(protocol.box_when_empty), 4), dtype=np.int64)
+    if not multi_contour:
         contours = [max(contours, key=cv2.contourArea)]
     rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
-    return np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:] - 1], axis=1)
+    ends = rects[:, :2] + rects[:, 2:]
+    if protocol.exclusive_ends:
+        ends = np.minimum(ends, [binary.shape[1] - 1, binary.shape[0] - 1])
+    else:
+        ends = ends - 1
+    return np.concatenate([rects[:, :2], ends], axis=1)
+
+
+def threshold_boxes(cam: np.ndarray, tau: float, multi_contour: bool, protocol: Protocol) -> np.ndarray:
+    """The boxes of one map in [0, 1] at CAM threshold ``tau``, as wsolevaluation's
+    ``scoremap2bbox``: the map is quantised to uint8 (cam · 255) and a pixel is kept when its
+    value is above int(tau · the quantised max)."""
+    scores = (cam * 255).astype(np.uint8)
+    _, binary = cv2.threshold(scores, int(tau * scores.max()), 255, cv2.THRESH_BINARY)
+    return _contour_boxes(binary, multi_contour, protocol)
 
 
 def _threshold_ious(cam: np.ndarray, gt_boxes: Sequence[Sequence[int]], thresholds: np.ndarray,
-                    multi_contour: bool) -> np.ndarray:
-    """Best IoU of the map's boxes with its ground-truth boxes at each CAM threshold -> float64
-    T. As wsolevaluation: the map is quantised to uint8 (cam · 255) and a pixel is kept when
-    its value is above int(τ · the quantised max)."""
-    scores = (cam * 255).astype(np.uint8)
-    best = []
-    for tau in thresholds:
-        _, binary = cv2.threshold(scores, int(tau * scores.max()), 255, cv2.THRESH_BINARY)
-        best.append(_best_iou(_contour_boxes(binary, multi_contour), gt_boxes))
-    return np.array(best)
+                    multi_contour: bool, protocol: Protocol) -> np.ndarray:
+    """Best IoU of the map's boxes with its ground-truth boxes at each CAM threshold -> float64 T."""
+    return np.array([_best_iou(threshold_boxes(cam, tau, multi_contour, protocol), gt_boxes)
+                     for tau in thresholds])
 
 
 def max_box_acc(cams: np.ndarray, gt_boxes: Sequence[Sequence[Sequence[int]]],
                 iou_thresholds: Sequence[float] = BOX_IOU_THRESHOLDS, multi_contour: bool = True,
-                interval: float = CAM_CURVE_INTERVAL) -> dict[float | str, float]:
+                interval: float = CAM_CURVE_INTERVAL, protocol: str = DEFAULT_PROTOCOL) -> dict[float | str, float]:
     """MaxBoxAcc per IoU threshold δ and their mean, MaxBoxAccV2 (Choe et al., CVPR 2020), as
     ``BoxEvaluator`` of clovaai/wsolevaluation (evaluation.py) defines them, as fractions:
 
@@ -560,25 +641,21 @@ def max_box_acc(cams: np.ndarray, gt_boxes: Sequence[Sequence[Sequence[int]]],
         MaxBoxAcc(δ) = max_τ BoxAcc(τ, δ),  MaxBoxAccV2 = mean over δ of MaxBoxAcc(δ),
 
     τ over arange(0, 1, interval), one τ for the whole set but chosen per δ. boxes(s, τ): the
-    boxes of the contours of the thresholded map (see :func:`_threshold_ious`), every contour's
-    with ``multi_contour`` (V2), else the largest one's.
+    boxes of the contours of the thresholded map (:func:`threshold_boxes`), every contour's
+    with ``multi_contour`` (V2), else the largest one's, with the ends and the empty case of
+    ``protocol`` (:class:`Protocol`).
 
-    cams: float N×H×W in [0, 1]; gt_boxes: per image, a list of inclusive boxes (x0, y0, x1, y1)
-    (an image without boxes never counts as right). Returns {δ: MaxBoxAcc(δ), ..., "mean": ..}.
-
-    Two departures from wsolevaluation, both at the level of single pixels: a contour's box is
-    inclusive, (x, y, x + w - 1, y + h - 1), where theirs is (x, y, x + w, y + h) clipped to the
-    image, one pixel wider and taller than the region (on our small maps that extra pixel costs
-    much IoU); and a threshold that leaves no contour gives no box (IoU 0), where theirs scores
-    the box (0, 0, 0, 0).
+    cams: float N×H×W in [0, 1]; gt_boxes: per image, a list of boxes (x0, y0, x1, y1) in the
+    protocol's convention (see :func:`mask_box`); an image without boxes never counts as right.
+    Returns {δ: MaxBoxAcc(δ), ..., "mean": ..}.
     """
     _check_interval("max_box_acc", interval)
     cams = _as_batch(_check_unit_range(cams))
     if cams.ndim != 3 or 0 in cams.shape[1:]:
         raise CamlabError(f"max_box_acc: CAMs must be non-empty H×W or N×H×W maps, got shape {cams.shape}")
     _check_count("max_box_acc: CAMs and ground-truth box lists", len(cams), len(gt_boxes))
-    thresholds = np.arange(0, 1, interval)
-    ious = np.stack([_threshold_ious(c, b, thresholds, multi_contour) for c, b in zip(cams, gt_boxes)])
+    thresholds, rule = np.arange(0, 1, interval), _protocol(protocol)
+    ious = np.stack([_threshold_ious(c, b, thresholds, multi_contour, rule) for c, b in zip(cams, gt_boxes)])
     acc: dict[float | str, float] = {d: float((ious >= d).mean(axis=0).max()) for d in iou_thresholds}
     acc["mean"] = float(np.mean(list(acc.values())))
     return acc
@@ -586,10 +663,11 @@ def max_box_acc(cams: np.ndarray, gt_boxes: Sequence[Sequence[Sequence[int]]],
 
 def localization_accuracy(cams: np.ndarray, pred_classes: Sequence[int] | np.ndarray,
                           labels: Sequence[int] | np.ndarray, gt_boxes: Sequence[Sequence[Sequence[int]]],
-                          fraction: float = BOX_FRACTION,
-                          iou_threshold: float = LOC_IOU_THRESHOLD) -> dict[str, float]:
+                          fraction: float = BOX_FRACTION, iou_threshold: float = LOC_IOU_THRESHOLD,
+                          protocol: str = DEFAULT_PROTOCOL) -> dict[str, float]:
     """Top-1 and GT-known localisation accuracy (the ILSVRC measures the CAM paper reports),
-    as fractions, with the box of :func:`cam_box` at ``fraction``:
+    as fractions, with one box per map at ``fraction`` of its maximum: under ``wsolevaluation``
+    its box rule (:func:`threshold_boxes`, the largest contour), under ``camlab`` :func:`cam_box`:
 
         gt_known_loc = (1/N) Σ_n 1[IoU_n >= iou_threshold],
         top1_loc = (1/N) Σ_n 1[pred_n = label_n] · 1[IoU_n >= iou_threshold],
@@ -606,7 +684,19 @@ def localization_accuracy(cams: np.ndarray, pred_classes: Sequence[int] | np.nda
     pred, labels = np.asarray(pred_classes).ravel(), np.asarray(labels).ravel()
     _check_count("localization_accuracy: CAMs, predictions, labels and box lists",
                  len(cams), len(pred), len(labels), len(gt_boxes))
-    hit = np.array([_best_iou(cam_box(c, fraction) or [], b) >= iou_threshold for c, b in zip(cams, gt_boxes)])
+    rule = _protocol(protocol)
+    if rule.name != "camlab":  # its box rule quantises non-empty maps in [0, 1] to uint8
+        cams = _check_unit_range(cams)
+        if 0 in cams.shape[1:]:
+            raise CamlabError(f"localization_accuracy: empty maps of shape {cams.shape}")
+        if not 0 <= fraction <= 1:  # also refuses NaN
+            raise CamlabError(f"localization_accuracy: fraction must lie in [0, 1], got {fraction}")
+
+    def box(cam: np.ndarray) -> np.ndarray | Sequence:
+        if rule.name == "camlab":
+            return cam_box(cam, fraction) or []
+        return threshold_boxes(cam, fraction, False, rule)
+    hit = np.array([_best_iou(box(c), b) >= iou_threshold for c, b in zip(cams, gt_boxes)])
     return {"top1_loc": float(np.mean(hit & (pred == labels))), "gt_known_loc": float(np.mean(hit))}
 
 
@@ -616,28 +706,30 @@ METHOD_COLUMNS = (("test_acc", "test acc"), ("test_iou", "mean IoU"), ("pxap", "
                   ("max_box_acc_v2", "MaxBoxAccV2"), ("top1_loc", "top-1 loc"), ("gt_known_loc", "GT-known loc"))
 
 
-def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto") -> dict | None:
+def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
+                protocol: str = DEFAULT_PROTOCOL) -> dict | None:
     """Every measure of the methods table for ``exp_id`` on its test split, as fractions; None
     when the dataset has no masks (only the embedded one has them).
 
     test_acc: the best checkpoint's accuracy. test_iou: mean IoU of the predicted class's CAM at
     the threshold chosen on training masks (as :func:`localization_report`). PxAP, MaxBoxAccV2,
-    top-1 and GT-known localisation follow wsolevaluation and the CAM paper, and read the
-    labelled class's CAM; ground-truth boxes are the boxes of the object masks.
+    top-1 and GT-known localisation read the labelled class's map as ``protocol`` defines it
+    (:class:`Protocol`; wsolevaluation's by default); ground-truth boxes are the boxes of the
+    object masks, in the protocol's convention. The mean IoU keeps the handout's definition.
     """
     exp = Experiment.load(exp_id, device)
     if not exp.has_masks():
         return None
     report = _localization(exp, "class", n_threshold)
     test_set, masks = exp.test
-    preds, cams = exp.cams(test_set, of_labels=True)
-    boxes = [[box] if (box := mask_box(m)) is not None else [] for m in masks]
+    preds, cams = protocol_cams(exp.net, test_set, exp.cfg.img_size, protocol)
+    boxes = [[box] if (box := mask_box(m, protocol)) is not None else [] for m in masks]
     labels = test_set.labels.cpu().numpy()
     report.update(test_acc=float(np.mean(preds == labels)), pxap=pxap(cams, masks),
-                  max_box_acc_v2=max_box_acc(cams, boxes)["mean"],
-                  **localization_accuracy(cams, preds, labels, boxes),
-                  method=_method_name(exp.cfg), mean_mask_area=float(masks.mean()))
-    report["examples"] = _examples(test_set, cams, boxes)
+                  max_box_acc_v2=max_box_acc(cams, boxes, protocol=protocol)["mean"],
+                  **localization_accuracy(cams, preds, labels, boxes, protocol=protocol),
+                  method=_method_name(exp.cfg), mean_mask_area=float(masks.mean()), protocol=protocol)
+    report["examples"] = _examples(test_set, cams, boxes, protocol)
     return report
 
 
@@ -652,10 +744,15 @@ def _method_name(cfg: "train.RunConfig") -> str:
     return cfg.mode
 
 
-def _examples(data: "dataloader.ImageSet", cams: np.ndarray, boxes: list, n: int = 8) -> list[dict]:
-    """The first ``n`` test images with their CAMs and boxes, for the report figure."""
+def _examples(data: "dataloader.ImageSet", cams: np.ndarray, boxes: list, protocol: str,
+              n: int = 8) -> list[dict]:
+    """The first ``n`` test images with their maps and boxes (the 20% box, inclusive for
+    drawing), for the report figure."""
+    def inclusive(box):
+        return None if box is None else (*box[:2], box[2] - int(_protocol(protocol).exclusive_ends),
+                                         box[3] - int(_protocol(protocol).exclusive_ends))
     return [{"image": data.images[i].permute(1, 2, 0).cpu().numpy(), "cam": cams[i],
-             "box": cam_box(cams[i]), "gt_box": boxes[i][0] if boxes[i] else None, "name": data.names[i]}
+             "box": cam_box(cams[i]), "gt_box": inclusive(boxes[i][0]) if boxes[i] else None, "name": data.names[i]}
             for i in range(min(n, len(data)))]
 
 
@@ -687,9 +784,11 @@ def write_methods_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> 
         raise CamlabError(f"no experiment under {CHECKPOINT_DIR}/ has a best.pth on a dataset with "
                           f"masks; train one first (python main.py --mode CAM)")
     csv_text, md = methods_table(reports)
-    note = (f"Mean IoU at each run's threshold chosen on training masks; PxAP, MaxBoxAccV2 (IoU 0.3/0.5/0.7, "
-            f"every contour) and localisation read the labelled class's CAM; boxes by the CAM paper's "
-            f"20% rule; {reports[0]['n_test']} test images.\n\n")
+    protocols = sorted({r["protocol"] for r in reports})
+    note = (f"Protocol: {', '.join(protocols)} (iou.py --protocol). Mean IoU at each run's threshold chosen on "
+            f"training masks (the handout's); PxAP, MaxBoxAccV2 (IoU 0.3/0.5/0.7, every contour) and top-1 / "
+            f"GT-known localisation (the 20% box) read the labelled class's map; "
+            f"{reports[0]['n_test']} test images.\n\n")
     atomic_write_text(Path(report_dir) / "methods.csv", csv_text)
     atomic_write_text(Path(report_dir) / "methods.md", note + md)
     visualize.plot_methods({r["exp_id"]: r["examples"] for r in reports}, Path(report_dir) / "methods_grid.png")
@@ -762,13 +861,14 @@ def run_ablation(base: "train.RunConfig", prefix: str = "ablation", form: str = 
     return table
 
 
-def run_methods(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500) -> str:
+def run_methods(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
+                protocol: str = DEFAULT_PROTOCOL) -> str:
     """Train (or reuse) every METHODS run under one seed, then evaluate them all with
     :func:`wsol_report` into ``report/methods.{csv,md}`` and ``report/methods_grid.png``."""
     configs = _runs(base, prefix, METHODS, "class")
     for cfg in configs:
         _trained(cfg)
-    reports = [wsol_report(cfg.exp_id, n_threshold, cfg.device) for cfg in configs]
+    reports = [wsol_report(cfg.exp_id, n_threshold, cfg.device, protocol) for cfg in configs]
     return write_methods_report([r for r in reports if r is not None])
 
 
@@ -804,6 +904,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training images whose masks choose each experiment's threshold")
     parser.add_argument("--no_full", action="store_true", help="only the ten-image table")
     parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=list(PROTOCOLS),
+                        help="how --wsol and --methods compute PxAP, MaxBoxAcc and localisation: "
+                             "wsolevaluation (its evaluation map and box rule exactly) or camlab (ReLU'd map, "
+                             "inclusive boxes, the earlier tables)")
     parser.add_argument("--wsol", action="store_true",
                         help="evaluate every experiment in checkpoints/ (IoU, PxAP, MaxBoxAccV2, top-1 and "
                              "GT-known localisation) into report/methods.csv and report/methods.md")
@@ -871,13 +975,13 @@ def _ablation(args: argparse.Namespace) -> None:
 
 
 def _methods(args: argparse.Namespace) -> None:
-    print(run_methods(_base_run(args), args.prefix or "methods", args.n_threshold), end="")
+    print(run_methods(_base_run(args), args.prefix or "methods", args.n_threshold, args.protocol), end="")
 
 
 def _wsol(args: argparse.Namespace) -> None:
     reports = []
     for exp_id in finished_experiments():
-        report = wsol_report(exp_id, args.n_threshold, args.device)
+        report = wsol_report(exp_id, args.n_threshold, args.device, args.protocol)
         if report is None:
             print(f"skipping {exp_id}: its dataset has no train_masks/ and test_masks/")
         else:

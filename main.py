@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rotate draws an angle per image in [-rot_deg, rot_deg]")
     seg.add_argument("--shift", type=float, default=DEFAULTS.shift,
                      help="translate draws a shift per image up to this fraction of the side")
-    seg.add_argument("--cam", default=DEFAULTS.cam, choices=list(model.CAM_FORMS),
+    seg.add_argument("--cam", default=DEFAULTS.cam, choices=list(model.SEG_CAM_FORMS),
                      help="lab: softmax-weighted sum of feature maps; class: fc weights of the label, "
                           "ReLU, divided by its max (SSENet)")
     seg.add_argument("--ser_weight", type=float, default=DEFAULTS.ser_weight,

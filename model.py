@@ -460,10 +460,17 @@ def _class_form(model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
     return normalize_cam(model.localization_cam(features, classes))
 
 
+def _raw_form(model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
+              classes: torch.Tensor) -> torch.Tensor:
+    return model.localization_cam(features, classes)
+
+
 # name -> (model, features N×C×h×w, gap N×C, classes int64 N) -> one map per image, N×h×w.
 # "lab": the handout's class-agnostic softmax-weighted sum; "class": the map of the given class,
-# ReLU, divided by its max (SSENet's form; the paper's CAM up to that scaling; ACoL's fused map).
-CAM_FORMS: dict[str, Callable[..., torch.Tensor]] = {"lab": _lab_form, "class": _class_form}
+# ReLU, divided by its max (SSENet's form; the paper's CAM up to that scaling; ACoL's fused map);
+# "raw": that map before the ReLU and scaling, what wsolevaluation min-max normalises.
+CAM_FORMS: dict[str, Callable[..., torch.Tensor]] = {"lab": _lab_form, "class": _class_form, "raw": _raw_form}
+SEG_CAM_FORMS = ("lab", "class")  # the forms SEG's equivariance loss compares (main.py --cam)
 
 
 def minmax(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -481,8 +488,15 @@ def localization_maps(model: CAMModel, inputs: torch.Tensor, out_size: tuple[int
     """``(scores N×K, maps N×H×W)`` for evaluation: each image's CAM (of ``classes``, else of
     its top prediction) upsampled bilinearly to ``out_size`` and min-max normalised to [0, 1].
     Call it with the model in eval mode (BatchNorm's running statistics)."""
+    scores, cams = feature_maps(model, inputs, form, classes)
+    cams = F.interpolate(cams.unsqueeze(1), size=out_size, mode="bilinear", align_corners=False)[:, 0]
+    return scores, minmax(cams)
+
+
+def feature_maps(model: CAMModel, inputs: torch.Tensor, form: str = "class",
+                 classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores N×K, maps N×h×w)``: each image's CAM in ``form`` (of ``classes``, else of its
+    top prediction) at the feature maps' resolution, neither resized nor normalised."""
     scores, features, gap = model(inputs)
     classes = scores.argmax(dim=1) if classes is None else classes
-    cams = CAM_FORMS[form](model, features, gap, classes).unsqueeze(1)
-    cams = F.interpolate(cams, size=out_size, mode="bilinear", align_corners=False)[:, 0]
-    return scores, minmax(cams)
+    return scores, CAM_FORMS[form](model, features, gap, classes)

@@ -518,7 +518,10 @@ def test_box_iou_of_a_box_and_its_half_is_half_at_every_scale(power):
 def _cases_localization_accuracy(rng):
     """localization_accuracy on CAMs of any scale with predictions, labels and box lists
     whose counts mostly agree, at documented and bad fractions and thresholds."""
-    cams = _array(rng) if rng.random() < 0.4 else rng.uniform(-1, 2, (3, 5, 5))
+    protocol = str(rng.choice(list(iou.PROTOCOLS)))  # wsolevaluation takes maps in [0, 1] only
+    low, high = (-1, 2) if protocol == "camlab" else (0, 1)
+    anything = _array(rng) if protocol == "camlab" else _cams(rng)  # any scale / CAM-like
+    cams = anything if rng.random() < 0.4 else rng.uniform(low, high, (3, 5, 5))
     n = len(cams) if cams.ndim else 0
     pred = rng.integers(0, 3, n if rng.random() < 0.8 else int(rng.integers(0, 4)))
     labels = rng.integers(0, 3, n if rng.random() < 0.8 else int(rng.integers(0, 4)))
@@ -526,6 +529,7 @@ def _cases_localization_accuracy(rng):
         kwargs = {"fraction": float(rng.uniform(0, 1)), "iou_threshold": float(rng.uniform(0, 1))}
     else:
         kwargs = {"fraction": _scalar(rng), "iou_threshold": _scalar(rng)}
+    kwargs["protocol"] = protocol
     return ((iou.localization_accuracy, (cams, pred, labels, _box_lists(rng, n)), kwargs),
             _fraction_dict({"top1_loc", "gt_known_loc"}))
 

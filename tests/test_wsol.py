@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+import iou
 import train
 from iou import box_iou, cam_box, localization_accuracy, mask_box, max_box_acc, pxap
 from utils import CamlabError
@@ -152,7 +153,7 @@ def test_pxap_rejects_bad_input() -> None:
 
 
 # ------------------------------------------------------------------------- max_box_acc
-def test_max_box_acc_picks_the_cam_threshold_per_iou_threshold() -> None:
+def test_camlab_max_box_acc_picks_the_cam_threshold_per_iou_threshold() -> None:
     # Both gt boxes are (0, 0, 3, 1). Below τ = 0.5 (0.5 quantises to 127, kept while
     # int(τ · 255) < 127) both maps give the whole 2×10 image: IoU 8/20 = 0.4 each.
     # From τ = 0.5 only the 1.0 pixels remain: image 1 gives (0, 0, 3, 1), IoU 1, image 2
@@ -160,31 +161,90 @@ def test_max_box_acc_picks_the_cam_threshold_per_iou_threshold() -> None:
     # (1/2); no single τ reaches all three.
     cams = np.stack([rows(1, 1, 1, 1, .5, .5, .5, .5, .5, .5), rows(.5, .5, .5, .5, .5, .5, .5, .5, .5, 1)])
     gt = [[(0, 0, 3, 1)], [(0, 0, 3, 1)]]
-    assert max_box_acc(cams, gt) == pytest.approx({0.3: 1.0, 0.5: 0.5, 0.7: 0.5, "mean": 2 / 3}, **EXACT)
+    assert max_box_acc(cams, gt, protocol="camlab") == pytest.approx({0.3: 1.0, 0.5: 0.5, 0.7: 0.5, "mean": 2 / 3}, **EXACT)
 
 
-def test_max_box_acc_multi_contour_lets_a_small_blob_compete() -> None:
+def test_camlab_multi_contour_lets_a_small_blob_compete() -> None:
     # gt: the 2×2 blob on the left; the 2×5 blob on the right has the larger contour area (4 vs 1)
     cams = rows(1, 1, 0, 0, 0, 1, 1, 1, 1, 1)[None]
     gt = [[(0, 0, 1, 1)]]
-    assert max_box_acc(cams, gt, multi_contour=True) == {0.3: 1.0, 0.5: 1.0, 0.7: 1.0, "mean": 1.0}
-    assert max_box_acc(cams, gt, multi_contour=False) == {0.3: 0.0, 0.5: 0.0, 0.7: 0.0, "mean": 0.0}
+    assert max_box_acc(cams, gt, multi_contour=True, protocol="camlab") == {0.3: 1.0, 0.5: 1.0, 0.7: 1.0, "mean": 1.0}
+    assert max_box_acc(cams, gt, multi_contour=False, protocol="camlab") == {0.3: 0.0, 0.5: 0.0, 0.7: 0.0, "mean": 0.0}
 
 
-def test_max_box_acc_contour_boxes_are_inclusive() -> None:
+def test_camlab_contour_boxes_are_inclusive() -> None:
     # the region is x 2..4, y 1..2 exactly; a box one pixel wider and taller, (2, 1, 5, 3),
     # would score 6/12 = 0.5 and miss δ = 0.7
     cam = np.zeros((5, 7))
     cam[1:3, 2:5] = 1.0
-    assert max_box_acc(cam[None], [[(2, 1, 4, 2)]], iou_thresholds=(0.7,)) == {0.7: 1.0, "mean": 1.0}
+    assert max_box_acc(cam[None], [[(2, 1, 4, 2)]], iou_thresholds=(0.7,), protocol="camlab") == {0.7: 1.0, "mean": 1.0}
 
 
-def test_max_box_acc_best_gt_box_counts_and_empty_maps_miss() -> None:
+def test_camlab_best_gt_box_counts_and_empty_maps_miss() -> None:
     cam = np.zeros((4, 4))
     cam[2:4, 2:4] = 1.0
     cams = np.stack([cam, np.zeros((4, 4))])  # the second map has no contour at any τ
     gt = [[(0, 0, 1, 1), (2, 2, 3, 3)], [(0, 0, 0, 0)]]
-    assert max_box_acc(cams, gt, iou_thresholds=(0.5,)) == {0.5: 0.5, "mean": 0.5}
+    assert max_box_acc(cams, gt, iou_thresholds=(0.5,), protocol="camlab") == {0.5: 0.5, "mean": 0.5}
+
+
+# --------------------------------------- the wsolevaluation protocol (the default), by hand
+def test_wsolevaluation_boxes_end_one_past_the_region() -> None:
+    """boundingRect of the region x 2..4, y 1..2 is (2, 1, 3, 2): the box is (2, 1, 2 + 3, 1 + 2)
+    = (2, 1, 5, 3). Against the inclusive (2, 1, 4, 2), with + 1 areas: 6 / (12 + 6 - 6) = 0.5;
+    against the mask's box in the same convention, (2, 1, 5, 3), IoU 1."""
+    cam = np.zeros((5, 7))
+    cam[1:3, 2:5] = 1.0
+    assert iou.threshold_boxes(cam, 0.5, True, iou.PROTOCOLS["wsolevaluation"]).tolist() == [[2, 1, 5, 3]]
+    assert mask_box(cam > 0, "wsolevaluation") == (2, 1, 5, 3)
+    assert max_box_acc(cam[None], [[(2, 1, 4, 2)]], iou_thresholds=(0.5, 0.7)) == {0.5: 1.0, 0.7: 0.0, "mean": 0.5}
+    assert max_box_acc(cam[None], [[(2, 1, 5, 3)]], iou_thresholds=(0.7,)) == {0.7: 1.0, "mean": 1.0}
+
+
+def test_wsolevaluation_clips_box_ends_to_the_last_pixel_but_not_the_ground_truth() -> None:
+    """The region x 4..6, y 3..4 of a 5×7 map: (4, 3, 4 + 3, 3 + 2) clipped to (6, 4); the
+    mask's box is not clipped, (4, 3, 7, 5): IoU 3·2 / (3·2 + 4·3 - 3·2) = 0.5."""
+    cam = np.zeros((5, 7))
+    cam[3:5, 4:7] = 1.0
+    assert iou.threshold_boxes(cam, 0.5, True, iou.PROTOCOLS["wsolevaluation"]).tolist() == [[4, 3, 6, 4]]
+    gt = mask_box(cam > 0, "wsolevaluation")
+    assert gt == (4, 3, 7, 5)
+    assert max_box_acc(cam[None], [[gt]], iou_thresholds=(0.5, 0.7)) == {0.5: 1.0, 0.7: 0.0, "mean": 0.5}
+
+
+def test_wsolevaluation_scores_the_box_0000_when_no_contour_is_left() -> None:
+    """An all-zero map leaves no contour at any τ: wsolevaluation scores (0, 0, 0, 0), area 1,
+    against (0, 0, 1, 1), area 4: IoU 1 / 4; camlab counts no box as a miss."""
+    cams, gt = np.zeros((1, 4, 4)), [[(0, 0, 1, 1)]]
+    assert max_box_acc(cams, gt, iou_thresholds=(0.25, 0.3)) == {0.25: 1.0, 0.3: 0.0, "mean": 0.5}
+    assert max_box_acc(cams, gt, iou_thresholds=(0.25,), protocol="camlab") == {0.25: 0.0, "mean": 0.0}
+
+
+def test_wsolevaluation_scoremaps_min_max_the_raw_map() -> None:
+    """No ReLU: [[-2, 0], [0, 2]] -> [[0, .5], [.5, 1]] (camlab's class form would zero the
+    negative corner and give [[0, 0], [0, 1]]); a constant map and one with NaN become zeros;
+    the cubic resize goes to the image size."""
+    raw = np.array([[[-2.0, 0.0], [0.0, 2.0]], [[3.0, 3.0], [3.0, 3.0]], [[np.nan, 1.0], [0.0, 2.0]]])
+    maps = iou.wsol_scoremaps(raw, (2, 2))
+    assert maps[0].tolist() == [[0.0, 0.5], [0.5, 1.0]]
+    assert not maps[1].any() and not maps[2].any()
+    big = iou.wsol_scoremaps(raw[:1], (5, 3))
+    assert big.shape == (1, 5, 3) and big.min() == 0.0 and big.max() == 1.0
+
+
+def test_wsolevaluation_localization_box_is_its_largest_contour() -> None:
+    """The 20% box: pixels above int(0.2 · 255) = 51 of the quantised map; two blobs, the 2×2
+    one (contour area 1) and the 2×3 one (area 2), which wins: boundingRect (3, 2, 3, 2), so the
+    box (3, 2, 3 + 3, 2 + 2) clipped to (5, 3)."""
+    cam = np.zeros((4, 6))
+    cam[0:2, 0:2] = 1.0
+    cam[2:4, 3:6] = 1.0
+    assert localization_accuracy(cam[None], [1], [1], [[(3, 2, 6, 4)]], iou_threshold=0.5) == \
+        {"top1_loc": 1.0, "gt_known_loc": 1.0}  # (3, 2, 5, 3) vs (3, 2, 6, 4): 6 / 12 = 0.5
+    assert localization_accuracy(cam[None], [1], [1], [[(0, 0, 2, 2)]], iou_threshold=0.5) == \
+        {"top1_loc": 0.0, "gt_known_loc": 0.0}
+    with pytest.raises(CamlabError):  # its uint8 quantisation needs maps in [0, 1]
+        localization_accuracy(cam[None] * 2, [1], [1], [[(0, 0, 2, 2)]])
 
 
 def test_max_box_acc_rejects_mismatched_counts() -> None:
@@ -202,7 +262,7 @@ def test_localization_accuracy_hand_case() -> None:
           [(2, 2, 3, 3), (0, 0, 1, 1)],   # wrong class, box matches the second gt box: GT-known only
           [(0, 0, 1, 1)],                 # right class, box elsewhere (IoU 0): neither
           [(0, 0, 1, 1)]]                 # right class, no box at all: neither
-    result = localization_accuracy(cams, pred_classes=[0, 1, 2, 2], labels=[0, 0, 2, 2], gt_boxes=gt)
+    result = localization_accuracy(cams, pred_classes=[0, 1, 2, 2], labels=[0, 0, 2, 2], gt_boxes=gt, protocol="camlab")
     assert result == {"top1_loc": 0.25, "gt_known_loc": 0.5}
 
 
@@ -211,11 +271,11 @@ def test_localization_accuracy_iou_of_exactly_half_counts() -> None:
     cam[0:2, 0:2] = 1.0
     cam[2, 0] = 0.1  # below 20% of the max: outside the box
     # box (0, 0, 1, 1) against gt (0, 0, 1, 3): 4 / 8 = 0.5
-    result = localization_accuracy(cam[None], [3], [3], [[(0, 0, 1, 3)]])
+    result = localization_accuracy(cam[None], [3], [3], [[(0, 0, 1, 3)]], protocol="camlab")
     assert result == {"top1_loc": 1.0, "gt_known_loc": 1.0}
     # at fraction 0.05 the 0.1 pixel (right below the blob) joins it: box (0, 0, 1, 2), IoU 6/8
     assert localization_accuracy(cam[None], [3], [3], [[(0, 0, 1, 3)]], fraction=0.05,
-                                 iou_threshold=0.75) == {"top1_loc": 1.0, "gt_known_loc": 1.0}
+                                 iou_threshold=0.75, protocol="camlab") == {"top1_loc": 1.0, "gt_known_loc": 1.0}
 
 
 # ------------------------------------------------------------------ rest_cross_entropy
