@@ -212,9 +212,12 @@ MIN_FEATURE_SIDE = 2  # a 1×1 feature map has no spatial extent to localise any
 
 
 def memory_limit(device: torch.device) -> int:
-    """Bytes one process may use for a batch: the GPU's memory, or the machine's RAM."""
+    """Bytes one process may use for a batch: the GPU's memory, or the machine's RAM. The GPU's
+    is read from its properties, which open no CUDA context (mem_get_info would open one on the
+    current device: under torchrun, GPU 0 for every process, before each takes its own)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[1]
+        index = device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.cuda.get_device_properties(index).total_memory
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
