@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
+import numpy as np
 import torch
 
 # ImageNet statistics: torchvision's pretrained ResNets expect inputs normalised with these.
@@ -163,3 +165,12 @@ def run_cli(prog: str, body: Callable[[], Any]) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 H×W (grey) or H×W×3 (RGB) as PNG bytes. The generator writes them straight into
+    its temporary folder (renamed whole when done); figures go through an atomic write."""
+    ok, buffer = cv2.imencode(".png", image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise CamlabError(f"cannot encode a {image.dtype} {image.shape} array as PNG")
+    return buffer.tobytes()

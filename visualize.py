@@ -24,7 +24,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS  # noqa: E402
 import dataloader  # noqa: E402
 import model  # noqa: E402
 from utils import CHECKPOINT_DIR, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, VISUALIZE_DIR, CamlabError  # noqa: E402
-from utils import (OneLineParser, atomic_write, atomic_write_text, check_range, resolve_device,  # noqa: E402
+from utils import (OneLineParser, atomic_write, atomic_write_text, check_range, encode_png, resolve_device,  # noqa: E402
                    run_cli, safe_subdir)
 
 
@@ -96,7 +96,7 @@ def heatmap_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> n
 
 def write_png(path: Path, image: np.ndarray) -> None:
     """uint8 H×W (grey) or H×W×3 (RGB) to PNG, atomically."""
-    encoded = dataloader.encode_png(image)
+    encoded = encode_png(image)
     atomic_write(path, lambda f: f.write(encoded))
 
 

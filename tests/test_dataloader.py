@@ -1,4 +1,4 @@
-"""Tests of dataloader.py: the synthetic generator (deterministic, masks and labels true to the
+"""Tests of dataloader.py and synthetic.py (imported as gen): the synthetic generator (deterministic, masks and labels true to the
 drawing), the three readers on tiny files, the decode cache, error messages, and the per-batch
 steps (batch_indices, to_model_input). Everything runs on a few 8-64 px images."""
 from __future__ import annotations
@@ -15,6 +15,8 @@ import pytest
 import torch
 
 import dataloader as dl
+import synthetic as gen
+import utils
 from utils import IMAGENET_MEAN, IMAGENET_STD, CamlabError
 
 QUIET = dict(cache_dir=None, progress=False)
@@ -60,14 +62,14 @@ SEED = 3
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "data"
-    dl.generate_synthetic(root, seed=SEED, n_train=12, n_test=20, progress=False)
+    gen.generate_synthetic(root, seed=SEED, n_train=12, n_test=20, progress=False)
     return root
 
 
 # ------------------------------------------------------------------------ synthetic dataset
 def test_generation_is_deterministic_per_seed(tmp_path, synthetic):
-    dl.generate_synthetic(tmp_path / "same", seed=SEED, n_train=12, n_test=20, progress=False)
-    dl.generate_synthetic(tmp_path / "other", seed=SEED + 1, n_train=12, n_test=20, progress=False)
+    gen.generate_synthetic(tmp_path / "same", seed=SEED, n_train=12, n_test=20, progress=False)
+    gen.generate_synthetic(tmp_path / "other", seed=SEED + 1, n_train=12, n_test=20, progress=False)
     same, other = tree_bytes(tmp_path / "same"), tree_bytes(synthetic)
     assert same == other
     different = tree_bytes(tmp_path / "other")
@@ -78,7 +80,7 @@ def test_generation_is_deterministic_per_seed(tmp_path, synthetic):
 
 def test_generation_refuses_an_existing_root(synthetic):
     with pytest.raises(CamlabError, match="already exists"):
-        dl.generate_synthetic(synthetic, n_train=1, n_test=1, progress=False)
+        gen.generate_synthetic(synthetic, n_train=1, n_test=1, progress=False)
 
 
 @pytest.mark.parametrize("split", dl.SPLITS)
@@ -88,18 +90,18 @@ def test_files_and_labels_are_what_was_drawn(synthetic, split):
     for index, line in enumerate(lines):
         name, label = line.split()
         assert name == f"{index:05d}.png"
-        sample = dl.draw_sample(dl._sample_rng(SEED, split, index), int(label))
-        assert sample.label == int(label) == dl._split_labels(SEED, split, len(lines))[index]
+        sample = gen.draw_sample(gen._sample_rng(SEED, split, index), int(label))
+        assert sample.label == int(label) == gen._split_labels(SEED, split, len(lines))[index]
         np.testing.assert_array_equal(read_rgb(synthetic / split / name), sample.image)
         np.testing.assert_array_equal(dl.read_mask(synthetic / f"{split}_masks" / name), sample.mask)
 
 
 def test_part_is_inside_the_mask_and_has_the_class_colour():
-    palette = np.array([style.rgb for style in dl.PART_STYLES], dtype=float)
+    palette = np.array([style.rgb for style in gen.PART_STYLES], dtype=float)
     shares = []
     for i in range(100):
-        label = i % len(dl.PART_STYLES)
-        sample = dl.draw_sample(np.random.default_rng(i), label)
+        label = i % len(gen.PART_STYLES)
+        sample = gen.draw_sample(np.random.default_rng(i), label)
         assert sample.image.shape == (64, 64, 3) and sample.image.dtype == np.uint8
         assert sample.part_mask.any() and not (sample.part_mask & ~sample.mask).any()
         mean_colour = sample.image[sample.part_mask].mean(axis=0)
@@ -111,7 +113,7 @@ def test_part_is_inside_the_mask_and_has_the_class_colour():
 
 def test_meta_and_segmentation_examples(synthetic):
     meta = json.loads((synthetic / "meta.json").read_text())
-    assert meta["classes"] == dl.SYNTHETIC_CLASSES and meta["seed"] == SEED
+    assert meta["classes"] == gen.SYNTHETIC_CLASSES and meta["seed"] == SEED
     assert meta["n_train"] == 12 and meta["n_test"] == 20 and meta["mean_part_share"] <= 0.3
     files = tree_bytes(synthetic)
     sources = sorted(p.name for p in (synthetic / "test_seg_source").iterdir())
@@ -127,7 +129,7 @@ def test_meta_and_segmentation_examples(synthetic):
 def test_lab_reader_on_the_synthetic_dataset(synthetic):
     data = dl.load_split("lab", synthetic, "test", **QUIET)
     assert len(data) == 20 and data.images.shape == (20, 3, 64, 64)
-    assert data.images.is_contiguous() and data.classes == dl.SYNTHETIC_CLASSES
+    assert data.images.is_contiguous() and data.classes == gen.SYNTHETIC_CLASSES
     np.testing.assert_array_equal(data.images[4].permute(1, 2, 0).numpy(),
                                   read_rgb(synthetic / "test" / "00004.png"))
 
@@ -388,7 +390,7 @@ def damaged_files(folder: Path) -> list[str]:
     """Three undecodable images in ``folder``: text, a truncated PNG, an empty file."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "text.png").write_bytes(b"this is not a PNG")
-    (folder / "cut.png").write_bytes(dl.encode_png(solid(7))[:40])
+    (folder / "cut.png").write_bytes(utils.encode_png(solid(7))[:40])
     (folder / "empty.png").write_bytes(b"")
     return ["text.png", "cut.png", "empty.png"]
 

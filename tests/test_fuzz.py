@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import dataloader as dl
+import utils
 import iou
 from utils import CamlabError
 
@@ -262,7 +263,7 @@ def test_annotation_files_of_random_lines(tmp_path):
     root = tmp_path / "lab"
     for name in IMAGES:
         (root / "train").mkdir(parents=True, exist_ok=True)
-        (root / "train" / name).write_bytes(dl.encode_png(np.full((4, 4, 3), IMAGES.index(name), np.uint8)))
+        (root / "train" / name).write_bytes(utils.encode_png(np.full((4, 4, 3), IMAGES.index(name), np.uint8)))
     (root / "train" / BAD_IMAGE).write_bytes(b"\x89PNG\r\n\x1a\n broken")
     rng = np.random.default_rng(202)
     cases = []
