@@ -440,10 +440,31 @@ class Protocol:
     form: str               # the CAM form evaluated (model.CAM_FORMS)
     exclusive_ends: bool    # boxes end at x + w, y + h (clipped to the image) rather than x + w - 1
     box_when_empty: bool    # no contour still scores the box (0, 0, 0, 0)
+    contour_box: bool       # the 20% box: the largest contour, else the largest 8-connected component
+
+    def box_at(self, cam: np.ndarray, fraction: float) -> np.ndarray:
+        """The one box of the CAM paper's rule (what is at least ``fraction`` of the map's max)
+        in this protocol: K×4 with K = 0 or 1, in this protocol's ends. ``wsolevaluation``:
+        :func:`threshold_boxes` with the largest contour (maps in [0, 1], as it quantises them);
+        ``camlab``: :func:`cam_box` (maps of any scale)."""
+        if not self.contour_box:
+            box = cam_box(cam, fraction)
+            return np.zeros((0, 4), np.int64) if box is None else np.array([box], np.int64)
+        cam = _check_unit_range(cam)
+        if cam.ndim != 2 or cam.size == 0:
+            raise CamlabError(f"a map for the 20% box must be one non-empty H×W map, got shape {cam.shape}")
+        if not 0 <= fraction <= 1:  # also refuses NaN
+            raise CamlabError(f"the 20% box: fraction must lie in [0, 1], got {fraction}")
+        return threshold_boxes(cam, fraction, False, self)
+
+    def inclusive(self, box: Sequence[int]) -> Box:
+        """A box in this protocol's ends as inclusive pixel coordinates (for drawing)."""
+        past = int(self.exclusive_ends)
+        return int(box[0]), int(box[1]), int(box[2]) - past, int(box[3]) - past
 
 
-PROTOCOLS = {p.name: p for p in (Protocol("wsolevaluation", "raw", True, True),
-                                 Protocol("camlab", "class", False, False))}
+PROTOCOLS = {p.name: p for p in (Protocol("wsolevaluation", "raw", True, True, True),
+                                 Protocol("camlab", "class", False, False, False))}
 DEFAULT_PROTOCOL = "wsolevaluation"
 
 
@@ -491,7 +512,7 @@ def cam_box(cam: np.ndarray, fraction: float = BOX_FRACTION) -> Box | None:
     return int(x), int(y), int(x + w - 1), int(y + h - 1)
 
 
-def mask_box(mask: np.ndarray, protocol: str = "camlab") -> Box | None:
+def mask_box(mask: np.ndarray, protocol: str = DEFAULT_PROTOCOL) -> Box | None:
     """Ground-truth box of one H×W mask (bool, or 0/255 uint8): the smallest box holding every
     foreground pixel, (x0, y0, x1, y1) inclusive under ``camlab``; under ``wsolevaluation`` the
     ends are ``boundingRect``'s x + w, y + h (one past the last pixel), as its predicted boxes
@@ -666,8 +687,7 @@ def localization_accuracy(cams: np.ndarray, pred_classes: Sequence[int] | np.nda
                           fraction: float = BOX_FRACTION, iou_threshold: float = LOC_IOU_THRESHOLD,
                           protocol: str = DEFAULT_PROTOCOL) -> dict[str, float]:
     """Top-1 and GT-known localisation accuracy (the ILSVRC measures the CAM paper reports),
-    as fractions, with one box per map at ``fraction`` of its maximum: under ``wsolevaluation``
-    its box rule (:func:`threshold_boxes`, the largest contour), under ``camlab`` :func:`cam_box`:
+    as fractions, with one box per map at ``fraction`` of its maximum (:meth:`Protocol.box_at`):
 
         gt_known_loc = (1/N) Σ_n 1[IoU_n >= iou_threshold],
         top1_loc = (1/N) Σ_n 1[pred_n = label_n] · 1[IoU_n >= iou_threshold],
@@ -685,18 +705,7 @@ def localization_accuracy(cams: np.ndarray, pred_classes: Sequence[int] | np.nda
     _check_count("localization_accuracy: CAMs, predictions, labels and box lists",
                  len(cams), len(pred), len(labels), len(gt_boxes))
     rule = _protocol(protocol)
-    if rule.name != "camlab":  # its box rule quantises non-empty maps in [0, 1] to uint8
-        cams = _check_unit_range(cams)
-        if 0 in cams.shape[1:]:
-            raise CamlabError(f"localization_accuracy: empty maps of shape {cams.shape}")
-        if not 0 <= fraction <= 1:  # also refuses NaN
-            raise CamlabError(f"localization_accuracy: fraction must lie in [0, 1], got {fraction}")
-
-    def box(cam: np.ndarray) -> np.ndarray | Sequence:
-        if rule.name == "camlab":
-            return cam_box(cam, fraction) or []
-        return threshold_boxes(cam, fraction, False, rule)
-    hit = np.array([_best_iou(box(c), b) >= iou_threshold for c, b in zip(cams, gt_boxes)])
+    hit = np.array([_best_iou(rule.box_at(c, fraction), b) >= iou_threshold for c, b in zip(cams, gt_boxes)])
     return {"top1_loc": float(np.mean(hit & (pred == labels))), "gt_known_loc": float(np.mean(hit))}
 
 
@@ -746,13 +755,14 @@ def _method_name(cfg: "train.RunConfig") -> str:
 
 def _examples(data: "dataloader.ImageSet", cams: np.ndarray, boxes: list, protocol: str,
               n: int = 8) -> list[dict]:
-    """The first ``n`` test images with their maps and boxes (the 20% box, inclusive for
-    drawing), for the report figure."""
-    def inclusive(box):
-        return None if box is None else (*box[:2], box[2] - int(_protocol(protocol).exclusive_ends),
-                                         box[3] - int(_protocol(protocol).exclusive_ends))
+    """The first ``n`` test images with their maps, the protocol's 20% box and the ground-truth
+    box (both inclusive, for drawing), for the report figure."""
+    rule = _protocol(protocol)
+
+    def drawn(found: np.ndarray | list) -> Box | None:
+        return rule.inclusive(found[0]) if len(found) else None
     return [{"image": data.images[i].permute(1, 2, 0).cpu().numpy(), "cam": cams[i],
-             "box": cam_box(cams[i]), "gt_box": inclusive(boxes[i][0]) if boxes[i] else None, "name": data.names[i]}
+             "box": drawn(rule.box_at(cams[i], BOX_FRACTION)), "gt_box": drawn(boxes[i]), "name": data.names[i]}
             for i in range(min(n, len(data)))]
 
 

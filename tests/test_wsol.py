@@ -62,15 +62,15 @@ def test_cam_box_of_an_empty_map_is_none() -> None:
 def test_cam_box_of_a_mask_is_the_mask_box() -> None:
     mask = np.zeros((6, 6), bool)
     mask[1:4, 2:6] = True
-    assert cam_box(mask.astype(float)) == mask_box(mask) == (2, 1, 5, 3)
+    assert cam_box(mask.astype(float)) == mask_box(mask, "camlab") == (2, 1, 5, 3)
 
 
 # ---------------------------------------------------------------------------- mask_box
 def test_mask_box_is_the_inclusive_bounding_box() -> None:
     mask = np.zeros((4, 5), bool)
     mask[1, 1] = mask[2, 3] = True
-    assert mask_box(mask) == (1, 1, 3, 2)
-    assert mask_box(mask.astype(np.uint8) * 255) == (1, 1, 3, 2)
+    assert mask_box(mask, "camlab") == (1, 1, 3, 2)
+    assert mask_box(mask.astype(np.uint8) * 255, "camlab") == (1, 1, 3, 2)
 
 
 def test_mask_box_of_an_empty_mask_is_none() -> None:
