@@ -109,21 +109,20 @@ _DEFAULT_COUNTS = {
 }
 
 
-# flag -> (low, high, why), both ends inclusive (--img_size and --batch_size: train.RANGES, then
-# the model's size check). 0 for a count means its default.
-BENCH_RANGES: dict[str, tuple[int, int, str]] = {
-    "workers": (0, 64, "DataLoader processes"),
-    "n_train": (0, 1_000_000, "0: the default"),
-    "n_infer": (0, 1_000_000, "0: the default"),
-    "warmup_batches": (0, 10_000, "0: the default"),
-    "rounds": (0, 1_000, "0: the default"),
+# flag -> Range (--img_size and --batch_size: train.RANGES, then the model's size check). 0 for
+# a count means its default.
+BENCH_RANGES: dict[str, utils.Range] = {
+    "workers": utils.Range(0, 64, "DataLoader processes"),
+    "n_train": utils.Range(0, 1_000_000, "0: the default"),
+    "n_infer": utils.Range(0, 1_000_000, "0: the default"),
+    "warmup_batches": utils.Range(0, 10_000, "0: the default"),
+    "rounds": utils.Range(0, 1_000, "0: the default"),
 }
 
 
 def resolve_settings(s: BenchSettings, device: torch.device) -> BenchSettings:
     """Fill the device-dependent defaults and check every number; a bad one is a CamlabError."""
-    for flag, (low, high, why) in BENCH_RANGES.items():
-        utils.check_range(f"--{flag}", getattr(s, flag), low, high, why=why)
+    utils.check_ranges(s, BENCH_RANGES)
     if s.peak_gflops is not None:
         utils.check_range("--peak_gflops", s.peak_gflops, 0, 1e9, open_low=True)
     run_config(s, "SEG").checked()  # the image size and batch that the SEG task trains must fit

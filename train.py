@@ -35,7 +35,7 @@ import visualize
 from model import (ACOL_DELTA, HEAD_KINDS, CAMModel, ModelConfig, check_input_size, load_checkpoint,
                    normalize_cam, save_checkpoint, select_class)
 from transforms import EquivarianceTransform, TransformSettings, parse_transform
-from utils import (CHECKPOINT_DIR, SEED_MAX, CamlabError, atomic_write_text, check_range, reason,
+from utils import (CHECKPOINT_DIR, SEED_MAX, CamlabError, Range, atomic_write_text, check_ranges, reason,
                    resolve_device, safe_subdir)
 
 
@@ -98,18 +98,15 @@ class RunConfig:
         """These settings, after the range checks every command line shares (one line naming
         the flag); a bad --recipe or --delta fails here too, before any data is read. The image
         size must give feature maps of 2×2 or more and a batch that fits in memory."""
-        for flag, (low, high, why) in RANGES.items():
-            check_range(f"--{flag}", getattr(self, flag), low, high, why=why)
-        for flag, (low, high, why) in POSITIVE_RANGES.items():
-            check_range(f"--{flag}", getattr(self, flag), low, high, open_low=True, why=why)
+        check_ranges(self, RANGES)
         dataloader.resolve_root(self.dataset, self.data_root)  # an empty --data_root, before any work
         if self.cv == 1:
             raise CamlabError("--cv 1 is not cross-validation: 0 for a single run, or 2 folds or more")
-        model_config = self.model_config(1)
-        check_input_size(model_config, self.img_size, self.batch_size, resolve_device(self.device))
+        model_config, device = self.model_config(1), resolve_device(self.device)
+        check_input_size(model_config, self.img_size, self.batch_size, device)
         if self.mode == "SEG" and "scale" in parse_transform(self.transform):
             small = round(self.img_size * self.scale)
-            check_input_size(model_config, max(small, 1), self.batch_size, resolve_device(self.device),
+            check_input_size(model_config, max(small, 1), self.batch_size, device,
                              flag=f"--img_size {self.img_size} × --scale {self.scale:g} =")
         return self
 
@@ -119,25 +116,22 @@ class RunConfig:
         return ModelConfig(num_classes, self.backbone, self.cut, recipe, tuple(self.delta))
 
 
-# The bounds of every numeric setting: flag -> (low, high, what the range means). Both ends are
-# inclusive; in POSITIVE_RANGES the low end is excluded. NaN and infinities never pass.
-RANGES: dict[str, tuple[float, float, str]] = {
-    "epochs": (1, 10_000, ""),
-    "batch_size": (1, 1 << 20, ""),
-    "img_size": (1, 1 << 20, ""),
-    "seed": (0, SEED_MAX, "numpy's seed range"),
-    "cv": (0, 1_000, "0: a single run"),
-    "rot_deg": (0, 180, "rotate draws an angle in [-rot_deg, rot_deg]"),
-    "shift": (0, 0.5, "a fraction of the side; beyond half no image is left to compare"),
-    "ser_weight": (0, 1_000, "a loss weight"),
-    "erase_weight": (0, 1_000, "a loss weight"),
-    "erase_growth": (0, 1_000, "added to a loss weight per epoch"),
-    "area_weight": (0, 1_000, "a loss weight"),
-}
-POSITIVE_RANGES: dict[str, tuple[float, float, str]] = {
-    "lr": (0, 1, "Adam's learning rate"),
-    "scale": (0, 4, "the scale transform's resize factor"),
-    "val_fraction": (0, 0.9, "the share of training images held out"),
+# The bounds of every numeric setting (flag -> Range). NaN and infinities never pass.
+RANGES: dict[str, Range] = {
+    "epochs": Range(1, 10_000),
+    "batch_size": Range(1, 1 << 20),
+    "img_size": Range(1, 1 << 20),
+    "seed": Range(0, SEED_MAX, "numpy's seed range"),
+    "cv": Range(0, 1_000, "0: a single run"),
+    "rot_deg": Range(0, 180, "rotate draws an angle in [-rot_deg, rot_deg]"),
+    "shift": Range(0, 0.5, "a fraction of the side; beyond half no image is left to compare"),
+    "ser_weight": Range(0, 1_000, "a loss weight"),
+    "erase_weight": Range(0, 1_000, "a loss weight"),
+    "erase_growth": Range(0, 1_000, "added to a loss weight per epoch"),
+    "area_weight": Range(0, 1_000, "a loss weight"),
+    "lr": Range(0, 1, "Adam's learning rate", open_low=True),
+    "scale": Range(0, 4, "the scale transform's resize factor", open_low=True),
+    "val_fraction": Range(0, 0.9, "the share of training images held out", open_low=True),
 }
 
 

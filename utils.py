@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -135,6 +135,22 @@ def check_range(flag: str, value: float, low: float, high: float, *, open_low: b
 def _number(x: float) -> str:
     """Integers as written (2**32 - 1, not 4.29497e+09), other numbers in short form."""
     return str(int(x)) if isinstance(x, int) or (math.isfinite(x) and x == int(x) and abs(x) < 1e16) else f"{x:g}"
+
+
+class Range(NamedTuple):
+    """The bounds of one numeric flag: ``low`` to ``high``, both inclusive unless ``open_low``,
+    and what the range means (shown in the error)."""
+
+    low: float
+    high: float
+    why: str = ""
+    open_low: bool = False
+
+
+def check_ranges(settings: object, ranges: dict[str, Range]) -> None:
+    """:func:`check_range` for every ``flag: Range`` of ``ranges`` on ``settings.<flag>``."""
+    for flag, r in ranges.items():
+        check_range(f"--{flag}", getattr(settings, flag), r.low, r.high, open_low=r.open_low, why=r.why)
 
 
 # What the allocators say when a tensor does not fit (CPU: c10's DefaultCPUAllocator; CUDA:
