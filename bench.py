@@ -7,7 +7,7 @@ for each task:
   ``Resize`` + ``ToTensor`` + ``Normalize``, a ``DataLoader`` with worker processes, fp32 NCHW,
   and a ``.item()`` per step as a typical student loop has;
 * ``fast``  - the project's own path, the code ``main.py`` runs: :func:`train.run_epoch` on an
-  :class:`dataloader.ImageSet` already on the device (training), :func:`iou.dataset_cams` (the
+  :class:`dataloader.ImageSet` already on the device (training), :func:`compare.dataset_cams` (the
   CAM extraction that evaluation runs);
 * ``bound`` - the model alone on float batches already on the device at the final resolution,
   made once before timing: the ceiling any data path can reach.
@@ -57,7 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as T
 
 import dataloader
-import iou
+import compare
 import model as model_lib
 import train
 import utils
@@ -72,7 +72,7 @@ TASK_MODE = {"cam_train": "CAM", "seg_train": "SEG", "cam_infer": "CAM"}
 # "Compute"). Override with --peak_gflops on another machine; on CUDA no default is assumed.
 CPU_PEAK_GFLOPS = 157.0
 
-INFER_FORM = "class"  # iou.localization_report's default CAM form for evaluation
+INFER_FORM = "class"  # compare.localization_report's default CAM form for evaluation
 FLOP_BATCH = 2        # images per FLOP count (FLOPs per image do not depend on it)
 RSS_SAMPLE_S = 0.005  # how often the CPU memory sampler reads /proc/self/statm
 
@@ -430,7 +430,7 @@ def fast_train(s: BenchSettings, data: BenchData, device: torch.device, mode: st
 
 def fast_infer(s: BenchSettings, data: BenchData, device: torch.device,
                compile_model: bool = False) -> Pipeline:
-    """:func:`iou.dataset_cams`, the CAM extraction evaluation runs (at this benchmark's
+    """:func:`compare.dataset_cams`, the CAM extraction evaluation runs (at this benchmark's
     batch size; evaluation's own default is 64)."""
     cfg = run_config(s, "CAM")
     net, _ = build_model(cfg, data.test.classes, device, compile_model)
@@ -439,7 +439,7 @@ def fast_infer(s: BenchSettings, data: BenchData, device: torch.device,
     warm = data.test.take(cycled(s.warmup_batches * s.batch_size, len(data.test)))
 
     def run(part: dataloader.ImageSet) -> None:
-        iou.dataset_cams(net, part, cfg.img_size, INFER_FORM, batch_size=cfg.batch_size)
+        compare.dataset_cams(net, part, cfg.img_size, INFER_FORM, batch_size=cfg.batch_size)
 
     return Pipeline(lambda: run(warm), lambda r: run(timed), len(timed), main_cudnn_benchmark(cfg))
 

@@ -36,6 +36,7 @@ from torchvision.datasets import folder as tv_folder
 from tqdm import tqdm
 
 import utils
+import synthetic
 from synthetic import SPLITS, generate_synthetic
 from utils import CamlabError
 
@@ -88,20 +89,21 @@ class ImageSet:
 
 
 # ------------------------------------------------------------------------- loading a split
-def default_root(dataset: str) -> Path:
-    """Where ``dataset`` is looked for when no root is given (relative to the working dir)."""
+def default_root(dataset: str, body_evidence: float | None = None) -> Path:
+    """Where ``dataset`` is looked for when no root is given (relative to the working dir); for
+    ``lab``, the embedded benchmark at that body-evidence setting (``synthetic.default_root``)."""
     _check_choice("dataset", dataset, DATASETS)
     if dataset == "lab":
-        return utils.DEFAULT_DATA_ROOT
+        return synthetic.default_root(body_evidence)
     return utils.DATA_DIR / dataset
 
 
-def resolve_root(dataset: str, data_root: str | Path | None) -> Path:
+def resolve_root(dataset: str, data_root: str | Path | None, body_evidence: float | None = None) -> Path:
     """``--data_root`` when given, else the dataset's default root. An empty one is a mistake
     (an unset shell variable, say), not a request for the default."""
     if data_root is not None and not str(data_root).strip():
         raise CamlabError("--data_root is empty: name a dataset folder, or leave the flag out for the default")
-    return Path(data_root) if data_root is not None else default_root(dataset)
+    return Path(data_root) if data_root is not None else default_root(dataset, body_evidence)
 
 
 def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 224,
@@ -161,13 +163,36 @@ _ROOT_HINTS = {
 
 
 def _ensure_root(dataset: str, root: Path, progress: bool) -> None:
-    """Generate the default synthetic dataset on first use; any other missing root is an error."""
+    """Generate an embedded dataset on first use (``data/synthetic`` or ``data/synthetic_be<x>``,
+    at its body-evidence setting); any other missing root is an error, and so is an embedded
+    dataset that an older generator wrote (its images would not match what the code redraws)."""
     if root.exists():
+        meta = synthetic.read_meta(root) if dataset == "lab" else None
+        if meta is not None and meta.get("version") != synthetic.SYNTHETIC_VERSION:
+            raise CamlabError(f"{root} holds version {meta.get('version')} of the embedded benchmark, and this "
+                              f"camlab draws version {synthetic.SYNTHETIC_VERSION}; delete {root} (it is generated, "
+                              f"python main.py makes it again) or pass another --data_root")
         return
-    if dataset == "lab" and root.resolve() == utils.DEFAULT_DATA_ROOT.resolve():
-        generate_synthetic(root, seed=0, progress=progress)
+    dial = next((d for d in _default_dials(root) if dataset == "lab"), None)
+    if dial is not None:
+        generate_synthetic(root, seed=0, progress=progress, body_evidence=dial)
         return
     raise CamlabError(f"data root '{root}' does not exist ({_ROOT_HINTS[dataset]})")
+
+
+def _default_dials(root: Path) -> list[float]:
+    """[the body-evidence setting] when ``root`` is where ``synthetic.default_root`` keeps one."""
+    name = root.name
+    if root.resolve().parent != utils.DEFAULT_DATA_ROOT.resolve().parent:
+        return []
+    if name == utils.DEFAULT_DATA_ROOT.name:
+        return [synthetic.BODY_EVIDENCE]
+    prefix = f"{utils.DEFAULT_DATA_ROOT.name}_be"
+    try:
+        dial = float(name[len(prefix):]) if name.startswith(prefix) else None
+    except ValueError:
+        return []
+    return [dial] if dial is not None and 0 <= dial <= 1 and synthetic.default_root(dial).name == name else []
 
 
 @dataclass

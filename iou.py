@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import functools
 import io
 import json
 import sys
@@ -34,16 +33,12 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-import torch
 
-import dataloader
 import model
 import train
-import visualize
 from dataloader import read_mask, read_mask_dir
-from utils import (CHECKPOINT_DIR, DEFAULT_DATA_ROOT, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, REPORT_DIR,
-                   VISUALIZE_DIR, CamlabError, OneLineParser, atomic_write_text, check_range,
-                   resolve_device, run_cli, safe_subdir)
+from utils import (DEFAULT_DATA_ROOT, DEVICES, PRED_SUFFIX, REPORT_DIR, VISUALIZE_DIR, CamlabError,
+                   OneLineParser, SEED_MAX, atomic_write_text, check_range, run_cli)
 
 # Candidate thresholds for choose_threshold: 0.05, 0.10, ..., 0.95 (rounded, so 0.15 prints as 0.15).
 THRESHOLD_GRID: tuple[float, ...] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2).tolist())
@@ -249,166 +244,6 @@ def write_report(stems: Sequence[str], experiments: Sequence[str], matrix: np.nd
     atomic_write_text(Path(report_dir) / "iou.md", md_text + extra_md)
 
 
-# ------------------------------------------------------------------- the whole test set
-def dataset_cams(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, form: str,
-                 batch_size: int = 64, of_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(predictions int64 N, CAMs float32 N×H×W in [0, 1])`` for every image of ``data``, the
-    maps at the stored image size, each of the image's top predicted class (``of_labels``: of
-    its labelled class, as GT-known localisation asks); batched under ``torch.inference_mode``."""
-    out_size = tuple(data.images.shape[-2:])
-    return _batched(net, data, img_size, batch_size, of_labels,
-                    lambda inputs, classes: model.localization_maps(net, inputs, out_size, form, classes))
-
-
-def protocol_cams(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, protocol: str,
-                  of_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``(predictions, evaluation maps N×H×W in [0, 1])`` as ``protocol`` defines them
-    (:class:`Protocol`): wsolevaluation's from the raw maps (:func:`wsol_scoremaps`)."""
-    rule = _protocol(protocol)
-    if rule.form != "raw":
-        return dataset_cams(net, data, img_size, rule.form, of_labels=of_labels)
-    preds, raw = _batched(net, data, img_size, 64, of_labels,
-                          lambda inputs, classes: model.feature_maps(net, inputs, "raw", classes))
-    return preds, wsol_scoremaps(raw, tuple(data.images.shape[-2:]))
-
-
-def _batched(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, batch_size: int,
-             of_labels: bool, maps_of) -> tuple[np.ndarray, np.ndarray]:
-    """``maps_of(inputs, classes) -> (scores, maps)`` over ``data`` in batches (classes: the
-    labels with ``of_labels``, else None for the top prediction), one host copy at the end (the
-    GPU is never waited for batch by batch)."""
-    preds, maps = [], []
-    with torch.inference_mode():
-        for idx in torch.arange(len(data), device=data.images.device).split(batch_size):
-            inputs = dataloader.to_model_input(data.images[idx], img_size)
-            scores, cams = maps_of(inputs, data.labels[idx] if of_labels else None)
-            preds.append(scores.argmax(dim=1))
-            maps.append(cams.float())
-    return torch.cat(preds).cpu().numpy(), torch.cat(maps).cpu().numpy()
-
-
-def split_masks(root: Path, split: str, names: Sequence[str]) -> np.ndarray | None:
-    """bool N×H×W masks from ``root/<split>_masks/<stem>.png`` (the embedded dataset writes
-    them), or None when the dataset has no such folder."""
-    folder = root / f"{split}_masks"
-    if not folder.is_dir():
-        return None
-    return np.stack([read_mask(folder / f"{Path(name).stem}.png") for name in names])
-
-
-def _subset(data: "dataloader.ImageSet", n: int, seed: int = 0) -> "dataloader.ImageSet":
-    if n >= len(data):
-        return data
-    return data.take(torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(data), n, replace=False))))
-
-
-@dataclasses.dataclass
-class Experiment:
-    """A finished run, ready to evaluate: its best model (eval mode), settings and data root."""
-
-    exp_id: str
-    net: "model.CAMModel"
-    cfg: "train.RunConfig"
-    root: Path
-    device: torch.device
-
-    @classmethod
-    def load(cls, exp_id: str, device: str = "auto") -> "Experiment":
-        dev = resolve_device(device)
-        net, ckpt = model.load_checkpoint(safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth", dev)
-        cfg = train.RunConfig.from_args(ckpt["args"])
-        return cls(exp_id, net.eval(), cfg, dataloader.resolve_root(cfg.dataset, cfg.data_root), dev)
-
-    def has_masks(self) -> bool:
-        """Only the embedded dataset writes ``train_masks/`` and ``test_masks/``."""
-        return (self.root / "train_masks").is_dir() and (self.root / "test_masks").is_dir()
-
-    def split(self, split: str, n: int | None = None) -> "dataloader.ImageSet":
-        data = dataloader.load_split(self.cfg.dataset, self.root, split, img_size=self.cfg.img_size,
-                                     progress=False, skip_bad=self.cfg.skip_bad)
-        return (data if n is None else _subset(data, n)).to(self.device)
-
-    @functools.cached_property
-    def test(self) -> tuple["dataloader.ImageSet", np.ndarray]:
-        """The test split and its masks, read once however many measures use them."""
-        data = self.split("test")
-        return data, split_masks(self.root, "test", data.names)
-
-    def cams(self, data: "dataloader.ImageSet", form: str = "class",
-             of_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        return dataset_cams(self.net, data, self.cfg.img_size, form, of_labels=of_labels)
-
-
-def localization_report(exp_id: str, form: str = "class", n_threshold: int = 500,
-                        device: str = "auto") -> dict | None:
-    """Mean IoU of ``exp_id``'s best checkpoint over the whole test set, at the threshold that
-    is best on ``n_threshold`` training images' masks (never on test masks). None when the
-    dataset has no ``train_masks/`` and ``test_masks/`` (only the embedded one has them)."""
-    exp = Experiment.load(exp_id, device)
-    return _localization(exp, form, n_threshold) if exp.has_masks() else None
-
-
-def _localization(exp: Experiment, form: str, n_threshold: int) -> dict:
-    if n_threshold < 1:
-        raise CamlabError(f"--n_threshold must be at least 1, got {n_threshold}")
-    fit_set = exp.split("train", n_threshold)
-    curve = iou_curve(exp.cams(fit_set, form)[1], split_masks(exp.root, "train", fit_set.names), THRESHOLD_GRID)
-    threshold, train_iou = pick_threshold(THRESHOLD_GRID, curve)
-    test_set, test_masks = exp.test
-    test_curve = iou_curve(exp.cams(test_set, form)[1], test_masks, THRESHOLD_GRID)
-    return {"exp_id": exp.exp_id, "cam": form, "threshold": threshold, "train_iou": train_iou,
-            "test_iou": float(test_curve[THRESHOLD_GRID.index(threshold)]),
-            "n_threshold_images": len(fit_set), "n_test": len(test_set),
-            "curve": (np.asarray(THRESHOLD_GRID), curve), "test_curve": (np.asarray(THRESHOLD_GRID), test_curve)}
-
-
-def full_test_table(reports: list[dict]) -> str:
-    """Markdown: per experiment, the CAM form, the threshold chosen on training masks, the mean
-    IoU there and on the whole test set at that threshold."""
-    lines = ["| experiment | CAM | threshold (chosen on train masks) | train mean IoU | test mean IoU | test images |",
-             "|---|---|---:|---:|---:|---:|"]
-    for r in reports:
-        lines.append(f"| {_md_cell(r['exp_id'])} | {r['cam']} | {r['threshold']:.2f} | {r['train_iou']:.4f} "
-                     f"| {r['test_iou']:.4f} | {r['n_test']} |")
-    return "\n".join(lines) + "\n"
-
-
-def _experiment_form(exp_id: str, default: str) -> str:
-    """The CAM form visualize.py used for ``exp_id`` (its settings.json), else ``default``."""
-    path = safe_subdir(VISUALIZE_DIR, exp_id) / "settings.json"
-    try:
-        return json.loads(path.read_text())["cam"]
-    except (OSError, ValueError, KeyError):
-        return default
-
-
-def whole_test_reports(experiments: Sequence[str], form: str, n_threshold: int,
-                       device: str) -> list[dict]:
-    """localization_report for each experiment that has a checkpoint and masked data."""
-    reports = []
-    for exp_id in experiments:
-        if (safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth").is_file():
-            report = localization_report(exp_id, _experiment_form(exp_id, form), n_threshold, device)
-            if report is not None:
-                reports.append(report)
-    return reports
-
-
-def write_full_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
-    """``iou_full.csv``, the curves in ``iou_threshold.png``; returns the markdown table."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["experiment", "cam", "threshold", "train_iou", "test_iou", "n_test"])
-    for r in reports:
-        writer.writerow([r["exp_id"], r["cam"], f"{r['threshold']:.2f}", f"{r['train_iou']:.4f}",
-                         f"{r['test_iou']:.4f}", r["n_test"]])
-    atomic_write_text(Path(report_dir) / "iou_full.csv", buf.getvalue())
-    visualize.plot_iou_curves({r["exp_id"]: r["curve"] for r in reports}, Path(report_dir) / "iou_threshold.png",
-                              chosen={r["exp_id"]: r["threshold"] for r in reports},
-                              title="mean IoU on training masks (where the threshold is chosen)")
-    return full_test_table(reports)
-
-
 # ------------------------------------------------------------------ boxes and WSOL metrics
 # Boxes are (x0, y0, x1, y1) with inclusive pixel coordinates: a box covers
 # (x1 - x0 + 1) × (y1 - y0 + 1) pixels, and a single pixel at (x, y) is (x, y, x, y).
@@ -600,20 +435,79 @@ def pxap(cams: np.ndarray, masks: np.ndarray, interval: float = CAM_CURVE_INTERV
     where a threshold that keeps no pixel adds nothing (its recall step is 0). Without any
     foreground pixel the metric is undefined: CamlabError.
     """
+    fg, bg = pixel_histograms(cams, masks, interval)
+    return pxap_from_histograms(fg.sum(axis=0), bg.sum(axis=0))
+
+
+def pixel_histograms(cams: np.ndarray, masks: np.ndarray,
+                     interval: float = CAM_CURVE_INTERVAL) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the histograms of its foreground and of its background pixels' scores in
+    :func:`pxap`'s bins: ``(fg, bg)``, int64 N×B each. Summed over images they are what
+    wsolevaluation accumulates; kept per image, a bootstrap can resample images."""
     _check_interval("pxap", interval)
     cams = _as_batch(_check_unit_range(cams))
     masks = _as_bool(_as_batch(masks), "ground-truth")
     if cams.shape != masks.shape:
         raise CamlabError(f"pxap: CAMs of shape {cams.shape} and masks of shape {masks.shape} differ")
     edges = np.append(np.arange(0, 1, interval), [1.0, 2.0, 3.0])
-    fg_hist, _ = np.histogram(cams[masks], bins=edges)
-    bg_hist, _ = np.histogram(cams[~masks], bins=edges)
-    if not fg_hist.sum():
+    n, bins = len(cams), len(edges) - 1
+    # the bin of each score as np.histogram finds it: [e_k, e_k+1), the last bin closed
+    index = np.clip(np.searchsorted(edges, cams.reshape(n, -1), side="right") - 1, 0, bins - 1)
+    index += np.arange(n)[:, None] * bins
+    flat_masks = masks.reshape(n, -1)
+    fg = np.bincount(index[flat_masks], minlength=n * bins).reshape(n, bins)
+    bg = np.bincount(index[~flat_masks], minlength=n * bins).reshape(n, bins)
+    return fg, bg
+
+
+def pxap_from_histograms(fg: np.ndarray, bg: np.ndarray) -> np.ndarray | float:
+    """PxAP from score histograms (:func:`pixel_histograms`) summed over the images: ``fg``, ``bg``
+    of shape B (one value) or R×B (R values, e.g. bootstrap resamples, each row its own sum)."""
+    single = np.ndim(fg) == 1
+    fg, bg = np.atleast_2d(fg).astype(np.float64), np.atleast_2d(bg).astype(np.float64)
+    if not (fg.sum(axis=1) > 0).all():
         raise CamlabError("pxap: the masks hold no foreground pixel")
-    tp, fp = np.cumsum(fg_hist[::-1]), np.cumsum(bg_hist[::-1])  # score >= τ, τ descending
-    precision = np.divide(tp, tp + fp, out=np.zeros(len(tp)), where=tp + fp > 0)
-    recall = tp / tp[-1]
-    return float(np.sum(precision[1:] * np.diff(recall)))
+    tp, fp = np.cumsum(fg[:, ::-1], axis=1), np.cumsum(bg[:, ::-1], axis=1)  # score >= τ, τ descending
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
+    recall = tp / tp[:, -1:]
+    ap = np.sum(precision[:, 1:] * np.diff(recall, axis=1), axis=1)
+    return float(ap[0]) if single else ap
+
+
+# ------------------------------------------------------------------- paired bootstrap
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_LEVEL = 0.95
+
+
+def paired_bootstrap(stat_a, stat_b, n: int, resamples: int = BOOTSTRAP_RESAMPLES,
+                     level: float = BOOTSTRAP_LEVEL, seed: int = 0) -> tuple[float, float, float]:
+    """``(difference, low, high)``: ``stat_a - stat_b`` on the n images, and the percentile
+    interval at ``level`` of that difference over ``resamples`` resamples of the images (with
+    replacement), the SAME resample for both methods (paired: image i of one run is image i of
+    the other). Each ``stat_x(weights)`` takes R×n counts (how often each image was drawn) and
+    returns R values: a mean IoU is ``weights @ ious / n``, a PxAP sums per-image histograms.
+    """
+    if n < 1 or resamples < 1 or not 0 < level < 1:
+        raise CamlabError(f"paired_bootstrap: needs n >= 1, resamples >= 1 and 0 < level < 1, "
+                          f"got {n}, {resamples}, {level}")
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    diffs = np.asarray(stat_a(weights), np.float64) - np.asarray(stat_b(weights), np.float64)
+    point = float(np.asarray(stat_a(np.ones((1, n))))[0] - np.asarray(stat_b(np.ones((1, n))))[0])
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return point, float(low), float(high)
+
+
+def mean_statistic(values: np.ndarray):
+    """For :func:`paired_bootstrap`: the mean of per-image ``values`` under resample weights."""
+    values = np.asarray(values, np.float64)
+    return lambda weights: weights @ values / weights.sum(axis=1)
+
+
+def pxap_statistic(fg: np.ndarray, bg: np.ndarray):
+    """For :func:`paired_bootstrap`: PxAP of the resampled images' pooled pixels."""
+    return lambda weights: np.atleast_1d(pxap_from_histograms(weights @ fg, weights @ bg))
 
 
 def _contour_boxes(binary: np.ndarray, multi_contour: bool, protocol: Protocol) -> np.ndarray:
@@ -709,199 +603,6 @@ def localization_accuracy(cams: np.ndarray, pred_classes: Sequence[int] | np.nda
     return {"top1_loc": float(np.mean(hit & (pred == labels))), "gt_known_loc": float(np.mean(hit))}
 
 
-# ------------------------------------------------------------------ methods compared (WSOL)
-# methods.csv / methods.md columns: (key in a wsol_report, header)
-METHOD_COLUMNS = (("test_acc", "test acc"), ("test_iou", "mean IoU"), ("pxap", "PxAP"),
-                  ("max_box_acc_v2", "MaxBoxAccV2"), ("top1_loc", "top-1 loc"), ("gt_known_loc", "GT-known loc"))
-
-
-def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
-                protocol: str = DEFAULT_PROTOCOL) -> dict | None:
-    """Every measure of the methods table for ``exp_id`` on its test split, as fractions; None
-    when the dataset has no masks (only the embedded one has them).
-
-    test_acc: the best checkpoint's accuracy. test_iou: mean IoU of the predicted class's CAM at
-    the threshold chosen on training masks (as :func:`localization_report`). PxAP, MaxBoxAccV2,
-    top-1 and GT-known localisation read the labelled class's map as ``protocol`` defines it
-    (:class:`Protocol`; wsolevaluation's by default); ground-truth boxes are the boxes of the
-    object masks, in the protocol's convention. The mean IoU keeps the handout's definition.
-    """
-    exp = Experiment.load(exp_id, device)
-    if not exp.has_masks():
-        return None
-    report = _localization(exp, "class", n_threshold)
-    test_set, masks = exp.test
-    preds, cams = protocol_cams(exp.net, test_set, exp.cfg.img_size, protocol)
-    boxes = [[box] if (box := mask_box(m, protocol)) is not None else [] for m in masks]
-    labels = test_set.labels.cpu().numpy()
-    report.update(test_acc=float(np.mean(preds == labels)), pxap=pxap(cams, masks),
-                  max_box_acc_v2=max_box_acc(cams, boxes, protocol=protocol)["mean"],
-                  **localization_accuracy(cams, preds, labels, boxes, protocol=protocol),
-                  method=_method_name(exp.cfg), mean_mask_area=float(masks.mean()), protocol=protocol)
-    report["examples"] = _examples(test_set, cams, boxes, protocol)
-    return report
-
-
-def _method_name(cfg: "train.RunConfig") -> str:
-    """How a run's method reads in a table: CAM, SEG rotate+hflip, ACoL pn δ=0.9, CSE."""
-    if cfg.mode == "SEG":
-        return f"SEG {cfg.transform}"
-    if cfg.mode == "ACOL":
-        return f"ACoL {cfg.recipe} δ={','.join(f'{d:g}' for d in cfg.delta)}"
-    if cfg.mode == "CSE":
-        return f"CSE (area weight {cfg.area_weight:g})"
-    return cfg.mode
-
-
-def _examples(data: "dataloader.ImageSet", cams: np.ndarray, boxes: list, protocol: str,
-              n: int = 8) -> list[dict]:
-    """The first ``n`` test images with their maps, the protocol's 20% box and the ground-truth
-    box (both inclusive, for drawing), for the report figure."""
-    rule = _protocol(protocol)
-
-    def drawn(found: np.ndarray | list) -> Box | None:
-        return rule.inclusive(found[0]) if len(found) else None
-    return [{"image": data.images[i].permute(1, 2, 0).cpu().numpy(), "cam": cams[i],
-             "box": drawn(rule.box_at(cams[i], BOX_FRACTION)), "gt_box": drawn(boxes[i]), "name": data.names[i]}
-            for i in range(min(n, len(data)))]
-
-
-def finished_experiments(checkpoint_dir: Path = CHECKPOINT_DIR) -> list[str]:
-    """The exp_ids under ``checkpoints/`` with a best checkpoint (k-fold runs keep theirs per fold
-    and are left out), sorted."""
-    if not checkpoint_dir.is_dir():
-        return []
-    return sorted(d.name for d in checkpoint_dir.iterdir() if (d / "best.pth").is_file())
-
-
-def methods_table(reports: list[dict]) -> tuple[str, str]:
-    """(csv, markdown): one row per experiment, its exp_id first, the measures of METHOD_COLUMNS."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["experiment", "method"] + [key for key, _ in METHOD_COLUMNS])
-    lines = ["| experiment | method | " + " | ".join(h for _, h in METHOD_COLUMNS) + " |",
-             "|---|---|" + "---:|" * len(METHOD_COLUMNS)]
-    for r in reports:
-        values = [f"{r[key]:.4f}" for key, _ in METHOD_COLUMNS]
-        writer.writerow([r["exp_id"], r["method"]] + values)
-        lines.append(f"| {_md_cell(r['exp_id'])} | {_md_cell(r['method'])} | " + " | ".join(values) + " |")
-    return buf.getvalue(), "\n".join(lines) + "\n"
-
-
-def write_methods_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
-    """``methods.csv``, ``methods.md`` and the figure ``methods_grid.png``; returns the markdown."""
-    if not reports:
-        raise CamlabError(f"no experiment under {CHECKPOINT_DIR}/ has a best.pth on a dataset with "
-                          f"masks; train one first (python main.py --mode CAM)")
-    csv_text, md = methods_table(reports)
-    protocols = sorted({r["protocol"] for r in reports})
-    note = (f"Protocol: {', '.join(protocols)} (iou.py --protocol). Mean IoU at each run's threshold chosen on "
-            f"training masks (the handout's); PxAP, MaxBoxAccV2 (IoU 0.3/0.5/0.7, every contour) and top-1 / "
-            f"GT-known localisation (the 20% box) read the labelled class's map; "
-            f"{reports[0]['n_test']} test images.\n\n")
-    atomic_write_text(Path(report_dir) / "methods.csv", csv_text)
-    atomic_write_text(Path(report_dir) / "methods.md", note + md)
-    visualize.plot_methods({r["exp_id"]: r["examples"] for r in reports}, Path(report_dir) / "methods_grid.png")
-    return note + md
-
-
-# ------------------------------------------------------------------------------- ablation
-# (name, settings over the base run): the comparison of handout section 3.5, one seed for all.
-ABLATION: tuple[tuple[str, dict], ...] = (
-    ("cam", dict(mode="CAM")), ("seg_scale", dict(mode="SEG", transform="scale")),
-    ("seg_rotate", dict(mode="SEG", transform="rotate")), ("seg_hflip", dict(mode="SEG", transform="hflip")),
-    ("seg_rotate_hflip", dict(mode="SEG", transform="rotate+hflip")))
-# The methods compared in the README, one seed for all. SEG takes the transform whose ablation run
-# was best on *training* masks (rotate+hflip); ACoL pp the paper's delta, pn the notes' 0.9; CSE's
-# ordinary classifier is the CAM run of the same comparison ("{prefix}" is filled in).
-METHODS: tuple[tuple[str, dict], ...] = (
-    ("cam", dict(mode="CAM")), ("seg", dict(mode="SEG", transform="rotate+hflip")),
-    ("acol_pp", dict(mode="ACOL", recipe="pp", delta=(0.6,))),
-    ("acol_pn", dict(mode="ACOL", recipe="pn", delta=(0.9,))),
-    ("cse", dict(mode="CSE", oc_exp="{prefix}_cam")))
-
-
-def _runs(base: "train.RunConfig", prefix: str, table: tuple[tuple[str, dict], ...],
-          form: str) -> list["train.RunConfig"]:
-    """The configs of ``table``'s runs: ``<prefix>_<name>``, ``form`` as SEG's regularised CAM."""
-    return [dataclasses.replace(base, exp_id=f"{prefix}_{name}", cam=form,
-                                **{k: (v.format(prefix=prefix) if isinstance(v, str) else v)
-                                   for k, v in settings.items()})
-            for name, settings in table]
-
-
-def _trained(cfg: "train.RunConfig") -> dict:
-    """The run's metrics: reused when ``checkpoints/<exp_id>`` holds a finished run with the
-    same settings (so an interrupted ablation continues where it stopped), trained otherwise (a
-    run interrupted before its metrics.json is retrained); other settings there are an error."""
-    path = cfg.run_dir() / "metrics.json"
-    if not path.is_file():  # never trained, or interrupted before it finished: (re)train it
-        return train.train(dataclasses.replace(cfg, overwrite=True))
-    metrics = json.loads(path.read_text())
-    differ = train.differing(cfg, metrics.get("args", {}))
-    if differ:
-        raise CamlabError(f"{cfg.run_dir()} holds a run with other settings ({', '.join(differ)}); "
-                          f"move it away or use another --prefix")
-    print(f"reusing {cfg.run_dir()} (same settings)")
-    return metrics
-
-
-def run_ablation(base: "train.RunConfig", prefix: str = "ablation", form: str = "class",
-                 n_threshold: int = 500) -> str:
-    """Train (or reuse) every ABLATION run under one seed, with ``form`` as the CAM that SEG's
-    loss regularises and that every run is scored on; visualise the ten images at one shared
-    threshold (the CAM run's, chosen on training masks) and tabulate accuracy, ten-image mean
-    IoU and whole-test mean IoU (at the shared threshold, and at each run's own threshold
-    chosen on training masks) into ``report/ablation.md``."""
-    rows, shared = [], None
-    for cfg in _runs(base, prefix, ABLATION, form):
-        metrics = _trained(cfg)
-        full = localization_report(cfg.exp_id, form, n_threshold, cfg.device)
-        shared = shared if shared is not None else (full["threshold"] if full else DEFAULT_THRESHOLD)
-        if full:
-            full["shared_iou"] = float(full["test_curve"][1][THRESHOLD_GRID.index(shared)])
-        out = visualize.visualize_run(cfg.exp_id, shared, form, cfg.data_root, cfg.device)
-        settings = json.loads((out / "settings.json").read_text())
-        ten = iou_table(out, Path(settings["data_root"]) / "test_seg")
-        rows.append({"run": cfg.exp_id, "mode": cfg.mode, "transform": "-" if cfg.mode == "CAM" else cfg.transform,
-                     "test_acc": metrics["test_acc"], "weights": metrics["weights"], "ten": float(np.mean(list(ten.values()))),
-                     "full": full})
-    table = ablation_table(rows, base, form, shared)
-    atomic_write_text(REPORT_DIR / "ablation.md", table)
-    return table
-
-
-def run_methods(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
-                protocol: str = DEFAULT_PROTOCOL) -> str:
-    """Train (or reuse) every METHODS run under one seed, then evaluate them all with
-    :func:`wsol_report` into ``report/methods.{csv,md}`` and ``report/methods_grid.png``."""
-    configs = _runs(base, prefix, METHODS, "class")
-    for cfg in configs:
-        _trained(cfg)
-    reports = [wsol_report(cfg.exp_id, n_threshold, cfg.device, protocol) for cfg in configs]
-    return write_methods_report([r for r in reports if r is not None])
-
-
-def ablation_table(rows: list[dict], base: "train.RunConfig", form: str, shared: float) -> str:
-    """Markdown for report/ablation.md: the settings, then one row per run."""
-    used = ", ".join(sorted({r["weights"] for r in rows}))
-    head = (f"Settings: seed {base.seed}, {base.epochs} epochs, img_size {base.img_size}, batch {base.batch_size}, "
-            f"lr {base.lr}, weights {base.weights} (used: {used}), ser_weight {base.ser_weight}; the {form} CAM is both "
-            f"what SEG's L_ser regularises and what every run is scored on. Shared threshold {shared:.2f}: "
-            f"the CAM run's best on training masks. Own threshold: each run's best on training masks. "
-            f"Test masks choose nothing.\n\n")
-    lines = ["| run | mode | transform | test acc | ten-image mean IoU (shared thr.) "
-             "| whole-test mean IoU (shared thr.) | whole-test mean IoU (own thr.) | own thr. |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        full = r["full"]
-        cells = ([f"{full['shared_iou']:.4f}", f"{full['test_iou']:.4f}", f"{full['threshold']:.2f}"]
-                 if full else ["-", "-", "-"])
-        lines.append(f"| {r['run']} | {r['mode']} | {_md_cell(r['transform'])} | {r['test_acc']:.4f} "
-                     f"| {r['ten']:.4f} | " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="iou.py", description=__doc__.splitlines()[0])
@@ -926,6 +627,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CAM and SEG with scale, rotate, hflip and rotate+hflip -> report/ablation.md")
     ab.add_argument("--methods", action="store_true",
                     help="CAM, SEG rotate+hflip, ACoL pp and pn, CSE -> report/methods.md")
+    ab.add_argument("--sweep", nargs="+", metavar=("KNOB", "VALUE"), default=None,
+                    help="every method of --methods at each VALUE of the embedded benchmark's KNOB "
+                         "(body_evidence) -> report/sweep.{csv,md,png}; e.g. --sweep body_evidence 0 0.25 0.5 0.75 1")
+    ab.add_argument("--seeds", nargs="+", type=int, default=None,
+                    help="--methods and --sweep: train and compare at each seed (mean ± std, and paired "
+                         "bootstrap intervals against CAM per seed); default: --seed")
+    ab.add_argument("--body_evidence", type=float, default=None,
+                    help="the embedded benchmark's body-evidence setting for --ablation and --methods "
+                         "(default: the generator's default)")
     ab.add_argument("--prefix", default=None,
                     help="the runs are checkpoints/<prefix>_<name>/ (default: ablation or methods)")
     for flag in ("epochs", "img_size", "seed", "batch_size"):
@@ -939,14 +649,48 @@ def main(argv: list[str] | None = None) -> int:
     """``python iou.py``: IoU of every experiment under visualize/, printed and written to report/."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if sum((args.ablation, args.methods, args.wsol)) > 1:
-        parser.error("choose one of --ablation, --methods and --wsol")
-    command = _ablation if args.ablation else _methods if args.methods else _wsol if args.wsol else _report
+    if sum((args.ablation, args.methods, args.wsol, args.sweep is not None)) > 1:
+        parser.error("choose one of --ablation, --methods, --sweep and --wsol")
+    if args.sweep is not None:
+        args.sweep_values = _sweep_values(parser, args.sweep)
 
     def body() -> None:
         check_range("--n_threshold", args.n_threshold, 1, 1_000_000, why="training images that choose a threshold")
-        command(args)
+        for seed in args.seeds or []:
+            check_range("--seeds", seed, 0, SEED_MAX, why="a random seed")
+        if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+            raise CamlabError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is named twice")
+        if args.ablation or args.methods or args.wsol or args.sweep is not None:
+            import compare  # the comparison runner imports this module, so it is imported when used
+            command = (compare.ablation_command if args.ablation else compare.methods_command if args.methods
+                       else compare.sweep_command if args.sweep is not None else compare.wsol_command)
+            command(args)
+        else:
+            _report(args)
     return run_cli("iou.py", body)
+
+
+SWEEP_KNOBS = ("body_evidence",)  # what --sweep can vary: settings of the embedded benchmark
+
+
+def _sweep_values(parser: argparse.ArgumentParser, words: list[str]) -> list[float]:
+    """``--sweep KNOB V1 V2 ...`` -> the values, each in [0, 1] and named once."""
+    knob, *values = words
+    if knob not in SWEEP_KNOBS:
+        parser.error(f"argument --sweep: the first word names what to vary, one of {', '.join(SWEEP_KNOBS)}; "
+                     f"got {knob!r}")
+    if not values:
+        parser.error(f"argument --sweep: give the values of {knob} after it, e.g. --sweep {knob} 0 0.5 1")
+    found = []
+    for word in values:
+        try:
+            value = float(word)
+        except ValueError:
+            parser.error(f"argument --sweep: {word!r} is not a number")
+        if not 0.0 <= value <= 1.0 or value in found:
+            parser.error(f"argument --sweep: {word} must lie in [0, 1] and be named once")
+        found.append(value)
+    return found
 
 
 def _default_gt_dir() -> Path:
@@ -964,39 +708,16 @@ def _default_gt_dir() -> Path:
 
 
 def _report(args: argparse.Namespace) -> None:
+    import compare  # the comparison runner imports this module, so it is imported when used
     stems, experiments, matrix = experiment_table(VISUALIZE_DIR, args.gt_dir or _default_gt_dir())
-    reports = [] if args.no_full else whole_test_reports(experiments, args.cam, args.n_threshold, args.device)
+    reports = [] if args.no_full else compare.whole_test_reports(experiments, args.cam, args.n_threshold,
+                                                                 args.device)
     extra = ""
     if reports:
         extra = ("\n## Whole test set\n\nThreshold chosen per experiment on training masks.\n\n"
-                 + write_full_report(reports))
+                 + compare.write_full_report(reports))
     write_report(stems, experiments, matrix, extra_md=extra)
     print(format_table(stems, experiments, matrix)[1] + extra, end="")
-
-
-def _base_run(args: argparse.Namespace) -> "train.RunConfig":
-    return train.RunConfig(epochs=args.epochs, img_size=args.img_size, seed=args.seed,
-                           batch_size=args.batch_size, weights=args.weights, data_root=args.data_root,
-                           device=args.device).checked()
-
-
-def _ablation(args: argparse.Namespace) -> None:
-    print(run_ablation(_base_run(args), args.prefix or "ablation", args.cam, args.n_threshold), end="")
-
-
-def _methods(args: argparse.Namespace) -> None:
-    print(run_methods(_base_run(args), args.prefix or "methods", args.n_threshold, args.protocol), end="")
-
-
-def _wsol(args: argparse.Namespace) -> None:
-    reports = []
-    for exp_id in finished_experiments():
-        report = wsol_report(exp_id, args.n_threshold, args.device, args.protocol)
-        if report is None:
-            print(f"skipping {exp_id}: its dataset has no train_masks/ and test_masks/")
-        else:
-            reports.append(report)
-    print(write_methods_report(reports), end="")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import fields
 
 import dataloader
 import model
+import synthetic
 import train
 import transforms
 from utils import DEVICES, CamlabError, OneLineParser, run_cli
@@ -59,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "cifar10: the python-pickle CIFAR-10; folder: an ImageFolder tree")
     data.add_argument("--data_root", default=None,
                       help="dataset folder; None takes data/synthetic for lab (generated when missing), data/<dataset> otherwise")
+    data.add_argument("--body_evidence", type=float, default=None,
+                      help="the embedded benchmark's dial in [0, 1]: the share of bodies whose stripes carry "
+                           f"their class's evidence (default {synthetic.BODY_EVIDENCE:g}: data/synthetic; any other "
+                           "value: data/synthetic_be<value>, generated when missing)")
     data.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR-10 (needs a network)")
     data.add_argument("--skip_bad", action="store_true",
                       help="leave out images that cannot be decoded (each is listed) instead of stopping")
@@ -93,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                            + " (pp is the paper's ACoL)")
     acol.add_argument("--delta", type=float, nargs="+", default=list(DEFAULTS.delta),
                       help="erasing threshold of each head after the first (one value: all)")
+    acol.add_argument("--acol_head", default=DEFAULTS.acol_head, choices=list(model.HEAD_TYPES),
+                      help="what every head is: " + "; ".join(f"{k}: {v.about}" for k, v in model.HEAD_TYPES.items()))
+    acol.add_argument("--acol_width", type=int, default=DEFAULTS.acol_width,
+                      help="hidden channels of each conv head's two 3x3 convolutions (the default is the paper's)")
 
     cse = p.add_argument_group("CSE mode (class-specific adversarial erasing)")
     cse.add_argument("--oc_exp", default=None,

@@ -1,5 +1,6 @@
-"""The CAM model: a torchvision backbone cut after a chosen stage, global average pooling and a
-linear classifier, with the class activation maps computed in one place.
+"""The CAM model: a torchvision backbone cut after a chosen stage and classifier heads (global
+average pooling and a linear layer, or ACoL's convolutional head), with the class activation maps
+computed in one place.
 
 Zhou et al., "Learning Deep Features for Discriminative Localization" (CVPR 2016): with GAP before
 the classifier, the score of class c is ``S_c = sum_k w_ck * mean_xy f_k(x, y)``, so the map
@@ -7,7 +8,9 @@ the classifier, the score of class c is ``S_c = sum_k w_ck * mean_xy f_k(x, y)``
 the bias).
 
 Adding a backbone means one entry in ``BACKBONES``; heads read only ``features`` (N×C×h×w), so a
-multi-label head or the ACoL heads attach without another copy of the backbone.
+multi-label head or the ACoL heads attach without another copy of the backbone. Adding a kind of
+head means one ``HeadType`` in ``HEAD_TYPES``: every kind gives class maps, and its scores are their
+GAP (plus a bias), so erasing, fusion and the CAM forms read the maps alone.
 """
 from __future__ import annotations
 
@@ -51,6 +54,70 @@ HEAD_KINDS: dict[str, str] = {
     "n": "adversarial: the rest cross-entropy, toward the mean of the other classes",
 }
 ACOL_DELTA = 0.6  # the ACoL paper's erasing threshold
+ACOL_WIDTH = 1024  # hidden channels of the ACoL paper's (and wsolevaluation's) convolutional head
+
+
+class HeadType:
+    """One kind of classifier head: how it is built from the feature channels, and how it reads
+    features N×C×h×w as class maps N×K×h×w. Its scores are the maps' GAP plus ``bias`` (N×K),
+    which is what lets ``CAMModel.run_heads`` erase and ``localization_cam`` fuse by maps alone,
+    whatever the head. Stateless: one instance per kind serves every model."""
+
+    about = ""
+
+    def build(self, channels: int, num_classes: int, width: int) -> nn.Module:
+        raise NotImplementedError
+
+    def maps(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def bias(self, head: nn.Module) -> torch.Tensor | float:
+        """Added to the maps' GAP to give the scores (K, or 0 when the maps hold it already)."""
+        return 0.0
+
+    def scores(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        """Scores N×K: the GAP of the class maps plus the bias."""
+        return self.maps(head, features).mean(dim=(2, 3)) + self.bias(head)
+
+
+class LinearHead(HeadType):
+    """GAP, then a linear layer (Zhou et al.): ``M_c = sum_k w_ck f_k``, ``S_c = mean M_c + b_c``.
+    The bias stays out of the maps: constant over positions, no normalisation sees it."""
+
+    about = "GAP then a linear layer (CAM's classifier)"
+
+    def build(self, channels: int, num_classes: int, width: int) -> nn.Module:
+        return nn.Linear(channels, num_classes)
+
+    def maps(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ck,nkhw->nchw", head.weight, features)
+
+    def bias(self, head: nn.Module) -> torch.Tensor:
+        return head.bias
+
+    def scores(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        # GAP commutes with the linear layer: the same scores without computing K maps
+        return head(features.mean(dim=(2, 3)))
+
+
+class ConvHead(HeadType):
+    """ACoL's classifier (Zhang et al., CVPR 2018; wsolevaluation's ``classifier_A/B``): 3×3 conv
+    + ReLU, 3×3 conv + ReLU (``width`` channels, padding 1), then a 1×1 conv to one map per
+    class; the scores are the maps' GAP (the last conv's bias is inside the maps)."""
+
+    about = "3x3 conv + ReLU, 3x3 conv + ReLU, 1x1 conv to class maps, scores = their GAP (the ACoL paper's)"
+
+    def build(self, channels: int, num_classes: int, width: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                             nn.Conv2d(width, num_classes, 1))
+
+    def maps(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        return head(features)
+
+
+# ModelConfig.head -> its kind; main.py's --acol_head choices.
+HEAD_TYPES: dict[str, HeadType] = {"linear": LinearHead(), "conv": ConvHead()}
 
 
 @dataclass(frozen=True)
@@ -61,6 +128,8 @@ class ModelConfig:
     ``recipe``: one letter of ``HEAD_KINDS`` per classifier head, the first a ``p`` (plain CAM:
     ``"p"``; the paper's ACoL: ``"pp"``). ``deltas``: the erasing threshold of each head after
     the first; one value applies to all. Stored expanded to ``len(recipe) - 1`` values.
+    ``head``: what every head is, a name in ``HEAD_TYPES``; ``head_width``: the hidden channels
+    of a ``conv`` head. Configs saved before heads had a type load as ``linear``, what they were.
     """
 
     num_classes: int = 10
@@ -68,6 +137,8 @@ class ModelConfig:
     cut: str = "layer2"
     recipe: str = "p"
     deltas: tuple[float, ...] = (ACOL_DELTA,)
+    head: str = "linear"
+    head_width: int = ACOL_WIDTH
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -79,6 +150,10 @@ class ModelConfig:
         if not self.recipe or self.recipe[0] != "p" or set(self.recipe) - set(HEAD_KINDS):
             raise CamlabError(f"--recipe {self.recipe!r}: one letter per head from "
                               f"{', '.join(HEAD_KINDS)}, starting with p (e.g. p, pp, pn, ppn)")
+        if self.head not in HEAD_TYPES:
+            raise CamlabError(f"--acol_head {self.head!r}: choose from {', '.join(HEAD_TYPES)}")
+        if self.head_width < 1:
+            raise CamlabError(f"--acol_width must be at least 1, got {self.head_width}")
         object.__setattr__(self, "deltas", _expand_deltas(tuple(self.deltas), len(self.recipe) - 1))
 
     def to_dict(self) -> dict:
@@ -169,7 +244,8 @@ def build_backbone(config: ModelConfig, state_dict: dict | None = None,
 class InputShape(NamedTuple):
     """What an ``img_size``×``img_size`` input becomes in a backbone cut at a stage:
     ``feature_side`` (h = w of the feature maps) and ``activation_bytes`` (float32 bytes of every
-    layer's output for one image, what a training step keeps for its backward pass)."""
+    layer's output for one image, what a training step keeps for its backward pass; the heads'
+    layers count too, which matters for ``conv`` heads: a linear head reads the GAP, a few bytes)."""
 
     feature_side: int
     activation_bytes: int
@@ -186,10 +262,15 @@ def input_shape(config: ModelConfig, img_size: int) -> InputShape:
             nonlocal total
             total += output.numel() * output.element_size()
 
-        leaves = [m for m in backbone.modules() if not list(m.children())]
+        kind = HEAD_TYPES[config.head]
+        head = kind.build(_stage_channels(backbone[-1]), config.num_classes, config.head_width)
+        leaves = [m for net in (backbone, head) for m in net.modules() if not list(m.children())]
         handles = [m.register_forward_hook(count) for m in leaves]
         try:
             features = backbone(torch.empty(1, 3, img_size, img_size))
+            before_heads = total
+            kind.maps(head, features)  # a linear head's maps call no module: nothing counted
+            total = before_heads + (total - before_heads) * len(config.recipe)
         finally:
             for handle in handles:
                 handle.remove()
@@ -272,28 +353,35 @@ class CAMModel(nn.Module):
     ``forward(images)`` takes float images N×3×H×W and returns ``(scores, features, gap)`` of the
     first head: scores N×num_classes, features N×C×h×w (ResNet-18 through layer2: C=128,
     h=w=H/8, so 28×28 at 224 and 14×14 at 112), gap N×C (the weighting coefficients of the
-    handout). Each head is GAP + a linear layer, which is the 1×1 convolution + GAP of ACoL and
-    OC-CSE in the other order: both are linear, so head k's class maps are
-    ``M_c = sum_k w_ck f_k`` (plus the bias, which no normalisation sees).
+    handout). Every head is of the kind ``head`` (``HEAD_TYPES``). A ``linear`` head is GAP + a
+    linear layer, which is the 1×1 convolution + GAP of ACoL and OC-CSE in the other order: both
+    are linear, so its class maps are ``M_c = sum_k w_ck f_k`` (plus the bias, which no
+    normalisation sees). A ``conv`` head is the ACoL paper's, ``head_width`` hidden channels.
     """
 
     def __init__(self, num_classes: int = 10, weights: str = "none", backbone: str = "resnet18",
-                 cut: str = "layer2", recipe: str = "p",
-                 deltas: tuple[float, ...] = (ACOL_DELTA,)) -> None:
+                 cut: str = "layer2", recipe: str = "p", deltas: tuple[float, ...] = (ACOL_DELTA,),
+                 head: str = "linear", head_width: int = ACOL_WIDTH) -> None:
         super().__init__()
-        self.config = ModelConfig(num_classes, backbone, cut, recipe, tuple(deltas))
+        self.config = ModelConfig(num_classes, backbone, cut, recipe, tuple(deltas), head, head_width)
         state, self.weights_used = resolve_weights(weights, backbone)
         self.backbone, self.feature_dim = build_backbone(self.config, state, weights)
-        self.heads = nn.ModuleList(nn.Linear(self.feature_dim, num_classes) for _ in recipe)
+        self.heads = nn.ModuleList(self.head_type.build(self.feature_dim, num_classes, head_width)
+                                   for _ in recipe)
 
     @classmethod
     def from_config(cls, config: ModelConfig | dict) -> "CAMModel":
         """An untrained model of that shape (weights come from a checkpoint afterwards)."""
         config = config if isinstance(config, ModelConfig) else ModelConfig(**config)
-        return cls(config.num_classes, "none", config.backbone, config.cut, config.recipe, config.deltas)
+        return cls(config.num_classes, "none", config.backbone, config.cut, config.recipe, config.deltas,
+                   config.head, config.head_width)
 
     @property
-    def fc(self) -> nn.Linear:
+    def head_type(self) -> HeadType:
+        return HEAD_TYPES[self.config.head]
+
+    @property
+    def fc(self) -> nn.Module:
         """The first head: the lab's classifier, and the one whose scores give the prediction."""
         return self.heads[0]
 
@@ -303,8 +391,7 @@ class CAMModel(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features N×C×h×w -> (first head's scores N×num_classes, gap N×C)."""
-        gap = features.mean(dim=(2, 3))
-        return self.fc(gap), gap
+        return self.head_type.scores(self.fc, features), features.mean(dim=(2, 3))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.forward_features(images)
@@ -312,12 +399,10 @@ class CAMModel(nn.Module):
         return scores, features, gap
 
     def class_cams(self, features: torch.Tensor, head: int = 0) -> torch.Tensor:
-        """The paper's class-specific maps ``M_c = sum_k w_ck f_k`` of head ``head``:
-        N×num_classes×h×w.
-
-        No bias: it is constant over positions and would only shift every map.
-        """
-        return torch.einsum("ck,nkhw->nchw", self.heads[head].weight, features)
+        """The class maps of head ``head`` on ``features`` (N×C×h×w): N×num_classes×h×w. For a
+        linear head the paper's ``M_c = sum_k w_ck f_k``, without the bias (constant over
+        positions, it would only shift every map); for a conv head its last layer's output."""
+        return self.head_type.maps(self.heads[head], features)
 
     def run_heads(self, features: torch.Tensor, classes: torch.Tensor) -> list[HeadOutput]:
         """Every head in recipe order (ACoL). Head i > 1 sees ``features`` zeroed wherever an
@@ -329,7 +414,7 @@ class CAMModel(nn.Module):
         for i, (kind, head) in enumerate(zip(self.config.recipe, self.heads)):
             seen = features if i == 0 else features * (found < self.config.deltas[i - 1])
             cams = self.class_cams(seen, i)
-            scores = cams.mean(dim=(2, 3)) + head.bias
+            scores = cams.mean(dim=(2, 3)) + self.head_type.bias(head)
             outputs.append(HeadOutput(kind, scores, cams))
             if kind == "p":
                 target = minmax(select_class(cams, classes).detach()).unsqueeze(1)

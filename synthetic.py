@@ -8,6 +8,7 @@ writes it anywhere, deterministically from its seed.
 from __future__ import annotations
 
 import colorsys
+import functools
 import json
 import os
 import shutil
@@ -26,15 +27,25 @@ SPLITS = ("train", "test")  # the lab layout's splits; a split's index seeds its
 
 # ------------------------------------------------------------------ the synthetic dataset
 # Every object is a BODY (a striped ellipse) plus a small PART stuck on its rim. The part is the
-# reliable class cue: its shape and its saturated colour are fixed per class. The body carries
-# only weak evidence (its stripe period drifts a little with the class, with heavy overlap),
-# and backgrounds, colours of bodies and distractors are muted and random. A classifier thus
-# learns to look at the part, and its CAM covers the part rather than the whole object: the
-# failure that CAM refinements (such as the scale-equivariant SEG mode) try to repair.
-SYNTHETIC_VERSION = 1
+# reliable class cue: its shape and its saturated colour are fixed per class. How much the body
+# says about the class is a dial, BODY_EVIDENCE in [0, 1] (version 2): the body's stripe period
+# and its light stripes' hue are each drawn, with probability ``body_evidence``, from the class's
+# own band of the range, and otherwise from the whole range. Balanced over classes, the bands
+# tile the range, so the body's look pooled over classes (its colours, contrast, stripe periods,
+# hence its saliency) is the same at every setting: the dial moves evidence, nothing else. Every
+# image draws the same random numbers at every setting, so an image differs between settings only
+# inside its body. At 0 the body says nothing (version 1's "no evidence"); at 1 it names the class
+# on its own, like a dog's body beside its head. Backgrounds and distractors are muted and random.
+# A classifier learns the part first, and its CAM covers the part rather than the whole object:
+# the failure that CAM refinements (SEG, ACoL, CSE) try to repair.
+SYNTHETIC_VERSION = 2
 SYNTHETIC_SIZE = 64
 SYNTHETIC_TRAIN = 2000  # 4 epochs at 224 px train in ~8 min on a 2-core CPU (measured)
 SYNTHETIC_TEST = 500
+BODY_EVIDENCE = 0.5      # the default dial (see README: the default CAM run's body-only accuracy)
+_PERIOD_RANGE = (2.8, 7.3)  # body stripe periods in px at 64 px: ten class bands of 0.45 px
+_HUE_OFFSET = 0.05       # class c's hue band is [c/K, (c+1)/K) + offset (mod 1)
+RENDERINGS = ("normal", "body", "part")  # what draw_sample paints: all, body only, part only
 _NOISE_STD = 10.0        # grey levels of Gaussian pixel noise
 _PART_AREA = 2.0         # every part shape has this area at radius 1 (so size is no cue)
 _SHIFT = 4               # cv2 drawing with 4 fractional bits: sub-pixel shapes at 64×64
@@ -102,27 +113,58 @@ class Sample:
 
     image: uint8 H×W×3 RGB.  mask: bool H×W, the whole object (body ∪ part).
     part_mask: bool H×W, the discriminative part only (a subset of ``mask``).  label: the class.
+    body: the body's drawn look (stripe period in px, light hue, and which of the two came from
+    the class's band), for the tests and the diagnostics.
     """
 
     image: np.ndarray
     mask: np.ndarray
     part_mask: np.ndarray
     label: int
+    body: "BodyLook | None" = None
 
 
-def draw_sample(rng: np.random.Generator, label: int, size: int = SYNTHETIC_SIZE) -> Sample:
+@dataclass(frozen=True)
+class BodyLook:
+    period: float        # stripe period in px at SYNTHETIC_SIZE
+    hue: float           # hue of the light stripes, in [0, 1)
+    period_from_class: bool
+    hue_from_class: bool
+
+
+def check_body_evidence(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise CamlabError(f"--body_evidence {value:g}: the share of bodies that carry class evidence lies in [0, 1]")
+    return float(value)
+
+
+def draw_sample(rng: np.random.Generator, label: int, size: int = SYNTHETIC_SIZE,
+                body_evidence: float = BODY_EVIDENCE, render: str = "normal") -> Sample:
     """Draw one object of class ``label`` on a cluttered background; every random choice comes
-    from ``rng``, so the same generator state gives the same sample."""
+    from ``rng``, so the same generator state gives the same sample.
+
+    ``render``: ``"normal"`` paints body and part; ``"body"`` leaves the part unpainted (what is
+    under it shows: background and clutter) and ``"part"`` leaves the body unpainted. All three
+    draw the same random numbers, so they equal the normal image outside the unpainted region.
+    The masks are always those of the whole drawn object.
+    """
     if not 0 <= label < len(PART_STYLES):
         raise ValueError(f"label must lie in [0, {len(PART_STYLES)}), got {label}")
+    if render not in RENDERINGS:
+        raise ValueError(f"render must be one of {RENDERINGS}, got {render!r}")
+    check_body_evidence(body_evidence)
     image = _background(rng, size)
     _draw_distractors(rng, image)
     body, part = _object_masks(rng, PART_STYLES[label].shape, size)
-    image[body] = _body_texture(rng, label, size)[body]
-    image[part] = _jitter(rng, PART_STYLES[label].rgb)
+    texture, look = _body_texture(rng, label, size, body_evidence)
+    colour = _jitter(rng, PART_STYLES[label].rgb)
+    if render != "part":
+        image[body] = texture[body]
+    if render != "body":
+        image[part] = colour
     noisy = image + rng.normal(0.0, _NOISE_STD, image.shape)
     image = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
-    return Sample(image, body | part, part, label)
+    return Sample(image, body | part, part, label, look)
 
 
 def _muted_colour(rng: np.random.Generator, max_saturation: float = 0.35) -> tuple[int, int, int]:
@@ -199,21 +241,41 @@ def _object_masks(rng: np.random.Generator, part_shape: str,
     return body, part
 
 
-def _body_texture(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
-    """uint8 size×size×3 stripes in two muted colours. The period grows slowly with the label
-    but varies more within a class than between neighbouring classes: weak evidence only."""
-    period = (3.5 + 0.15 * label + rng.uniform(-1.0, 1.0)) * size / SYNTHETIC_SIZE
+def _from_band(rng: np.random.Generator, label: int, body_evidence: float, low: float,
+               high: float) -> tuple[float, bool]:
+    """A value in [low, high): with probability ``body_evidence`` uniform in class ``label``'s
+    tenth of the range, else uniform in all of it. Both branches draw the same numbers, so the
+    rest of the image never depends on the dial; balanced over classes, either branch is uniform
+    on [low, high), so the value's pooled distribution does not depend on it either."""
+    pick, within, anywhere = rng.uniform(size=3)
+    width = (high - low) / len(PART_STYLES)
+    from_class = bool(pick < body_evidence)
+    return (low + width * (label + within) if from_class else low + (high - low) * anywhere), from_class
+
+
+def _body_texture(rng: np.random.Generator, label: int, size: int,
+                  body_evidence: float) -> tuple[np.ndarray, BodyLook]:
+    """uint8 size×size×3 stripes: light ones in a muted colour of a drawn hue, dark ones in a
+    random muted colour. Period and hue come from the class's band with probability
+    ``body_evidence`` each (:func:`_from_band`)."""
+    period, period_from_class = _from_band(rng, label, body_evidence, *_PERIOD_RANGE)
+    hue, hue_from_class = _from_band(rng, label, body_evidence, 0.0, 1.0)
+    hue = (hue + _HUE_OFFSET) % 1.0
     angle, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
     y, x = np.mgrid[0:size, 0:size]
-    stripes = np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period + phase) > 0
-    light, dark = np.array(_muted_colour(rng), np.uint8), np.array(_muted_colour(rng), np.uint8)
-    return np.where(stripes[..., None], light, dark)
+    scaled = period * size / SYNTHETIC_SIZE
+    stripes = np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / scaled + phase) > 0
+    light_rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.2, 0.4), rng.uniform(0.6, 0.85))
+    light = np.array([int(round(255 * c)) for c in light_rgb], np.uint8)
+    dark = np.array(_muted_colour(rng), np.uint8) // 2 + 20
+    texture = np.where(stripes[..., None], light, dark)
+    return texture, BodyLook(float(period), float(hue), period_from_class, hue_from_class)
 
 
 # ------------------------------------------------------------- writing the synthetic dataset
 def generate_synthetic(root: Path | str, seed: int = 0, n_train: int = SYNTHETIC_TRAIN,
                        n_test: int = SYNTHETIC_TEST, size: int = SYNTHETIC_SIZE,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, body_evidence: float = BODY_EVIDENCE) -> dict:
     """Write the synthetic dataset in the lab layout at ``root`` and return its meta dict.
 
     Besides the lab files it writes every image's object mask (``train_masks/``,
@@ -222,6 +284,7 @@ def generate_synthetic(root: Path | str, seed: int = 0, n_train: int = SYNTHETIC
     renamed into place, so an interrupted run never leaves a complete-looking half dataset.
     """
     root = Path(root)
+    check_body_evidence(body_evidence)
     if n_train < 1 or n_test < 1:
         raise CamlabError(f"the synthetic dataset needs at least one image per split, "
                           f"got n_train={n_train}, n_test={n_test}")
@@ -230,18 +293,18 @@ def generate_synthetic(root: Path | str, seed: int = 0, n_train: int = SYNTHETIC
     tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shares = _write_synthetic_split(tmp, "train", n_train, seed, size, progress)
+        shares = _write_synthetic_split(tmp, "train", n_train, seed, size, progress, body_evidence)
         test_labels = _split_labels(seed, "test", n_test)
-        shares += _write_synthetic_split(tmp, "test", n_test, seed, size, progress)
+        shares += _write_synthetic_split(tmp, "test", n_test, seed, size, progress, body_evidence)
         meta = _synthetic_meta(seed, size, n_train, n_test, float(np.mean(shares)),
-                               _copy_seg_examples(tmp, test_labels))
+                               _copy_seg_examples(tmp, test_labels), body_evidence)
         utils.atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
         _move_into_place(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     print(f"generated the synthetic dataset in {root}: {n_train} train / {n_test} test images of "
-          f"{size}x{size}, {len(PART_STYLES)} classes; parts cover {meta['mean_part_share']:.1%} "
+          f"{size}x{size}, {len(PART_STYLES)} classes, body evidence {body_evidence:g}; parts cover {meta['mean_part_share']:.1%} "
           f"of the object masks on average")
     return meta
 
@@ -261,7 +324,7 @@ def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _write_synthetic_split(root: Path, split: str, n: int, seed: int, size: int,
-                           progress: bool) -> list[float]:
+                           progress: bool, body_evidence: float) -> list[float]:
     """Images, masks and ``<split>_cls.txt`` of one split; returns each image's part share."""
     (root / split).mkdir(parents=True)
     (root / f"{split}_masks").mkdir()
@@ -269,7 +332,7 @@ def _write_synthetic_split(root: Path, split: str, n: int, seed: int, size: int,
     labels = _split_labels(seed, split, n)
     for index in tqdm(range(n), desc=f"generating {split}", unit="img", disable=None if progress else True,
                       leave=False):
-        sample = draw_sample(_sample_rng(seed, split, index), int(labels[index]), size)
+        sample = draw_sample(_sample_rng(seed, split, index), int(labels[index]), size, body_evidence)
         name = f"{index:05d}.png"
         (root / split / name).write_bytes(encode_png(sample.image))
         (root / f"{split}_masks" / name).write_bytes(encode_png(sample.mask.astype(np.uint8) * 255))
@@ -296,9 +359,9 @@ def _copy_seg_examples(root: Path, test_labels: np.ndarray) -> list[str]:
 
 
 def _synthetic_meta(seed: int, size: int, n_train: int, n_test: int, part_share: float,
-                    seg_examples: list[str]) -> dict:
+                    seg_examples: list[str], body_evidence: float) -> dict:
     return {"generator": "camlab synthetic body+part", "version": SYNTHETIC_VERSION,
-            "seed": seed, "size": size, "n_train": n_train, "n_test": n_test,
+            "body_evidence": body_evidence, "seed": seed, "size": size, "n_train": n_train, "n_test": n_test,
             "classes": SYNTHETIC_CLASSES, "mean_part_share": round(part_share, 4),
             "seg_examples": seg_examples}
 
@@ -312,3 +375,48 @@ def _move_into_place(tmp: Path, root: Path) -> None:
         if not root.is_dir():
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------ redrawing a generated dataset
+def default_root(body_evidence: float | None = None) -> Path:
+    """Where ``main.py`` keeps the embedded dataset at a dial setting: ``data/synthetic`` at the
+    default, ``data/synthetic_be<value>`` at any other (generated on first use)."""
+    value = BODY_EVIDENCE if body_evidence is None else check_body_evidence(body_evidence)
+    if value == BODY_EVIDENCE:
+        return utils.DEFAULT_DATA_ROOT
+    return utils.DEFAULT_DATA_ROOT.with_name(f"{utils.DEFAULT_DATA_ROOT.name}_be{value:g}")
+
+
+def read_meta(root: Path | str) -> dict | None:
+    """``meta.json`` of a generated dataset, or None when ``root`` was not generated here."""
+    path = Path(root) / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CamlabError(f"{path}: not readable JSON ({err})") from None
+    return meta if isinstance(meta, dict) and meta.get("generator") == "camlab synthetic body+part" else None
+
+
+def redraw(meta: dict, split: str, render: str = "normal") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(images uint8 N×H×W×3, part masks bool N×H×W, labels int64 N)``: the split of the dataset
+    that ``meta`` describes, drawn again from its seeds with ``render`` (body only, part only, or
+    normal: equal to the files on disk). For the diagnostics of what a model looks at."""
+    if meta.get("version") != SYNTHETIC_VERSION:
+        raise CamlabError(f"the dataset was generated by version {meta.get('version')} of the generator and this "
+                          f"is version {SYNTHETIC_VERSION}; delete it and generate it again")
+    n = int(meta["n_train" if split == "train" else "n_test"])
+    return _redrawn(int(meta["seed"]), int(meta["size"]), float(meta["body_evidence"]), split, n, render)
+
+
+@functools.lru_cache(maxsize=8)
+def _redrawn(seed: int, size: int, body_evidence: float, split: str, n: int,
+             render: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    labels = _split_labels(seed, split, n)
+    samples = [draw_sample(_sample_rng(seed, split, i), int(labels[i]), size, body_evidence, render)
+               for i in range(n)]
+    images, parts = np.stack([s.image for s in samples]), np.stack([s.part_mask for s in samples])
+    for array in (images, parts, labels):
+        array.setflags(write=False)  # shared by every caller of the cache
+    return images, parts, labels.astype(np.int64)

@@ -31,8 +31,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import dataloader
+import synthetic
 import visualize
-from model import (ACOL_DELTA, HEAD_KINDS, CAMModel, ModelConfig, check_input_size, load_checkpoint,
+from model import (ACOL_DELTA, ACOL_WIDTH, HEAD_KINDS, CAMModel, ModelConfig, check_input_size, load_checkpoint,
                    normalize_cam, save_checkpoint, select_class)
 from transforms import EquivarianceTransform, TransformSettings, parse_transform
 from utils import (CHECKPOINT_DIR, SEED_MAX, CamlabError, Range, atomic_write_text, check_ranges, reason,
@@ -55,6 +56,7 @@ class RunConfig:
     cut: str = "layer2"
     dataset: str = "lab"
     data_root: str | None = None
+    body_evidence: float | None = None  # the embedded benchmark's dial; None: the generator's default
     download: bool = False
     cv: int = 0
     val_fraction: float = 0.1
@@ -76,6 +78,8 @@ class RunConfig:
     # ACOL mode (classifier heads after the first see erased features)
     recipe: str = "pp"
     delta: tuple[float, ...] = (ACOL_DELTA,)
+    acol_head: str = "conv"  # model.HEAD_TYPES; the paper's convolutional head
+    acol_width: int = ACOL_WIDTH
     # CSE mode (class-specific erasing judged by a frozen ordinary classifier)
     oc_exp: str | None = None
     erase_weight: float = 0.3
@@ -88,8 +92,10 @@ class RunConfig:
     @classmethod
     def from_args(cls, saved: dict) -> "RunConfig":
         """A run's settings from the ``args`` its metrics.json or checkpoint saved: JSON's lists
-        become tuples again, and a setting the saved run predates takes its default."""
+        become tuples again, and a setting the saved run predates takes its default, or in
+        ``PREDATED`` what that run did."""
         known = {k: v for k, v in saved.items() if k in cls.__annotations__}
+        known = {**PREDATED.get(known.get("mode", cls.mode), {}), **known}
         if "delta" in known:
             known["delta"] = tuple(known["delta"])
         return cls(**known)
@@ -99,7 +105,11 @@ class RunConfig:
         the flag); a bad --recipe or --delta fails here too, before any data is read. The image
         size must give feature maps of 2×2 or more and a batch that fits in memory."""
         check_ranges(self, RANGES)
-        dataloader.resolve_root(self.dataset, self.data_root)  # an empty --data_root, before any work
+        if self.body_evidence is not None:
+            synthetic.check_body_evidence(self.body_evidence)
+            if self.dataset != "lab":
+                raise CamlabError(f"--body_evidence sets the embedded benchmark (--dataset lab), not --dataset {self.dataset}")
+        self.data_path()  # an empty --data_root, before any work
         if self.cv == 1:
             raise CamlabError("--cv 1 is not cross-validation: 0 for a single run, or 2 folds or more")
         model_config, device = self.model_config(1), resolve_device(self.device)
@@ -110,10 +120,24 @@ class RunConfig:
                              flag=f"--img_size {self.img_size} × --scale {self.scale:g} =")
         return self
 
+    def data_path(self) -> Path:
+        """The dataset folder: ``--data_root``, else the dataset's default (for ``lab``, the
+        embedded benchmark at ``--body_evidence``)."""
+        return dataloader.resolve_root(self.dataset, self.data_root, self.body_evidence)
+
     def model_config(self, num_classes: int) -> ModelConfig:
-        """The model this run trains: ACOL's heads per ``recipe``, one ``p`` head otherwise."""
-        recipe = self.recipe if self.mode == "ACOL" else "p"
-        return ModelConfig(num_classes, self.backbone, self.cut, recipe, tuple(self.delta))
+        """The model this run trains: ACOL's heads per ``recipe``, of kind ``acol_head``; one
+        linear ``p`` head otherwise."""
+        if self.mode != "ACOL":
+            return ModelConfig(num_classes, self.backbone, self.cut, "p", tuple(self.delta))
+        return ModelConfig(num_classes, self.backbone, self.cut, self.recipe, tuple(self.delta),
+                           self.acol_head, self.acol_width)
+
+
+# mode -> settings whose default is not what that mode's runs did before the setting existed:
+# such a run reads back as what it ran (ACOL trained linear heads before --acol_head), so that
+# --resume and a comparison's reuse of finished runs do not take it for a run of the new default.
+PREDATED: dict[str, dict[str, object]] = {"ACOL": {"acol_head": "linear"}}
 
 
 # The bounds of every numeric setting (flag -> Range). NaN and infinities never pass.
@@ -132,6 +156,7 @@ RANGES: dict[str, Range] = {
     "lr": Range(0, 1, "Adam's learning rate", open_low=True),
     "scale": Range(0, 4, "the scale transform's resize factor", open_low=True),
     "val_fraction": Range(0, 0.9, "the share of training images held out", open_low=True),
+    "acol_width": Range(1, 4096, f"hidden channels of each ACoL conv head; the paper's is {ACOL_WIDTH}"),
 }
 
 
@@ -141,8 +166,12 @@ NOT_SHAPING = ("exp_id", "device", "precision", "overwrite", "resume", "determin
 
 
 def shaping(cfg: RunConfig) -> dict:
-    """The settings that decide a run's results, as metrics.json stores them (lists, not tuples)."""
-    return {k: json.loads(json.dumps(v)) for k, v in asdict(cfg).items() if k not in NOT_SHAPING}
+    """The settings that decide a run's results, as metrics.json stores them (lists, not tuples);
+    an unset --body_evidence on the embedded benchmark counts as the generator's default."""
+    found = {k: json.loads(json.dumps(v)) for k, v in asdict(cfg).items() if k not in NOT_SHAPING}
+    if found["body_evidence"] is None and cfg.dataset == "lab" and cfg.data_root is None:
+        found["body_evidence"] = synthetic.BODY_EVIDENCE
+    return found
 
 
 def differing(cfg: RunConfig, saved_args: dict) -> list[str]:
@@ -638,7 +667,7 @@ def build_training(cfg: RunConfig, classes: list[str], device: torch.device, see
     seed_everything(seed)
     shape = cfg.model_config(len(classes))
     model = CAMModel(shape.num_classes, cfg.weights, shape.backbone, shape.cut, shape.recipe,
-                     shape.deltas).to(device)
+                     shape.deltas, shape.head, shape.head_width).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
@@ -725,11 +754,23 @@ def evaluate(model: CAMModel, data: dataloader.ImageSet, cfg: RunConfig, desc: s
 
 
 def load_data(cfg: RunConfig, device: torch.device) -> tuple[dataloader.ImageSet, dataloader.ImageSet]:
-    root = dataloader.resolve_root(cfg.dataset, cfg.data_root)
+    root = cfg.data_path()
     kw = dict(img_size=cfg.img_size, download=cfg.download, progress=cfg.progress, skip_bad=cfg.skip_bad)
     train_set = dataloader.load_split(cfg.dataset, root, "train", **kw)
     test_set = dataloader.load_split(cfg.dataset, root, "test", **kw)
+    meta = synthetic.read_meta(root) if cfg.dataset == "lab" else None
+    if cfg.body_evidence is not None and meta is not None and meta.get("body_evidence") != cfg.body_evidence:
+        raise CamlabError(f"--body_evidence {cfg.body_evidence:g}, but {root} was generated at "
+                          f"{meta.get('body_evidence')}; leave out --data_root to use (or generate) "
+                          f"{synthetic.default_root(cfg.body_evidence)}")
     return train_set.to(device), test_set.to(device)
+
+
+def benchmark_meta(cfg: RunConfig) -> dict:
+    """What a run's metrics record of the embedded benchmark it ran on (generator version, body
+    evidence, seed); empty for any other dataset."""
+    meta = synthetic.read_meta(cfg.data_path()) if cfg.dataset == "lab" else None
+    return {} if meta is None else {"benchmark": {k: meta.get(k) for k in ("version", "body_evidence", "seed", "size")}}
 
 
 def _validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -801,7 +842,8 @@ def train(cfg: RunConfig) -> dict:
     model, result = fit(cfg, train_set, train_idx, val_idx, run_dir, device, cfg.seed, world=world)
     result["test_acc"] = evaluate(model, test_set, cfg, world=world)["acc"]
     extra = {"device": str(device), "processes": world.size, "n_train": len(train_idx),
-             "n_val": len(val_idx), "n_test": len(test_set), "seconds": round(time.perf_counter() - t0, 1)}
+             "n_val": len(val_idx), "n_test": len(test_set), "seconds": round(time.perf_counter() - t0, 1),
+             **benchmark_meta(cfg)}
     if not world.main:
         return {"test_acc": result["test_acc"]}
     metrics = _finish(run_dir, cfg, result, extra)
@@ -836,7 +878,8 @@ def train_CV(cfg: RunConfig) -> dict:  # noqa: N802 - the handout's name
             model, result = fit(cfg, train_set, torch.from_numpy(tr), torch.from_numpy(va),
                                 fold_dir, device, cfg.seed + k, desc=f"fold {k}/{cfg.cv} ")
             result["test_acc"] = evaluate(model, test_set, cfg)["acc"]
-            metrics = _finish(fold_dir, cfg, result, {"fold": k, "n_train": len(tr), "n_val": len(va)})
+            metrics = _finish(fold_dir, cfg, result, {"fold": k, "n_train": len(tr), "n_val": len(va),
+                                                       **benchmark_meta(cfg)})
         folds.append({"fold": k, "val_acc": metrics["best_val_acc"], "test_acc": metrics["test_acc"],
                       "best_epoch": metrics["best_epoch"]})
     folds = _gather_folds(folds, world)

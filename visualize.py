@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from torchvision.datasets.folder import IMG_EXTENSIONS  # noqa: E402
 
 import dataloader  # noqa: E402
+import iou  # noqa: E402
 import model  # noqa: E402
 from utils import CHECKPOINT_DIR, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, VISUALIZE_DIR, CamlabError  # noqa: E402
 from utils import (OneLineParser, atomic_write, atomic_write_text, check_range, encode_png, resolve_device,  # noqa: E402
@@ -164,6 +165,34 @@ def plot_methods(examples: dict[str, list[dict]], path: Path, title: str = "") -
     save_figure(fig, path)
 
 
+def plot_sweep(series: dict[str, dict[str, list]], path: Path, title: str = "") -> None:
+    """The body-evidence sweep: mean IoU, PxAP and body-only accuracy against the setting, one
+    line per method (mean over seeds; the bar spans the seeds' min to max).
+
+    series: method -> measure key (``test_iou``, ``pxap``, ``acc_body``) -> [(setting, values
+    over seeds), ...] in increasing setting.
+    """
+    panels = (("test_iou", "mean IoU (threshold from training masks)"), ("pxap", "PxAP"),
+              ("acc_body", "body-only accuracy"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for method, measures in series.items():
+            points = [(x, np.asarray(v, dtype=np.float64)) for x, v in measures.get(key, [])
+                      if v and not np.isnan(np.asarray(v, dtype=np.float64)).all()]
+            if not points:
+                continue
+            xs = np.array([x for x, _ in points])
+            mean = np.array([np.nanmean(v) for _, v in points])
+            low, high = np.array([np.nanmin(v) for _, v in points]), np.array([np.nanmax(v) for _, v in points])
+            ax.errorbar(xs, mean, yerr=[mean - low, high - mean], marker="o", capsize=3, label=method)
+        ax.set(xlabel="body evidence (share of bodies carrying class evidence)", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title or "the body-evidence sweep", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 # ----------------------------------------------------------------------------- command line
 def _source_images(root: Path) -> tuple[list[str], np.ndarray]:
     """Stems and uint8 N×H×W×3 images of ``root/test_seg_source`` (resized to the first
@@ -190,7 +219,8 @@ def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str =
     dev = resolve_device(device)
     net, ckpt = model.load_checkpoint(run_dir / "best.pth", dev)
     args = ckpt.get("args", {})
-    root = dataloader.resolve_root(args.get("dataset", "lab"), data_root or args.get("data_root"))
+    root = dataloader.resolve_root(args.get("dataset", "lab"), data_root or args.get("data_root"),
+                                   args.get("body_evidence"))
     stems, images = _source_images(root)
     truth = dataloader.read_mask_dir(root / "test_seg") if (root / "test_seg").is_dir() else {}
     inputs = dataloader.to_model_input(torch.from_numpy(images).permute(0, 3, 1, 2).to(dev),
@@ -201,7 +231,7 @@ def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str =
     rows = []
     for i, stem in enumerate(stems):
         cam = maps[i].cpu().numpy()
-        mask = cam >= threshold
+        mask = iou.threshold_masks(cam, threshold)
         overlay = heatmap_overlay(images[i], cam)
         write_png(out_dir / f"{stem}.png", overlay)
         write_png(out_dir / f"{stem}{PRED_SUFFIX}", mask.astype(np.uint8) * 255)

@@ -165,27 +165,39 @@ def test_old_checkpoints_with_an_fc_head_still_load(tmp_path) -> None:
 
 def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tmp_path, monkeypatch, capsys) -> None:
     import csv
+    import compare
     import iou
     monkeypatch.chdir(tmp_path)
-    argv = ["--methods", "--epochs", "1", "--img_size", "32", "--batch_size", "8", "--weights", "none",
-            "--data_root", str(tiny_lab), "--device", "cpu", "--n_threshold", "6"]
+    argv = ["--methods", "--seeds", "0", "1", "--epochs", "1", "--img_size", "32", "--batch_size", "8",
+            "--weights", "none", "--data_root", str(tiny_lab), "--device", "cpu", "--n_threshold", "6"]
     assert iou.main(argv) == 0
     rows = list(csv.DictReader(open(tmp_path / "report" / "methods.csv")))
-    assert [r["experiment"] for r in rows] == ["methods_cam", "methods_seg", "methods_acol_pp",
-                                              "methods_acol_pn", "methods_cse"]
-    assert [r["method"] for r in rows] == ["CAM", "SEG rotate+hflip", "ACoL pp δ=0.6", "ACoL pn δ=0.9",
-                                          "CSE (area weight 0)"]
+    names = ["cam", "seg", "acol_pp", "acol_pn", "cse"]
+    assert [r["experiment"] for r in rows] == [f"methods_{n}_s{s}" for s in (0, 1) for n in names]
+    assert [r["method"] for r in rows[:5]] == ["CAM", "SEG rotate+hflip", "ACoL pp conv256 δ=0.6",
+                                               "ACoL pn conv256 δ=0.9", "CSE (area weight 0)"]
+    assert [r["seed"] for r in rows] == ["0"] * 5 + ["1"] * 5
     for r in rows:
         metrics = json.loads((tmp_path / "checkpoints" / r["experiment"] / "metrics.json").read_text())
         assert float(r["test_acc"]) == pytest.approx(metrics["test_acc"], abs=1e-4)
-        values = {k: float(r[k]) for k, _ in iou.METHOD_COLUMNS}
+        assert metrics["args"]["seed"] == int(r["seed"])
+        values = {k: float(r[k]) for k, _ in compare.METHOD_COLUMNS}
         assert all(0 <= v <= 1 for v in values.values())
         assert values["top1_loc"] <= values["gt_known_loc"]
-    cse = json.loads((tmp_path / "checkpoints" / "methods_cse" / "metrics.json").read_text())
-    assert cse["args"]["oc_exp"] == "methods_cam"
+        assert r["acc_body"] == "-"  # not the embedded benchmark: no diagnostics
+    for seed in (0, 1):
+        cse = json.loads((tmp_path / "checkpoints" / f"methods_cse_s{seed}" / "metrics.json").read_text())
+        assert cse["args"]["oc_exp"] == f"methods_cam_s{seed}"
     assert (tmp_path / "report" / "methods_grid.png").stat().st_size > 0
     md = (tmp_path / "report" / "methods.md").read_text()
-    assert md.count("| methods_") == 5
+    assert md.count("| methods_") == 10
+    summary = [line for line in md.splitlines() if line.startswith("| - | ")]
+    assert [line.split(" | ")[1] for line in summary] == ["CAM", "SEG rotate+hflip", "ACoL pp conv256 δ=0.6",
+                                                         "ACoL pn conv256 δ=0.9", "CSE (area weight 0)"]
+    assert all(line.split(" | ")[2] == "0, 1" for line in summary)
+    # every method but CAM has one interval per seed, and a verdict
+    for line in summary[1:]:
+        assert line.count("[") == 4 and ("IoU: " in line and "PxAP: " in line)
     capsys.readouterr()
     # --wsol evaluates every finished experiment again, without training
     assert iou.main(["--wsol", "--device", "cpu", "--n_threshold", "6"]) == 0
@@ -193,6 +205,24 @@ def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tm
     again = list(csv.DictReader(open(tmp_path / "report" / "methods.csv")))
     assert sorted(r["experiment"] for r in again) == sorted(r["experiment"] for r in rows)
     assert {r["experiment"]: r["pxap"] for r in again} == {r["experiment"]: r["pxap"] for r in rows}
+
+
+def test_diagnostics_of_a_run_on_the_embedded_benchmark(tmp_path, monkeypatch) -> None:
+    import compare
+    import synthetic
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "bench"
+    synthetic.generate_synthetic(root, seed=0, n_train=40, n_test=20, size=32, progress=False)
+    metrics = train.train(train.RunConfig(mode="ACOL", exp_id="acol", epochs=1, img_size=32, batch_size=8,
+                                          weights="none", data_root=str(root), device="cpu", acol_width=8,
+                                          progress=False))
+    assert metrics["benchmark"] == {"version": 2, "body_evidence": synthetic.BODY_EVIDENCE, "seed": 0, "size": 32}
+    report = compare.wsol_report("acol", n_threshold=10, device="cpu")
+    assert report["acc_normal"] == pytest.approx(metrics["test_acc"])  # the redrawn test set is the files
+    for key in ("acc_body", "acc_part", "on_part", "on_body", "on_background"):
+        assert 0 <= report[key] <= 1
+    assert len(report["heads"]) == 2  # ACoL pp: each p head's own map
+    assert report["body_evidence"] == synthetic.BODY_EVIDENCE
 
 
 def test_wsol_without_experiments_says_what_to_do(tmp_path, monkeypatch, capsys) -> None:

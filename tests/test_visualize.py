@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import compare
 import iou
 import main
 import visualize
@@ -60,9 +61,9 @@ def test_iou_csv_agrees_with_the_mask_files(trained, tiny_lab) -> None:
 
 def test_whole_test_report_chooses_threshold_on_training_masks(trained, monkeypatch) -> None:
     seen = []
-    real = iou.split_masks
-    monkeypatch.setattr(iou, "split_masks", lambda root, split, names: seen.append(split) or real(root, split, names))
-    report = iou.localization_report("tiny", "class", n_threshold=10, device="cpu")
+    real = compare.split_masks
+    monkeypatch.setattr(compare, "split_masks", lambda root, split, names: seen.append(split) or real(root, split, names))
+    report = compare.localization_report("tiny", "class", n_threshold=10, device="cpu")
     assert seen == ["train", "test"] and report["n_threshold_images"] == 10 and report["n_test"] == 9
     grid, curve = report["curve"]
     assert report["threshold"] == grid[int(np.argmax(curve))]  # best on training masks...

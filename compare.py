@@ -1,0 +1,649 @@
+"""The comparison runner: trains (or reuses) runs, evaluates them on a whole split and compares
+methods: the handout's ablation, the WSOL methods table over seeds with paired bootstrap
+intervals, the benchmark's diagnostics and the body-evidence sweep.
+
+``iou.py`` holds the metrics and stays the command (``python iou.py --methods``); this module is
+what that command runs. It reads finished runs from ``checkpoints/`` and writes ``report/``.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+import dataloader
+import model
+import train
+import visualize
+from dataloader import read_mask
+import synthetic
+from iou import (BOOTSTRAP_RESAMPLES, BOX_FRACTION, DEFAULT_PROTOCOL, THRESHOLD_GRID, Box, _md_cell, _protocol,
+                 batch_iou, iou_curve, iou_table, localization_accuracy, mask_box, max_box_acc, mean_statistic,
+                 paired_bootstrap, pick_threshold, pixel_histograms, pxap_from_histograms, pxap_statistic,
+                 threshold_masks, wsol_scoremaps)
+from utils import (CHECKPOINT_DIR, DEFAULT_THRESHOLD, REPORT_DIR, VISUALIZE_DIR, CamlabError,
+                   atomic_write_text, resolve_device, safe_subdir)
+
+# ------------------------------------------------------------------- the whole test set
+def dataset_cams(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, form: str,
+                 batch_size: int = 64, of_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(predictions int64 N, CAMs float32 N×H×W in [0, 1])`` for every image of ``data``, the
+    maps at the stored image size, each of the image's top predicted class (``of_labels``: of
+    its labelled class, as GT-known localisation asks); batched under ``torch.inference_mode``."""
+    out_size = tuple(data.images.shape[-2:])
+    return _batched(net, data, img_size, batch_size, of_labels,
+                    lambda inputs, classes: model.localization_maps(net, inputs, out_size, form, classes))
+
+
+def protocol_cams(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, protocol: str,
+                  of_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(predictions, evaluation maps N×H×W in [0, 1])`` as ``protocol`` defines them
+    (:class:`Protocol`): wsolevaluation's from the raw maps (:func:`wsol_scoremaps`)."""
+    rule = _protocol(protocol)
+    if rule.form != "raw":
+        return dataset_cams(net, data, img_size, rule.form, of_labels=of_labels)
+    preds, raw = _batched(net, data, img_size, 64, of_labels,
+                          lambda inputs, classes: model.feature_maps(net, inputs, "raw", classes))
+    return preds, wsol_scoremaps(raw, tuple(data.images.shape[-2:]))
+
+
+def _batched(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, batch_size: int,
+             of_labels: bool, maps_of) -> tuple[np.ndarray, np.ndarray]:
+    """``maps_of(inputs, classes) -> (scores, maps)`` over ``data`` in batches (classes: the
+    labels with ``of_labels``, else None for the top prediction), one host copy at the end (the
+    GPU is never waited for batch by batch)."""
+    preds, maps = [], []
+    with torch.inference_mode():
+        for idx in torch.arange(len(data), device=data.images.device).split(batch_size):
+            inputs = dataloader.to_model_input(data.images[idx], img_size)
+            scores, cams = maps_of(inputs, data.labels[idx] if of_labels else None)
+            preds.append(scores.argmax(dim=1))
+            maps.append(cams.float())
+    return torch.cat(preds).cpu().numpy(), torch.cat(maps).cpu().numpy()
+
+
+def split_masks(root: Path, split: str, names: Sequence[str]) -> np.ndarray | None:
+    """bool N×H×W masks from ``root/<split>_masks/<stem>.png`` (the embedded dataset writes
+    them), or None when the dataset has no such folder."""
+    folder = root / f"{split}_masks"
+    if not folder.is_dir():
+        return None
+    return np.stack([read_mask(folder / f"{Path(name).stem}.png") for name in names])
+
+
+def _subset(data: "dataloader.ImageSet", n: int, seed: int = 0) -> "dataloader.ImageSet":
+    if n >= len(data):
+        return data
+    return data.take(torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(data), n, replace=False))))
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A finished run, ready to evaluate: its best model (eval mode), settings and data root."""
+
+    exp_id: str
+    net: "model.CAMModel"
+    cfg: "train.RunConfig"
+    root: Path
+    device: torch.device
+
+    @classmethod
+    def load(cls, exp_id: str, device: str = "auto") -> "Experiment":
+        dev = resolve_device(device)
+        net, ckpt = model.load_checkpoint(safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth", dev)
+        cfg = train.RunConfig.from_args(ckpt["args"])
+        return cls(exp_id, net.eval(), cfg, cfg.data_path(), dev)
+
+    def has_masks(self) -> bool:
+        """Only the embedded dataset writes ``train_masks/`` and ``test_masks/``."""
+        return (self.root / "train_masks").is_dir() and (self.root / "test_masks").is_dir()
+
+    def split(self, split: str, n: int | None = None) -> "dataloader.ImageSet":
+        data = dataloader.load_split(self.cfg.dataset, self.root, split, img_size=self.cfg.img_size,
+                                     progress=False, skip_bad=self.cfg.skip_bad)
+        return (data if n is None else _subset(data, n)).to(self.device)
+
+    @functools.cached_property
+    def test(self) -> tuple["dataloader.ImageSet", np.ndarray]:
+        """The test split and its masks, read once however many measures use them."""
+        data = self.split("test")
+        return data, split_masks(self.root, "test", data.names)
+
+    def cams(self, data: "dataloader.ImageSet", form: str = "class",
+             of_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        return dataset_cams(self.net, data, self.cfg.img_size, form, of_labels=of_labels)
+
+
+def localization_report(exp_id: str, form: str = "class", n_threshold: int = 500,
+                        device: str = "auto") -> dict | None:
+    """Mean IoU of ``exp_id``'s best checkpoint over the whole test set, at the threshold that
+    is best on ``n_threshold`` training images' masks (never on test masks). None when the
+    dataset has no ``train_masks/`` and ``test_masks/`` (only the embedded one has them)."""
+    exp = Experiment.load(exp_id, device)
+    return _localization(exp, form, n_threshold) if exp.has_masks() else None
+
+
+def _localization(exp: Experiment, form: str, n_threshold: int) -> dict:
+    if n_threshold < 1:
+        raise CamlabError(f"--n_threshold must be at least 1, got {n_threshold}")
+    fit_set = exp.split("train", n_threshold)
+    curve = iou_curve(exp.cams(fit_set, form)[1], split_masks(exp.root, "train", fit_set.names), THRESHOLD_GRID)
+    threshold, train_iou = pick_threshold(THRESHOLD_GRID, curve)
+    test_set, test_masks = exp.test
+    test_cams = exp.cams(test_set, form)[1]
+    test_curve = iou_curve(test_cams, test_masks, THRESHOLD_GRID)
+    return {"exp_id": exp.exp_id, "cam": form, "threshold": threshold, "train_iou": train_iou,
+            "test_iou": float(test_curve[THRESHOLD_GRID.index(threshold)]),
+            "test_ious": batch_iou(threshold_masks(test_cams, threshold), test_masks),
+            "n_threshold_images": len(fit_set), "n_test": len(test_set),
+            "curve": (np.asarray(THRESHOLD_GRID), curve), "test_curve": (np.asarray(THRESHOLD_GRID), test_curve)}
+
+
+def full_test_table(reports: list[dict]) -> str:
+    """Markdown: per experiment, the CAM form, the threshold chosen on training masks, the mean
+    IoU there and on the whole test set at that threshold."""
+    lines = ["| experiment | CAM | threshold (chosen on train masks) | train mean IoU | test mean IoU | test images |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in reports:
+        lines.append(f"| {_md_cell(r['exp_id'])} | {r['cam']} | {r['threshold']:.2f} | {r['train_iou']:.4f} "
+                     f"| {r['test_iou']:.4f} | {r['n_test']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _experiment_form(exp_id: str, default: str) -> str:
+    """The CAM form visualize.py used for ``exp_id`` (its settings.json), else ``default``."""
+    path = safe_subdir(VISUALIZE_DIR, exp_id) / "settings.json"
+    try:
+        return json.loads(path.read_text())["cam"]
+    except (OSError, ValueError, KeyError):
+        return default
+
+
+def whole_test_reports(experiments: Sequence[str], form: str, n_threshold: int,
+                       device: str) -> list[dict]:
+    """localization_report for each experiment that has a checkpoint and masked data."""
+    reports = []
+    for exp_id in experiments:
+        if (safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth").is_file():
+            report = localization_report(exp_id, _experiment_form(exp_id, form), n_threshold, device)
+            if report is not None:
+                reports.append(report)
+    return reports
+
+
+def write_full_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
+    """``iou_full.csv``, the curves in ``iou_threshold.png``; returns the markdown table."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["experiment", "cam", "threshold", "train_iou", "test_iou", "n_test"])
+    for r in reports:
+        writer.writerow([r["exp_id"], r["cam"], f"{r['threshold']:.2f}", f"{r['train_iou']:.4f}",
+                         f"{r['test_iou']:.4f}", r["n_test"]])
+    atomic_write_text(Path(report_dir) / "iou_full.csv", buf.getvalue())
+    visualize.plot_iou_curves({r["exp_id"]: r["curve"] for r in reports}, Path(report_dir) / "iou_threshold.png",
+                              chosen={r["exp_id"]: r["threshold"] for r in reports},
+                              title="mean IoU on training masks (where the threshold is chosen)")
+    return full_test_table(reports)
+
+
+
+# ------------------------------------------------------------------ methods compared (WSOL)
+# methods.csv / methods.md columns: (key in a wsol_report, header)
+METHOD_COLUMNS = (("test_acc", "test acc"), ("test_iou", "mean IoU"), ("pxap", "PxAP"),
+                  ("max_box_acc_v2", "MaxBoxAccV2"), ("top1_loc", "top-1 loc"), ("gt_known_loc", "GT-known loc"))
+# The embedded benchmark's diagnostics (only for runs on it): what the model looks at.
+DIAGNOSTIC_COLUMNS = (("acc_body", "body-only acc"), ("acc_part", "part-only acc"), ("on_part", "part ≥0.5"),
+                      ("on_body", "body ≥0.5"), ("on_background", "background ≥0.5"))
+MAP_LEVEL = 0.5  # the diagnostics' pixel shares count pixels where the normalised map is >= this
+
+
+def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
+                protocol: str = DEFAULT_PROTOCOL) -> dict | None:
+    """Every measure of the methods table for ``exp_id`` on its test split, as fractions; None
+    when the dataset has no masks (only the embedded one has them).
+
+    test_acc: the best checkpoint's accuracy. test_iou: mean IoU of the predicted class's CAM at
+    the threshold chosen on training masks (as :func:`localization_report`). PxAP, MaxBoxAccV2,
+    top-1 and GT-known localisation read the labelled class's map as ``protocol`` defines it
+    (:class:`iou.Protocol`; wsolevaluation's by default); ground-truth boxes are the boxes of the
+    object masks, in the protocol's convention. The mean IoU keeps the handout's definition.
+    On the embedded benchmark, the diagnostics (:func:`diagnostics`) join the report. The
+    per-image values that the paired bootstrap resamples are kept under ``per_image``.
+    """
+    exp = Experiment.load(exp_id, device)
+    if not exp.has_masks():
+        return None
+    report = _localization(exp, "class", n_threshold)
+    test_set, masks = exp.test
+    preds, cams = protocol_cams(exp.net, test_set, exp.cfg.img_size, protocol)
+    boxes = [[box] if (box := mask_box(m, protocol)) is not None else [] for m in masks]
+    labels = test_set.labels.cpu().numpy()
+    fg, bg = pixel_histograms(cams, masks)
+    report.update(test_acc=float(np.mean(preds == labels)), pxap=pxap_from_histograms(fg.sum(0), bg.sum(0)),
+                  max_box_acc_v2=max_box_acc(cams, boxes, protocol=protocol)["mean"],
+                  **localization_accuracy(cams, preds, labels, boxes, protocol=protocol),
+                  method=_method_name(exp.cfg), mean_mask_area=float(masks.mean()), protocol=protocol,
+                  seed=exp.cfg.seed, data_root=str(exp.root.resolve()),
+                  body_evidence=(synthetic.read_meta(exp.root) or {}).get("body_evidence"),
+                  per_image={"iou": report.pop("test_ious"), "fg": fg, "bg": bg})
+    meta = synthetic.read_meta(exp.root)
+    if meta is not None and meta.get("version") == synthetic.SYNTHETIC_VERSION:
+        report.update(diagnostics(exp, cams, masks, meta))
+    report["examples"] = _examples(test_set, cams, boxes, protocol)
+    return report
+
+
+def _method_name(cfg: "train.RunConfig") -> str:
+    """How a run's method reads in a table: CAM, SEG rotate+hflip, ACoL pn δ=0.9, CSE."""
+    if cfg.mode == "SEG":
+        return f"SEG {cfg.transform}"
+    if cfg.mode == "ACOL":
+        head = cfg.acol_head if cfg.acol_head != "conv" or cfg.acol_width == model.ACOL_WIDTH \
+            else f"conv{cfg.acol_width}"
+        return f"ACoL {cfg.recipe} {head} δ={','.join(f'{d:g}' for d in cfg.delta)}"
+    if cfg.mode == "CSE":
+        return f"CSE (area weight {cfg.area_weight:g})"
+    return cfg.mode
+
+
+def _examples(data: "dataloader.ImageSet", cams: np.ndarray, boxes: list, protocol: str,
+              n: int = 8) -> list[dict]:
+    """The first ``n`` test images with their maps, the protocol's 20% box and the ground-truth
+    box (both inclusive, for drawing), for the report figure."""
+    rule = _protocol(protocol)
+
+    def drawn(found: np.ndarray | list) -> Box | None:
+        return rule.inclusive(found[0]) if len(found) else None
+    return [{"image": data.images[i].permute(1, 2, 0).cpu().numpy(), "cam": cams[i],
+             "box": drawn(rule.box_at(cams[i], BOX_FRACTION)), "gt_box": drawn(boxes[i]), "name": data.names[i]}
+            for i in range(min(n, len(data)))]
+
+
+# ------------------------------------------------------------------------- the diagnostics
+def map_shares(maps: np.ndarray, masks: np.ndarray, part_masks: np.ndarray,
+               level: float = MAP_LEVEL) -> dict[str, float]:
+    """The share of the part's, the body's (object minus part) and the background's pixels,
+    pooled over the images, where the normalised map (N×H×W in [0, 1]) is >= ``level``."""
+    on = np.asarray(maps) >= level
+    masks, part_masks = np.asarray(masks, bool), np.asarray(part_masks, bool)
+    regions = {"on_part": part_masks, "on_body": masks & ~part_masks, "on_background": ~masks}
+    return {key: float(on[region].mean()) if region.any() else float("nan") for key, region in regions.items()}
+
+
+def rendering_accuracy(net: "model.CAMModel", meta: dict, img_size: int, device: torch.device,
+                       split: str = "test") -> dict[str, float]:
+    """Accuracy of ``net`` on the split drawn again from its seeds as each of
+    ``synthetic.RENDERINGS``: normal (the files on disk), body only (the part not painted) and
+    part only (the body not painted)."""
+    accuracy = {}
+    for render in synthetic.RENDERINGS:
+        images, _, labels = synthetic.redraw(meta, split, render)
+        data = dataloader.ImageSet(torch.from_numpy(images.copy()).permute(0, 3, 1, 2).contiguous(),
+                                   torch.from_numpy(labels), [str(i) for i in range(len(labels))],
+                                   list(meta["classes"])).to(device)
+        preds, _ = _batched(net, data, img_size, 64, False, lambda inputs, classes: (net(inputs)[0], inputs[:, 0]))
+        accuracy[f"acc_{render}"] = float(np.mean(preds == labels))
+    return accuracy
+
+
+def head_maps(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int) -> list[np.ndarray]:
+    """Each ``p`` head's min-max normalised map of the labelled class at the image size (ACoL
+    has two: the first head's and the one that saw the erased features), N×H×W each."""
+    out_size = tuple(data.images.shape[-2:])
+    maps = []
+    with torch.inference_mode():
+        for idx in torch.arange(len(data), device=data.images.device).split(64):
+            inputs = dataloader.to_model_input(data.images[idx], img_size)
+            outputs = net.run_heads(net.forward_features(inputs), data.labels[idx])
+            maps.append([model.minmax(torch.nn.functional.interpolate(
+                model.select_class(out.cams, data.labels[idx]).unsqueeze(1).float(), size=out_size,
+                mode="bilinear", align_corners=False)[:, 0]).cpu().numpy() for out in outputs if out.kind == "p"])
+    return [np.concatenate(per_head) for per_head in zip(*maps)]
+
+
+def diagnostics(exp: Experiment, cams: np.ndarray, masks: np.ndarray, meta: dict) -> dict:
+    """What a run on the embedded benchmark looks at: accuracy on its test set as drawn
+    normally, body only and part only (:func:`rendering_accuracy`), and where its evaluation map
+    of the labelled class is >= MAP_LEVEL (:func:`map_shares`); for ACoL, each ``p`` head's
+    map too (``heads``), to see whether the second lies on the body or on the background."""
+    _, part_masks, _ = synthetic.redraw(meta, "test", "normal")
+    out = rendering_accuracy(exp.net, meta, exp.cfg.img_size, exp.device)
+    out.update(map_shares(cams, masks, part_masks))
+    if exp.net.config.recipe.count("p") > 1:
+        out["heads"] = [map_shares(m, masks, part_masks) for m in head_maps(exp.net, exp.test[0], exp.cfg.img_size)]
+    return out
+
+
+# ----------------------------------------------------------------------- tables over seeds
+def finished_experiments(checkpoint_dir: Path = CHECKPOINT_DIR) -> list[str]:
+    """The exp_ids under ``checkpoints/`` with a best checkpoint (k-fold runs keep theirs per fold
+    and are left out), sorted."""
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(d.name for d in checkpoint_dir.iterdir() if (d / "best.pth").is_file())
+
+
+def _cell(report: dict, key: str) -> str:
+    value = report.get(key)
+    return "-" if value is None or value != value else f"{value:.4f}"
+
+
+def methods_table(reports: list[dict]) -> tuple[str, str]:
+    """(csv, markdown): one row per run, its exp_id, method and seed first, then the measures of
+    METHOD_COLUMNS and the diagnostics of DIAGNOSTIC_COLUMNS ("-" off the embedded benchmark)."""
+    columns = METHOD_COLUMNS + DIAGNOSTIC_COLUMNS
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["experiment", "method", "seed", "body_evidence"] + [key for key, _ in columns])
+    lines = ["| experiment | method | seed | " + " | ".join(h for _, h in columns) + " |",
+             "|---|---|---:|" + "---:|" * len(columns)]
+    for r in reports:
+        values = [_cell(r, key) for key, _ in columns]
+        writer.writerow([r["exp_id"], r["method"], r["seed"], r.get("body_evidence", "")] + values)
+        lines.append(f"| {_md_cell(r['exp_id'])} | {_md_cell(r['method'])} | {r['seed']} | " + " | ".join(values) + " |")
+    return buf.getvalue(), "\n".join(lines) + "\n"
+
+
+def _reference(report: dict, reports: list[dict]) -> dict | None:
+    """The plain CAM run that ``report`` is paired with: same test set (data root) and seed."""
+    return next((r for r in reports if r["method"] == "CAM" and r["seed"] == report["seed"]
+                 and r["data_root"] == report["data_root"]), None)
+
+
+def versus_cam(report: dict, cam: dict, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, tuple[float, float, float]]:
+    """The paired per-image bootstrap (:func:`iou.paired_bootstrap`) of ``report`` minus the CAM
+    run ``cam`` on the same test images: mean IoU and PxAP, each (difference, low, high)."""
+    a, b = report["per_image"], cam["per_image"]
+    n = len(a["iou"])
+    if len(b["iou"]) != n:
+        raise CamlabError(f"{report['exp_id']} and {cam['exp_id']} were scored on different test sets")
+    return {"iou": paired_bootstrap(mean_statistic(a["iou"]), mean_statistic(b["iou"]), n, resamples),
+            "pxap": paired_bootstrap(pxap_statistic(a["fg"], a["bg"]), pxap_statistic(b["fg"], b["bg"]), n, resamples)}
+
+
+def _verdict(intervals: list[tuple[float, float, float]]) -> str:
+    """"better" / "worse" when every seed's interval lies above / below 0, else "no clear difference"."""
+    if intervals and all(low > 0 for _, low, _ in intervals):
+        return "better"
+    if intervals and all(high < 0 for _, _, high in intervals):
+        return "worse"
+    return "no clear difference"
+
+
+def summary_table(reports: list[dict]) -> str:
+    """Markdown: one row per (dataset, method), each measure as mean ± std over its seeds, and
+    per seed the paired bootstrap 95% interval of its mean IoU and PxAP minus the same seed's
+    plain CAM; the verdict counts only where every seed's interval excludes 0."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in reports:
+        groups.setdefault((r["data_root"], r.get("body_evidence"), r["method"]), []).append(r)
+    keys = [("test_iou", "mean IoU"), ("pxap", "PxAP"), ("max_box_acc_v2", "MaxBoxAccV2"),
+            ("acc_body", "body-only acc"), ("on_body", "body ≥0.5"), ("on_background", "background ≥0.5")]
+    lines = ["| body evidence | method | seeds | " + " | ".join(h for _, h in keys)
+             + " | ΔIoU vs CAM, 95% CI per seed | ΔPxAP vs CAM, 95% CI per seed | beats CAM? |",
+             "|---:|---|---|" + "---:|" * len(keys) + "---|---|---|"]
+    for (_, dial, method), group in groups.items():
+        group = sorted(group, key=lambda r: r["seed"])
+        cells = []
+        for key, _ in keys:
+            values = np.array([r.get(key, np.nan) for r in group], dtype=np.float64)
+            cells.append("-" if np.isnan(values).all() else
+                         f"{np.nanmean(values):.4f} ± {np.nanstd(values, ddof=1) if len(values) > 1 else 0:.4f}")
+        iou_ci, pxap_ci = [], []
+        for r in group:
+            cam = _reference(r, reports)
+            if cam is not None and cam is not r:
+                found = versus_cam(r, cam)
+                iou_ci.append(found["iou"])
+                pxap_ci.append(found["pxap"])
+        iou_text = "; ".join(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in iou_ci) or "-"
+        pxap_text = "; ".join(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in pxap_ci) or "-"
+        verdict = "-" if method == "CAM" or not iou_ci else (
+            f"IoU: {_verdict(iou_ci)}; PxAP: {_verdict(pxap_ci)}")
+        dial_text = "-" if dial is None else f"{dial:g}"
+        lines.append(f"| {dial_text} | {_md_cell(method)} | {', '.join(str(r['seed']) for r in group)} | "
+                     + " | ".join(cells) + f" | {iou_text} | {pxap_text} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def heads_table(reports: list[dict]) -> str:
+    """Markdown: for runs with several ``p`` heads (ACoL), where each head's map is >= 0.5."""
+    rows = [r for r in reports if r.get("heads")]
+    if not rows:
+        return ""
+    lines = ["| experiment | head | part ≥0.5 | body ≥0.5 | background ≥0.5 |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        for i, shares in enumerate(r["heads"], start=1):
+            lines.append(f"| {_md_cell(r['exp_id'])} | {i} | {shares['on_part']:.4f} | {shares['on_body']:.4f} "
+                         f"| {shares['on_background']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_methods_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
+    """``methods.csv``, ``methods.md`` (the summary over seeds with intervals, then every run
+    with its diagnostics) and the figure ``methods_grid.png`` (the first seed's runs); returns
+    the markdown."""
+    if not reports:
+        raise CamlabError(f"no experiment under {CHECKPOINT_DIR}/ has a best.pth on a dataset with "
+                          f"masks; train one first (python main.py --mode CAM)")
+    csv_text, md = methods_table(reports)
+    protocols = sorted({r["protocol"] for r in reports})
+    seeds = sorted({r["seed"] for r in reports})
+    note = (f"Protocol: {', '.join(protocols)} (iou.py --protocol). Mean IoU at each run's threshold chosen on "
+            f"training masks (the handout's); PxAP, MaxBoxAccV2 (IoU 0.3/0.5/0.7, every contour) and top-1 / "
+            f"GT-known localisation (the 20% box) read the labelled class's map; "
+            f"{reports[0]['n_test']} test images.\n\n"
+            f"Seeds: {', '.join(map(str, seeds))}. Each measure is the mean ± sample std over seeds. Each seed's run "
+            f"is compared with the plain CAM run of the same seed on the same test images: a paired bootstrap "
+            f"({BOOTSTRAP_RESAMPLES} resamples of the test images, the same resample for both runs; 95% percentile "
+            f"interval) of the difference in mean IoU and in PxAP. A method beats CAM only where every seed's "
+            f"interval lies above 0. Diagnostics: accuracy on the test set drawn again with the part unpainted "
+            f"(body-only) and with the body unpainted (part-only); the share of part, body and background pixels "
+            f"where the labelled class's evaluation map is >= {MAP_LEVEL}.\n\n")
+    heads = heads_table(reports)
+    text = (note + summary_table(reports) + "\n### Every run\n\n" + md
+            + (f"\n### Each ACoL head's map\n\n{heads}" if heads else ""))
+    atomic_write_text(Path(report_dir) / "methods.csv", csv_text)
+    atomic_write_text(Path(report_dir) / "methods.md", text)
+    first = [r for r in reports if r["seed"] == seeds[0]]
+    visualize.plot_methods({r["exp_id"]: r["examples"] for r in first}, Path(report_dir) / "methods_grid.png")
+    return text
+
+
+# ------------------------------------------------------------------------------- ablation
+# (name, settings over the base run): the comparison of handout section 3.5, one seed for all.
+ABLATION: tuple[tuple[str, dict], ...] = (
+    ("cam", dict(mode="CAM")), ("seg_scale", dict(mode="SEG", transform="scale")),
+    ("seg_rotate", dict(mode="SEG", transform="rotate")), ("seg_hflip", dict(mode="SEG", transform="hflip")),
+    ("seg_rotate_hflip", dict(mode="SEG", transform="rotate+hflip")))
+# ACoL's conv heads in the comparison: 256 hidden channels, twice the 128 that ResNet-18's layer2
+# gives them (the paper's 1024 on VGG's 512). At 1024 one ACoL run costs about 9 CAM runs on a CPU.
+ACOL_BENCH_WIDTH = 256
+# The methods compared in the README, at each seed. SEG takes the transform whose ablation run
+# was best on *training* masks (rotate+hflip); ACoL pp the paper's delta, pn the notes' 0.9; CSE's
+# ordinary classifier is the CAM run of the same comparison and seed.
+METHODS: tuple[tuple[str, dict], ...] = (
+    ("cam", dict(mode="CAM")), ("seg", dict(mode="SEG", transform="rotate+hflip")),
+    ("acol_pp", dict(mode="ACOL", recipe="pp", delta=(0.6,), acol_head="conv", acol_width=ACOL_BENCH_WIDTH)),
+    ("acol_pn", dict(mode="ACOL", recipe="pn", delta=(0.9,), acol_head="conv", acol_width=ACOL_BENCH_WIDTH)),
+    ("cse", dict(mode="CSE", oc_exp="{prefix}_cam{suffix}")))
+
+
+def _runs(base: "train.RunConfig", prefix: str, table: tuple[tuple[str, dict], ...],
+          form: str, suffix: str = "") -> list["train.RunConfig"]:
+    """The configs of ``table``'s runs: ``<prefix>_<name><suffix>``, ``form`` as SEG's
+    regularised CAM ("{prefix}" and "{suffix}" in a setting are filled in)."""
+    return [dataclasses.replace(base, exp_id=f"{prefix}_{name}{suffix}", cam=form,
+                                **{k: (v.format(prefix=prefix, suffix=suffix) if isinstance(v, str) else v)
+                                   for k, v in settings.items()})
+            for name, settings in table]
+
+
+def _trained(cfg: "train.RunConfig") -> dict:
+    """The run's metrics: reused when ``checkpoints/<exp_id>`` holds a finished run with the
+    same settings (so an interrupted ablation continues where it stopped), trained otherwise (a
+    run interrupted before its metrics.json is retrained); other settings there are an error."""
+    path = cfg.run_dir() / "metrics.json"
+    if not path.is_file():  # never trained, or interrupted before it finished: (re)train it
+        return train.train(dataclasses.replace(cfg, overwrite=True))
+    metrics = json.loads(path.read_text())
+    differ = train.differing(cfg, metrics.get("args", {}))
+    if differ:
+        raise CamlabError(f"{cfg.run_dir()} holds a run with other settings ({', '.join(differ)}); "
+                          f"move it away or use another --prefix")
+    print(f"reusing {cfg.run_dir()} (same settings)")
+    return metrics
+
+
+def run_ablation(base: "train.RunConfig", prefix: str = "ablation", form: str = "class",
+                 n_threshold: int = 500) -> str:
+    """Train (or reuse) every ABLATION run under one seed, with ``form`` as the CAM that SEG's
+    loss regularises and that every run is scored on; visualise the ten images at one shared
+    threshold (the CAM run's, chosen on training masks) and tabulate accuracy, ten-image mean
+    IoU and whole-test mean IoU (at the shared threshold, and at each run's own threshold
+    chosen on training masks) into ``report/ablation.md``."""
+    rows, shared = [], None
+    for cfg in _runs(base, prefix, ABLATION, form):
+        metrics = _trained(cfg)
+        full = localization_report(cfg.exp_id, form, n_threshold, cfg.device)
+        shared = shared if shared is not None else (full["threshold"] if full else DEFAULT_THRESHOLD)
+        if full:
+            full["shared_iou"] = float(full["test_curve"][1][THRESHOLD_GRID.index(shared)])
+        out = visualize.visualize_run(cfg.exp_id, shared, form, cfg.data_root, cfg.device)
+        settings = json.loads((out / "settings.json").read_text())
+        ten = iou_table(out, Path(settings["data_root"]) / "test_seg")
+        rows.append({"run": cfg.exp_id, "mode": cfg.mode, "transform": "-" if cfg.mode == "CAM" else cfg.transform,
+                     "test_acc": metrics["test_acc"], "weights": metrics["weights"], "ten": float(np.mean(list(ten.values()))),
+                     "full": full})
+    table = ablation_table(rows, base, form, shared)
+    atomic_write_text(REPORT_DIR / "ablation.md", table)
+    return table
+
+
+def method_reports(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
+                   protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,)) -> list[dict]:
+    """Train (or reuse) every METHODS run at every seed (``<prefix>_<name>_s<seed>``), then
+    score each with :func:`wsol_report`."""
+    configs = [cfg for seed in seeds
+               for cfg in _runs(dataclasses.replace(base, seed=seed), prefix, METHODS, "class", f"_s{seed}")]
+    for cfg in configs:
+        _trained(cfg)
+    reports = [wsol_report(cfg.exp_id, n_threshold, cfg.device, protocol) for cfg in configs]
+    return [r for r in reports if r is not None]
+
+
+def run_methods(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
+                protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,)) -> str:
+    """:func:`method_reports` into ``report/methods.{csv,md}`` and ``report/methods_grid.png``."""
+    return write_methods_report(method_reports(base, prefix, n_threshold, protocol, seeds))
+
+
+
+def sweep_prefix(prefix: str, value: float) -> str:
+    """The runs of a sweep point: the methods comparison's own runs at the default setting
+    (reused, not trained again), ``<prefix>_be<value>_...`` at any other."""
+    return prefix if value == synthetic.BODY_EVIDENCE else f"{prefix}_be{value:g}"
+
+
+def run_sweep(base: "train.RunConfig", values: Sequence[float], prefix: str = "methods",
+              n_threshold: int = 500, protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
+              report_dir: Path = REPORT_DIR) -> str:
+    """Every method at every body-evidence setting in ``values`` (each its own embedded
+    dataset, generated on first use) into ``report/sweep.{csv,md}`` and ``sweep.png``: mean IoU
+    and PxAP against the setting, one line per method, mean over seeds with the seeds' spread."""
+    reports = []
+    for value in values:
+        cfg = dataclasses.replace(base, body_evidence=float(value), data_root=None)
+        reports += method_reports(cfg, sweep_prefix(prefix, value), n_threshold, protocol, seeds)
+    csv_text, _ = methods_table(reports)
+    atomic_write_text(Path(report_dir) / "sweep.csv", csv_text)
+    curves: dict[str, dict[str, list]] = {}
+    for r in reports:
+        curve = curves.setdefault(r["method"], {})
+        curve.setdefault(r["body_evidence"], []).append(r)
+    series = {method: {key: [(dial, [x[key] for x in rs]) for dial, rs in sorted(points.items())]
+                       for key in ("test_iou", "pxap", "acc_body")}
+              for method, points in curves.items()}
+    visualize.plot_sweep(series, Path(report_dir) / "sweep.png",
+                         title=f"the body-evidence sweep ({protocol} protocol; seeds {', '.join(map(str, seeds))})")
+    text = (f"Body-evidence sweep: every method at each setting of the embedded benchmark's dial (the share of "
+            f"bodies whose stripes carry their class's period and hue); protocol {protocol}; seeds "
+            f"{', '.join(map(str, seeds))}; intervals as in methods.md.\n\n" + summary_table(reports))
+    atomic_write_text(Path(report_dir) / "sweep.md", text)
+    return text
+
+
+def ablation_table(rows: list[dict], base: "train.RunConfig", form: str, shared: float) -> str:
+    """Markdown for report/ablation.md: the settings, then one row per run."""
+    used = ", ".join(sorted({r["weights"] for r in rows}))
+    head = (f"Settings: seed {base.seed}, {base.epochs} epochs, img_size {base.img_size}, batch {base.batch_size}, "
+            f"lr {base.lr}, weights {base.weights} (used: {used}), ser_weight {base.ser_weight}; the {form} CAM is both "
+            f"what SEG's L_ser regularises and what every run is scored on. Shared threshold {shared:.2f}: "
+            f"the CAM run's best on training masks. Own threshold: each run's best on training masks. "
+            f"Test masks choose nothing.\n\n")
+    lines = ["| run | mode | transform | test acc | ten-image mean IoU (shared thr.) "
+             "| whole-test mean IoU (shared thr.) | whole-test mean IoU (own thr.) | own thr. |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        full = r["full"]
+        cells = ([f"{full['shared_iou']:.4f}", f"{full['test_iou']:.4f}", f"{full['threshold']:.2f}"]
+                 if full else ["-", "-", "-"])
+        lines.append(f"| {r['run']} | {r['mode']} | {_md_cell(r['transform'])} | {r['test_acc']:.4f} "
+                     f"| {r['ten']:.4f} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- the commands
+def _base_run(args) -> "train.RunConfig":
+    return train.RunConfig(epochs=args.epochs, img_size=args.img_size, seed=args.seed,
+                           batch_size=args.batch_size, weights=args.weights, data_root=args.data_root,
+                           device=args.device, body_evidence=args.body_evidence).checked()
+
+
+def _timed(what: str, work) -> str:
+    start = time.perf_counter()
+    text = work()
+    print(f"{what}: {(time.perf_counter() - start) / 60:.1f} min wall time (training, or reusing, and scoring)",
+          file=sys.stderr)
+    return text
+
+
+def ablation_command(args) -> None:
+    """``python iou.py --ablation``."""
+    print(run_ablation(_base_run(args), args.prefix or "ablation", args.cam, args.n_threshold), end="")
+
+
+def methods_command(args) -> None:
+    """``python iou.py --methods [--seeds ...]``."""
+    seeds = args.seeds or [args.seed]
+    print(_timed("methods", lambda: run_methods(_base_run(args), args.prefix or "methods", args.n_threshold,
+                                                args.protocol, seeds)), end="")
+
+
+def sweep_command(args) -> None:
+    """``python iou.py --sweep body_evidence 0 0.25 ...``."""
+    seeds = args.seeds or [args.seed]
+    values = args.sweep_values
+    print(_timed("sweep", lambda: run_sweep(_base_run(args), values, args.prefix or "methods", args.n_threshold,
+                                            args.protocol, seeds)), end="")
+
+
+def wsol_command(args) -> None:
+    """``python iou.py --wsol``: every finished run on a dataset with masks."""
+    reports = []
+    for exp_id in finished_experiments():
+        report = wsol_report(exp_id, args.n_threshold, args.device, args.protocol)
+        if report is None:
+            print(f"skipping {exp_id}: its dataset has no train_masks/ and test_masks/")
+        else:
+            reports.append(report)
+    print(write_methods_report(reports), end="")
