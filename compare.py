@@ -249,7 +249,8 @@ def _method_name(cfg: "train.RunConfig") -> str:
     if cfg.mode == "ACOL":
         head = cfg.acol_head if cfg.acol_head != "conv" or cfg.acol_width == model.ACOL_WIDTH \
             else f"conv{cfg.acol_width}"
-        return f"ACoL {cfg.recipe} {head} δ={','.join(f'{d:g}' for d in cfg.delta)}"
+        grow = f" grow {cfg.acol_grow}" if cfg.acol_grow else ""
+        return f"ACoL {cfg.recipe} {head} δ={','.join(f'{d:g}' for d in cfg.delta)}{grow}"
     if cfg.mode == "CSE":
         return f"CSE (area weight {cfg.area_weight:g})"
     return cfg.mode
@@ -295,19 +296,23 @@ def rendering_accuracy(net: "model.CAMModel", meta: dict, img_size: int, device:
     return accuracy
 
 
-def head_maps(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int) -> list[np.ndarray]:
+def head_maps(net: "model.CAMModel", data: "dataloader.ImageSet",
+              img_size: int) -> tuple[list[np.ndarray], list[float]]:
     """Each ``p`` head's min-max normalised map of the labelled class at the image size (ACoL
-    has two: the first head's and the one that saw the erased features), N×H×W each."""
+    has two: the first head's and the one that saw the erased features), N×H×W each, and each
+    head's accuracy (a later head's on the features the earlier heads' maps of the label erased:
+    how much evidence the erasing left)."""
     out_size = tuple(data.images.shape[-2:])
-    maps = []
+    maps, hits = [], []
     with torch.inference_mode():
         for idx in torch.arange(len(data), device=data.images.device).split(64):
-            inputs = dataloader.to_model_input(data.images[idx], img_size)
-            outputs = net.run_heads(net.forward_features(inputs), data.labels[idx])
+            inputs, labels = dataloader.to_model_input(data.images[idx], img_size), data.labels[idx]
+            outputs = [out for out in net.run_heads(net.forward_features(inputs), labels) if out.kind == "p"]
+            hits.append([(out.scores.argmax(dim=1) == labels).sum().item() for out in outputs])
             maps.append([model.minmax(torch.nn.functional.interpolate(
-                model.select_class(out.cams, data.labels[idx]).unsqueeze(1).float(), size=out_size,
-                mode="bilinear", align_corners=False)[:, 0]).cpu().numpy() for out in outputs if out.kind == "p"])
-    return [np.concatenate(per_head) for per_head in zip(*maps)]
+                model.select_class(out.cams, labels).unsqueeze(1).float(), size=out_size,
+                mode="bilinear", align_corners=False)[:, 0]).cpu().numpy() for out in outputs])
+    return [np.concatenate(per_head) for per_head in zip(*maps)], [sum(h) / len(data) for h in zip(*hits)]
 
 
 def diagnostics(exp: Experiment, cams: np.ndarray, masks: np.ndarray, meta: dict) -> dict:
@@ -319,7 +324,8 @@ def diagnostics(exp: Experiment, cams: np.ndarray, masks: np.ndarray, meta: dict
     out = rendering_accuracy(exp.net, meta, exp.cfg.img_size, exp.device)
     out.update(map_shares(cams, masks, part_masks))
     if exp.net.config.recipe.count("p") > 1:
-        out["heads"] = [map_shares(m, masks, part_masks) for m in head_maps(exp.net, exp.test[0], exp.cfg.img_size)]
+        maps, accuracy = head_maps(exp.net, exp.test[0], exp.cfg.img_size)
+        out["heads"] = [{**map_shares(m, masks, part_masks), "acc": acc} for m, acc in zip(maps, accuracy)]
     return out
 
 
@@ -420,11 +426,12 @@ def heads_table(reports: list[dict]) -> str:
     rows = [r for r in reports if r.get("heads")]
     if not rows:
         return ""
-    lines = ["| experiment | head | part ≥0.5 | body ≥0.5 | background ≥0.5 |", "|---|---:|---:|---:|---:|"]
+    lines = ["| experiment | head | accuracy (head 2: on erased features) | part ≥0.5 | body ≥0.5 | background ≥0.5 |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         for i, shares in enumerate(r["heads"], start=1):
-            lines.append(f"| {_md_cell(r['exp_id'])} | {i} | {shares['on_part']:.4f} | {shares['on_body']:.4f} "
-                         f"| {shares['on_background']:.4f} |")
+            lines.append(f"| {_md_cell(r['exp_id'])} | {i} | {shares['acc']:.4f} | {shares['on_part']:.4f} "
+                         f"| {shares['on_body']:.4f} | {shares['on_background']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -474,6 +481,8 @@ ACOL_BENCH_WIDTH = 256
 METHODS: tuple[tuple[str, dict], ...] = (
     ("cam", dict(mode="CAM")), ("seg", dict(mode="SEG", transform="rotate+hflip")),
     ("acol_pp", dict(mode="ACOL", recipe="pp", delta=(0.6,), acol_head="conv", acol_width=ACOL_BENCH_WIDTH)),
+    ("acol_pp_grow1", dict(mode="ACOL", recipe="pp", delta=(0.6,), acol_head="conv", acol_width=ACOL_BENCH_WIDTH,
+                           acol_grow=1)),
     ("acol_pn", dict(mode="ACOL", recipe="pn", delta=(0.9,), acol_head="conv", acol_width=ACOL_BENCH_WIDTH)),
     ("cse", dict(mode="CSE", oc_exp="{prefix}_cam{suffix}")))
 

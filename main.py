@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="what every head is: " + "; ".join(f"{k}: {v.about}" for k, v in model.HEAD_TYPES.items()))
     acol.add_argument("--acol_width", type=int, default=DEFAULTS.acol_width,
                       help="hidden channels of each conv head's two 3x3 convolutions (the default is the paper's)")
+    acol.add_argument("--acol_grow", type=int, default=DEFAULTS.acol_grow,
+                      help="grow the erased region by this many feature cells (0: the paper's, where the map >= delta)")
 
     cse = p.add_argument_group("CSE mode (class-specific adversarial erasing)")
     cse.add_argument("--oc_exp", default=None,

@@ -130,6 +130,9 @@ class ModelConfig:
     the first; one value applies to all. Stored expanded to ``len(recipe) - 1`` values.
     ``head``: what every head is, a name in ``HEAD_TYPES``; ``head_width``: the hidden channels
     of a ``conv`` head. Configs saved before heads had a type load as ``linear``, what they were.
+    ``erase_grow``: ACoL's erased region grown by this many feature cells in every direction (0:
+    the paper's, exactly where the map is >= delta), for when a cell's neighbours still hold
+    what was erased.
     """
 
     num_classes: int = 10
@@ -139,6 +142,7 @@ class ModelConfig:
     deltas: tuple[float, ...] = (ACOL_DELTA,)
     head: str = "linear"
     head_width: int = ACOL_WIDTH
+    erase_grow: int = 0
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -154,6 +158,8 @@ class ModelConfig:
             raise CamlabError(f"--acol_head {self.head!r}: choose from {', '.join(HEAD_TYPES)}")
         if self.head_width < 1:
             raise CamlabError(f"--acol_width must be at least 1, got {self.head_width}")
+        if self.erase_grow < 0:
+            raise CamlabError(f"--acol_grow must be at least 0, got {self.erase_grow}")
         object.__setattr__(self, "deltas", _expand_deltas(tuple(self.deltas), len(self.recipe) - 1))
 
     def to_dict(self) -> dict:
@@ -361,20 +367,21 @@ class CAMModel(nn.Module):
 
     def __init__(self, num_classes: int = 10, weights: str = "none", backbone: str = "resnet18",
                  cut: str = "layer2", recipe: str = "p", deltas: tuple[float, ...] = (ACOL_DELTA,),
-                 head: str = "linear", head_width: int = ACOL_WIDTH) -> None:
+                 head: str = "linear", head_width: int = ACOL_WIDTH, erase_grow: int = 0) -> None:
         super().__init__()
-        self.config = ModelConfig(num_classes, backbone, cut, recipe, tuple(deltas), head, head_width)
+        self.config = ModelConfig(num_classes, backbone, cut, recipe, tuple(deltas), head, head_width, erase_grow)
         state, self.weights_used = resolve_weights(weights, backbone)
         self.backbone, self.feature_dim = build_backbone(self.config, state, weights)
         self.heads = nn.ModuleList(self.head_type.build(self.feature_dim, num_classes, head_width)
                                    for _ in recipe)
 
     @classmethod
-    def from_config(cls, config: ModelConfig | dict) -> "CAMModel":
-        """An untrained model of that shape (weights come from a checkpoint afterwards)."""
+    def from_config(cls, config: ModelConfig | dict, weights: str = "none") -> "CAMModel":
+        """A model of that shape: untrained (weights come from a checkpoint afterwards), or with
+        ``weights`` for its backbone."""
         config = config if isinstance(config, ModelConfig) else ModelConfig(**config)
-        return cls(config.num_classes, "none", config.backbone, config.cut, config.recipe, config.deltas,
-                   config.head, config.head_width)
+        return cls(config.num_classes, weights, config.backbone, config.cut, config.recipe, config.deltas,
+                   config.head, config.head_width, config.erase_grow)
 
     @property
     def head_type(self) -> HeadType:
@@ -407,12 +414,13 @@ class CAMModel(nn.Module):
     def run_heads(self, features: torch.Tensor, classes: torch.Tensor) -> list[HeadOutput]:
         """Every head in recipe order (ACoL). Head i > 1 sees ``features`` zeroed wherever an
         earlier ``p`` head's min-max normalised map of ``classes`` (int64 N: the labels in
-        training, the predictions at test time) is at least ``deltas[i - 2]``; the erasing mask
-        is a threshold, so no gradient flows through it."""
+        training, the predictions at test time) is at least ``deltas[i - 2]``, that region grown
+        by ``erase_grow`` cells (a max-pool of the mask); the erasing mask is a threshold, so no
+        gradient flows through it."""
         outputs: list[HeadOutput] = []
         found = None  # N×1×h×w, the max of earlier p heads' normalised target maps
         for i, (kind, head) in enumerate(zip(self.config.recipe, self.heads)):
-            seen = features if i == 0 else features * (found < self.config.deltas[i - 1])
+            seen = features if i == 0 else features * ~self.erased(found, self.config.deltas[i - 1])
             cams = self.class_cams(seen, i)
             scores = cams.mean(dim=(2, 3)) + self.head_type.bias(head)
             outputs.append(HeadOutput(kind, scores, cams))
@@ -420,6 +428,14 @@ class CAMModel(nn.Module):
                 target = minmax(select_class(cams, classes).detach()).unsqueeze(1)
                 found = target if found is None else torch.maximum(found, target)
         return outputs
+
+    def erased(self, found: torch.Tensor, delta: float) -> torch.Tensor:
+        """bool N×1×h×w: where ``found`` (normalised maps) is >= ``delta``, grown by ``erase_grow``."""
+        erase = found >= delta
+        grow = self.config.erase_grow
+        if grow:
+            erase = F.max_pool2d(erase.float(), 2 * grow + 1, stride=1, padding=grow) > 0
+        return erase
 
     def localization_cam(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """The map a method is evaluated on, N×h×w: the first head's class map of ``classes``;

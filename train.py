@@ -80,6 +80,7 @@ class RunConfig:
     delta: tuple[float, ...] = (ACOL_DELTA,)
     acol_head: str = "conv"  # model.HEAD_TYPES; the paper's convolutional head
     acol_width: int = ACOL_WIDTH
+    acol_grow: int = 0  # cells to grow the erased region by (0: the paper's)
     # CSE mode (class-specific erasing judged by a frozen ordinary classifier)
     oc_exp: str | None = None
     erase_weight: float = 0.3
@@ -131,7 +132,7 @@ class RunConfig:
         if self.mode != "ACOL":
             return ModelConfig(num_classes, self.backbone, self.cut, "p", tuple(self.delta))
         return ModelConfig(num_classes, self.backbone, self.cut, self.recipe, tuple(self.delta),
-                           self.acol_head, self.acol_width)
+                           self.acol_head, self.acol_width, self.acol_grow)
 
 
 # mode -> settings whose default is not what that mode's runs did before the setting existed:
@@ -157,6 +158,7 @@ RANGES: dict[str, Range] = {
     "scale": Range(0, 4, "the scale transform's resize factor", open_low=True),
     "val_fraction": Range(0, 0.9, "the share of training images held out", open_low=True),
     "acol_width": Range(1, 4096, f"hidden channels of each ACoL conv head; the paper's is {ACOL_WIDTH}"),
+    "acol_grow": Range(0, 64, "feature cells to grow ACoL's erased region by"),
 }
 
 
@@ -666,8 +668,7 @@ def build_training(cfg: RunConfig, classes: list[str], device: torch.device, see
     and the mode's objective, as every run starts; ``bench.py`` builds its ``fast`` path here too."""
     seed_everything(seed)
     shape = cfg.model_config(len(classes))
-    model = CAMModel(shape.num_classes, cfg.weights, shape.backbone, shape.cut, shape.recipe,
-                     shape.deltas, shape.head, shape.head_width).to(device)
+    model = CAMModel.from_config(shape, cfg.weights).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")

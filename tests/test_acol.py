@@ -175,3 +175,21 @@ def test_an_acol_run_trains_conv_heads_end_to_end(tiny_lab, tmp_path, monkeypatc
     assert metrics["args"]["acol_head"] == "conv" and metrics["args"]["acol_width"] == 8
     net, _ = model.load_checkpoint(tmp_path / "checkpoints" / "acol" / "best.pth")
     assert net.config.head == "conv" and net.config.head_width == 8 and len(net.heads) == 2
+
+
+def test_a_grown_erase_region_covers_the_neighbouring_cells() -> None:
+    """Grow 1: every cell within one step (8-neighbourhood) of a cell >= delta is erased too."""
+    net = CAMModel(num_classes=2, weights="none", recipe="pp", deltas=(0.5,), erase_grow=1)
+    found = torch.zeros(1, 1, 4, 5)
+    found[0, 0, 0, 0] = 0.9   # a corner: its 2×2 block
+    found[0, 0, 2, 3] = 0.5   # inside: its 3×3 block (0.5 >= delta counts)
+    found[0, 0, 3, 0] = 0.49  # below delta: nothing
+    expected = torch.tensor([[1, 1, 0, 0, 0],
+                             [1, 1, 1, 1, 1],
+                             [0, 0, 1, 1, 1],
+                             [0, 0, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(net.erased(found, 0.5)[0, 0], expected)
+    plain = CAMModel(num_classes=2, weights="none", recipe="pp", deltas=(0.5,))
+    assert torch.equal(plain.erased(found, 0.5)[0, 0], found[0, 0] >= 0.5)
+    with pytest.raises(CamlabError, match="--acol_grow"):
+        ModelConfig(recipe="pp", erase_grow=-1)

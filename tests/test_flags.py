@@ -30,12 +30,13 @@ CHOICE_VALUES = ["", "abc"]
 
 # Flags that only act in one mode get that mode (main.py); a CSE run needs its frozen classifier.
 MODE_OF_FLAG = {"scale": "SEG", "rot_deg": "SEG", "shift": "SEG", "transform": "SEG", "cam": "SEG",
-                "ser_weight": "SEG", "recipe": "ACOL", "delta": "ACOL", "oc_exp": "CSE",
+                "ser_weight": "SEG", "recipe": "ACOL", "delta": "ACOL", "acol_head": "ACOL",
+                "acol_width": "ACOL", "acol_grow": "ACOL", "oc_exp": "CSE",
                 "erase_weight": "CSE", "erase_growth": "CSE", "area_weight": "CSE"}
 TRANSFORM_OF_FLAG = {"rot_deg": "rotate", "shift": "translate"}
 # iou.py's comparison flags act under --methods; the others under the report of finished runs.
 IOU_COMPARISON = {"ablation", "methods", "prefix", "epochs", "img_size", "seed", "batch_size", "weights",
-                  "data_root"}
+                  "data_root", "seeds", "body_evidence", "sweep"}
 
 
 def values_for(action: argparse.Action) -> list[list[str]]:

@@ -172,11 +172,12 @@ def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tm
             "--weights", "none", "--data_root", str(tiny_lab), "--device", "cpu", "--n_threshold", "6"]
     assert iou.main(argv) == 0
     rows = list(csv.DictReader(open(tmp_path / "report" / "methods.csv")))
-    names = ["cam", "seg", "acol_pp", "acol_pn", "cse"]
+    names = ["cam", "seg", "acol_pp", "acol_pp_grow1", "acol_pn", "cse"]
     assert [r["experiment"] for r in rows] == [f"methods_{n}_s{s}" for s in (0, 1) for n in names]
-    assert [r["method"] for r in rows[:5]] == ["CAM", "SEG rotate+hflip", "ACoL pp conv256 δ=0.6",
-                                               "ACoL pn conv256 δ=0.9", "CSE (area weight 0)"]
-    assert [r["seed"] for r in rows] == ["0"] * 5 + ["1"] * 5
+    methods = ["CAM", "SEG rotate+hflip", "ACoL pp conv256 δ=0.6", "ACoL pp conv256 δ=0.6 grow 1",
+               "ACoL pn conv256 δ=0.9", "CSE (area weight 0)"]
+    assert [r["method"] for r in rows[:6]] == methods
+    assert [r["seed"] for r in rows] == ["0"] * 6 + ["1"] * 6
     for r in rows:
         metrics = json.loads((tmp_path / "checkpoints" / r["experiment"] / "metrics.json").read_text())
         assert float(r["test_acc"]) == pytest.approx(metrics["test_acc"], abs=1e-4)
@@ -190,10 +191,9 @@ def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tm
         assert cse["args"]["oc_exp"] == f"methods_cam_s{seed}"
     assert (tmp_path / "report" / "methods_grid.png").stat().st_size > 0
     md = (tmp_path / "report" / "methods.md").read_text()
-    assert md.count("| methods_") == 10
+    assert md.count("| methods_") == 12
     summary = [line for line in md.splitlines() if line.startswith("| - | ")]
-    assert [line.split(" | ")[1] for line in summary] == ["CAM", "SEG rotate+hflip", "ACoL pp conv256 δ=0.6",
-                                                         "ACoL pn conv256 δ=0.9", "CSE (area weight 0)"]
+    assert [line.split(" | ")[1] for line in summary] == methods
     assert all(line.split(" | ")[2] == "0, 1" for line in summary)
     # every method but CAM has one interval per seed, and a verdict
     for line in summary[1:]:
