@@ -35,24 +35,27 @@ from utils import (CHECKPOINT_DIR, DEFAULT_THRESHOLD, REPORT_DIR, VISUALIZE_DIR,
 
 # ------------------------------------------------------------------- the whole test set
 def dataset_cams(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, form: str,
-                 batch_size: int = 64, of_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 batch_size: int = 64, of_labels: bool = False,
+                 extractor: str = model.DEFAULT_EXTRACTOR) -> tuple[np.ndarray, np.ndarray]:
     """``(predictions int64 N, CAMs float32 N×H×W in [0, 1])`` for every image of ``data``, the
     maps at the stored image size, each of the image's top predicted class (``of_labels``: of
-    its labelled class, as GT-known localisation asks); batched under ``torch.inference_mode``."""
+    its labelled class, as GT-known localisation asks), from ``extractor``
+    (:func:`model.localization_maps`); batched."""
     out_size = tuple(data.images.shape[-2:])
     return _batched(net, data, img_size, batch_size, of_labels,
-                    lambda inputs, classes: model.localization_maps(net, inputs, out_size, form, classes))
+                    lambda inputs, classes: model.localization_maps(net, inputs, out_size, form, classes, extractor))
 
 
 def protocol_cams(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, protocol: str,
-                  of_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  of_labels: bool = True, extractor: str = model.DEFAULT_EXTRACTOR) -> tuple[np.ndarray, np.ndarray]:
     """``(predictions, evaluation maps N×H×W in [0, 1])`` as ``protocol`` defines them
-    (:class:`Protocol`): wsolevaluation's from the raw maps (:func:`wsol_scoremaps`)."""
+    (:class:`Protocol`): wsolevaluation's from the raw maps (:func:`wsol_scoremaps`), of
+    camlab's CAM or of another ``extractor`` (its raw map, ReLU included where it defines one)."""
     rule = _protocol(protocol)
     if rule.form != "raw":
-        return dataset_cams(net, data, img_size, rule.form, of_labels=of_labels)
-    preds, raw = _batched(net, data, img_size, 64, of_labels,
-                          lambda inputs, classes: model.feature_maps(net, inputs, "raw", classes))
+        return dataset_cams(net, data, img_size, rule.form, of_labels=of_labels, extractor=extractor)
+    with model.open_extractor(net, extractor, img_size) as maps_of:
+        preds, raw = _batched(net, data, img_size, 64, of_labels, maps_of)
     return preds, wsol_scoremaps(raw, tuple(data.images.shape[-2:]))
 
 
@@ -60,14 +63,16 @@ def _batched(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, 
              of_labels: bool, maps_of) -> tuple[np.ndarray, np.ndarray]:
     """``maps_of(inputs, classes) -> (scores, maps)`` over ``data`` in batches (classes: the
     labels with ``of_labels``, else None for the top prediction), one host copy at the end (the
-    GPU is never waited for batch by batch)."""
+    GPU is never waited for batch by batch). ``maps_of`` chooses its own autograd mode (the
+    gradient-based extractors need one), so the inputs are made under ``no_grad``: an
+    inference-mode tensor could not enter their graph."""
     preds, maps = [], []
-    with torch.inference_mode():
-        for idx in torch.arange(len(data), device=data.images.device).split(batch_size):
+    for idx in torch.arange(len(data), device=data.images.device).split(batch_size):
+        with torch.no_grad():
             inputs = dataloader.to_model_input(data.images[idx], img_size)
-            scores, cams = maps_of(inputs, data.labels[idx] if of_labels else None)
-            preds.append(scores.argmax(dim=1))
-            maps.append(cams.float())
+        scores, cams = maps_of(inputs, data.labels[idx] if of_labels else None)
+        preds.append(scores.argmax(dim=1))
+        maps.append(cams.float())
     return torch.cat(preds).cpu().numpy(), torch.cat(maps).cpu().numpy()
 
 
@@ -118,9 +123,9 @@ class Experiment:
         data = self.split("test")
         return data, split_masks(self.root, "test", data.names)
 
-    def cams(self, data: "dataloader.ImageSet", form: str = "class",
-             of_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        return dataset_cams(self.net, data, self.cfg.img_size, form, of_labels=of_labels)
+    def cams(self, data: "dataloader.ImageSet", form: str = "class", of_labels: bool = False,
+             extractor: str = model.DEFAULT_EXTRACTOR) -> tuple[np.ndarray, np.ndarray]:
+        return dataset_cams(self.net, data, self.cfg.img_size, form, of_labels=of_labels, extractor=extractor)
 
 
 def localization_report(exp_id: str, form: str = "class", n_threshold: int = 500,
@@ -132,14 +137,15 @@ def localization_report(exp_id: str, form: str = "class", n_threshold: int = 500
     return _localization(exp, form, n_threshold) if exp.has_masks() else None
 
 
-def _localization(exp: Experiment, form: str, n_threshold: int) -> dict:
+def _localization(exp: Experiment, form: str, n_threshold: int, extractor: str = model.DEFAULT_EXTRACTOR) -> dict:
     if n_threshold < 1:
         raise CamlabError(f"--n_threshold must be at least 1, got {n_threshold}")
     fit_set = exp.split("train", n_threshold)
-    curve = iou_curve(exp.cams(fit_set, form)[1], split_masks(exp.root, "train", fit_set.names), THRESHOLD_GRID)
+    curve = iou_curve(exp.cams(fit_set, form, extractor=extractor)[1], split_masks(exp.root, "train", fit_set.names),
+                      THRESHOLD_GRID)
     threshold, train_iou = pick_threshold(THRESHOLD_GRID, curve)
     test_set, test_masks = exp.test
-    test_cams = exp.cams(test_set, form)[1]
+    test_cams = exp.cams(test_set, form, extractor=extractor)[1]
     test_curve = iou_curve(test_cams, test_masks, THRESHOLD_GRID)
     return {"exp_id": exp.exp_id, "cam": form, "threshold": threshold, "train_iou": train_iou,
             "test_iou": float(test_curve[THRESHOLD_GRID.index(threshold)]),
@@ -207,7 +213,8 @@ MAP_LEVEL = 0.5  # the diagnostics' pixel shares count pixels where the normalis
 
 
 def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
-                protocol: str = DEFAULT_PROTOCOL) -> dict | None:
+                protocol: str = DEFAULT_PROTOCOL, extractor: str = model.DEFAULT_EXTRACTOR,
+                diagnose: bool = True) -> dict | None:
     """Every measure of the methods table for ``exp_id`` on its test split, as fractions; None
     when the dataset has no masks (only the embedded one has them).
 
@@ -217,14 +224,15 @@ def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
     (:class:`iou.Protocol`; wsolevaluation's by default); ground-truth boxes are the boxes of the
     object masks, in the protocol's convention. The mean IoU keeps the handout's definition.
     On the embedded benchmark, the diagnostics (:func:`diagnostics`) join the report. The
-    per-image values that the paired bootstrap resamples are kept under ``per_image``.
+    per-image values that the paired bootstrap resamples are kept under ``per_image``. Every map
+    comes from ``extractor`` (``model.EXTRACTORS``; camlab's CAM by default).
     """
     exp = Experiment.load(exp_id, device)
     if not exp.has_masks():
         return None
-    report = _localization(exp, "class", n_threshold)
+    report = _localization(exp, "class", n_threshold, extractor)
     test_set, masks = exp.test
-    preds, cams = protocol_cams(exp.net, test_set, exp.cfg.img_size, protocol)
+    preds, cams = protocol_cams(exp.net, test_set, exp.cfg.img_size, protocol, extractor=extractor)
     boxes = [[box] if (box := mask_box(m, protocol)) is not None else [] for m in masks]
     labels = test_set.labels.cpu().numpy()
     fg, bg = pixel_histograms(cams, masks)
@@ -232,12 +240,12 @@ def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
     report.update(test_acc=float(np.mean(preds == labels)), pxap=pxap_from_histograms(fg.sum(0), bg.sum(0)),
                   max_box_acc_v2=max_box_acc(cams, boxes, protocol=protocol)["mean"],
                   **localization_accuracy(cams, preds, labels, boxes, protocol=protocol),
-                  method=_method_name(exp.cfg), mean_mask_area=float(masks.mean()), protocol=protocol,
+                  method=_method_name(exp.cfg), mean_mask_area=float(masks.mean()), protocol=protocol, extractor=extractor,
                   seed=exp.cfg.seed, data_root=str(exp.root.resolve()),
                   body_evidence=(meta or {}).get("body_evidence"),
                   per_image={"iou": report.pop("test_ious"), "fg": fg, "bg": bg})
     if meta is not None and meta.get("version") == synthetic.SYNTHETIC_VERSION:
-        report.update(diagnostics(exp, cams, masks, meta))
+        report.update(diagnostics(exp, cams, masks, meta, with_accuracy=diagnose))
     report["examples"] = _examples(test_set, cams, boxes, protocol)
     return report
 
@@ -291,10 +299,19 @@ def rendering_accuracy(net: "model.CAMModel", meta: dict, img_size: int, device:
         data = dataloader.ImageSet(torch.from_numpy(images.copy()).permute(0, 3, 1, 2).contiguous(),
                                    torch.from_numpy(labels), [str(i) for i in range(len(labels))],
                                    list(meta["classes"])).to(device)
-        # the scores stand in for the maps: only the predictions are wanted, and no image goes to the host
-        preds, _ = _batched(net, data, img_size, 64, False, lambda inputs, classes: (net(inputs)[0],) * 2)
+        preds, _ = _batched(net, data, img_size, 64, False, _scores_only(net))
         accuracy[f"acc_{render}"] = float(np.mean(preds == labels))
     return accuracy
+
+
+def _scores_only(net: "model.CAMModel"):
+    """``maps_of`` for :func:`_batched` when only the predictions are wanted: the scores stand in
+    for the maps."""
+    def scores(inputs: torch.Tensor, classes) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            out = net(inputs)[0]
+        return out, out
+    return scores
 
 
 def head_maps(net: "model.CAMModel", data: "dataloader.ImageSet",
@@ -316,13 +333,14 @@ def head_maps(net: "model.CAMModel", data: "dataloader.ImageSet",
     return [np.concatenate(per_head) for per_head in zip(*maps)], [sum(h) / len(data) for h in zip(*hits)]
 
 
-def diagnostics(exp: Experiment, cams: np.ndarray, masks: np.ndarray, meta: dict) -> dict:
+def diagnostics(exp: Experiment, cams: np.ndarray, masks: np.ndarray, meta: dict,
+                with_accuracy: bool = True) -> dict:
     """What a run on the embedded benchmark looks at: accuracy on its test set as drawn
     normally, body only and part only (:func:`rendering_accuracy`), and where its evaluation map
     of the labelled class is >= MAP_LEVEL (:func:`map_shares`); for ACoL, each ``p`` head's
     map too (``heads``), to see whether the second lies on the body or on the background."""
     _, part_masks, _ = synthetic.redraw(meta, "test", "normal")
-    out = rendering_accuracy(exp.net, meta, exp.cfg.img_size, exp.device)
+    out = rendering_accuracy(exp.net, meta, exp.cfg.img_size, exp.device) if with_accuracy else {}
     out.update(map_shares(cams, masks, part_masks))
     if exp.net.config.recipe.count("p") > 1:
         maps, accuracy = head_maps(exp.net, exp.test[0], exp.cfg.img_size)
@@ -558,6 +576,63 @@ def run_methods(base: "train.RunConfig", prefix: str = "methods", n_threshold: i
 
 
 
+# ---------------------------------------------------------------------- extractors compared
+# How an extractor reads in a table (model.EXTRACTORS keys).
+EXTRACTOR_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "xgradcam": "XGrad-CAM",
+                   "layercam": "LayerCAM", "scorecam": "Score-CAM", "smoothgradcampp": "SmoothGrad-CAM++"}
+
+
+def extractor_reports(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
+                      protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
+                      extractors: Sequence[str] = tuple(model.EXTRACTORS)) -> list[dict]:
+    """Every extractor on the plain CAM run of the methods comparison at each seed
+    (``<prefix>_cam_s<seed>``, trained when missing): one :func:`wsol_report` per (seed,
+    extractor), its ``method`` the extractor's name, so that the methods tables and their
+    intervals (each against camlab's CAM on the same model) apply unchanged. The body-only and
+    part-only accuracies are the model's, whatever reads its maps: measured once per seed."""
+    reports = []
+    for seed in seeds:
+        cfg = _runs(dataclasses.replace(base, seed=seed), prefix, METHODS[:1], "class", f"_s{seed}")[0]
+        _trained(cfg)
+        model_measures: dict = {}
+        for name in dict.fromkeys(("cam", *extractors)):  # CAM first: every other is compared with it
+            report = wsol_report(cfg.exp_id, n_threshold, cfg.device, protocol, extractor=name,
+                                 diagnose=name == "cam")
+            if report is None:
+                continue
+            if name == "cam":
+                model_measures = {k: v for k, v in report.items() if k.startswith("acc_")}
+            report.update({**model_measures, "method": EXTRACTOR_NAMES[name]})
+            reports.append(report)
+    return reports
+
+
+def write_extractors_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
+    """``extractors.csv``, ``extractors.md`` (the summary over seeds with intervals against CAM,
+    then every (run, extractor)) and ``extractors_grid.png`` (rows: extractors; columns: the
+    first test images of the first seed's model); returns the markdown."""
+    if not reports:
+        raise CamlabError("no CAM run with masks to compare extractors on; train one first (python main.py --mode CAM)")
+    csv_text, md = methods_table(reports)
+    seeds = sorted({r["seed"] for r in reports})
+    runs = sorted({r["exp_id"] for r in reports})
+    note = (f"Extractors on one trained CAM model per seed ({', '.join(runs)}), protocol {reports[0]['protocol']}: "
+            f"each extractor's map of the labelled class (PxAP, MaxBoxAccV2, localisation) and of the predicted class "
+            f"(mean IoU at the threshold chosen on training masks, per extractor); {reports[0]['n_test']} test images. "
+            f"Seeds {', '.join(map(str, seeds))}: mean ± sample std; intervals are paired bootstraps "
+            f"({BOOTSTRAP_RESAMPLES} resamples) of each extractor minus camlab's CAM on the same model and images; "
+            f"\"better\" only where every seed's interval lies above 0. Body-only accuracy is the model's "
+            f"(the same for every extractor).\n\n")
+    text = note + summary_table(reports) + "\n### Every run and extractor\n\n" + md
+    atomic_write_text(Path(report_dir) / "extractors.csv", csv_text)
+    atomic_write_text(Path(report_dir) / "extractors.md", text)
+    first = [r for r in reports if r["seed"] == seeds[0]]
+    visualize.plot_methods({r["method"]: r["examples"] for r in first}, Path(report_dir) / "extractors_grid.png",
+                           title=f"{first[0]['exp_id']}: each extractor's map of the labelled class; "
+                                 f"boxes: 20% rule (red), ground truth (green)")
+    return text
+
+
 def sweep_prefix(prefix: str, value: float) -> str:
     """The runs of a sweep point: the methods comparison's own runs at the default setting
     (reused, not trained again), ``<prefix>_be<value>_...`` at any other."""
@@ -647,11 +722,19 @@ def sweep_command(args) -> None:
                                             args.protocol, seeds)), end="")
 
 
+def extractors_command(args) -> None:
+    """``python iou.py --extractors [--seeds ...]``."""
+    seeds = args.seeds or [args.seed]
+    print(_timed("extractors", lambda: write_extractors_report(extractor_reports(
+        _base_run(args), args.prefix or "methods", args.n_threshold, args.protocol, seeds,
+        args.extractors or tuple(model.EXTRACTORS)))), end="")
+
+
 def wsol_command(args) -> None:
     """``python iou.py --wsol``: every finished run on a dataset with masks."""
     reports = []
     for exp_id in finished_experiments():
-        report = wsol_report(exp_id, args.n_threshold, args.device, args.protocol)
+        report = wsol_report(exp_id, args.n_threshold, args.device, args.protocol, args.extractor)
         if report is None:
             print(f"skipping {exp_id}: its dataset has no train_masks/ and test_masks/")
         else:

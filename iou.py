@@ -622,16 +622,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wsol", action="store_true",
                         help="evaluate every experiment in checkpoints/ (IoU, PxAP, MaxBoxAccV2, top-1 and "
                              "GT-known localisation) into report/methods.csv and report/methods.md")
+    parser.add_argument("--extractor", default=model.DEFAULT_EXTRACTOR, choices=list(model.EXTRACTORS),
+                        help="--wsol: the map every measure reads: camlab's CAM, or one of torchcam's "
+                             "gradient- and score-based extractors")
     ab = parser.add_argument_group("comparisons (train, or reuse finished runs with the same settings, then compare)")
     ab.add_argument("--ablation", action="store_true",
                     help="CAM and SEG with scale, rotate, hflip and rotate+hflip -> report/ablation.md")
     ab.add_argument("--methods", action="store_true",
                     help="CAM, SEG rotate+hflip, ACoL pp and pn, CSE -> report/methods.md")
+    ab.add_argument("--extractors", nargs="*", default=None, metavar="NAME", choices=list(model.EXTRACTORS),
+                    help="every extractor (or those named) on the methods comparison's CAM run at each seed "
+                         "-> report/extractors.{csv,md} and extractors_grid.png")
     ab.add_argument("--sweep", nargs="+", metavar=("KNOB", "VALUE"), default=None,
                     help="every method of --methods at each VALUE of the embedded benchmark's KNOB "
                          "(body_evidence) -> report/sweep.{csv,md,png}; e.g. --sweep body_evidence 0 0.25 0.5 0.75 1")
     ab.add_argument("--seeds", nargs="+", type=int, default=None,
-                    help="--methods and --sweep: train and compare at each seed (mean ± std, and paired "
+                    help="--methods, --sweep and --extractors: train and compare at each seed (mean ± std, and paired "
                          "bootstrap intervals against CAM per seed); default: --seed")
     ab.add_argument("--body_evidence", type=float, default=None,
                     help="the embedded benchmark's body-evidence setting for --ablation and --methods "
@@ -649,8 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python iou.py``: IoU of every experiment under visualize/, printed and written to report/."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if sum((args.ablation, args.methods, args.wsol, args.sweep is not None)) > 1:
-        parser.error("choose one of --ablation, --methods, --sweep and --wsol")
+    if sum((args.ablation, args.methods, args.wsol, args.sweep is not None, args.extractors is not None)) > 1:
+        parser.error("choose one of --ablation, --methods, --sweep, --extractors and --wsol")
     if args.sweep is not None:
         args.sweep_values = _sweep_values(parser, args.sweep)
 
@@ -660,10 +666,11 @@ def main(argv: list[str] | None = None) -> int:
             check_range("--seeds", seed, 0, SEED_MAX, why="a random seed")
         if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
             raise CamlabError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is named twice")
-        if args.ablation or args.methods or args.wsol or args.sweep is not None:
+        if args.ablation or args.methods or args.wsol or args.sweep is not None or args.extractors is not None:
             import compare  # the comparison runner imports this module, so it is imported when used
             command = (compare.ablation_command if args.ablation else compare.methods_command if args.methods
-                       else compare.sweep_command if args.sweep is not None else compare.wsol_command)
+                       else compare.sweep_command if args.sweep is not None
+                       else compare.extractors_command if args.extractors is not None else compare.wsol_command)
             command(args)
         else:
             _report(args)

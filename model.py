@@ -585,16 +585,25 @@ def minmax(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return (maps - low.view(-1, 1, 1)) / span
 
 
-@torch.inference_mode()
 def localization_maps(model: CAMModel, inputs: torch.Tensor, out_size: tuple[int, int],
-                      form: str = "class", classes: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      form: str = "class", classes: torch.Tensor | None = None,
+                      extractor: str = "cam") -> tuple[torch.Tensor, torch.Tensor]:
     """``(scores N×K, maps N×H×W)`` for evaluation: each image's CAM (of ``classes``, else of
     its top prediction) upsampled bilinearly to ``out_size`` and min-max normalised to [0, 1].
-    Call it with the model in eval mode (BatchNorm's running statistics)."""
-    scores, cams = feature_maps(model, inputs, form, classes)
-    cams = F.interpolate(cams.unsqueeze(1), size=out_size, mode="bilinear", align_corners=False)[:, 0]
-    return scores, minmax(cams)
+    Another ``extractor`` (``EXTRACTORS``) gives the ``class`` form from its own map (ReLU,
+    then the same resizing and scaling). Call it with the model in eval mode (BatchNorm's
+    running statistics), outside ``torch.inference_mode`` for a gradient-based extractor."""
+    if check_extractor(extractor) == DEFAULT_EXTRACTOR:
+        with torch.inference_mode():
+            scores, cams = feature_maps(model, inputs, form, classes)
+    else:
+        if form != "class":
+            raise CamlabError(f"--extractor {extractor} gives class maps: use it with --cam class, not {form}")
+        scores, cams = extractor_maps(model, inputs, classes, extractor)
+        cams = cams.relu()
+    with torch.inference_mode():
+        cams = F.interpolate(cams.unsqueeze(1), size=out_size, mode="bilinear", align_corners=False)[:, 0]
+        return scores, minmax(cams)
 
 
 def feature_maps(model: CAMModel, inputs: torch.Tensor, form: str = "class",
@@ -604,3 +613,69 @@ def feature_maps(model: CAMModel, inputs: torch.Tensor, form: str = "class",
     scores, features, gap = model(inputs)
     classes = scores.argmax(dim=1) if classes is None else classes
     return scores, CAM_FORMS[form](model, features, gap, classes)
+
+
+# -------------------------------------------------------------------- other CAM extractors
+# --extractor -> the torchcam class that computes it (None: camlab's own CAM, the default).
+# Each gives one raw map per image at the feature maps' resolution, before any resizing or
+# normalisation; the gradient- and score-based ones apply their own ReLU (their definitions).
+EXTRACTORS: dict[str, str | None] = {
+    "cam": None, "gradcam": "GradCAM", "gradcampp": "GradCAMpp", "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM", "scorecam": "ScoreCAM", "smoothgradcampp": "SmoothGradCAMpp"}
+DEFAULT_EXTRACTOR = "cam"
+
+
+class _Scores(nn.Module):
+    """``net`` returning its scores alone: torchcam's Score-CAM family runs the model again on
+    masked inputs and reads its output as the logits."""
+
+    def __init__(self, net: CAMModel) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)[0]
+
+
+def check_extractor(name: str) -> str:
+    if name not in EXTRACTORS:
+        raise CamlabError(f"--extractor {name!r}: choose one of {', '.join(EXTRACTORS)}")
+    return name
+
+
+@contextlib.contextmanager
+def open_extractor(net: CAMModel, name: str = DEFAULT_EXTRACTOR, img_size: int = 224,
+              score_batch: int = 64) -> Iterator[Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]]:
+    """``maps(inputs, classes) -> (scores N×K, raw maps N×h×w)`` of extractor ``name``
+    (``EXTRACTORS``) on ``net`` (in eval mode), hooked on the last kept stage, for ``classes``
+    (int64 N; None: the top prediction). ``cam`` is :func:`feature_maps`' raw form; the others
+    are torchcam's (``normalized=False``), whose hooks are removed when the block ends. Call
+    ``maps`` outside ``torch.inference_mode``: the gradient-based extractors need autograd.
+    ``score_batch``: how many masked images Score-CAM scores at once."""
+    check_extractor(name)
+    if EXTRACTORS[name] is None:
+        def own(inputs: torch.Tensor, classes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.inference_mode():
+                return feature_maps(net, inputs, "raw", classes)
+        yield own
+        return
+    from torchcam import methods  # imported here: only these extractors need it
+    wrapped = _Scores(net)
+    kind = getattr(methods, EXTRACTORS[name])
+    options = {"batch_size": score_batch} if issubclass(kind, methods.ScoreCAM) else {}
+    with kind(wrapped, "net.backbone", input_shape=(3, img_size, img_size), **options) as hooked:
+        def theirs(inputs: torch.Tensor, classes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.enable_grad():
+                scores = wrapped(inputs)
+                chosen = scores.argmax(dim=1) if classes is None else classes
+                maps = hooked(chosen.tolist(), scores, normalized=False)[0]
+            return scores.detach(), maps.detach()
+        yield theirs
+
+
+def extractor_maps(net: CAMModel, inputs: torch.Tensor, classes: torch.Tensor | None = None,
+                   extractor: str = DEFAULT_EXTRACTOR) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores N×K, raw maps N×h×w)`` of ``extractor`` for one batch (:func:`open_extractor`);
+    for ``cam``, :func:`feature_maps`' raw form."""
+    with open_extractor(net, extractor, inputs.shape[-1]) as maps_of:
+        return maps_of(inputs, classes)

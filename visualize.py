@@ -209,9 +209,11 @@ def _source_images(root: Path) -> tuple[list[str], np.ndarray]:
 
 
 def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str = "class",
-                  data_root: str | None = None, device: str = "auto") -> Path:
+                  data_root: str | None = None, device: str = "auto",
+                  extractor: str = model.DEFAULT_EXTRACTOR) -> Path:
     """Overlays, masks and a grid for every image of ``test_seg_source/`` under ``exp_id``'s
-    best checkpoint; returns the output folder ``visualize/<exp_id>/``."""
+    best checkpoint, the maps from ``extractor`` (``model.EXTRACTORS``); returns the output
+    folder ``visualize/<exp_id>/``."""
     if not 0.0 <= threshold <= 1.0:
         raise CamlabError(f"--threshold must lie in [0, 1], got {threshold}")
     run_dir = safe_subdir(CHECKPOINT_DIR, exp_id)
@@ -225,7 +227,7 @@ def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str =
     truth = dataloader.read_mask_dir(root / "test_seg") if (root / "test_seg").is_dir() else {}
     inputs = dataloader.to_model_input(torch.from_numpy(images).permute(0, 3, 1, 2).to(dev),
                                        int(args.get("img_size", 224)))
-    scores, maps = model.localization_maps(net.eval(), inputs, images.shape[1:3], form)
+    scores, maps = model.localization_maps(net.eval(), inputs, images.shape[1:3], form, extractor=extractor)
     probs, preds = scores.softmax(dim=1).max(dim=1)
     classes = ckpt.get("classes") or [str(i) for i in range(scores.shape[1])]
     rows = []
@@ -238,8 +240,9 @@ def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str =
         rows.append({"name": stem, "image": images[i], "overlay": overlay, "mask": mask,
                      "gt": truth.get(stem),
                      "caption": f"{stem}\n{classes[preds[i]]} ({probs[i]:.2f})"})
-    plot_grid(rows, out_dir / "grid.png", title=f"{exp_id}: {form} CAM, threshold {threshold:g}")
-    settings = {"exp_id": exp_id, "checkpoint": str(run_dir / "best.pth"), "cam": form,
+    what = f"{form} CAM" if extractor == model.DEFAULT_EXTRACTOR else extractor
+    plot_grid(rows, out_dir / "grid.png", title=f"{exp_id}: {what}, threshold {threshold:g}")
+    settings = {"exp_id": exp_id, "checkpoint": str(run_dir / "best.pth"), "cam": form, "extractor": extractor,
                 "threshold": threshold, "data_root": str(root), "images": stems}
     atomic_write_text(out_dir / "settings.json", json.dumps(settings, indent=2) + "\n")
     return out_dir
@@ -252,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mask = min-max normalised CAM >= threshold; keep it the same for every mode")
     p.add_argument("--cam", default="class", choices=list(model.CAM_FORMS),
                    help="class: the paper's CAM of the predicted class; lab: the handout's softmax-weighted sum")
+    p.add_argument("--extractor", default=model.DEFAULT_EXTRACTOR, choices=list(model.EXTRACTORS),
+                   help="cam: camlab's own CAM; the others are torchcam's gradient- and score-based maps")
     p.add_argument("--data_root", default=None, help="default: the checkpoint's data root")
     p.add_argument("--device", default="auto", choices=DEVICES)
     return p
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         check_range("--threshold", args.threshold, 0, 1, why="a share of the CAM's maximum")
-        out = visualize_run(args.exp_id, args.threshold, args.cam, args.data_root, args.device)
+        out = visualize_run(args.exp_id, args.threshold, args.cam, args.data_root, args.device, args.extractor)
         print(f"wrote overlays, masks and grid.png to {out}/")
     return run_cli("visualize.py", body)
 
