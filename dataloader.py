@@ -15,6 +15,17 @@ Formats (``DATASETS``, the ``--dataset`` choices):
   The default root ``data/synthetic`` is generated on first use (``synthetic.generate_synthetic``).
 * ``cifar10`` - the python pickles ``cifar-10-batches-py/`` (read with a restricted unpickler).
 * ``folder`` - an ImageFolder tree ``train/<class>/<image>`` and ``test/<class>/<image>``.
+* ``wsol`` - clovaai/wsolevaluation's metadata (CUB, ILSVRC, OpenImages): the images under the
+  root, named by ``<metadata>/<split>/image_ids.txt``; labels, original sizes and boxes or
+  instance masks in the files beside it. Splits ``train``, ``val`` (train-fullsup) and ``test``.
+* ``voc`` - PASCAL VOC 2012 (the root is ``VOCdevkit/VOC2012``) with its segmentation masks:
+  splits ``train``, ``val`` and, when SegmentationClassAug is there, ``train_aug``. Single-label:
+  an image's label is its largest class (by pixels); every present class is kept too.
+
+Each dataset names its splits (``DATASET_SPLITS``) and which of them plays which role
+(``SPLIT_ROLES``, :func:`split_for`): what training reads, where thresholds and
+hyperparameters are chosen, what is reported. :func:`ground_truth` reads a split's
+localisation ground truth (boxes or masks) in the frame of the decoded images.
 """
 from __future__ import annotations
 
@@ -32,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
+from PIL import Image
 from torchvision.datasets import folder as tv_folder
 from tqdm import tqdm
 
@@ -54,6 +66,8 @@ class ImageSet:
     skipped: the files (relative to the split folder) left out because they could not be
       decoded (``load_split(..., skip_bad=True)``); kept with the split, so that a split read
       back from the cache still tells the user which files it lacks.
+    present: bool N×K, every class present in each image (multi-hot), for datasets that know
+      more than the one label (``voc``); None for the others.
     """
 
     images: torch.Tensor
@@ -61,6 +75,7 @@ class ImageSet:
     names: list[str]
     classes: list[str]
     skipped: list[str] = field(default_factory=list)
+    present: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -70,13 +85,20 @@ class ImageSet:
         if self.labels.dtype != torch.int64 or self.labels.shape != (n,) or len(self.names) != n:
             raise ValueError(f"{n} images but labels {tuple(self.labels.shape)} "
                              f"({self.labels.dtype}) and {len(self.names)} names")
+        if self.present is not None and (self.present.dtype != torch.bool
+                                         or tuple(self.present.shape) != (n, len(self.classes))):
+            raise ValueError(f"present must be bool {n}×{len(self.classes)} (images × classes), got "
+                             f"{self.present.dtype} {tuple(self.present.shape)}")
 
     def to(self, device: torch.device | str) -> ImageSet:
         """A copy whose tensors live on ``device`` (asynchronous copy from pinned memory)."""
+        present = self.present
+        if present is not None:
+            present = present.to(device, non_blocking=present.is_pinned())
         return dataclasses.replace(
             self,
             images=self.images.to(device, non_blocking=self.images.is_pinned()),
-            labels=self.labels.to(device, non_blocking=self.labels.is_pinned()))
+            labels=self.labels.to(device, non_blocking=self.labels.is_pinned()), present=present)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -84,8 +106,9 @@ class ImageSet:
     def take(self, idx: torch.Tensor) -> ImageSet:
         """The images ``idx`` (int64, repeats allowed) as a set of their own, on the same device."""
         on_device = idx.to(self.images.device)
+        present = None if self.present is None else self.present[idx.to(self.present.device)]
         return dataclasses.replace(self, images=self.images[on_device], labels=self.labels[on_device],
-                                   names=[self.names[i] for i in idx.tolist()])
+                                   names=[self.names[i] for i in idx.tolist()], present=present)
 
 
 # ------------------------------------------------------------------------- loading a split
@@ -109,8 +132,13 @@ def resolve_root(dataset: str, data_root: str | Path | None, body_evidence: floa
 def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 224,
                num_classes: int | None = None, download: bool = False,
                cache_dir: Path | None = utils.DATA_DIR / "cache",
-               progress: bool = True, skip_bad: bool = False) -> ImageSet:
-    """Read split ``train`` or ``test`` of ``dataset`` (one of ``DATASETS``) stored at ``root``.
+               progress: bool = True, skip_bad: bool = False,
+               metadata: Path | str | None = None) -> ImageSet:
+    """Read split ``split`` of ``dataset`` (one of ``DATASETS``) stored at ``root``: one of the
+    dataset's ``DATASET_SPLITS`` (``train`` or ``test`` for lab, cifar10 and folder; ``train``,
+    ``val`` or ``test`` for wsol; ``train``, ``val`` or ``train_aug`` for voc). ``metadata`` is
+    wsol's metadata folder (``<metadata>/<split>/image_ids.txt`` ...), required for wsol and
+    refused for the others.
 
     Images are stored at their own size when all images of the split share one, else each is
     resized to ``img_size``×``img_size`` when decoded. ``num_classes``, when given, must agree
@@ -122,23 +150,98 @@ def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 22
     every such file is left out (with its label), listed in ``ImageSet.skipped`` and in one
     warning on stderr, and only a split with no decodable image at all is an error. Errors in
     the annotation files (a bad line, a listed file that does not exist) stay errors either way:
-    they are mistakes in the dataset's description, not damaged files.
+    they are mistakes in the dataset's description, not damaged files. (For voc, a mask that
+    cannot be read or holds no object class counts as a damaged file: ``skip_bad`` leaves its
+    image out.)
     """
     _check_choice("dataset", dataset, DATASETS)
-    _check_choice("split", split, SPLITS)
+    _check_split(dataset, split)
+    check_metadata(dataset, metadata)
     root = Path(root)
     if download:
         _download_cifar10(dataset, root, split)
     _ensure_root(dataset, root, progress)
-    listing = _READERS[dataset](root, split, num_classes)
+    listing = _READERS[dataset](root, split, num_classes, None if metadata is None else Path(metadata))
     # img_size is in the key because it decides how a split of mixed sizes is stored, and
     # skip_bad because it decides whether a damaged file is left out or is an error
     store_rule = f"native size if uniform, else {img_size}x{img_size}"
-    key = _cache_key([_CACHE_VERSION, dataset, str(root.resolve()), split, num_classes, store_rule,
-                      f"skip_bad={skip_bad}"], listing.files)
+    settings = [_CACHE_VERSION, dataset, str(root.resolve()), split, num_classes, store_rule,
+                f"skip_bad={skip_bad}"]
+    if metadata is not None:  # appended, so that the other datasets' keys stay what they were
+        settings.append(f"metadata={Path(metadata).resolve()}")
+    key = _cache_key(settings, listing.files)
     data = _cached(cache_dir, key, lambda: listing.decode(img_size, progress, skip_bad))
-    _warn_skipped(data.skipped, root / split)
+    _warn_skipped(data.skipped, listing.image_dir or root / split)
+    if dataset == "voc":
+        _note_once(VOC_NOTE)
     return data
+
+
+def check_metadata(dataset: str, metadata: Path | str | None) -> None:
+    """``--metadata`` is wsol's, and wsol needs it: one line naming the flag otherwise."""
+    if dataset == "wsol" and metadata is None:
+        raise CamlabError("--dataset wsol needs --metadata: the metadata folder of one dataset "
+                          "(e.g. wsolevaluation/metadata/CUB)")
+    if metadata is not None and dataset != "wsol":
+        raise CamlabError(f"--metadata only applies to --dataset wsol, not --dataset {dataset}")
+    if metadata is not None and not str(metadata).strip():
+        raise CamlabError("--metadata is empty: name the metadata folder of one dataset "
+                          "(e.g. wsolevaluation/metadata/CUB)")
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(note: str) -> None:
+    """``note`` on stderr, the first time this process meets it."""
+    if note not in _NOTED:
+        _NOTED.add(note)
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _check_split(dataset: str, split: str) -> None:
+    splits = DATASET_SPLITS[dataset]
+    if split not in splits:
+        raise CamlabError(f"unknown split {split!r} for --dataset {dataset}; choose one of {', '.join(splits)}")
+
+
+# the splits of each dataset
+DATASET_SPLITS: dict[str, tuple[str, ...]] = {
+    "lab": SPLITS, "cifar10": ("train", "test"), "folder": ("train", "test"),
+    "wsol": ("train", "val", "test"), "voc": ("train", "val", "train_aug")}
+
+# Which split plays which role: "train" is what training reads, "fit" where thresholds and
+# hyperparameters are chosen (never the test split), "test" what is reported. Where a role
+# names several splits, the first one the dataset holds is taken (split_for). wsolevaluation:
+# val is train-fullsup, for hyperparameters and model selection; test only for the final report.
+ROLES = ("train", "fit", "test")
+SPLIT_ROLES: dict[str, dict[str, tuple[str, ...]]] = {
+    "lab": {"train": ("train",), "fit": ("train",), "test": ("test",)},
+    "cifar10": {"train": ("train",), "fit": ("train",), "test": ("test",)},
+    "folder": {"train": ("train",), "fit": ("train",), "test": ("test",)},
+    "wsol": {"train": ("train",), "fit": ("val",), "test": ("test",)},
+    "voc": {"train": ("train_aug", "train"), "fit": ("train",), "test": ("val",)},
+}
+
+
+def split_for(dataset: str, role: str, root: Path | str | None = None) -> str:
+    """The split of ``dataset`` that plays ``role`` (one of ``ROLES``; see ``SPLIT_ROLES``).
+    ``root`` is needed only where the answer depends on what the dataset holds (voc's training
+    split: ``train_aug`` when the augmented set is there, else ``train``)."""
+    _check_choice("dataset", dataset, DATASETS)
+    _check_choice("role", role, ROLES)
+    candidates = SPLIT_ROLES[dataset][role]
+    if len(candidates) == 1:
+        return candidates[0]
+    if root is None:
+        raise ValueError(f"split_for({dataset!r}, {role!r}) needs the dataset's root: "
+                         f"it takes the first of {', '.join(candidates)} that is there")
+    return next((s for s in candidates[:-1] if _has_split(dataset, Path(root), s)), candidates[-1])
+
+
+def _has_split(dataset: str, root: Path, split: str) -> bool:
+    """Whether ``root`` holds an optional split (only voc's train_aug is optional)."""
+    return dataset != "voc" or split != "train_aug" or _voc_aug_list(root) is not None
 
 
 def _warn_skipped(skipped: list[str], folder: Path) -> None:
@@ -159,6 +262,9 @@ _ROOT_HINTS = {
            "to use the generated synthetic dataset",
     "cifar10": "it must hold cifar-10-batches-py/; pass --download to fetch it (needs a network)",
     "folder": "it must hold train/<class>/<images> and test/<class>/<images>",
+    "wsol": "it must hold the images that --metadata's <split>/image_ids.txt names (e.g. "
+            "wsolevaluation's dataset/CUB)",
+    "voc": "it must be VOCdevkit/VOC2012, holding JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/",
 }
 
 
@@ -201,14 +307,17 @@ class _Listing:
 
     files: every file the split's content depends on (their stats form the cache key).
     decode: ``decode(img_size, progress, skip_bad) -> ImageSet`` does the expensive part.
+    image_dir: the folder the names are relative to, when not ``<root>/<split>``.
     """
 
     files: list[Path]
     decode: Callable[[int, bool, bool], ImageSet]
+    image_dir: Path | None = None
 
 
 # ------------------------------------------------------------------------ format: lab layout
-def _list_lab(root: Path, split: str, num_classes: int | None) -> _Listing:
+def _list_lab(root: Path, split: str, num_classes: int | None,
+              metadata: Path | None = None) -> _Listing:
     meta_path = root / "meta.json"
     classes = _lab_classes(meta_path, num_classes)
     ann_path = root / f"{split}_cls.txt"
@@ -250,12 +359,7 @@ def _parse_annotations(ann_path: Path, image_dir: Path, num_classes: int) -> lis
     error is the one the user sees. A UTF-8 byte order mark (Windows editors write one) is dropped
     rather than read as part of the first file name.
     """
-    try:
-        text = ann_path.read_text(encoding="utf-8-sig")  # universal newlines: \r\n, \r -> \n
-    except FileNotFoundError:
-        raise CamlabError(f"annotation file {ann_path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise CamlabError(f"cannot read annotation file {ann_path}: {utils.reason(err)}") from None
+    text = _read_text(ann_path, "annotation file")
     entries = []
     for line_no, line in enumerate(text.split("\n"), start=1):
         if line.strip():
@@ -266,6 +370,17 @@ def _parse_annotations(ann_path: Path, image_dir: Path, num_classes: int) -> lis
     if not entries:
         raise CamlabError(f"annotation file {ann_path} lists no images")
     return entries
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The text of ``path`` with universal newlines (``\\r\\n`` and ``\\r`` read as ``\\n``) and a
+    UTF-8 byte order mark dropped; a missing or unreadable file is a CamlabError naming it."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise CamlabError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CamlabError(f"cannot read {what} {path}: {utils.reason(err)}") from None
 
 
 def _parse_line(line: str, num_classes: int, where: str) -> tuple[str, int]:
@@ -286,7 +401,8 @@ def _parse_line(line: str, num_classes: int, where: str) -> tuple[str, int]:
 
 
 # --------------------------------------------------------------------- format: ImageFolder
-def _list_folder(root: Path, split: str, num_classes: int | None) -> _Listing:
+def _list_folder(root: Path, split: str, num_classes: int | None,
+                 metadata: Path | None = None) -> _Listing:
     classes = _folder_classes(root / split)
     other = _folder_classes(root / ("test" if split == "train" else "train"))
     if classes != other:
@@ -323,7 +439,8 @@ _CIFAR_DIR = "cifar-10-batches-py"
 _CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
-def _list_cifar10(root: Path, split: str, num_classes: int | None) -> _Listing:
+def _list_cifar10(root: Path, split: str, num_classes: int | None,
+                  metadata: Path | None = None) -> _Listing:
     base = root / _CIFAR_DIR
     files = [base / name for name in _CIFAR_BATCHES[split] + ["batches.meta"]]
     for path in files:
@@ -403,26 +520,465 @@ def _download_cifar10(dataset: str, root: Path, split: str) -> None:
         raise CamlabError(f"cannot download CIFAR-10 into '{root}': {utils.reason(err)}") from None
 
 
-_READERS: dict[str, Callable[[Path, str, int | None], _Listing]] = {
-    "lab": _list_lab, "cifar10": _list_cifar10, "folder": _list_folder}
+# ------------------------------------------------------------------- format: wsolevaluation
+WSOL_FILES = ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt")
+_BOX_FORM = "<image id>,x0,y0,x1,y1"
+_MASK_FORM = "<image id>,<mask path>,<ignore path>"
+_ONE = {"boxes": "box", "masks": "mask"}
+
+
+@dataclass
+class _WsolSplit:
+    """One split's metadata, checked line by line.
+
+    ids: image_ids.txt's order; labels: one per id; classes: ``"0"`` ... from train's labels.
+    sizes: id -> original (width, height), from image_sizes.txt (may be empty).
+    kind: ``"boxes"``, ``"masks"`` or None when localization.txt is empty.
+    boxes: id -> [(x0, y0, x1, y1), ...] in the original frame (kind ``"boxes"``).
+    masks, ignore: id -> the instance mask paths, and the ignore mask path (kind ``"masks"``),
+      relative to the image root.
+    files: the metadata files read.
+    """
+
+    ids: list[str]
+    labels: list[int]
+    classes: list[str]
+    sizes: dict[str, tuple[int, int]]
+    kind: str | None
+    boxes: dict[str, list[tuple[int, int, int, int]]]
+    masks: dict[str, list[str]]
+    ignore: dict[str, str]
+    files: list[Path]
+
+
+def _list_wsol(root: Path, split: str, num_classes: int | None,
+               metadata: Path | None = None) -> _Listing:
+    assert metadata is not None  # load_split checked it
+    info = _wsol_split(root, metadata, split, check_files=True)
+    _check_num_classes(num_classes, len(info.classes), metadata / "train" / "class_labels.txt")
+
+    def decode(img_size: int, progress: bool, skip_bad: bool) -> ImageSet:
+        return _decode_files(root, info.ids, info.labels, info.classes, img_size, progress, skip_bad)
+    return _Listing(info.files + [root / i for i in info.ids], decode, image_dir=root)
+
+
+def _csv_lines(path: Path) -> list[tuple[int, list[str]]]:
+    """``(line number, comma-separated fields)`` of every non-blank line of ``path``."""
+    text = _read_text(path, "wsol metadata file")
+    return [(no, line.strip().split(",")) for no, line in enumerate(text.split("\n"), start=1) if line.strip()]
+
+
+def _expect_fields(fields: list[str], n: int, where: str, form: str) -> None:
+    if len(fields) != n:
+        raise CamlabError(f"{where}: {len(fields)} comma-separated field{'s' if len(fields) != 1 else ''}, "
+                          f"expected {n} ({form})")
+
+
+def _field_int(text: str, where: str, what: str, low: int = 0) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise CamlabError(f"{where}: {what} {text!r} is not an integer") from None
+    if value < low:
+        raise CamlabError(f"{where}: {what} {value} is below {low}")
+    return value
+
+
+def _known_id(image_id: str, ids: dict[str, int], where: str, ids_path: Path) -> None:
+    if image_id not in ids:
+        raise CamlabError(f"{where}: image {image_id!r} is not in {ids_path}")
+
+
+def _wsol_labels(path: Path) -> list[tuple[int, str, int]]:
+    """``(line number, image id, label)`` of each line of a class_labels.txt."""
+    out = []
+    for no, fields in _csv_lines(path):
+        where = f"{path}, line {no}"
+        _expect_fields(fields, 2, where, "<image id>,<label>")
+        out.append((no, fields[0], _field_int(fields[1], where, "label")))
+    return out
+
+
+def _wsol_split(root: Path, metadata: Path, split: str, check_files: bool) -> _WsolSplit:
+    """Read and check ``metadata/<split>/``'s four files; with ``check_files`` every listed image
+    (and instance or ignore mask) must exist under ``root``."""
+    if not metadata.is_dir():
+        raise CamlabError(f"wsol metadata folder {metadata} does not exist (--metadata names the metadata "
+                          f"folder of one dataset, e.g. wsolevaluation/metadata/CUB)")
+    paths = {name: metadata / split / name for name in WSOL_FILES}
+    ids_path, labels_path = paths["image_ids.txt"], paths["class_labels.txt"]
+    first: dict[str, int] = {}  # id -> its line in image_ids.txt
+    for no, fields in _csv_lines(ids_path):
+        where = f"{ids_path}, line {no}"
+        _expect_fields(fields, 1, where, "<image id>")
+        image_id = fields[0]
+        if image_id in first:
+            raise CamlabError(f"{where}: image {image_id!r} repeats line {first[image_id]}")
+        if check_files and not (root / image_id).is_file():
+            raise CamlabError(f"{where}: image {root / image_id} is missing")
+        first[image_id] = no
+    if not first:
+        raise CamlabError(f"{ids_path} lists no images")
+
+    # the classes: "0" ... up to the largest label of the training split, for every split
+    train_labels_path = metadata / "train" / "class_labels.txt"
+    train_labels = _wsol_labels(train_labels_path)
+    if not train_labels:
+        raise CamlabError(f"{train_labels_path} lists no labels: the classes are read from it")
+    classes = [str(i) for i in range(1 + max(label for _, _, label in train_labels))]
+    labels: dict[str, tuple[int, int]] = {}  # id -> (label, line)
+    for no, image_id, label in train_labels if split == "train" else _wsol_labels(labels_path):
+        where = f"{labels_path}, line {no}"
+        _known_id(image_id, first, where, ids_path)
+        if image_id in labels:
+            raise CamlabError(f"{where}: a second label for image {image_id!r} (the first is on line "
+                              f"{labels[image_id][1]})")
+        if label >= len(classes):
+            raise CamlabError(f"{where}: label {label} is out of range [0, {len(classes)}) "
+                              f"(the classes of {train_labels_path})")
+        labels[image_id] = (label, no)
+    for image_id, no in first.items():
+        if image_id not in labels:
+            raise CamlabError(f"{ids_path}, line {no}: image {image_id!r} has no label in {labels_path}")
+
+    sizes_path = paths["image_sizes.txt"]
+    sizes: dict[str, tuple[int, int]] = {}
+    size_line: dict[str, int] = {}
+    for no, fields in _csv_lines(sizes_path):
+        where = f"{sizes_path}, line {no}"
+        _expect_fields(fields, 3, where, "<image id>,<width>,<height>")
+        _known_id(fields[0], first, where, ids_path)
+        if fields[0] in sizes:
+            raise CamlabError(f"{where}: a second size for image {fields[0]!r} (the first is on line "
+                              f"{size_line[fields[0]]})")
+        sizes[fields[0]] = (_field_int(fields[1], where, "width", 1), _field_int(fields[2], where, "height", 1))
+        size_line[fields[0]] = no
+
+    kind, boxes, masks, ignore = _wsol_localization(root, paths["localization.txt"], first, ids_path,
+                                                    sizes, sizes_path, check_files)
+    ids = list(first)
+    return _WsolSplit(ids, [labels[i][0] for i in ids], classes, sizes, kind, boxes, masks, ignore,
+                      list(paths.values()) + ([] if split == "train" else [train_labels_path]))
+
+
+def _wsol_localization(root: Path, path: Path, first: dict[str, int], ids_path: Path,
+                       sizes: dict[str, tuple[int, int]], sizes_path: Path, check_files: bool):
+    """``(kind, boxes, masks, ignore)`` from localization.txt (see :class:`_WsolSplit`). Boxes
+    are ``id,x0,y0,x1,y1`` lines (several per image: several boxes), masks ``id,mask,ignore``
+    lines (one per instance; only an image's first line names its ignore mask). A file that
+    mixes them is refused; every image of the split needs a box or a mask, and a box its size."""
+    boxes: dict[str, list[tuple[int, int, int, int]]] = {}
+    masks: dict[str, list[str]] = {}
+    ignore: dict[str, str] = {}
+    kind, kind_line = None, 0
+    for no, fields in _csv_lines(path):
+        where = f"{path}, line {no}"
+        if len(fields) == 3 and not _is_int(fields[1]):
+            line_kind = "masks"
+        elif len(fields) == 5:
+            line_kind = "boxes"
+        elif len(fields) == 3:
+            raise CamlabError(f"{where}: 3 comma-separated fields with a number second: a box needs 5 "
+                              f"({_BOX_FORM}), a mask line names files ({_MASK_FORM})")
+        else:
+            raise CamlabError(f"{where}: {len(fields)} comma-separated fields, expected 5 for a box "
+                              f"({_BOX_FORM}) or 3 for a mask ({_MASK_FORM})")
+        if kind is None:
+            kind, kind_line = line_kind, no
+        elif line_kind != kind:
+            raise CamlabError(f"{where}: a {_ONE[line_kind]} line, but line {kind_line} holds a {_ONE[kind]}: "
+                              f"one localization.txt holds boxes or masks, not both")
+        image_id = fields[0]
+        _known_id(image_id, first, where, ids_path)
+        if kind == "boxes":
+            x0, y0, x1, y1 = (_field_int(t, where, name) for t, name in zip(fields[1:], ("x0", "y0", "x1", "y1")))
+            if x1 < x0 or y1 < y0:
+                raise CamlabError(f"{where}: box ({x0}, {y0}, {x1}, {y1}) has x1 < x0 or y1 < y0 "
+                                  f"(expected {_BOX_FORM})")
+            if image_id not in sizes:
+                raise CamlabError(f"{where}: image {image_id!r} has no size in {sizes_path}")
+            boxes.setdefault(image_id, []).append((x0, y0, x1, y1))
+            continue
+        mask_path, ignore_path = fields[1], fields[2]
+        if not mask_path:
+            raise CamlabError(f"{where}: no mask path (expected {_MASK_FORM})")
+        if image_id in masks and ignore_path:
+            raise CamlabError(f"{where}: a second ignore mask for image {image_id!r} (only an image's first "
+                              f"line names it; later lines end with an empty field)")
+        if image_id not in masks and not ignore_path:
+            raise CamlabError(f"{where}: the first mask line of image {image_id!r} names no ignore mask "
+                              f"(expected {_MASK_FORM})")
+        for what, rel in (("mask", mask_path), ("ignore mask", ignore_path)):
+            if rel and check_files and not (root / rel).is_file():
+                raise CamlabError(f"{where}: {what} {root / rel} is missing")
+        masks.setdefault(image_id, []).append(mask_path)
+        if ignore_path:
+            ignore[image_id] = ignore_path
+    if kind is not None:
+        found = boxes if kind == "boxes" else masks
+        for image_id, no in first.items():
+            if image_id not in found:
+                raise CamlabError(f"{path}: no {_ONE[kind]} for image {image_id!r} ({ids_path}, line {no})")
+    return kind, boxes, masks, ignore
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- format: PASCAL VOC
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+               "train", "tvmonitor")  # VOC indices 1..20; label = index - 1
+VOC_IGNORE = 255
+VOC_NOTE = "voc: single-label use takes each image's largest class (by pixels)"
+_VOC_SETS = Path("ImageSets") / "Segmentation"
+_VOC_AUG_LISTS = ("trainaug.txt", "train_aug.txt")
+
+
+def _voc_aug_list(root: Path) -> Path | None:
+    """The augmented set's list when ``root`` holds SegmentationClassAug/ and one, else None."""
+    if not (root / "SegmentationClassAug").is_dir():
+        return None
+    return next((p for p in (root / _VOC_SETS / n for n in _VOC_AUG_LISTS) if p.is_file()), None)
+
+
+def _voc_entries(root: Path, split: str, check_files: bool = True) -> tuple[Path, list[tuple[str, Path]]]:
+    """The split's list file and ``(image name relative to root, mask path)`` per listed image.
+    A line is an image id (``2007_000032``), or DeepLab's ``/JPEGImages/<id>.jpg
+    /SegmentationClassAug/<id>.png`` (paths relative to the root)."""
+    if split == "train_aug":
+        list_path = _voc_aug_list(root)
+        if list_path is None:
+            raise CamlabError(f"{root} holds no augmented VOC set: split train_aug needs SegmentationClassAug/ "
+                              f"and {_VOC_SETS / _VOC_AUG_LISTS[0]} (or {_VOC_AUG_LISTS[1]})")
+        mask_dir = "SegmentationClassAug"
+    else:
+        list_path, mask_dir = root / _VOC_SETS / f"{split}.txt", "SegmentationClass"
+    entries: list[tuple[str, Path]] = []
+    first: dict[str, int] = {}
+    for no, line in enumerate(_read_text(list_path, "VOC split list").split("\n"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{list_path}, line {no}"
+        if len(fields) == 1:
+            name, mask = f"JPEGImages/{fields[0]}.jpg", f"{mask_dir}/{fields[0]}.png"
+        elif len(fields) == 2:
+            name, mask = (f.lstrip("/") for f in fields)
+        else:
+            raise CamlabError(f"{where}: {len(fields)} fields, expected an image id, or "
+                              f"'/JPEGImages/<id>.jpg /{mask_dir}/<id>.png'")
+        if name in first:
+            raise CamlabError(f"{where}: image {name!r} repeats line {first[name]}")
+        for what, rel in (("image", name), ("mask", mask)):
+            if check_files and not (root / rel).is_file():
+                raise CamlabError(f"{where}: {what} {root / rel} is missing")
+        first[name] = no
+        entries.append((name, root / mask))
+    if not entries:
+        raise CamlabError(f"VOC split list {list_path} lists no images")
+    return list_path, entries
+
+
+def _list_voc(root: Path, split: str, num_classes: int | None,
+              metadata: Path | None = None) -> _Listing:
+    list_path, entries = _voc_entries(root, split)
+    _check_num_classes(num_classes, len(VOC_CLASSES), list_path)
+    files = [list_path] + [p for name, mask in entries for p in (root / name, mask)]
+    return _Listing(files, lambda img_size, progress, skip_bad: _decode_voc(root, entries, img_size, progress,
+                                                                            skip_bad), image_dir=root)
+
+
+def _decode_voc(root: Path, entries: list[tuple[str, Path]], img_size: int, progress: bool,
+                skip_bad: bool) -> ImageSet:
+    """The images with their labels (the class with the most pixels; ties go to the lower VOC
+    index) and every present class. An undecodable image or mask, a mask of another size than
+    its image, or one without an object class is an error naming it (skipped with skip_bad)."""
+    counts: dict[int, np.ndarray] = {}
+
+    def load(index: int) -> np.ndarray:
+        name, mask_path = entries[index]
+        image = decode_image(root / name)
+        mask = read_index_mask(mask_path)
+        if mask.shape != image.shape[:2]:
+            raise CamlabError(f"mask {mask_path} is {mask.shape[1]}×{mask.shape[0]}, but its image "
+                              f"{root / name} is {image.shape[1]}×{image.shape[0]}")
+        counts[index] = _voc_class_pixels(mask, mask_path)
+        return image
+    names = [name for name, _ in entries]
+    images, kept, skipped = _decode_each(root, names, load, img_size, progress, skip_bad)
+    pixels = np.stack([counts[i] for i in kept]) if kept else np.zeros((0, len(VOC_CLASSES)), np.int64)
+    return ImageSet(images, torch.from_numpy(pixels.argmax(axis=1).astype(np.int64)), [names[i] for i in kept],
+                    list(VOC_CLASSES), skipped, present=torch.from_numpy(pixels > 0))
+
+
+def _voc_class_pixels(mask: np.ndarray, path: Path) -> np.ndarray:
+    """int64 20: the pixels of each object class in a VOC mask (0 background, 1..20, 255 void)."""
+    values = np.bincount(mask.ravel(), minlength=256)
+    odd = np.flatnonzero(values[len(VOC_CLASSES) + 1:VOC_IGNORE])
+    if odd.size:
+        raise CamlabError(f"mask {path} holds the value {odd[0] + len(VOC_CLASSES) + 1} (VOC masks hold 0 "
+                          f"background, 1..{len(VOC_CLASSES)} classes and {VOC_IGNORE} void)")
+    pixels = values[1:len(VOC_CLASSES) + 1].astype(np.int64)
+    if not pixels.any():
+        raise CamlabError(f"mask {path} holds no object class (only background and void), so its image has no label")
+    return pixels
+
+
+def read_index_mask(path: Path | str) -> np.ndarray:
+    """A class-index mask (VOC's palette 'P' PNGs, or grey 'L' ones such as SegmentationClassAug)
+    as uint8 H×W indices; cv2 would return a palette PNG's colours, so PIL reads it."""
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L"):
+                raise CamlabError(f"mask {path} is a mode {image.mode} image, not class indices "
+                                  f"(a palette 'P' or grey 'L' PNG)")
+            return np.array(image)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise CamlabError(f"cannot read mask {path}: {utils.reason(err)}") from None
+
+
+_READERS: dict[str, Callable[[Path, str, int | None, Path | None], _Listing]] = {
+    "lab": _list_lab, "cifar10": _list_cifar10, "folder": _list_folder, "wsol": _list_wsol, "voc": _list_voc}
 DATASETS: tuple[str, ...] = tuple(_READERS)
+
+
+# ---------------------------------------------------------------------------- ground truth
+@dataclass
+class Truth:
+    """A split's localisation ground truth, in the frame of its decoded images (``ImageSet``
+    ``images.shape[-2:]``) and in the order of its ``names``.
+
+    boxes: per image, int64 k×4 ``(x0, y0, x1, y1)``, wsolevaluation's convention (inclusive
+      pixel corners), rescaled from the original image size as wsolevaluation rescales them.
+    masks: uint8 N×H×W, 1 foreground, 0 background, 255 ignore.
+    """
+
+    boxes: list[np.ndarray] | None = None
+    masks: np.ndarray | None = None
+
+
+def ground_truth(dataset: str, root: Path | str, split: str, data: ImageSet,
+                 metadata: Path | str | None = None) -> Truth | None:
+    """The localisation ground truth of ``data`` (split ``split`` of ``dataset`` at ``root``, or
+    any subset of it, ``data.take(...)``), or None where the split has none.
+
+    lab: masks from ``<root>/<split>_masks/<stem>.png`` (None without that folder). wsol: boxes
+    (CUB, ILSVRC) or foreground/background/ignore masks (OpenImages) from localization.txt (None
+    when it is empty, as train's is). voc: the mask of each image's label, 255 where VOC says
+    void. cifar10, folder: None. Masks are read anew on every call; box sizes come from
+    image_sizes.txt, not from the images.
+    """
+    _check_choice("dataset", dataset, DATASETS)
+    _check_split(dataset, split)
+    check_metadata(dataset, metadata)
+    height, width = (int(x) for x in data.images.shape[-2:])
+    reader = _TRUTHS.get(dataset)
+    return None if reader is None else reader(Path(root), split, data, (height, width),
+                                              None if metadata is None else Path(metadata))
+
+
+def _lab_truth(root: Path, split: str, data: ImageSet, frame: tuple[int, int],
+               metadata: Path | None) -> Truth | None:
+    folder = root / f"{split}_masks"
+    if not folder.is_dir():
+        return None
+    masks = [_to_frame(read_mask(folder / f"{Path(name).stem}.png").astype(np.uint8), frame) for name in data.names]
+    return Truth(masks=_stack_masks(masks, frame))
+
+
+def _wsol_truth(root: Path, split: str, data: ImageSet, frame: tuple[int, int],
+                metadata: Path | None) -> Truth | None:
+    assert metadata is not None  # ground_truth checked it
+    info = _wsol_split(root, metadata, split, check_files=False)
+    if info.kind is None:
+        return None
+    _check_names(data.names, info.ids, metadata / split / "image_ids.txt")
+    height, width = frame
+    if info.kind == "boxes":
+        def rescale(box: tuple[int, int, int, int], size: tuple[int, int]) -> list[int]:
+            (x0, y0, x1, y1), (w, h) = box, size  # evaluation.resize_bbox: float product, then int()
+            return [int(x0 * width / w), int(y0 * height / h), int(x1 * width / w), int(y1 * height / h)]
+        return Truth(boxes=[np.array([rescale(b, info.sizes[n]) for b in info.boxes[n]], np.int64).reshape(-1, 4)
+                            for n in data.names])
+    masks = []
+    for name in data.names:
+        foreground = np.zeros(frame, bool)
+        for rel in info.masks[name]:  # evaluation.get_mask: nearest resize, > 0.5, union
+            foreground |= _to_frame(_imread(root / rel, cv2.IMREAD_GRAYSCALE, "mask"), frame) > 0
+        ignore = _to_frame(_imread(root / info.ignore[name], cv2.IMREAD_GRAYSCALE, "ignore mask"), frame) > 0
+        out = foreground.astype(np.uint8)
+        out[ignore & ~foreground] = VOC_IGNORE
+        masks.append(out)
+    return Truth(masks=_stack_masks(masks, frame))
+
+
+def _voc_truth(root: Path, split: str, data: ImageSet, frame: tuple[int, int],
+               metadata: Path | None) -> Truth | None:
+    list_path, entries = _voc_entries(root, split, check_files=False)
+    mask_of = dict(entries)
+    _check_names(data.names, list(mask_of), list_path)
+    masks = []
+    for name, label in zip(data.names, data.labels.tolist()):
+        index = _to_frame(read_index_mask(mask_of[name]), frame)
+        out = (index == label + 1).astype(np.uint8)
+        out[index == VOC_IGNORE] = VOC_IGNORE
+        masks.append(out)
+    return Truth(masks=_stack_masks(masks, frame))
+
+
+_TRUTHS = {"lab": _lab_truth, "wsol": _wsol_truth, "voc": _voc_truth}
+
+
+def _check_names(names: list[str], known: list[str], source: Path) -> None:
+    missing = sorted(set(names) - set(known))
+    if missing:
+        raise CamlabError(f"image {missing[0]!r} is not in {source}: ground truth is read for the split "
+                          f"the images came from")
+
+
+def _to_frame(mask: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
+    """``mask`` resized to ``frame`` (H, W) by nearest neighbour, as wsolevaluation resizes masks."""
+    if mask.shape == frame:
+        return mask
+    return cv2.resize(mask, (frame[1], frame[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def _stack_masks(masks: list[np.ndarray], frame: tuple[int, int]) -> np.ndarray:
+    return np.stack(masks) if masks else np.zeros((0, *frame), np.uint8)
 
 
 # ------------------------------------------------------------------------------- decoding
 def _decode_files(folder: Path, names: list[str], labels: list[int], classes: list[str],
                   img_size: int, progress: bool, skip_bad: bool) -> ImageSet:
-    """Decode every image ``folder/<name>`` once, sized as :func:`_add_image` says.
+    """Decode every image ``folder/<name>`` once, sized as :func:`_add_image` says (see
+    :func:`_decode_each` for what ``skip_bad`` does)."""
+    images, kept, skipped = _decode_each(folder, names, lambda i: decode_image(folder / names[i]),
+                                         img_size, progress, skip_bad)
+    return ImageSet(images, torch.tensor([labels[i] for i in kept], dtype=torch.int64),
+                    [names[i] for i in kept], list(classes), skipped)
 
-    A file that cannot be decoded is a CamlabError naming it; with ``skip_bad`` it is left out
-    instead (its label and name too, so the three lists stay aligned) and listed in
-    ``ImageSet.skipped``. Leaving out every file is still an error: an empty split would only
-    fail later, with a message that no longer says why.
+
+def _decode_each(folder: Path, names: list[str], load: Callable[[int], np.ndarray], img_size: int,
+                 progress: bool, skip_bad: bool) -> tuple[torch.Tensor, list[int], list[str]]:
+    """``(uint8 N×3×H×W images, the indices kept, the names skipped)``: ``load(i)`` decodes
+    image ``i`` (named ``names[i]``, relative to ``folder``) as RGB H×W×3.
+
+    A CamlabError from ``load`` (a file that cannot be decoded) stops the split, unless
+    ``skip_bad``: then that image is left out (the caller drops its label and name too, so the
+    lists stay aligned) and its name listed. Leaving out every image is still an error: an empty
+    split would only fail later, with a message that no longer says why.
     """
     arrays, kept, skipped, first_error = [], [], [], None
     for index, name in enumerate(tqdm(names, desc=f"decoding {folder.name}", unit="img",
                                       disable=None if progress else True, leave=False)):
         try:
-            image = decode_image(folder / name)
+            image = load(index)
         except CamlabError as err:
             if not skip_bad:
                 raise
@@ -435,9 +991,7 @@ def _decode_files(folder: Path, names: list[str], labels: list[int], classes: li
         raise CamlabError(f"no image in {folder} can be decoded: all {len(skipped)} were skipped "
                           f"(the first: {utils.reason(first_error, limit=500)})")
     images = np.stack(arrays) if arrays else np.zeros((0, img_size, img_size, 3), np.uint8)
-    return ImageSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                    torch.tensor([labels[i] for i in kept], dtype=torch.int64),
-                    [names[i] for i in kept], list(classes), skipped)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), kept, skipped
 
 
 def _add_image(arrays: list[np.ndarray], image: np.ndarray, img_size: int) -> None:
