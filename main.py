@@ -57,9 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=DEFAULTS.dataset, choices=list(dataloader.DATASETS),
                       help="lab: the handout's folder layout (the embedded synthetic set by default); "
-                           "cifar10: the python-pickle CIFAR-10; folder: an ImageFolder tree")
+                           "cifar10: the python-pickle CIFAR-10; folder: an ImageFolder tree; "
+                           "wsol: wsolevaluation's metadata format (CUB, ILSVRC, OpenImages; needs --metadata); "
+                           "voc: PASCAL VOC 2012 with its segmentation masks (single-label: each image's largest class)")
     data.add_argument("--data_root", default=None,
                       help="dataset folder; None takes data/synthetic for lab (generated when missing), data/<dataset> otherwise")
+    data.add_argument("--metadata", default=DEFAULTS.metadata,
+                      help="wsol: the metadata folder of one dataset (e.g. wsolevaluation/metadata/CUB)")
     data.add_argument("--body_evidence", type=float, default=None,
                       help="the embedded benchmark's dial in [0, 1]: the share of bodies whose stripes carry "
                            f"their class's evidence (default {synthetic.BODY_EVIDENCE:g}: data/synthetic; any other "

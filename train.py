@@ -56,6 +56,7 @@ class RunConfig:
     cut: str = "layer2"
     dataset: str = "lab"
     data_root: str | None = None
+    metadata: str | None = None  # wsol: the metadata folder of one dataset (wsolevaluation/metadata/CUB, ...)
     body_evidence: float | None = None  # the embedded benchmark's dial; None: the generator's default
     download: bool = False
     cv: int = 0
@@ -110,6 +111,7 @@ class RunConfig:
             synthetic.check_body_evidence(self.body_evidence)
             if self.dataset != "lab":
                 raise CamlabError(f"--body_evidence sets the embedded benchmark (--dataset lab), not --dataset {self.dataset}")
+        dataloader.check_metadata(self.dataset, self.metadata)  # wsol without --metadata, or --metadata without wsol
         self.data_path()  # an empty --data_root, before any work
         if self.cv == 1:
             raise CamlabError("--cv 1 is not cross-validation: 0 for a single run, or 2 folds or more")
@@ -755,10 +757,13 @@ def evaluate(model: CAMModel, data: dataloader.ImageSet, cfg: RunConfig, desc: s
 
 
 def load_data(cfg: RunConfig, device: torch.device) -> tuple[dataloader.ImageSet, dataloader.ImageSet]:
+    """The splits in the dataset's "train" and "test" roles (``dataloader.split_for``: e.g. voc
+    trains on train_aug when it is there and reports on val), on ``device``."""
     root = cfg.data_path()
-    kw = dict(img_size=cfg.img_size, download=cfg.download, progress=cfg.progress, skip_bad=cfg.skip_bad)
-    train_set = dataloader.load_split(cfg.dataset, root, "train", **kw)
-    test_set = dataloader.load_split(cfg.dataset, root, "test", **kw)
+    kw = dict(img_size=cfg.img_size, download=cfg.download, progress=cfg.progress, skip_bad=cfg.skip_bad,
+              metadata=cfg.metadata)
+    train_set = dataloader.load_split(cfg.dataset, root, dataloader.split_for(cfg.dataset, "train", root), **kw)
+    test_set = dataloader.load_split(cfg.dataset, root, dataloader.split_for(cfg.dataset, "test", root), **kw)
     meta = synthetic.read_meta(root) if cfg.dataset == "lab" else None
     if cfg.body_evidence is not None and meta is not None and meta.get("body_evidence") != cfg.body_evidence:
         raise CamlabError(f"--body_evidence {cfg.body_evidence:g}, but {root} was generated at "

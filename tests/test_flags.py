@@ -34,6 +34,8 @@ MODE_OF_FLAG = {"scale": "SEG", "rot_deg": "SEG", "shift": "SEG", "transform": "
                 "acol_width": "ACOL", "acol_grow": "ACOL", "oc_exp": "CSE",
                 "erase_weight": "CSE", "erase_growth": "CSE", "area_weight": "CSE"}
 TRANSFORM_OF_FLAG = {"rot_deg": "rotate", "shift": "translate"}
+# Flags that only act on one dataset get that dataset (main.py); elsewhere they are refused outright.
+DATASET_OF_FLAG = {"metadata": "wsol"}
 # iou.py's comparison flags act under --methods; the others under the report of finished runs.
 IOU_COMPARISON = {"ablation", "methods", "prefix", "epochs", "img_size", "seed", "batch_size", "weights",
                   "data_root", "seeds", "body_evidence", "sweep"}
@@ -95,6 +97,8 @@ def cases(tmp_path_factory) -> tuple[list[dict], Path]:
             context = ["--mode", MODE_OF_FLAG[name], "--transform", TRANSFORM_OF_FLAG.get(name, "scale")]
             context += ["--oc_exp", "oc"] if MODE_OF_FLAG[name] == "CSE" else []
             context += ["--img_size", "32"] if MODE_OF_FLAG[name] == "SEG" else []
+        if name in DATASET_OF_FLAG:
+            context = ["--dataset", DATASET_OF_FLAG[name]]
         for tail in values_for(action):
             add("main", [*tiny, *context, *tail])
             if name in MODE_OF_FLAG and MODE_OF_FLAG[name] == "CSE":
