@@ -24,7 +24,6 @@ import dataloader
 import model
 import train
 import visualize
-from dataloader import read_mask
 import synthetic
 from iou import (BOOTSTRAP_RESAMPLES, BOX_FRACTION, DEFAULT_PROTOCOL, THRESHOLD_GRID, Box, _md_cell, _protocol,
                  batch_iou, iou_curve, iou_table, localization_accuracy, mask_box, max_box_acc, mean_statistic,
@@ -76,13 +75,12 @@ def _batched(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, 
     return torch.cat(preds).cpu().numpy(), torch.cat(maps).cpu().numpy()
 
 
-def split_masks(root: Path, split: str, names: Sequence[str]) -> np.ndarray | None:
-    """bool N×H×W masks from ``root/<split>_masks/<stem>.png`` (the embedded dataset writes
-    them), or None when the dataset has no such folder."""
-    folder = root / f"{split}_masks"
-    if not folder.is_dir():
-        return None
-    return np.stack([read_mask(folder / f"{Path(name).stem}.png") for name in names])
+def mask_parts(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(foreground, valid)`` of ``dataloader.Truth`` masks (uint8: 1 foreground, 0 background,
+    255 ignore): bool N×H×W each; ``valid`` is None when nothing is ignored (every pixel counts)."""
+    masks = np.asarray(masks)
+    ignored = masks == 255
+    return masks == 1, (~ignored if ignored.any() else None)
 
 
 def _subset(data: "dataloader.ImageSet", n: int, seed: int = 0) -> "dataloader.ImageSet":
@@ -106,50 +104,79 @@ class Experiment:
         dev = resolve_device(device)
         net, ckpt = model.load_checkpoint(safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth", dev)
         cfg = train.RunConfig.from_args(ckpt["args"])
-        return cls(exp_id, net.eval(), cfg, cfg.data_path(), dev)
+        root = cfg.data_path()
+        _check_trained_on(exp_id, root)
+        return cls(exp_id, net.eval(), cfg, root, dev)
 
-    def has_masks(self) -> bool:
-        """Only the embedded dataset writes ``train_masks/`` and ``test_masks/``."""
-        return (self.root / "train_masks").is_dir() and (self.root / "test_masks").is_dir()
-
-    def split(self, split: str, n: int | None = None) -> "dataloader.ImageSet":
-        data = dataloader.load_split(self.cfg.dataset, self.root, split, img_size=self.cfg.img_size,
-                                     progress=False, skip_bad=self.cfg.skip_bad)
+    def split(self, role: str, n: int | None = None) -> "dataloader.ImageSet":
+        """The split that plays ``role`` (``dataloader.split_for``: ``fit`` chooses thresholds,
+        ``test`` is reported), or ``n`` images of it drawn at random (seed 0)."""
+        data = dataloader.load_split(self.cfg.dataset, self.root, self._split_name(role), img_size=self.cfg.img_size,
+                                     progress=False, skip_bad=self.cfg.skip_bad, metadata=self.cfg.metadata)
         return (data if n is None else _subset(data, n)).to(self.device)
 
+    def truth(self, role: str, data: "dataloader.ImageSet") -> "dataloader.Truth | None":
+        """The boxes or masks of ``data`` (the ``role`` split or a subset of it), or None."""
+        return dataloader.ground_truth(self.cfg.dataset, self.root, self._split_name(role), data, self.cfg.metadata)
+
+    def _split_name(self, role: str) -> str:
+        return dataloader.split_for(self.cfg.dataset, role, self.root)
+
     @functools.cached_property
-    def test(self) -> tuple["dataloader.ImageSet", np.ndarray]:
-        """The test split and its masks, read once however many measures use them."""
+    def test(self) -> tuple["dataloader.ImageSet", "dataloader.Truth | None"]:
+        """The test split and its ground truth, read once however many measures use them."""
         data = self.split("test")
-        return data, split_masks(self.root, "test", data.names)
+        return data, self.truth("test", data)
 
     def cams(self, data: "dataloader.ImageSet", form: str = "class", of_labels: bool = False,
              extractor: str = model.DEFAULT_EXTRACTOR) -> tuple[np.ndarray, np.ndarray]:
         return dataset_cams(self.net, data, self.cfg.img_size, form, of_labels=of_labels, extractor=extractor)
 
 
+def _check_trained_on(exp_id: str, root: Path) -> None:
+    """A run is scored on the embedded benchmark it was trained on: the body-evidence setting its
+    metrics.json records must be the one the data root holds (a default that changed since, or a
+    data root generated again at another setting, would otherwise score it on other images)."""
+    try:
+        trained = json.loads((safe_subdir(CHECKPOINT_DIR, exp_id) / "metrics.json").read_text())["benchmark"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not on the embedded benchmark, or a run from before it was recorded
+    held = synthetic.read_meta(root) or {}
+    if held.get("body_evidence") != trained.get("body_evidence"):
+        raise CamlabError(f"{exp_id} was trained on the embedded benchmark at body evidence "
+                          f"{trained.get('body_evidence')}, but {root} holds setting {held.get('body_evidence')}; "
+                          f"score it with the data root it was trained on")
+
+
 def localization_report(exp_id: str, form: str = "class", n_threshold: int = 500,
                         device: str = "auto") -> dict | None:
     """Mean IoU of ``exp_id``'s best checkpoint over the whole test set, at the threshold that
-    is best on ``n_threshold`` training images' masks (never on test masks). None when the
-    dataset has no ``train_masks/`` and ``test_masks/`` (only the embedded one has them)."""
-    exp = Experiment.load(exp_id, device)
-    return _localization(exp, form, n_threshold) if exp.has_masks() else None
+    is best on ``n_threshold`` images of the split that chooses thresholds (training masks on the
+    embedded benchmark, wsolevaluation's ``val``; never test masks). None when the dataset has
+    no masks on both (boxes only, or none)."""
+    return _localization(Experiment.load(exp_id, device), form, n_threshold)
 
 
-def _localization(exp: Experiment, form: str, n_threshold: int, extractor: str = model.DEFAULT_EXTRACTOR) -> dict:
+def _localization(exp: Experiment, form: str, n_threshold: int,
+                  extractor: str = model.DEFAULT_EXTRACTOR) -> dict | None:
     if n_threshold < 1:
         raise CamlabError(f"--n_threshold must be at least 1, got {n_threshold}")
-    fit_set = exp.split("train", n_threshold)
-    curve = iou_curve(exp.cams(fit_set, form, extractor=extractor)[1], split_masks(exp.root, "train", fit_set.names),
-                      THRESHOLD_GRID)
+    test_set, test_truth = exp.test
+    if test_truth is None or test_truth.masks is None:
+        return None
+    fit_set = exp.split("fit", n_threshold)
+    fit_truth = exp.truth("fit", fit_set)
+    if fit_truth is None or fit_truth.masks is None:
+        return None
+    fit_masks, fit_valid = mask_parts(fit_truth.masks)
+    curve = iou_curve(exp.cams(fit_set, form, extractor=extractor)[1], fit_masks, THRESHOLD_GRID, fit_valid)
     threshold, train_iou = pick_threshold(THRESHOLD_GRID, curve)
-    test_set, test_masks = exp.test
+    test_masks, test_valid = mask_parts(test_truth.masks)
     test_cams = exp.cams(test_set, form, extractor=extractor)[1]
-    test_curve = iou_curve(test_cams, test_masks, THRESHOLD_GRID)
+    test_curve = iou_curve(test_cams, test_masks, THRESHOLD_GRID, test_valid)
     return {"exp_id": exp.exp_id, "cam": form, "threshold": threshold, "train_iou": train_iou,
             "test_iou": float(test_curve[THRESHOLD_GRID.index(threshold)]),
-            "test_ious": batch_iou(threshold_masks(test_cams, threshold), test_masks),
+            "test_ious": batch_iou(threshold_masks(test_cams, threshold), test_masks, test_valid),
             "n_threshold_images": len(fit_set), "n_test": len(test_set),
             "curve": (np.asarray(THRESHOLD_GRID), curve), "test_curve": (np.asarray(THRESHOLD_GRID), test_curve)}
 
@@ -216,7 +243,10 @@ def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
                 protocol: str = DEFAULT_PROTOCOL, extractor: str = model.DEFAULT_EXTRACTOR,
                 diagnose: bool = True) -> dict | None:
     """Every measure of the methods table for ``exp_id`` on its test split, as fractions; None
-    when the dataset has no masks (only the embedded one has them).
+    when the test split has no ground truth (cifar10, folder, a lab tree without test_masks/).
+    Measures that need what the dataset lacks are left out: boxes only (wsol's CUB and ILSVRC)
+    give no mean IoU and PxAP; OpenImages' masks give no box measures (wsolevaluation scores it
+    by PxAP alone). Thresholds and the mean IoU's threshold come from the ``fit`` split.
 
     test_acc: the best checkpoint's accuracy. test_iou: mean IoU of the predicted class's CAM at
     the threshold chosen on training masks (as :func:`localization_report`). PxAP, MaxBoxAccV2,
@@ -228,25 +258,33 @@ def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
     comes from ``extractor`` (``model.EXTRACTORS``; camlab's CAM by default).
     """
     exp = Experiment.load(exp_id, device)
-    if not exp.has_masks():
+    test_set, truth = exp.test
+    if truth is None:
         return None
-    report = _localization(exp, "class", n_threshold, extractor)
-    test_set, masks = exp.test
+    report = _localization(exp, "class", n_threshold, extractor) or {"exp_id": exp.exp_id}
     preds, cams = protocol_cams(exp.net, test_set, exp.cfg.img_size, protocol, extractor=extractor)
-    boxes = [[box] if (box := mask_box(m, protocol)) is not None else [] for m in masks]
     labels = test_set.labels.cpu().numpy()
-    fg, bg = pixel_histograms(cams, masks)
-    meta = synthetic.read_meta(exp.root)
-    report.update(test_acc=float(np.mean(preds == labels)), pxap=pxap_from_histograms(fg.sum(0), bg.sum(0)),
-                  max_box_acc_v2=max_box_acc(cams, boxes, protocol=protocol)["mean"],
-                  **localization_accuracy(cams, preds, labels, boxes, protocol=protocol),
-                  method=_method_name(exp.cfg), mean_mask_area=float(masks.mean()), protocol=protocol, extractor=extractor,
-                  seed=exp.cfg.seed, data_root=str(exp.root.resolve()),
-                  body_evidence=(meta or {}).get("body_evidence"),
-                  per_image={"iou": report.pop("test_ious"), "fg": fg, "bg": bg})
-    if meta is not None and meta.get("version") == synthetic.SYNTHETIC_VERSION:
+    meta = synthetic.read_meta(exp.root) if exp.cfg.dataset == "lab" else None
+    per_image = {"iou": report.pop("test_ious")} if "test_ious" in report else {}
+    report.update(test_acc=float(np.mean(preds == labels)), method=_method_name(exp.cfg), protocol=protocol,
+                  extractor=extractor, seed=exp.cfg.seed, data_root=str(exp.root.resolve()), n_test=len(test_set),
+                  body_evidence=(meta or {}).get("body_evidence"))
+    masks = None
+    if truth.masks is not None:
+        masks, valid = mask_parts(truth.masks)
+        fg, bg = pixel_histograms(cams, masks, valid=valid)
+        report.update(pxap=pxap_from_histograms(fg.sum(0), bg.sum(0)), mean_mask_area=float(masks.mean()))
+        per_image.update(fg=fg, bg=bg)
+    boxes = truth.boxes
+    if boxes is None and masks is not None and exp.cfg.dataset != "wsol":  # wsolevaluation scores OpenImages by PxAP alone
+        boxes = [[box] if (box := mask_box(m, protocol)) is not None else [] for m in masks]
+    if boxes is not None:
+        report.update(max_box_acc_v2=max_box_acc(cams, boxes, protocol=protocol)["mean"],
+                      **localization_accuracy(cams, preds, labels, boxes, protocol=protocol))
+    report["per_image"] = per_image
+    if meta is not None and meta.get("version") == synthetic.SYNTHETIC_VERSION and masks is not None:
         report.update(diagnostics(exp, cams, masks, meta, with_accuracy=diagnose))
-    report["examples"] = _examples(test_set, cams, boxes, protocol)
+    report["examples"] = _examples(test_set, cams, boxes or [[]] * len(test_set), protocol)
     return report
 
 
@@ -388,11 +426,15 @@ def versus_cam(report: dict, cam: dict, resamples: int = BOOTSTRAP_RESAMPLES) ->
     """The paired per-image bootstrap (:func:`iou.paired_bootstrap`) of ``report`` minus the CAM
     run ``cam`` on the same test images: mean IoU and PxAP, each (difference, low, high)."""
     a, b = report["per_image"], cam["per_image"]
-    n = len(a["iou"])
-    if len(b["iou"]) != n:
+    if report["n_test"] != cam["n_test"]:
         raise CamlabError(f"{report['exp_id']} and {cam['exp_id']} were scored on different test sets")
-    return {"iou": paired_bootstrap(mean_statistic(a["iou"]), mean_statistic(b["iou"]), n, resamples),
-            "pxap": paired_bootstrap(pxap_statistic(a["fg"], a["bg"]), pxap_statistic(b["fg"], b["bg"]), n, resamples)}
+    n, found = report["n_test"], {}
+    if "iou" in a and "iou" in b:
+        found["iou"] = paired_bootstrap(mean_statistic(a["iou"]), mean_statistic(b["iou"]), n, resamples)
+    if "fg" in a and "fg" in b:
+        found["pxap"] = paired_bootstrap(pxap_statistic(a["fg"], a["bg"]), pxap_statistic(b["fg"], b["bg"]), n,
+                                         resamples)
+    return found
 
 
 def _verdict(intervals: list[tuple[float, float, float]]) -> str:
@@ -428,12 +470,11 @@ def summary_table(reports: list[dict]) -> str:
             cam = _reference(r, reports)
             if cam is not None and cam is not r:
                 found = versus_cam(r, cam)
-                iou_ci.append(found["iou"])
-                pxap_ci.append(found["pxap"])
+                iou_ci += [found["iou"]] if "iou" in found else []
+                pxap_ci += [found["pxap"]] if "pxap" in found else []
         iou_text = "; ".join(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in iou_ci) or "-"
         pxap_text = "; ".join(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in pxap_ci) or "-"
-        verdict = "-" if method == "CAM" or not iou_ci else (
-            f"IoU: {_verdict(iou_ci)}; PxAP: {_verdict(pxap_ci)}")
+        verdict = "; ".join(f"{what}: {_verdict(ci)}" for what, ci in (("IoU", iou_ci), ("PxAP", pxap_ci)) if ci) or "-"
         dial_text = "-" if dial is None else f"{dial:g}"
         lines.append(f"| {dial_text} | {_md_cell(method)} | {', '.join(str(r['seed']) for r in group)} | "
                      + " | ".join(cells) + f" | {iou_text} | {pxap_text} | {verdict} |")
@@ -688,6 +729,16 @@ def ablation_table(rows: list[dict], base: "train.RunConfig", form: str, shared:
 
 
 # ---------------------------------------------------------------------------- the commands
+def _prefix(args, default: str) -> str:
+    """The runs' prefix: ``--prefix`` or ``default``; on the generated embedded benchmark at a
+    setting other than the default, ``<prefix>_be<setting>`` (:func:`sweep_prefix`), so that runs
+    at different settings never share a name."""
+    prefix = args.prefix or default
+    if args.data_root is None and args.body_evidence is not None:
+        return sweep_prefix(prefix, args.body_evidence)
+    return prefix
+
+
 def _base_run(args) -> "train.RunConfig":
     return train.RunConfig(epochs=args.epochs, img_size=args.img_size, seed=args.seed,
                            batch_size=args.batch_size, weights=args.weights, data_root=args.data_root,
@@ -704,13 +755,13 @@ def _timed(what: str, work) -> str:
 
 def ablation_command(args) -> None:
     """``python iou.py --ablation``."""
-    print(run_ablation(_base_run(args), args.prefix or "ablation", args.cam, args.n_threshold), end="")
+    print(run_ablation(_base_run(args), _prefix(args, "ablation"), args.cam, args.n_threshold), end="")
 
 
 def methods_command(args) -> None:
     """``python iou.py --methods [--seeds ...]``."""
     seeds = args.seeds or [args.seed]
-    print(_timed("methods", lambda: run_methods(_base_run(args), args.prefix or "methods", args.n_threshold,
+    print(_timed("methods", lambda: run_methods(_base_run(args), _prefix(args, "methods"), args.n_threshold,
                                                 args.protocol, seeds)), end="")
 
 
@@ -726,17 +777,17 @@ def extractors_command(args) -> None:
     """``python iou.py --extractors [--seeds ...]``."""
     seeds = args.seeds or [args.seed]
     print(_timed("extractors", lambda: write_extractors_report(extractor_reports(
-        _base_run(args), args.prefix or "methods", args.n_threshold, args.protocol, seeds,
+        _base_run(args), _prefix(args, "methods"), args.n_threshold, args.protocol, seeds,
         args.extractors or tuple(model.EXTRACTORS)))), end="")
 
 
 def wsol_command(args) -> None:
-    """``python iou.py --wsol``: every finished run on a dataset with masks."""
+    """``python iou.py --wsol``: every finished run on a dataset with boxes or masks."""
     reports = []
     for exp_id in finished_experiments():
         report = wsol_report(exp_id, args.n_threshold, args.device, args.protocol, args.extractor)
         if report is None:
-            print(f"skipping {exp_id}: its dataset has no train_masks/ and test_masks/")
+            print(f"skipping {exp_id}: its test split has no boxes or masks")
         else:
             reports.append(report)
     print(write_methods_report(reports), end="")

@@ -66,15 +66,18 @@ def _resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return resized > 0
 
 
-def batch_iou(preds: np.ndarray, gts: np.ndarray) -> np.ndarray:
+def batch_iou(preds: np.ndarray, gts: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """IoU per image of same-sized bool masks ``preds`` and ``gts`` (N×H×W) -> float64 N.
 
-    An empty union (both masks empty) gives 1.0.
+    ``valid`` (bool, same shape): only these pixels count (VOC's and OpenImages' "ignore"
+    pixels are the others). An empty union (both masks empty) gives 1.0.
     """
     preds, gts = _as_bool(preds, "predicted"), _as_bool(gts, "ground-truth")
-    if preds.shape != gts.shape or preds.ndim not in (2, 3):
-        raise CamlabError(f"batch_iou() takes two H×W or N×H×W masks of one shape, got shapes "
-                          f"{preds.shape} and {gts.shape}")
+    if preds.shape != gts.shape or preds.ndim not in (2, 3) or (valid is not None and np.shape(valid) != gts.shape):
+        raise CamlabError(f"batch_iou() takes two H×W or N×H×W masks of one shape (and a valid mask of it too), "
+                          f"got shapes {preds.shape} and {gts.shape}")
+    if valid is not None:
+        preds, gts = preds & valid, gts & valid
     inter = np.logical_and(preds, gts).sum(axis=(-2, -1))
     union = np.logical_or(preds, gts).sum(axis=(-2, -1))
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
@@ -123,12 +126,14 @@ def _resize_cams(cams: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(np.stack(resized), 0, 1)  # rounding must not push a value past 1
 
 
-def iou_curve(cams: np.ndarray, gts: np.ndarray, thresholds: Sequence[float] | np.ndarray) -> np.ndarray:
+def iou_curve(cams: np.ndarray, gts: np.ndarray, thresholds: Sequence[float] | np.ndarray,
+              valid: np.ndarray | None = None) -> np.ndarray:
     """Mean IoU over the images at each threshold -> float64 array, one value per threshold.
 
     cams: float N×h×w in [0, 1] (see :func:`model.minmax`); gts: bool (or 0/255 uint8)
-    N×H×W. CAMs of another size are resized to the ground truth's with bilinear interpolation
-    before thresholding. Vectorised over the images; one pass per threshold.
+    N×H×W; valid: the pixels that count (:func:`batch_iou`), all by default. CAMs of another
+    size are resized to the ground truth's with bilinear interpolation before thresholding.
+    Vectorised over the images; one pass per threshold.
     """
     cams, gts = _as_batch(_check_unit_range(cams)), _as_bool(_as_batch(gts), "ground-truth")
     if cams.ndim != 3 or gts.ndim != 3 or 0 in cams.shape[1:] + gts.shape[1:]:
@@ -139,7 +144,8 @@ def iou_curve(cams: np.ndarray, gts: np.ndarray, thresholds: Sequence[float] | n
         raise CamlabError(f"iou_curve: {len(cams)} CAMs, {len(gts)} masks and {len(thresholds)} "
                           "thresholds (need as many CAMs as masks, and at least one of each)")
     cams = _resize_cams(cams, gts.shape[1:])
-    return np.array([batch_iou(threshold_masks(cams, t), gts).mean() for t in thresholds])
+    valid = None if valid is None else _as_batch(np.asarray(valid, bool))
+    return np.array([batch_iou(threshold_masks(cams, t), gts, valid).mean() for t in thresholds])
 
 
 def choose_threshold(cams: np.ndarray, gts: np.ndarray,
@@ -439,15 +445,16 @@ def pxap(cams: np.ndarray, masks: np.ndarray, interval: float = CAM_CURVE_INTERV
     return pxap_from_histograms(fg.sum(axis=0), bg.sum(axis=0))
 
 
-def pixel_histograms(cams: np.ndarray, masks: np.ndarray,
-                     interval: float = CAM_CURVE_INTERVAL) -> tuple[np.ndarray, np.ndarray]:
+def pixel_histograms(cams: np.ndarray, masks: np.ndarray, interval: float = CAM_CURVE_INTERVAL,
+                     valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per image, the histograms of its foreground and of its background pixels' scores in
     :func:`pxap`'s bins: ``(fg, bg)``, int64 N×B each. Summed over images they are what
-    wsolevaluation accumulates; kept per image, a bootstrap can resample images."""
+    wsolevaluation accumulates; kept per image, a bootstrap can resample images. Pixels outside
+    ``valid`` (OpenImages' ignore regions: wsolevaluation drops them) are in neither."""
     _check_interval("pxap", interval)
     cams = _as_batch(_check_unit_range(cams))
     masks = _as_bool(_as_batch(masks), "ground-truth")
-    if cams.shape != masks.shape:
+    if cams.shape != masks.shape or (valid is not None and _as_batch(np.asarray(valid)).shape != masks.shape):
         raise CamlabError(f"pxap: CAMs of shape {cams.shape} and masks of shape {masks.shape} differ")
     edges = np.append(np.arange(0, 1, interval), [1.0, 2.0, 3.0])
     n, bins = len(cams), len(edges) - 1
@@ -455,8 +462,9 @@ def pixel_histograms(cams: np.ndarray, masks: np.ndarray,
     index = np.clip(np.searchsorted(edges, cams.reshape(n, -1), side="right") - 1, 0, bins - 1)
     index += np.arange(n)[:, None] * bins
     flat_masks = masks.reshape(n, -1)
-    fg = np.bincount(index[flat_masks], minlength=n * bins).reshape(n, bins)
-    bg = np.bincount(index[~flat_masks], minlength=n * bins).reshape(n, bins)
+    counted = np.ones_like(flat_masks) if valid is None else _as_batch(np.asarray(valid, bool)).reshape(n, -1)
+    fg = np.bincount(index[flat_masks & counted], minlength=n * bins).reshape(n, bins)
+    bg = np.bincount(index[~flat_masks & counted], minlength=n * bins).reshape(n, bins)
     return fg, bg
 
 

@@ -94,3 +94,24 @@ def test_rendering_accuracy_of_a_model_that_sees_only_the_part(tmp_path) -> None
     assert acc["acc_normal"] == pytest.approx(float((by_hand.argmax(1).numpy() == labels).mean()))
     assert acc["acc_normal"] >= 0.9 and acc["acc_part"] >= 0.9
     assert acc["acc_body"] <= 0.3
+
+
+def test_ignored_pixels_count_neither_in_iou_nor_in_pxap() -> None:
+    """One 2×3 image: prediction P, ground truth G, ignore (valid False) in the last column.
+    Counted pixels: P = {(0,0), (0,1)}, G = {(0,1), (1,1)} -> IoU 1/3 (without ignoring, P's
+    (1,2) and G's (0,2) join the union: 1/5)."""
+    pred = np.array([[[1, 1, 0], [0, 0, 1]]], bool)
+    gt = np.array([[[0, 1, 1], [0, 1, 0]]], bool)
+    valid = np.array([[[1, 1, 0], [1, 1, 0]]], bool)
+    assert iou.batch_iou(pred, gt).tolist() == [pytest.approx(1 / 5)]
+    assert iou.batch_iou(pred, gt, valid).tolist() == [pytest.approx(1 / 3)]
+    cams = np.array([[[0.9, 0.8, 1.0], [0.1, 0.5, 0.95]]], np.float32)
+    fg, bg = iou.pixel_histograms(cams, gt, valid=valid)
+    assert fg.sum() == 2 and bg.sum() == 2  # the two ignored pixels are in neither
+    # counted scores: foreground 0.8, 0.5; background 0.9, 0.1. Thresholds from the top: 0.9 keeps
+    # one background pixel (precision 0), 0.8 adds a foreground one (P 1/2, recall 1/2), 0.5
+    # another (P 2/3, recall 1): PxAP = 1/2 · 1/2 + 2/3 · 1/2
+    assert iou.pxap_from_histograms(fg.sum(0), bg.sum(0)) == pytest.approx(0.25 + 1 / 3)
+    curve = iou.iou_curve(cams, gt, [0.5, 0.85], valid)
+    # >= 0.5 counted: {(0,0), (0,1), (1,1)} against G {(0,1), (1,1)}: 2/3; >= 0.85: {(0,0)}: 0
+    assert curve.tolist() == [pytest.approx(2 / 3), 0.0]

@@ -490,3 +490,52 @@ def test_split_roles() -> None:
     with pytest.raises(CamlabError, match="unknown split 'val' for --dataset lab; choose one of train, test"):
         dl.load_split("lab", "anywhere", "val", **QUIET)
     assert main.build_parser().parse_args(["--dataset", "voc"]).dataset == "voc"
+
+
+# ---------------------------------------------------------------- scoring on these trees
+def _trained_on(tmp_path: Path, monkeypatch, root: Path, meta: Path, exp_id: str):
+    import train
+    monkeypatch.chdir(tmp_path)
+    train.train(train.RunConfig(mode="CAM", exp_id=exp_id, dataset="wsol", data_root=str(root), metadata=str(meta),
+                                epochs=1, img_size=32, batch_size=8, weights="none", device="cpu", progress=False))
+
+
+def test_wsol_boxes_are_scored_by_box_measures_only(tmp_path, monkeypatch) -> None:
+    """CUB-like: boxes, no masks. MaxBoxAccV2 and localisation against the metadata's boxes (two on
+    one image: the better counts); no mean IoU and no PxAP, which need masks."""
+    import compare
+    import iou
+    root, meta = cub_tree(tmp_path)
+    _trained_on(tmp_path, monkeypatch, root, meta, "cub")
+    report = compare.wsol_report("cub", n_threshold=10, device="cpu")
+    assert "pxap" not in report and "test_iou" not in report and report["per_image"] == {}
+    assert report["n_test"] == 2 and report["data_root"] == str(root.resolve())
+    exp = compare.Experiment.load("cub", "cpu")
+    data, truth = exp.test
+    preds, cams = compare.protocol_cams(exp.net, data, 32, "wsolevaluation")
+    assert report["max_box_acc_v2"] == iou.max_box_acc(cams, truth.boxes)["mean"]
+    assert {k: report[k] for k in ("top1_loc", "gt_known_loc")} == iou.localization_accuracy(
+        cams, preds, data.labels.numpy(), truth.boxes)
+
+
+def test_openimages_masks_are_scored_by_pxap_with_ignore_left_out(tmp_path, monkeypatch) -> None:
+    """OpenImages-like: the mean IoU's threshold is chosen on val (never test); PxAP counts only
+    pixels outside the ignore regions; no box measures (wsolevaluation has none for OpenImages)."""
+    import compare
+    import iou
+    root, meta, expected = openimages_tree(tmp_path)
+    for name in ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt"):
+        write_lines(meta / "test" / name, (meta / "val" / name).read_text().split("\n"))
+    _trained_on(tmp_path, monkeypatch, root, meta, "oi")
+    report = compare.wsol_report("oi", n_threshold=10, device="cpu")
+    assert "max_box_acc_v2" not in report and "top1_loc" not in report
+    assert report["n_threshold_images"] == 2 and report["n_test"] == 2
+    exp = compare.Experiment.load("oi", "cpu")
+    data, truth = exp.test
+    _, cams = compare.protocol_cams(exp.net, data, 32, "wsolevaluation")
+    gt = np.stack(list(expected.values()))
+    counted = gt != 255
+    # the pooled pixels outside the ignore regions, as one 1×1×M "image"
+    by_hand = iou.pxap(cams[counted][None, None], (gt[counted] == 1)[None, None])
+    assert report["pxap"] == pytest.approx(by_hand, abs=1e-12)
+    assert 0 <= report["test_iou"] <= 1 and len(report["per_image"]["iou"]) == 2
