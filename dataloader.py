@@ -278,12 +278,22 @@ def _ensure_root(dataset: str, root: Path, progress: bool) -> None:
             raise CamlabError(f"{root} holds version {meta.get('version')} of the embedded benchmark, and this "
                               f"camlab draws version {synthetic.SYNTHETIC_VERSION}; delete {root} (it is generated, "
                               f"python main.py makes it again) or pass another --data_root")
+        expected = _default_dials(root) if meta is not None else []
+        if expected and meta.get("body_evidence") != expected[0]:
+            raise CamlabError(f"{root} holds the embedded benchmark at body evidence {meta.get('body_evidence')}, but "
+                              f"that folder is where camlab keeps setting {expected[0]:g}; rename it to "
+                              f"{synthetic.default_root(meta.get('body_evidence')) if _is_dial(meta.get('body_evidence')) else 'another name'} "
+                              f"(or delete it: it is generated again)")
         return
     dial = next((d for d in _default_dials(root) if dataset == "lab"), None)
     if dial is not None:
         generate_synthetic(root, seed=0, progress=progress, body_evidence=dial)
         return
     raise CamlabError(f"data root '{root}' does not exist ({_ROOT_HINTS[dataset]})")
+
+
+def _is_dial(value) -> bool:
+    return isinstance(value, (int, float)) and 0 <= value <= 1
 
 
 def _default_dials(root: Path) -> list[float]:

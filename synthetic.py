@@ -42,7 +42,9 @@ SYNTHETIC_VERSION = 2
 SYNTHETIC_SIZE = 64
 SYNTHETIC_TRAIN = 2000  # 4 epochs at 224 px train in ~8 min on a 2-core CPU (measured)
 SYNTHETIC_TEST = 500
-BODY_EVIDENCE = 1.0      # the default dial: the default CAM run's body-only accuracy is then 0.4-0.7 (README)
+# The default dial: the default CAM run (python main.py --mode CAM: 224 px, 4 epochs) classifies
+# body-only renderings at 0.536 at this setting (0.82 at 1); the benchmark asks for 0.4-0.7 (README).
+BODY_EVIDENCE = 0.85
 _PERIOD_RANGE = (2.8, 7.3)  # body stripe periods in px at 64 px: ten class bands of 0.45 px
 _HUE_OFFSET = 0.05       # class c's hue band is [c/K, (c+1)/K) + offset (mod 1)
 RENDERINGS = ("normal", "body", "part")  # what draw_sample paints: all, body only, part only

@@ -107,6 +107,9 @@ class RunConfig:
         the flag); a bad --recipe or --delta fails here too, before any data is read. The image
         size must give feature maps of 2×2 or more and a batch that fits in memory."""
         check_ranges(self, RANGES)
+        if self.body_evidence is None and self.dataset == "lab" and self.data_root is None:
+            # recorded as the number it is, so that the run keeps its meaning if the default changes
+            self.body_evidence = synthetic.BODY_EVIDENCE
         if self.body_evidence is not None:
             synthetic.check_body_evidence(self.body_evidence)
             if self.dataset != "lab":
