@@ -124,3 +124,18 @@ def test_an_older_generators_dataset_is_refused_with_what_to_do(tmp_path) -> Non
     (root / "meta.json").write_text(json.dumps({**meta, "version": 1}))
     with pytest.raises(CamlabError, match="version 1 of the embedded benchmark.*delete"):
         dataloader.load_split("lab", root, "test", img_size=32, cache_dir=None, progress=False)
+
+
+def test_a_default_root_at_another_setting_is_refused_and_runs_record_the_setting(tmp_path, monkeypatch) -> None:
+    """data/synthetic generated when the default was another setting (1, say) must not be read as
+    the default's data: one line says where it belongs. A run records the setting as a number."""
+    import train
+    monkeypatch.chdir(tmp_path)
+    root = gen.default_root(None)
+    gen.generate_synthetic(root, seed=0, n_train=2, n_test=2, progress=False, body_evidence=1.0)
+    assert gen.BODY_EVIDENCE != 1.0
+    with pytest.raises(CamlabError, match=r"body evidence 1\b.*rename it to data/synthetic_be1 "):
+        dataloader.load_split("lab", root, "test", img_size=32, cache_dir=None, progress=False)
+    cfg = train.RunConfig(weights="none", img_size=32, device="cpu").checked()
+    assert cfg.body_evidence == gen.BODY_EVIDENCE
+    assert train.RunConfig(weights="none", img_size=32, device="cpu", data_root="x").checked().body_evidence is None
