@@ -502,7 +502,6 @@ def write_methods_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> 
     if not reports:
         raise CamlabError(f"no experiment under {CHECKPOINT_DIR}/ has a best.pth on a dataset with "
                           f"masks; train one first (python main.py --mode CAM)")
-    csv_text, md = methods_table(reports)
     protocols = sorted({r["protocol"] for r in reports})
     seeds = sorted({r["seed"] for r in reports})
     note = (f"Protocol: {', '.join(protocols)} (iou.py --protocol). Mean IoU at each run's threshold chosen on "
@@ -517,12 +516,22 @@ def write_methods_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> 
             f"(body-only) and with the body unpainted (part-only); the share of part, body and background pixels "
             f"where the labelled class's evaluation map is >= {MAP_LEVEL}.\n\n")
     heads = heads_table(reports)
-    text = (note + summary_table(reports) + "\n### Every run\n\n" + md
-            + (f"\n### Each ACoL head's map\n\n{heads}" if heads else ""))
-    atomic_write_text(Path(report_dir) / "methods.csv", csv_text)
-    atomic_write_text(Path(report_dir) / "methods.md", text)
-    first = [r for r in reports if r["seed"] == seeds[0]]
-    visualize.plot_methods({r["exp_id"]: r["examples"] for r in first}, Path(report_dir) / "methods_grid.png")
+    return _write_comparison(reports, Path(report_dir), "methods", note, "Every run",
+                             f"\n### Each ACoL head's map\n\n{heads}" if heads else "", lambda r: r["exp_id"])
+
+
+def _write_comparison(reports: list[dict], report_dir: Path, stem: str, note: str, rows_heading: str, extra: str,
+                      row_label, title: str = "") -> str:
+    """``<stem>.csv`` (every report), ``<stem>.md`` (``note``, the summary over seeds with
+    intervals against CAM, every report, ``extra``) and ``<stem>_grid.png`` (the first seed's
+    reports, one row each, labelled ``row_label(report)``); returns the markdown."""
+    csv_text, md = methods_table(reports)
+    text = note + summary_table(reports) + f"\n### {rows_heading}\n\n" + md + extra
+    atomic_write_text(report_dir / f"{stem}.csv", csv_text)
+    atomic_write_text(report_dir / f"{stem}.md", text)
+    first_seed = min(r["seed"] for r in reports)
+    first = [r for r in reports if r["seed"] == first_seed]
+    visualize.plot_methods({row_label(r): r["examples"] for r in first}, report_dir / f"{stem}_grid.png", title)
     return text
 
 
@@ -654,7 +663,6 @@ def write_extractors_report(reports: list[dict], report_dir: Path = REPORT_DIR) 
     first test images of the first seed's model); returns the markdown."""
     if not reports:
         raise CamlabError("no CAM run with masks to compare extractors on; train one first (python main.py --mode CAM)")
-    csv_text, md = methods_table(reports)
     seeds = sorted({r["seed"] for r in reports})
     runs = sorted({r["exp_id"] for r in reports})
     note = (f"Extractors on one trained CAM model per seed ({', '.join(runs)}), protocol {reports[0]['protocol']}: "
@@ -664,14 +672,9 @@ def write_extractors_report(reports: list[dict], report_dir: Path = REPORT_DIR) 
             f"({BOOTSTRAP_RESAMPLES} resamples) of each extractor minus camlab's CAM on the same model and images; "
             f"\"better\" only where every seed's interval lies above 0. Body-only accuracy is the model's "
             f"(the same for every extractor).\n\n")
-    text = note + summary_table(reports) + "\n### Every run and extractor\n\n" + md
-    atomic_write_text(Path(report_dir) / "extractors.csv", csv_text)
-    atomic_write_text(Path(report_dir) / "extractors.md", text)
-    first = [r for r in reports if r["seed"] == seeds[0]]
-    visualize.plot_methods({r["method"]: r["examples"] for r in first}, Path(report_dir) / "extractors_grid.png",
-                           title=f"{first[0]['exp_id']}: each extractor's map of the labelled class; "
-                                 f"boxes: 20% rule (red), ground truth (green)")
-    return text
+    return _write_comparison(reports, Path(report_dir), "extractors", note, "Every run and extractor", "",
+                             lambda r: r["method"], title=f"{runs[0]}: each extractor's map of the labelled class; "
+                                                          f"boxes: 20% rule (red), ground truth (green)")
 
 
 def sweep_prefix(prefix: str, value: float) -> str:

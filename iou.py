@@ -620,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cam", default="class", choices=list(model.CAM_FORMS),
                         help="CAM form for experiments visualize.py has not recorded one for")
     parser.add_argument("--n_threshold", type=int, default=500,
-                        help="training images whose masks choose each experiment's threshold")
+                        help="images whose masks choose each experiment's threshold, drawn from the split that "
+                             "chooses (training masks on the embedded set, val on --dataset wsol; never test)")
     parser.add_argument("--no_full", action="store_true", help="only the ten-image table")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=list(PROTOCOLS),
@@ -628,8 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "wsolevaluation (its evaluation map and box rule exactly) or camlab (ReLU'd map, "
                              "inclusive boxes, the earlier tables)")
     parser.add_argument("--wsol", action="store_true",
-                        help="evaluate every experiment in checkpoints/ (IoU, PxAP, MaxBoxAccV2, top-1 and "
-                             "GT-known localisation) into report/methods.csv and report/methods.md")
+                        help="evaluate every experiment in checkpoints/ on its test split's boxes or masks "
+                             "(IoU, PxAP, MaxBoxAccV2, top-1 and GT-known localisation) into report/methods.csv "
+                             "and report/methods.md")
     parser.add_argument("--extractor", default=model.DEFAULT_EXTRACTOR, choices=list(model.EXTRACTORS),
                         help="--wsol: the map every measure reads: camlab's CAM, or one of torchcam's "
                              "gradient- and score-based extractors")
