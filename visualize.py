@@ -213,11 +213,13 @@ def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str =
                   extractor: str = model.DEFAULT_EXTRACTOR) -> Path:
     """Overlays, masks and a grid for every image of ``test_seg_source/`` under ``exp_id``'s
     best checkpoint, the maps from ``extractor`` (``model.EXTRACTORS``); returns the output
-    folder ``visualize/<exp_id>/``."""
+    folder: ``visualize/<exp_id>/`` for camlab's CAM, ``visualize/<exp_id>_<extractor>/`` for
+    another (so that ``python iou.py`` tabulates it as a column of its own)."""
     if not 0.0 <= threshold <= 1.0:
         raise CamlabError(f"--threshold must lie in [0, 1], got {threshold}")
     run_dir = safe_subdir(CHECKPOINT_DIR, exp_id)
-    out_dir = safe_subdir(VISUALIZE_DIR, exp_id)
+    out_dir = safe_subdir(VISUALIZE_DIR, exp_id if model.check_extractor(extractor) == model.DEFAULT_EXTRACTOR
+                          else f"{exp_id}_{extractor}")
     dev = resolve_device(device)
     net, ckpt = model.load_checkpoint(run_dir / "best.pth", dev)
     args = ckpt.get("args", {})

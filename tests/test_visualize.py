@@ -59,6 +59,22 @@ def test_iou_csv_agrees_with_the_mask_files(trained, tiny_lab) -> None:
     assert float(rows[4][1]) == pytest.approx(np.mean([float(r[1]) for r in rows[1:4]]), abs=1e-4)
 
 
+def test_another_extractor_gets_its_own_folder_and_column(trained, tiny_lab) -> None:
+    """visualize.py --extractor gradcam writes visualize/<exp>_gradcam/ beside visualize/<exp>/,
+    whose masks stay; iou.py then tabulates both. On this GAP + linear model Grad-CAM is ReLU(M_c)
+    / (h w) and the class form is ReLU(M_c) / max: after min-max normalisation the same map, so
+    the same masks."""
+    own = visualize.visualize_run("tiny", threshold=0.9, device="cpu")
+    before = (own / "000_seg.png").read_bytes()
+    other = visualize.visualize_run("tiny", threshold=0.9, device="cpu", extractor="gradcam")
+    assert other.name == "tiny_gradcam" and (own / "000_seg.png").read_bytes() == before
+    assert json.loads((other / "settings.json").read_text())["extractor"] == "gradcam"
+    for stem in ("000", "001", "002"):
+        assert np.array_equal(cv2.imread(str(own / f"{stem}_seg.png")), cv2.imread(str(other / f"{stem}_seg.png")))
+    assert iou.main(["--gt_dir", str(tiny_lab / "test_seg"), "--no_full"]) == 0
+    assert next(csv.reader(open(trained / "report" / "iou.csv"))) == ["image", "tiny", "tiny_gradcam"]
+
+
 def test_whole_test_report_chooses_threshold_on_training_masks(trained, monkeypatch) -> None:
     seen = []
     real = compare.split_masks
