@@ -53,9 +53,16 @@ def protocol_cams(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: 
     rule = _protocol(protocol)
     if rule.form != "raw":
         return dataset_cams(net, data, img_size, rule.form, of_labels=of_labels, extractor=extractor)
-    with model.open_extractor(net, extractor, img_size) as maps_of:
-        preds, raw = _batched(net, data, img_size, 64, of_labels, maps_of)
+    preds, raw = extractor_raw(net, data, img_size, extractor, of_labels)
     return preds, wsol_scoremaps(raw, tuple(data.images.shape[-2:]))
+
+
+def extractor_raw(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, extractor: str,
+                  of_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(predictions, raw maps N×h×w)`` of ``extractor`` for every image of ``data`` (of its
+    labelled class, or of its top prediction)."""
+    with model.open_extractor(net, extractor, img_size) as maps_of:
+        return _batched(net, data, img_size, 64, of_labels, maps_of)
 
 
 def _batched(net: "model.CAMModel", data: "dataloader.ImageSet", img_size: int, batch_size: int,
@@ -98,6 +105,9 @@ class Experiment:
     cfg: "train.RunConfig"
     root: Path
     device: torch.device
+    # (image names, extractor) -> (predictions, raw maps of the labels): another extractor's maps
+    # are computed once per split, whatever reads them (Score-CAM costs a forward pass per channel)
+    _raw: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, exp_id: str, device: str = "auto") -> "Experiment":
@@ -130,7 +140,36 @@ class Experiment:
 
     def cams(self, data: "dataloader.ImageSet", form: str = "class", of_labels: bool = False,
              extractor: str = model.DEFAULT_EXTRACTOR) -> tuple[np.ndarray, np.ndarray]:
-        return dataset_cams(self.net, data, self.cfg.img_size, form, of_labels=of_labels, extractor=extractor)
+        """:func:`dataset_cams`; another extractor's maps come from :meth:`raw_maps` (its maps of
+        the labels, and of the predictions only where they differ), in ``model.class_form``."""
+        if extractor == model.DEFAULT_EXTRACTOR:
+            return dataset_cams(self.net, data, self.cfg.img_size, form, of_labels=of_labels)
+        if form != "class":
+            raise CamlabError(f"--extractor {extractor} gives class maps: use it with --cam class, not {form}")
+        preds, raw = self.raw_maps(data, extractor)
+        wrong = np.flatnonzero(preds != data.labels.cpu().numpy())
+        if not of_labels and len(wrong):
+            raw = raw.copy()
+            raw[wrong] = extractor_raw(self.net, data.take(torch.from_numpy(wrong)), self.cfg.img_size, extractor,
+                                       of_labels=False)[1]
+        return preds, model.class_form(torch.from_numpy(raw), tuple(data.images.shape[-2:])).numpy()
+
+    def protocol_cams(self, data: "dataloader.ImageSet", protocol: str,
+                      extractor: str = model.DEFAULT_EXTRACTOR) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`protocol_cams` of the labels; another extractor's from :meth:`raw_maps`."""
+        if extractor == model.DEFAULT_EXTRACTOR or _protocol(protocol).form != "raw":
+            if extractor != model.DEFAULT_EXTRACTOR:
+                return self.cams(data, _protocol(protocol).form, of_labels=True, extractor=extractor)
+            return protocol_cams(self.net, data, self.cfg.img_size, protocol)
+        preds, raw = self.raw_maps(data, extractor)
+        return preds, wsol_scoremaps(raw, tuple(data.images.shape[-2:]))
+
+    def raw_maps(self, data: "dataloader.ImageSet", extractor: str) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`extractor_raw` of the labels, computed once per (images, extractor)."""
+        key = (tuple(data.names), extractor)
+        if key not in self._raw:
+            self._raw[key] = extractor_raw(self.net, data, self.cfg.img_size, extractor)
+        return self._raw[key]
 
 
 def _check_trained_on(exp_id: str, root: Path) -> None:
@@ -262,7 +301,7 @@ def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
     if truth is None:
         return None
     report = _localization(exp, "class", n_threshold, extractor) or {"exp_id": exp.exp_id}
-    preds, cams = protocol_cams(exp.net, test_set, exp.cfg.img_size, protocol, extractor=extractor)
+    preds, cams = exp.protocol_cams(test_set, protocol, extractor)
     labels = test_set.labels.cpu().numpy()
     meta = synthetic.read_meta(exp.root) if exp.cfg.dataset == "lab" else None
     per_image = {"iou": report.pop("test_ious")} if "test_ious" in report else {}

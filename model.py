@@ -600,10 +600,18 @@ def localization_maps(model: CAMModel, inputs: torch.Tensor, out_size: tuple[int
         if form != "class":
             raise CamlabError(f"--extractor {extractor} gives class maps: use it with --cam class, not {form}")
         scores, cams = extractor_maps(model, inputs, classes, extractor)
-        cams = cams.relu()
+        return scores, class_form(cams, out_size)
     with torch.inference_mode():
         cams = F.interpolate(cams.unsqueeze(1), size=out_size, mode="bilinear", align_corners=False)[:, 0]
         return scores, minmax(cams)
+
+
+def class_form(raw: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    """The ``class`` form of another extractor's raw maps N×h×w: ReLU, upsampled bilinearly to
+    ``out_size``, min-max normalised (for CAM, what :func:`localization_maps` gives)."""
+    with torch.inference_mode():
+        cams = F.interpolate(raw.relu().unsqueeze(1), size=out_size, mode="bilinear", align_corners=False)[:, 0]
+        return minmax(cams)
 
 
 def feature_maps(model: CAMModel, inputs: torch.Tensor, form: str = "class",
@@ -638,20 +646,24 @@ class _Scores(nn.Module):
 
 
 def check_extractor(name: str) -> str:
+    """``name`` when it is one of ``EXTRACTORS``, else a one-line CamlabError naming the flag."""
     if name not in EXTRACTORS:
         raise CamlabError(f"--extractor {name!r}: choose one of {', '.join(EXTRACTORS)}")
     return name
 
 
 @contextlib.contextmanager
-def open_extractor(net: CAMModel, name: str = DEFAULT_EXTRACTOR, img_size: int = 224,
-              score_batch: int = 64) -> Iterator[Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]]:
+def open_extractor(net: CAMModel, name: str = DEFAULT_EXTRACTOR, img_size: int = 224, score_batch: int = 64,
+                   seed: int = 0) -> Iterator[Callable[[torch.Tensor, torch.Tensor | None],
+                                                      tuple[torch.Tensor, torch.Tensor]]]:
     """``maps(inputs, classes) -> (scores N×K, raw maps N×h×w)`` of extractor ``name``
     (``EXTRACTORS``) on ``net`` (in eval mode), hooked on the last kept stage, for ``classes``
     (int64 N; None: the top prediction). ``cam`` is :func:`feature_maps`' raw form; the others
     are torchcam's (``normalized=False``), whose hooks are removed when the block ends. Call
     ``maps`` outside ``torch.inference_mode``: the gradient-based extractors need autograd.
-    ``score_batch``: how many masked images Score-CAM scores at once."""
+    ``score_batch``: how many masked images Score-CAM scores at once. SmoothGrad-CAM++ draws
+    its noise from torch's global generator: each call draws it from ``seed`` instead (the global
+    state is left as it was), so a map does not depend on what ran before it."""
     check_extractor(name)
     if EXTRACTORS[name] is None:
         def own(inputs: torch.Tensor, classes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -665,7 +677,8 @@ def open_extractor(net: CAMModel, name: str = DEFAULT_EXTRACTOR, img_size: int =
     options = {"batch_size": score_batch} if issubclass(kind, methods.ScoreCAM) else {}
     with kind(wrapped, "net.backbone", input_shape=(3, img_size, img_size), **options) as hooked:
         def theirs(inputs: torch.Tensor, classes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.random.fork_rng(devices=[inputs.device] if inputs.is_cuda else []):
+                torch.manual_seed(seed)
                 scores = wrapped(inputs)
                 chosen = scores.argmax(dim=1) if classes is None else classes
                 maps = hooked(chosen.tolist(), scores, normalized=False)[0]

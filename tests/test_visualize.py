@@ -77,10 +77,14 @@ def test_another_extractor_gets_its_own_folder_and_column(trained, tiny_lab) -> 
 
 def test_whole_test_report_chooses_threshold_on_training_masks(trained, monkeypatch) -> None:
     seen = []
-    real = compare.split_masks
-    monkeypatch.setattr(compare, "split_masks", lambda root, split, names: seen.append(split) or real(root, split, names))
+    real = compare.dataloader.ground_truth
+    monkeypatch.setattr(compare.dataloader, "ground_truth",
+                        lambda dataset, root, split, data, metadata=None: seen.append((split, len(data)))
+                        or real(dataset, root, split, data, metadata))
     report = compare.localization_report("tiny", "class", n_threshold=10, device="cpu")
-    assert seen == ["train", "test"] and report["n_threshold_images"] == 10 and report["n_test"] == 9
+    # the test masks are read to score, the threshold's on 10 training images
+    assert sorted(seen) == [("test", 9), ("train", 10)]
+    assert report["n_threshold_images"] == 10 and report["n_test"] == 9
     grid, curve = report["curve"]
     assert report["threshold"] == grid[int(np.argmax(curve))]  # best on training masks...
     assert report["test_iou"] == report["test_curve"][1][int(np.argmax(curve))]  # ...applied to test
@@ -117,3 +121,20 @@ def test_ablation_trains_compares_and_reuses(tiny_lab, tmp_path, monkeypatch, ca
     argv[argv.index("--epochs") + 1] = "2"
     assert iou.main(argv) == 2
     assert "other settings (epochs)" in capsys.readouterr().err
+
+
+def test_an_extractors_maps_are_computed_once_and_agree_with_the_direct_path(trained) -> None:
+    """Experiment.cams reads another extractor's maps of the labels once and recomputes only the
+    images whose prediction differs; the result equals dataset_cams' direct computation."""
+    import dataclasses
+    exp = compare.Experiment.load("tiny", "cpu")
+    data = exp.split("test")
+    data = dataclasses.replace(data, labels=(data.labels + torch.arange(len(data)) % 2) % 3)  # some labels wrong
+    for name in ("gradcam", "layercam"):
+        for of_labels in (False, True):
+            got = exp.cams(data, "class", of_labels=of_labels, extractor=name)
+            want = compare.dataset_cams(exp.net, data, 32, "class", of_labels=of_labels, extractor=name)
+            assert np.array_equal(got[0], want[0]) and np.allclose(got[1], want[1], atol=1e-6)
+    assert set(exp._raw) == {(tuple(data.names), "gradcam"), (tuple(data.names), "layercam")}
+    preds, _ = exp.raw_maps(data, "gradcam")
+    assert (preds != data.labels.numpy()).any()  # the recomputation was exercised
