@@ -183,8 +183,9 @@ def _check_trained_on(exp_id: str, root: Path) -> None:
     held = synthetic.read_meta(root) or {}
     if held.get("body_evidence") != trained.get("body_evidence"):
         raise CamlabError(f"{exp_id} was trained on the embedded benchmark at body evidence "
-                          f"{trained.get('body_evidence')}, but {root} holds setting {held.get('body_evidence')}; "
-                          f"score it with the data root it was trained on")
+                          f"{trained.get('body_evidence')}, but {root}, where its settings point, holds "
+                          f"{held.get('body_evidence')} (the run predates recording the setting, or the folder was "
+                          f"generated again); retrain it, or generate {root} at {trained.get('body_evidence')} again")
 
 
 def localization_report(exp_id: str, form: str = "class", n_threshold: int = 500,
@@ -285,16 +286,20 @@ def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
     when the test split has no ground truth (cifar10, folder, a lab tree without test_masks/).
     Measures that need what the dataset lacks are left out: boxes only (wsol's CUB and ILSVRC)
     give no mean IoU and PxAP; OpenImages' masks give no box measures (wsolevaluation scores it
-    by PxAP alone). Thresholds and the mean IoU's threshold come from the ``fit`` split.
+    by PxAP alone).
 
     test_acc: the best checkpoint's accuracy. test_iou: mean IoU of the predicted class's CAM at
-    the threshold chosen on training masks (as :func:`localization_report`). PxAP, MaxBoxAccV2,
-    top-1 and GT-known localisation read the labelled class's map as ``protocol`` defines it
-    (:class:`iou.Protocol`; wsolevaluation's by default); ground-truth boxes are the boxes of the
-    object masks, in the protocol's convention. The mean IoU keeps the handout's definition.
-    On the embedded benchmark, the diagnostics (:func:`diagnostics`) join the report. The
-    per-image values that the paired bootstrap resamples are kept under ``per_image``. Every map
-    comes from ``extractor`` (``model.EXTRACTORS``; camlab's CAM by default).
+    the threshold chosen on the ``fit`` split's masks (training masks on the embedded benchmark,
+    wsolevaluation's val; as :func:`localization_report`); it keeps the handout's definition.
+    PxAP, MaxBoxAccV2, top-1 and GT-known localisation read the labelled class's map as
+    ``protocol`` defines it (:class:`iou.Protocol`; wsolevaluation's by default), over every
+    threshold of the test split as the benchmark defines them. Ground-truth boxes are wsol's
+    metadata boxes as given, else the boxes of the object masks in the protocol's convention.
+    On the embedded benchmark, the diagnostics (:func:`diagnostics`; ``diagnose``: with the
+    rendering accuracies, which depend on the model alone) join the report. The per-image values
+    that the paired bootstrap resamples are kept under ``per_image``. Every map comes from
+    ``extractor`` (``model.EXTRACTORS``; camlab's CAM by default), named in ``method`` when it is
+    another.
     """
     exp = Experiment.load(exp_id, device)
     test_set, truth = exp.test
@@ -305,16 +310,19 @@ def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
     labels = test_set.labels.cpu().numpy()
     meta = synthetic.read_meta(exp.root) if exp.cfg.dataset == "lab" else None
     per_image = {"iou": report.pop("test_ious")} if "test_ious" in report else {}
-    report.update(test_acc=float(np.mean(preds == labels)), method=_method_name(exp.cfg), protocol=protocol,
-                  extractor=extractor, seed=exp.cfg.seed, data_root=str(exp.root.resolve()), n_test=len(test_set),
+    method = _method_name(exp.cfg) + ("" if extractor == model.DEFAULT_EXTRACTOR
+                                      else f" · {model.EXTRACTOR_NAMES[extractor]}")
+    report.update(test_acc=float(np.mean(preds == labels)), method=method, protocol=protocol, extractor=extractor,
+                  seed=exp.cfg.seed, data_root=str(exp.root.resolve()), metadata=exp.cfg.metadata, n_test=len(test_set),
                   body_evidence=(meta or {}).get("body_evidence"))
     masks = None
     if truth.masks is not None:
         masks, valid = mask_parts(truth.masks)
         fg, bg = pixel_histograms(cams, masks, valid=valid)
-        report.update(pxap=pxap_from_histograms(fg.sum(0), bg.sum(0)), mean_mask_area=float(masks.mean()))
+        report.update(pxap=pxap_from_histograms(fg.sum(0), bg.sum(0)),
+                      mean_mask_area=float(masks.mean() if valid is None else masks[valid].mean()))
         per_image.update(fg=fg, bg=bg)
-    boxes = truth.boxes
+    boxes, metadata_boxes = truth.boxes, truth.boxes is not None
     if boxes is None and masks is not None and exp.cfg.dataset != "wsol":  # wsolevaluation scores OpenImages by PxAP alone
         boxes = [[box] if (box := mask_box(m, protocol)) is not None else [] for m in masks]
     if boxes is not None:
@@ -323,7 +331,7 @@ def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
     report["per_image"] = per_image
     if meta is not None and meta.get("version") == synthetic.SYNTHETIC_VERSION and masks is not None:
         report.update(diagnostics(exp, cams, masks, meta, with_accuracy=diagnose))
-    report["examples"] = _examples(test_set, cams, boxes or [[]] * len(test_set), protocol)
+    report["examples"] = _examples(test_set, cams, boxes or [[]] * len(test_set), protocol, metadata_boxes)
     return report
 
 
@@ -342,15 +350,21 @@ def _method_name(cfg: "train.RunConfig") -> str:
 
 
 def _examples(data: "dataloader.ImageSet", cams: np.ndarray, boxes: list, protocol: str,
-              n: int = 8) -> list[dict]:
-    """The first ``n`` test images with their maps, the protocol's 20% box and the ground-truth
-    box (both inclusive, for drawing), for the report figure."""
+              inclusive_truth: bool = False, n: int = 8) -> list[dict]:
+    """The first ``n`` test images with their maps, the protocol's 20% box and the (first)
+    ground-truth box, both inclusive for drawing, for the report figure. Boxes found by the
+    protocol take its ends; ``inclusive_truth``: the ground truth's are inclusive already (wsol's
+    metadata boxes)."""
     rule = _protocol(protocol)
 
-    def drawn(found: np.ndarray | list) -> Box | None:
-        return rule.inclusive(found[0]) if len(found) else None
+    def drawn(found: np.ndarray | list, ends=rule.inclusive) -> Box | None:
+        return ends(found[0]) if len(found) else None
+
+    def as_given(box: Sequence[int]) -> Box:
+        return int(box[0]), int(box[1]), int(box[2]), int(box[3])
     return [{"image": data.images[i].permute(1, 2, 0).cpu().numpy(), "cam": cams[i],
-             "box": drawn(rule.box_at(cams[i], BOX_FRACTION)), "gt_box": drawn(boxes[i]), "name": data.names[i]}
+             "box": drawn(rule.box_at(cams[i], BOX_FRACTION)),
+             "gt_box": drawn(boxes[i], as_given if inclusive_truth else rule.inclusive), "name": data.names[i]}
             for i in range(min(n, len(data)))]
 
 
@@ -458,7 +472,7 @@ def methods_table(reports: list[dict]) -> tuple[str, str]:
 def _reference(report: dict, reports: list[dict]) -> dict | None:
     """The plain CAM run that ``report`` is paired with: same test set (data root) and seed."""
     return next((r for r in reports if r["method"] == "CAM" and r["seed"] == report["seed"]
-                 and r["data_root"] == report["data_root"]), None)
+                 and r["data_root"] == report["data_root"] and r.get("metadata") == report.get("metadata")), None)
 
 
 def versus_cam(report: dict, cam: dict, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, tuple[float, float, float]]:
@@ -491,13 +505,13 @@ def summary_table(reports: list[dict]) -> str:
     plain CAM; the verdict counts only where every seed's interval excludes 0."""
     groups: dict[tuple, list[dict]] = {}
     for r in reports:
-        groups.setdefault((r["data_root"], r.get("body_evidence"), r["method"]), []).append(r)
+        groups.setdefault((r["data_root"], r.get("metadata"), r.get("body_evidence"), r["method"]), []).append(r)
     keys = [("test_iou", "mean IoU"), ("pxap", "PxAP"), ("max_box_acc_v2", "MaxBoxAccV2"),
             ("acc_body", "body-only acc"), ("on_body", "body ≥0.5"), ("on_background", "background ≥0.5")]
     lines = ["| body evidence | method | seeds | " + " | ".join(h for _, h in keys)
              + " | ΔIoU vs CAM, 95% CI per seed | ΔPxAP vs CAM, 95% CI per seed | beats CAM? |",
              "|---:|---|---|" + "---:|" * len(keys) + "---|---|---|"]
-    for (_, dial, method), group in groups.items():
+    for (_, _, dial, method), group in groups.items():
         group = sorted(group, key=lambda r: r["seed"])
         cells = []
         for key, _ in keys:
@@ -540,11 +554,13 @@ def write_methods_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> 
     the markdown."""
     if not reports:
         raise CamlabError(f"no experiment under {CHECKPOINT_DIR}/ has a best.pth on a dataset with "
-                          f"masks; train one first (python main.py --mode CAM)")
+                          f"boxes or masks; train one first (python main.py --mode CAM)")
     protocols = sorted({r["protocol"] for r in reports})
     seeds = sorted({r["seed"] for r in reports})
-    note = (f"Protocol: {', '.join(protocols)} (iou.py --protocol). Mean IoU at each run's threshold chosen on "
-            f"training masks (the handout's); PxAP, MaxBoxAccV2 (IoU 0.3/0.5/0.7, every contour) and top-1 / "
+    extractors = sorted({model.EXTRACTOR_NAMES[r.get("extractor", "cam")] for r in reports})
+    note = (f"Protocol: {', '.join(protocols)} (iou.py --protocol); maps: {', '.join(extractors)}. Mean IoU at each "
+            f"run's threshold chosen on the masks of the split that chooses (training masks on the embedded "
+            f"benchmark, val on wsol; the handout's IoU); PxAP, MaxBoxAccV2 (IoU 0.3/0.5/0.7, every contour) and top-1 / "
             f"GT-known localisation (the 20% box) read the labelled class's map; "
             f"{reports[0]['n_test']} test images.\n\n"
             f"Seeds: {', '.join(map(str, seeds))}. Each measure is the mean ± sample std over seeds. Each seed's run "
@@ -666,11 +682,6 @@ def run_methods(base: "train.RunConfig", prefix: str = "methods", n_threshold: i
 
 
 # ---------------------------------------------------------------------- extractors compared
-# How an extractor reads in a table (model.EXTRACTORS keys).
-EXTRACTOR_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "xgradcam": "XGrad-CAM",
-                   "layercam": "LayerCAM", "scorecam": "Score-CAM", "smoothgradcampp": "SmoothGrad-CAM++"}
-
-
 def extractor_reports(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
                       protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
                       extractors: Sequence[str] = tuple(model.EXTRACTORS)) -> list[dict]:
@@ -691,7 +702,7 @@ def extractor_reports(base: "train.RunConfig", prefix: str = "methods", n_thresh
                 continue
             if name == "cam":
                 model_measures = {k: v for k, v in report.items() if k.startswith("acc_")}
-            report.update({**model_measures, "method": EXTRACTOR_NAMES[name]})
+            report.update({**model_measures, "method": model.EXTRACTOR_NAMES[name]})
             reports.append(report)
     return reports
 

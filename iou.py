@@ -455,7 +455,8 @@ def pixel_histograms(cams: np.ndarray, masks: np.ndarray, interval: float = CAM_
     cams = _as_batch(_check_unit_range(cams))
     masks = _as_bool(_as_batch(masks), "ground-truth")
     if cams.shape != masks.shape or (valid is not None and _as_batch(np.asarray(valid)).shape != masks.shape):
-        raise CamlabError(f"pxap: CAMs of shape {cams.shape} and masks of shape {masks.shape} differ")
+        raise CamlabError(f"pxap: CAMs of shape {cams.shape}, masks of shape {masks.shape} and the valid "
+                          f"mask of shape {None if valid is None else np.shape(valid)} must agree")
     edges = np.append(np.arange(0, 1, interval), [1.0, 2.0, 3.0])
     n, bins = len(cams), len(edges) - 1
     # the bin of each score as np.histogram finds it: [e_k, e_k+1), the last bin closed
@@ -633,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(IoU, PxAP, MaxBoxAccV2, top-1 and GT-known localisation) into report/methods.csv "
                              "and report/methods.md")
     parser.add_argument("--extractor", default=model.DEFAULT_EXTRACTOR, choices=list(model.EXTRACTORS),
-                        help="--wsol: the map every measure reads: camlab's CAM, or one of torchcam's "
+                        help="with --wsol: the map every measure reads: camlab's CAM, or one of torchcam's "
                              "gradient- and score-based extractors")
     ab = parser.add_argument_group("comparisons (train, or reuse finished runs with the same settings, then compare)")
     ab.add_argument("--ablation", action="store_true",
@@ -669,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("choose one of --ablation, --methods, --sweep, --extractors and --wsol")
     if args.sweep is not None:
         args.sweep_values = _sweep_values(parser, args.sweep)
+    if args.extractor != model.DEFAULT_EXTRACTOR and not args.wsol:
+        parser.error("--extractor applies to --wsol (visualize.py takes it too); --extractors compares them all")
 
     def body() -> None:
         check_range("--n_threshold", args.n_threshold, 1, 1_000_000, why="training images that choose a threshold")

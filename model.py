@@ -627,9 +627,12 @@ def feature_maps(model: CAMModel, inputs: torch.Tensor, form: str = "class",
 # --extractor -> the torchcam class that computes it (None: camlab's own CAM, the default).
 # Each gives one raw map per image at the feature maps' resolution, before any resizing or
 # normalisation; the gradient- and score-based ones apply their own ReLU (their definitions).
-EXTRACTORS: dict[str, str | None] = {
-    "cam": None, "gradcam": "GradCAM", "gradcampp": "GradCAMpp", "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM", "scorecam": "ScoreCAM", "smoothgradcampp": "SmoothGradCAMpp"}
+_EXTRACTOR_TABLE: dict[str, tuple[str | None, str]] = {  # name -> (torchcam class, how it reads in a table)
+    "cam": (None, "CAM"), "gradcam": ("GradCAM", "Grad-CAM"), "gradcampp": ("GradCAMpp", "Grad-CAM++"),
+    "xgradcam": ("XGradCAM", "XGrad-CAM"), "layercam": ("LayerCAM", "LayerCAM"), "scorecam": ("ScoreCAM", "Score-CAM"),
+    "smoothgradcampp": ("SmoothGradCAMpp", "SmoothGrad-CAM++")}
+EXTRACTORS: dict[str, str | None] = {name: kind for name, (kind, _) in _EXTRACTOR_TABLE.items()}
+EXTRACTOR_NAMES: dict[str, str] = {name: label for name, (_, label) in _EXTRACTOR_TABLE.items()}
 DEFAULT_EXTRACTOR = "cam"
 
 

@@ -107,3 +107,26 @@ def test_extractors_command_scores_every_extractor_against_cam(tiny_lab, tmp_pat
     assert iou.main(["--wsol", "--extractor", "gradcam", "--device", "cpu", "--n_threshold", "6"]) == 0
     again = list(csv.DictReader(open(tmp_path / "report" / "methods.csv")))
     assert [r["pxap"] for r in again] == [rows[1]["pxap"]]
+
+
+def test_smoothgrad_maps_do_not_depend_on_the_global_generator() -> None:
+    net = _net(3)
+    images = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(1)
+    _, first = model.extractor_maps(net, images, None, "smoothgradcampp")
+    after = torch.rand(1)
+    torch.manual_seed(2)
+    _, second = model.extractor_maps(net, images, None, "smoothgradcampp")
+    assert torch.equal(first, second)
+    torch.manual_seed(1)
+    model.extractor_maps(net, images, None, "smoothgradcampp")
+    assert torch.equal(torch.rand(1), after)  # the global state is left as it was
+
+
+def test_iou_refuses_an_extractor_without_wsol(capsys) -> None:
+    import iou
+    with pytest.raises(SystemExit) as stop:
+        iou.main(["--extractor", "gradcam"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--extractor applies to --wsol" in err
