@@ -612,6 +612,70 @@ def localization_accuracy(cams: np.ndarray, pred_classes: Sequence[int] | np.nda
     return {"top1_loc": float(np.mean(hit & (pred == labels))), "gt_known_loc": float(np.mean(hit))}
 
 
+# ------------------------------------------------- semantic segmentation (the VOC protocol)
+IGNORE_INDEX = 255  # VOC's "void": object borders and unclear pixels, counted nowhere
+
+
+def confusion_matrix(preds: np.ndarray, gts: np.ndarray, num_classes: int,
+                     ignore: int = IGNORE_INDEX) -> np.ndarray:
+    """int64 C×C counts over every pixel of every image: row = ground-truth label, column =
+    predicted label (C = ``num_classes``, background included as label 0). Pixels whose ground
+    truth is ``ignore`` count nowhere (the VOC protocol); any other label outside [0, C) in
+    either map is a CamlabError naming it."""
+    preds, gts = np.asarray(preds), np.asarray(gts)
+    if preds.shape != gts.shape:
+        raise CamlabError(f"confusion_matrix: label maps of shapes {preds.shape} and {gts.shape} differ")
+    counted = gts != ignore
+    p, g = preds[counted].astype(np.int64), gts[counted].astype(np.int64)
+    for what, labels in (("predicted", p), ("ground-truth", g)):
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        if bad.size:
+            raise CamlabError(f"confusion_matrix: {what} label {int(bad[0])} is outside [0, {num_classes}) "
+                              f"(and is not the ignore label {ignore})")
+    return np.bincount(g * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def class_ious(confusion: np.ndarray) -> np.ndarray:
+    """Per class, IoU = TP / (TP + FP + FN) from a confusion matrix (rows ground truth): float64
+    C, NaN for a class that is neither in the ground truth nor predicted (0 / 0)."""
+    confusion = np.asarray(confusion, np.float64)
+    tp = np.diag(confusion)
+    union = confusion.sum(axis=0) + confusion.sum(axis=1) - tp
+    return np.divide(tp, union, out=np.full_like(tp, np.nan), where=union > 0)
+
+
+def mean_iou(confusion: np.ndarray) -> float:
+    """mIoU: the mean of :func:`class_ious` over the classes that occur (background included),
+    from one confusion matrix accumulated over the whole split, as the VOC protocol pools it."""
+    ious = class_ious(confusion)
+    if np.isnan(ious).all():
+        raise CamlabError("mean_iou: no pixel was counted (every ground-truth pixel is ignored)")
+    return float(np.nanmean(ious))
+
+
+def label_maps(cams: np.ndarray, present: np.ndarray, threshold: float) -> np.ndarray:
+    """Per-class maps -> label maps by a background threshold: each pixel takes the argmax over
+    the background, whose score is ``threshold``, and the classes present in the image (their
+    maps, N×K×H×W in [0, 1]); label 0 is background, k + 1 is class k. A tie goes to the
+    background, then to the lower class. -> int64 N×H×W."""
+    cams, present = _check_unit_range(cams), np.asarray(present, bool)
+    if cams.ndim != 4 or present.shape != cams.shape[:2]:
+        raise CamlabError(f"label_maps: maps N×K×H×W and present N×K, got {cams.shape} and {present.shape}")
+    scores = np.where(present[:, :, None, None], cams, -np.inf)
+    background = np.full((len(cams), 1, *cams.shape[2:]), threshold, dtype=np.float64)
+    return np.concatenate([background, scores], axis=1).argmax(axis=1)
+
+
+def choose_background_threshold(cams: np.ndarray, present: np.ndarray, gts: np.ndarray,
+                                thresholds: Sequence[float] = THRESHOLD_GRID) -> tuple[float, float]:
+    """(threshold, mIoU) of the background threshold with the best mIoU on these maps and label
+    masks (:func:`label_maps`, :func:`mean_iou`); ties go to the lowest. Give it TRAINING images:
+    the threshold is then applied, unchanged, to the test images."""
+    num_classes = np.asarray(present).shape[1] + 1
+    curve = [mean_iou(confusion_matrix(label_maps(cams, present, t), gts, num_classes)) for t in thresholds]
+    return pick_threshold(thresholds, np.asarray(curve))
+
+
 # ---------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="iou.py", description=__doc__.splitlines()[0])
