@@ -676,6 +676,35 @@ def choose_background_threshold(cams: np.ndarray, present: np.ndarray, gts: np.n
     return pick_threshold(thresholds, np.asarray(curve))
 
 
+# Dense-CRF refinement (Krähenbühl and Koltun, NIPS 2011) with the pairwise settings of
+# AffinityNet's crf_inference (Ahn and Kwak, CVPR 2018; jiwoon-ahn/psa, tool/imutils.py), the
+# refinement OC-CSE's pipeline uses: an appearance-free Gaussian kernel (sxy 3, compat 3), a
+# bilateral kernel (sxy 80, srgb 13, compat 10), 10 mean-field iterations.
+CRF_SETTINGS = {"gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 80, "bilateral_srgb": 13,
+                "bilateral_compat": 10, "iterations": 10}
+
+
+def crf_refine(image: np.ndarray, probs: np.ndarray, settings: dict | None = None) -> np.ndarray:
+    """Dense-CRF marginals of one image: ``image`` uint8 H×W×3 (RGB), ``probs`` C×H×W per-pixel
+    class probabilities (the unary is their negative log, pydensecrf's ``unary_from_softmax``)
+    -> float32 C×H×W, each pixel summing to 1. ``settings`` defaults to CRF_SETTINGS. Uses the
+    ``pydensecrf2`` package (imported as ``pydensecrf``)."""
+    from pydensecrf import densecrf, utils as crf_utils  # only --crf needs it
+    settings = {**CRF_SETTINGS, **(settings or {})}
+    image, probs = np.asarray(image), np.asarray(probs, np.float32)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or probs.ndim != 3 \
+            or probs.shape[1:] != image.shape[:2] or probs.shape[0] < 2:
+        raise CamlabError(f"crf_refine: a uint8 H×W×3 image and C×H×W probabilities (C >= 2) of its size, "
+                          f"got {image.dtype} {image.shape} and {probs.shape}")
+    classes, height, width = probs.shape
+    crf = densecrf.DenseCRF2D(width, height, classes)
+    crf.setUnaryEnergy(np.ascontiguousarray(crf_utils.unary_from_softmax(probs)))
+    crf.addPairwiseGaussian(sxy=settings["gaussian_sxy"], compat=settings["gaussian_compat"])
+    crf.addPairwiseBilateral(sxy=settings["bilateral_sxy"], srgb=settings["bilateral_srgb"],
+                             rgbim=np.ascontiguousarray(image), compat=settings["bilateral_compat"])
+    return np.asarray(crf.inference(settings["iterations"]), np.float32).reshape(classes, height, width)
+
+
 # ---------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="iou.py", description=__doc__.splitlines()[0])
