@@ -157,10 +157,11 @@ class Experiment:
     def protocol_cams(self, data: "dataloader.ImageSet", protocol: str,
                       extractor: str = model.DEFAULT_EXTRACTOR) -> tuple[np.ndarray, np.ndarray]:
         """:func:`protocol_cams` of the labels; another extractor's from :meth:`raw_maps`."""
-        if extractor == model.DEFAULT_EXTRACTOR or _protocol(protocol).form != "raw":
-            if extractor != model.DEFAULT_EXTRACTOR:
-                return self.cams(data, _protocol(protocol).form, of_labels=True, extractor=extractor)
+        form = _protocol(protocol).form
+        if extractor == model.DEFAULT_EXTRACTOR:
             return protocol_cams(self.net, data, self.cfg.img_size, protocol)
+        if form != "raw":
+            return self.cams(data, form, of_labels=True, extractor=extractor)
         preds, raw = self.raw_maps(data, extractor)
         return preds, wsol_scoremaps(raw, tuple(data.images.shape[-2:]))
 
