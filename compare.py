@@ -144,8 +144,7 @@ class Experiment:
         the labels, and of the predictions only where they differ), in ``model.class_form``."""
         if extractor == model.DEFAULT_EXTRACTOR:
             return dataset_cams(self.net, data, self.cfg.img_size, form, of_labels=of_labels)
-        if form != "class":
-            raise CamlabError(f"--extractor {extractor} gives class maps: use it with --cam class, not {form}")
+        model.check_extractor_form(extractor, form)
         preds, raw = self.raw_maps(data, extractor)
         wrong = np.flatnonzero(preds != data.labels.cpu().numpy())
         if not of_labels and len(wrong):
@@ -280,7 +279,7 @@ DIAGNOSTIC_COLUMNS = (("acc_body", "body-only acc"), ("acc_part", "part-only acc
 MAP_LEVEL = 0.5  # the diagnostics' pixel shares count pixels where the normalised map is >= this
 
 
-def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
+def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str = "auto",
                 protocol: str = DEFAULT_PROTOCOL, extractor: str = model.DEFAULT_EXTRACTOR,
                 diagnose: bool = True) -> dict | None:
     """Every measure of the methods table for ``exp_id`` on its test split, as fractions; None
@@ -300,9 +299,10 @@ def wsol_report(exp_id: str, n_threshold: int = 500, device: str = "auto",
     rendering accuracies, which depend on the model alone) join the report. The per-image values
     that the paired bootstrap resamples are kept under ``per_image``. Every map comes from
     ``extractor`` (``model.EXTRACTORS``; camlab's CAM by default), named in ``method`` when it is
-    another.
+    another. ``exp_id`` may be a loaded :class:`Experiment`: its test split, ground truth and
+    extractor maps are then read once for every report on it.
     """
-    exp = Experiment.load(exp_id, device)
+    exp = exp_id if isinstance(exp_id, Experiment) else Experiment.load(exp_id, device)
     test_set, truth = exp.test
     if truth is None:
         return None
@@ -695,10 +695,10 @@ def extractor_reports(base: "train.RunConfig", prefix: str = "methods", n_thresh
     for seed in seeds:
         cfg = _runs(dataclasses.replace(base, seed=seed), prefix, METHODS[:1], "class", f"_s{seed}")[0]
         _trained(cfg)
+        exp = Experiment.load(cfg.exp_id, cfg.device)  # one model, test split and masks for every extractor
         model_measures: dict = {}
         for name in dict.fromkeys(("cam", *extractors)):  # CAM first: every other is compared with it
-            report = wsol_report(cfg.exp_id, n_threshold, cfg.device, protocol, extractor=name,
-                                 diagnose=name == "cam")
+            report = wsol_report(exp, n_threshold, cfg.device, protocol, extractor=name, diagnose=name == "cam")
             if report is None:
                 continue
             if name == "cam":

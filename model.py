@@ -597,8 +597,7 @@ def localization_maps(model: CAMModel, inputs: torch.Tensor, out_size: tuple[int
         with torch.inference_mode():
             scores, cams = feature_maps(model, inputs, form, classes)
     else:
-        if form != "class":
-            raise CamlabError(f"--extractor {extractor} gives class maps: use it with --cam class, not {form}")
+        check_extractor_form(extractor, form)
         scores, cams = extractor_maps(model, inputs, classes, extractor)
         return scores, class_form(cams, out_size)
     with torch.inference_mode():
@@ -653,6 +652,12 @@ def check_extractor(name: str) -> str:
     if name not in EXTRACTORS:
         raise CamlabError(f"--extractor {name!r}: choose one of {', '.join(EXTRACTORS)}")
     return name
+
+
+def check_extractor_form(extractor: str, form: str) -> None:
+    """Another extractor than camlab's CAM gives maps of one class: only the ``class`` form."""
+    if extractor != DEFAULT_EXTRACTOR and form != "class":
+        raise CamlabError(f"--extractor {extractor} gives class maps: use it with --cam class, not {form}")
 
 
 @contextlib.contextmanager
