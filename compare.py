@@ -25,9 +25,10 @@ import model
 import train
 import visualize
 import synthetic
-from iou import (BOOTSTRAP_RESAMPLES, BOX_FRACTION, DEFAULT_PROTOCOL, THRESHOLD_GRID, Box, _md_cell, _protocol,
-                 batch_iou, iou_curve, iou_table, localization_accuracy, mask_box, max_box_acc, mean_statistic,
-                 paired_bootstrap, pick_threshold, pixel_histograms, pxap_from_histograms, pxap_statistic,
+from iou import (BOOTSTRAP_RESAMPLES, BOX_FRACTION, CRF_THRESHOLD_GRID, DEFAULT_PROTOCOL, THRESHOLD_GRID, Box,
+                 _md_cell, _protocol, batch_iou, choose_background_threshold, class_ious, image_confusions, iou_curve,
+                 iou_table, localization_accuracy, mask_box, max_box_acc, mean_statistic, miou_statistic,
+                 paired_bootstrap, pick_threshold, pixel_histograms, pxap_from_histograms, pxap_statistic, segment,
                  threshold_masks, wsol_scoremaps)
 from utils import (CHECKPOINT_DIR, DEFAULT_THRESHOLD, REPORT_DIR, VISUALIZE_DIR, CamlabError,
                    atomic_write_text, resolve_device, safe_subdir)
@@ -180,7 +181,7 @@ def _check_trained_on(exp_id: str, root: Path) -> None:
         trained = json.loads((safe_subdir(CHECKPOINT_DIR, exp_id) / "metrics.json").read_text())["benchmark"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # not on the embedded benchmark, or a run from before it was recorded
-    held = synthetic.read_meta(root) or {}
+    held = synthetic.read_meta(root, None) or {}
     if held.get("body_evidence") != trained.get("body_evidence"):
         raise CamlabError(f"{exp_id} was trained on the embedded benchmark at body evidence "
                           f"{trained.get('body_evidence')}, but {root}, where its settings point, holds "
@@ -782,6 +783,210 @@ def ablation_table(rows: list[dict], base: "train.RunConfig", form: str, shared:
     return head + "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------- semantic segmentation (several labels)
+def class_maps(exp: Experiment, data: "dataloader.ImageSet", batch_size: int = 64) -> np.ndarray:
+    """float32 N×K×H×W in [0, 1]: every class's map (``CAMModel.every_class_cam``, ACoL's heads
+    erasing by the present classes) upsampled bilinearly to the stored frame, then ReLU'd and
+    divided by its own maximum (OC-CSE's and SSENet's normalisation), per image and class. The
+    maps of absent classes are computed too; :func:`iou.segment` reads only the present ones."""
+    out_size, net, maps = tuple(data.images.shape[-2:]), exp.net, []
+    present = _present(data)
+    with torch.inference_mode():
+        for idx in torch.arange(len(data), device=data.images.device).split(batch_size):
+            inputs = dataloader.to_model_input(data.images[idx], exp.cfg.img_size)
+            cams = net.every_class_cam(net.forward_features(inputs), present[idx].to(inputs.device).float())
+            cams = torch.nn.functional.interpolate(cams.float(), size=out_size, mode="bilinear", align_corners=False)
+            maps.append(model.normalize_cam(cams.flatten(0, 1)).clamp(0, 1).view_as(cams).cpu())
+    return torch.cat(maps).numpy()
+
+
+def _present(data: "dataloader.ImageSet") -> torch.Tensor:
+    if data.present is None:
+        raise CamlabError("semantic segmentation needs every class present in an image (--dataset multi or voc)")
+    return data.present
+
+
+def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: bool = False, device: str = "auto",
+                  n_examples: int = 6) -> dict:
+    """Semantic segmentation of ``exp``'s test split from its class maps and the images' labels
+    (the classes present, as weakly supervised segmentation scores pseudo-masks): a label map by
+    a background threshold (:func:`iou.segment`; with ``crf``, after dense CRF), the threshold
+    chosen on ``n_threshold`` images of the split that chooses (training masks; never test), then
+    the VOC protocol's confusion matrix over the test split (255 ignored): mIoU over background
+    and classes, per-class IoU, and the per-image confusions the paired bootstrap resamples."""
+    exp = exp if isinstance(exp, Experiment) else Experiment.load(exp, device)
+    if n_threshold < 1:
+        raise CamlabError(f"--n_threshold must be at least 1, got {n_threshold}")
+    test_set, truth = exp.test
+    if truth is None or truth.classes is None:
+        raise CamlabError(f"{exp.exp_id}: its test split has no class masks (--dataset multi or voc)")
+    fit_set = exp.split("fit", n_threshold)
+    fit_truth = exp.truth("fit", fit_set)
+    grid = CRF_THRESHOLD_GRID if crf else THRESHOLD_GRID
+    fit_images = _rgb(fit_set) if crf else None
+    threshold, fit_miou = choose_background_threshold(class_maps(exp, fit_set), _present(fit_set).cpu().numpy(),
+                                                      fit_truth.classes, grid, fit_images)
+    present = _present(test_set).cpu().numpy()
+    maps, images = class_maps(exp, test_set), _rgb(test_set)
+    labels = segment(maps, present, threshold, images if crf else None)
+    num_classes = len(test_set.classes) + 1
+    confusions = image_confusions(labels, truth.classes, num_classes)
+    ious = class_ious(confusions.sum(axis=0))
+    cfg = exp.cfg
+    metrics = json.loads((safe_subdir(CHECKPOINT_DIR, exp.exp_id) / "metrics.json").read_text())
+    return {**{k: metrics.get(k) for k in ("test_acc", "test_map", "test_f1")},
+            "exp_id": exp.exp_id, "method": semseg_method(cfg), "crf": crf, "seed": cfg.seed,
+            "multi_label": cfg.multi_label, "threshold": threshold, "fit_miou": fit_miou,
+            "miou": float(np.nanmean(ious)), "class_ious": ious.tolist(), "classes": ["background", *test_set.classes],
+            "n_test": len(test_set), "n_threshold_images": len(fit_set), "data_root": str(exp.root.resolve()),
+            "per_image": {"confusions": confusions},
+            "examples": {"images": images[:n_examples], "truth": truth.classes[:n_examples],
+                         "labels": labels[:n_examples], "names": test_set.names[:n_examples]}}
+
+
+def _rgb(data: "dataloader.ImageSet") -> np.ndarray:
+    return data.images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def semseg_method(cfg: "train.RunConfig") -> str:
+    """How a run reads in the segmentation table: its method and its label form."""
+    name = {"CSE": "OC-CSE" if cfg.multi_label else "CSE"}.get(cfg.mode, _method_name(cfg))
+    return f"{name} ({'multi-label' if cfg.multi_label else 'single-label'})"
+
+
+# The runs of the segmentation table, on the multi-object set: each label form's CAM, SEG (its
+# multi-label form: equivariance of every present class's map), the single-label CSE (the image's
+# largest class, judged by the single-label CAM) and OC-CSE (multi-label, judged by the
+# multi-label CAM). Each is compared with the CAM of its own label form and seed.
+SEMSEG: tuple[tuple[str, dict], ...] = (
+    ("cam", dict(mode="CAM")), ("cse", dict(mode="CSE", oc_exp="{prefix}_cam{suffix}")),
+    ("cam_ml", dict(mode="CAM", multi_label=True)),
+    ("seg_ml", dict(mode="SEG", transform="rotate+hflip", multi_label=True)),
+    ("occse_ml", dict(mode="CSE", oc_exp="{prefix}_cam_ml{suffix}", multi_label=True)))
+
+
+def semseg_reports(base: "train.RunConfig", prefix: str = "semseg", n_threshold: int = 500,
+                   seeds: Sequence[int] = (0,), crf: Sequence[bool] = (False, True)) -> list[dict]:
+    """Train (or reuse) every SEMSEG run at every seed on ``base``'s dataset (the multi-object
+    set by default), then score each without and with dense CRF."""
+    configs = [cfg for seed in seeds
+               for cfg in _runs(dataclasses.replace(base, seed=seed), prefix, SEMSEG, "class", f"_s{seed}")]
+    reports = []
+    for cfg in configs:
+        _trained(cfg)
+        exp = Experiment.load(cfg.exp_id, cfg.device)
+        for refine in crf:
+            report = semseg_report(exp, n_threshold, refine)
+            reports.append(report)
+            print(f"{cfg.exp_id}{' + CRF' if refine else ''}: mIoU {report['miou']:.4f} "
+                  f"(background threshold {report['threshold']:.2f})", file=sys.stderr)
+    return reports
+
+
+def _semseg_reference(report: dict, reports: list[dict]) -> dict | None:
+    """The CAM run of ``report``'s label form, seed, test set and CRF setting."""
+    return next((r for r in reports if r["method"].startswith("CAM (") and r["multi_label"] == report["multi_label"]
+                 and r["seed"] == report["seed"] and r["crf"] == report["crf"]
+                 and r["data_root"] == report["data_root"]), None)
+
+
+def _without_crf(report: dict, reports: list[dict]) -> dict | None:
+    return next((r for r in reports if r["exp_id"] == report["exp_id"] and not r["crf"]), None) if report["crf"] else None
+
+
+def _miou_interval(a: dict, b: dict) -> tuple[float, float, float]:
+    if a["n_test"] != b["n_test"]:
+        raise CamlabError(f"{a['exp_id']} and {b['exp_id']} were scored on different test sets")
+    return paired_bootstrap(miou_statistic(a["per_image"]["confusions"]), miou_statistic(b["per_image"]["confusions"]),
+                            a["n_test"], BOOTSTRAP_RESAMPLES)
+
+
+def semseg_tables(reports: list[dict]) -> tuple[str, str]:
+    """(csv of every report with its per-class IoUs, markdown summary over seeds): mIoU mean ±
+    std, per seed the paired bootstrap interval against the same label form's CAM (same CRF
+    setting) and, with CRF, against the same run without it."""
+    classes = reports[0]["classes"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["experiment", "method", "crf", "seed", "threshold", "fit_miou", "miou", "test_acc", "test_map",
+                     "test_f1"] + [f"iou_{c}" for c in classes])
+    for r in reports:
+        writer.writerow([r["exp_id"], r["method"], int(r["crf"]), r["seed"], f"{r['threshold']:.2f}",
+                         f"{r['fit_miou']:.4f}", f"{r['miou']:.4f}"]
+                        + [_cell(r, k) for k in ("test_acc", "test_map", "test_f1")]
+                        + ["-" if v != v else f"{v:.4f}" for v in r["class_ious"]])
+    groups: dict[tuple, list[dict]] = {}
+    for r in reports:
+        groups.setdefault((r["method"], r["crf"]), []).append(r)
+    lines = ["| method | CRF | seeds | mIoU | background thr. | classification (mAP / top-1) "
+             "| ΔmIoU vs CAM of its label form, 95% CI per seed | vs CAM | ΔmIoU from CRF, 95% CI per seed | CRF helps? |",
+             "|---|---|---|---:|---|---:|---|---|---|---|"]
+    for (method, crf), group in groups.items():
+        group = sorted(group, key=lambda r: r["seed"])
+        mious = np.array([r["miou"] for r in group])
+        spread = mious.std(ddof=1) if len(mious) > 1 else 0.0
+        versus = [_miou_interval(r, cam) for r in group
+                  if (cam := _semseg_reference(r, reports)) is not None and cam["exp_id"] != r["exp_id"]]
+        from_crf = [_miou_interval(r, plain) for r in group if (plain := _without_crf(r, reports)) is not None]
+        key = "test_map" if group[0]["multi_label"] else "test_acc"
+        accuracy = [r.get(key) for r in group if r.get(key) is not None]
+        thresholds = ", ".join(f"{r['threshold']:.2f}" for r in group)
+        lines.append(f"| {_md_cell(method)} | {'yes' if crf else 'no'} | {', '.join(str(r['seed']) for r in group)} "
+                     f"| {mious.mean():.4f} ± {spread:.4f} | {thresholds} "
+                     f"| {np.mean(accuracy):.4f} | {_intervals(versus)} | {_verdict(versus) if versus else '-'} "
+                     f"| {_intervals(from_crf)} | {_verdict(from_crf) if from_crf else '-'} |")
+    return buf.getvalue(), "\n".join(lines) + "\n"
+
+
+def _intervals(found: list[tuple[float, float, float]]) -> str:
+    return "; ".join(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in found) or "-"
+
+
+def class_table(reports: list[dict]) -> str:
+    """Markdown: per (method, CRF), each class's IoU, mean over seeds."""
+    classes = reports[0]["classes"]
+    lines = ["| method | CRF | " + " | ".join(_md_cell(c) for c in classes) + " |",
+             "|---|---|" + "---:|" * len(classes)]
+    groups: dict[tuple, list[dict]] = {}
+    for r in reports:
+        groups.setdefault((r["method"], r["crf"]), []).append(r)
+    for (method, crf), group in groups.items():
+        means = np.nanmean(np.array([r["class_ious"] for r in group], np.float64), axis=0)
+        lines.append(f"| {_md_cell(method)} | {'yes' if crf else 'no'} | " + " | ".join(f"{v:.3f}" for v in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
+    """``semseg.csv``, ``semseg.md`` (the summary over seeds with intervals, then per-class IoU)
+    and ``semseg.png`` (the first seed's label maps, colour-coded); returns the markdown."""
+    if not reports:
+        raise CamlabError("no run to score; train one on --dataset multi first")
+    seeds = sorted({r["seed"] for r in reports})
+    csv_text, summary = semseg_tables(reports)
+    first = reports[0]
+    note = (f"Semantic segmentation of the {first['n_test']} test images from each run's class maps and the "
+            f"images' labels: each pixel takes the argmax of the background score (a threshold) and the present "
+            f"classes' maps (ReLU, divided by the max); with CRF, the argmax of the dense CRF (AffinityNet's "
+            f"pairwise settings) on those scores. The threshold is chosen on {first['n_threshold_images']} training "
+            f"images' masks ({len(THRESHOLD_GRID)} values from 0.05 to 0.95, or every other one with CRF); test masks "
+            f"choose nothing. mIoU over background and {len(first['classes']) - 1} classes from one confusion matrix "
+            f"over the split (the VOC protocol; 255 ignored). Seeds {', '.join(map(str, seeds))}: mean ± sample std. "
+            f"Intervals: paired bootstrap ({BOOTSTRAP_RESAMPLES} resamples of the test images, the same resample for "
+            f"both runs, the confusion matrices pooled per resample; 95% percentile) of the run minus the CAM of its "
+            f"label form and seed at the same CRF setting, and of the run with CRF minus itself without; \"better\" "
+            f"only where every seed's interval lies above 0. Classification: test mAP for multi-label runs, top-1 "
+            f"accuracy (of the largest class) for single-label ones.\n\n")
+    text = note + summary + "\n### IoU per class (mean over seeds)\n\n" + class_table(reports)
+    report_dir = Path(report_dir)
+    atomic_write_text(report_dir / "semseg.csv", csv_text)
+    atomic_write_text(report_dir / "semseg.md", text)
+    first_seed = [r for r in reports if r["seed"] == seeds[0]]
+    visualize.plot_label_maps({f"{r['method']}{' + CRF' if r['crf'] else ''}": r["examples"]["labels"]
+                               for r in first_seed}, first["examples"], first["classes"], report_dir / "semseg.png",
+                              title=f"label maps, seed {seeds[0]} (black: background)")
+    return text
+
+
 # ---------------------------------------------------------------------------- the commands
 def _prefix(args, default: str) -> str:
     """The runs' prefix: ``--prefix`` or ``default``; on the generated embedded benchmark at a
@@ -793,10 +998,10 @@ def _prefix(args, default: str) -> str:
     return prefix
 
 
-def _base_run(args) -> "train.RunConfig":
+def _base_run(args, dataset: str = "lab") -> "train.RunConfig":
     return train.RunConfig(epochs=args.epochs, img_size=args.img_size, seed=args.seed,
                            batch_size=args.batch_size, weights=args.weights, data_root=args.data_root,
-                           device=args.device, body_evidence=args.body_evidence).checked()
+                           device=args.device, body_evidence=args.body_evidence, dataset=dataset).checked()
 
 
 def _timed(what: str, work) -> str:
@@ -845,3 +1050,21 @@ def wsol_command(args) -> None:
         else:
             reports.append(report)
     print(write_methods_report(reports), end="")
+
+
+def semseg_command(args) -> None:
+    """``python iou.py --semseg [--crf] [--seeds ...] [--runs EXP ...]``."""
+    crf = (False, True) if args.crf else (False,)
+    if args.runs:
+        def work() -> str:
+            reports = []
+            for exp_id in args.runs:
+                exp = Experiment.load(exp_id, args.device)
+                reports += [semseg_report(exp, args.n_threshold, refine) for refine in crf]
+            return write_semseg_report(reports)
+    else:
+        seeds = args.seeds or [args.seed]
+        base = _base_run(args, args.dataset)
+        work = lambda: write_semseg_report(semseg_reports(base, _prefix(args, "semseg"), args.n_threshold,  # noqa: E731
+                                                          seeds, crf))
+    print(_timed("semseg", work), end="")

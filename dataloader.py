@@ -13,6 +13,8 @@ Formats (``DATASETS``, the ``--dataset`` choices):
 * ``lab`` - the course's layout: ``train/``, ``test/``, ``train_cls.txt`` and ``test_cls.txt``
   (``<file name> <label>`` per line), ``test_seg_source/`` and ``test_seg/`` (0/255 masks).
   The default root ``data/synthetic`` is generated on first use (``synthetic.generate_synthetic``).
+* ``multi`` - the embedded multi-object scenes (``synthetic.generate_multi``, in ``data/synthetic_multi``
+  on first use), written in VOC's layout and read by the voc reader: 1-3 classes per image.
 * ``cifar10`` - the python pickles ``cifar-10-batches-py/`` (read with a restricted unpickler).
 * ``folder`` - an ImageFolder tree ``train/<class>/<image>`` and ``test/<class>/<image>``.
 * ``wsol`` - clovaai/wsolevaluation's metadata (CUB, ILSVRC, OpenImages): the images under the
@@ -49,7 +51,7 @@ from tqdm import tqdm
 
 import utils
 import synthetic
-from synthetic import SPLITS, generate_synthetic
+from synthetic import SPLITS
 from utils import CamlabError
 
 
@@ -116,8 +118,8 @@ def default_root(dataset: str, body_evidence: float | None = None) -> Path:
     """Where ``dataset`` is looked for when no root is given (relative to the working dir); for
     ``lab``, the embedded benchmark at that body-evidence setting (``synthetic.default_root``)."""
     _check_choice("dataset", dataset, DATASETS)
-    if dataset == "lab":
-        return synthetic.default_root(body_evidence)
+    if dataset in synthetic.EMBEDDED:
+        return synthetic.default_root(body_evidence, dataset)
     return utils.DATA_DIR / dataset
 
 
@@ -208,7 +210,7 @@ def _check_split(dataset: str, split: str) -> None:
 # the splits of each dataset
 DATASET_SPLITS: dict[str, tuple[str, ...]] = {
     "lab": SPLITS, "cifar10": ("train", "test"), "folder": ("train", "test"),
-    "wsol": ("train", "val", "test"), "voc": ("train", "val", "train_aug")}
+    "wsol": ("train", "val", "test"), "voc": ("train", "val", "train_aug"), "multi": synthetic.MULTI_SPLITS}
 
 # Which split plays which role: "train" is what training reads, "fit" where thresholds and
 # hyperparameters are chosen (never the test split), "test" what is reported. Where a role
@@ -221,6 +223,7 @@ SPLIT_ROLES: dict[str, dict[str, tuple[str, ...]]] = {
     "folder": {"train": ("train",), "fit": ("train",), "test": ("test",)},
     "wsol": {"train": ("train",), "fit": ("val",), "test": ("test",)},
     "voc": {"train": ("train_aug", "train"), "fit": ("train",), "test": ("val",)},
+    "multi": {"train": ("train",), "fit": ("train",), "test": ("val",)},
 }
 
 
@@ -265,29 +268,32 @@ _ROOT_HINTS = {
     "wsol": "it must hold the images that --metadata's <split>/image_ids.txt names (e.g. "
             "wsolevaluation's dataset/CUB)",
     "voc": "it must be VOCdevkit/VOC2012, holding JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/",
+    "multi": "it must hold the multi-object set in VOC's layout; leave --data_root out to use the generated one",
 }
 
 
 def _ensure_root(dataset: str, root: Path, progress: bool) -> None:
     """Generate an embedded dataset on first use (``data/synthetic`` or ``data/synthetic_be<x>``,
-    at its body-evidence setting); any other missing root is an error, and so is an embedded
-    dataset that an older generator wrote (its images would not match what the code redraws)."""
+    ``data/synthetic_multi[_be<x>]``, at its body-evidence setting); any other missing root is an
+    error, and so is an embedded dataset that an older generator wrote (its images would not
+    match what the code redraws)."""
+    embedded = dataset in synthetic.EMBEDDED
     if root.exists():
-        meta = synthetic.read_meta(root) if dataset == "lab" else None
+        meta = synthetic.read_meta(root, dataset) if embedded else None
         if meta is not None and meta.get("version") != synthetic.SYNTHETIC_VERSION:
             raise CamlabError(f"{root} holds version {meta.get('version')} of the embedded benchmark, and this "
                               f"camlab draws version {synthetic.SYNTHETIC_VERSION}; delete {root} (it is generated, "
                               f"python main.py makes it again) or pass another --data_root")
-        expected = _default_dials(root) if meta is not None else []
+        expected = _default_dials(root, dataset) if meta is not None else []
         if expected and meta.get("body_evidence") != expected[0]:
             raise CamlabError(f"{root} holds the embedded benchmark at body evidence {meta.get('body_evidence')}, but "
                               f"that folder is where camlab keeps setting {expected[0]:g}; rename it to "
-                              f"{synthetic.default_root(meta.get('body_evidence')) if _is_dial(meta.get('body_evidence')) else 'another name'} "
+                              f"{synthetic.default_root(meta.get('body_evidence'), dataset) if _is_dial(meta.get('body_evidence')) else 'another name'} "
                               f"(or delete it: it is generated again)")
         return
-    dial = next((d for d in _default_dials(root) if dataset == "lab"), None)
+    dial = next((d for d in _default_dials(root, dataset) if embedded), None)
     if dial is not None:
-        generate_synthetic(root, seed=0, progress=progress, body_evidence=dial)
+        synthetic.generate(dataset, root, progress=progress, body_evidence=dial)
         return
     raise CamlabError(f"data root '{root}' does not exist ({_ROOT_HINTS[dataset]})")
 
@@ -296,19 +302,20 @@ def _is_dial(value) -> bool:
     return isinstance(value, (int, float)) and 0 <= value <= 1
 
 
-def _default_dials(root: Path) -> list[float]:
-    """[the body-evidence setting] when ``root`` is where ``synthetic.default_root`` keeps one."""
-    name = root.name
-    if root.resolve().parent != utils.DEFAULT_DATA_ROOT.resolve().parent:
+def _default_dials(root: Path, dataset: str = "lab") -> list[float]:
+    """[the body-evidence setting] when ``root`` is where ``synthetic.default_root`` keeps one
+    of embedded ``dataset``."""
+    name, base = root.name, synthetic.default_root(None, dataset)
+    if dataset not in synthetic.EMBEDDED or root.resolve().parent != base.resolve().parent:
         return []
-    if name == utils.DEFAULT_DATA_ROOT.name:
+    if name == base.name:
         return [synthetic.BODY_EVIDENCE]
-    prefix = f"{utils.DEFAULT_DATA_ROOT.name}_be"
+    prefix = f"{base.name}_be"
     try:
         dial = float(name[len(prefix):]) if name.startswith(prefix) else None
     except ValueError:
         return []
-    return [dial] if dial is not None and 0 <= dial <= 1 and synthetic.default_root(dial).name == name else []
+    return [dial] if dial is not None and 0 <= dial <= 1 and synthetic.default_root(dial, dataset).name == name else []
 
 
 @dataclass
@@ -795,16 +802,26 @@ def _voc_entries(root: Path, split: str, check_files: bool = True) -> tuple[Path
     return list_path, entries
 
 
+def voc_classes(root: Path | str) -> list[str]:
+    """The classes of a VOC-layout root: VOC's twenty, or those the meta.json of camlab's
+    multi-object set names (``synthetic.generate_multi`` writes VOC's layout)."""
+    meta = synthetic.read_meta(root, "multi")
+    return list(VOC_CLASSES) if meta is None else list(meta["classes"])
+
+
 def _list_voc(root: Path, split: str, num_classes: int | None,
               metadata: Path | None = None) -> _Listing:
     list_path, entries = _voc_entries(root, split)
-    _check_num_classes(num_classes, len(VOC_CLASSES), list_path)
+    classes = voc_classes(root)
+    _check_num_classes(num_classes, len(classes), list_path)
     files = [list_path] + [p for name, mask in entries for p in (root / name, mask)]
-    return _Listing(files, lambda img_size, progress, skip_bad: _decode_voc(root, entries, img_size, progress,
-                                                                            skip_bad), image_dir=root)
+    if (root / "meta.json").exists():
+        files.append(root / "meta.json")
+    return _Listing(files, lambda img_size, progress, skip_bad: _decode_voc(root, entries, classes, img_size,
+                                                                            progress, skip_bad), image_dir=root)
 
 
-def _decode_voc(root: Path, entries: list[tuple[str, Path]], img_size: int, progress: bool,
+def _decode_voc(root: Path, entries: list[tuple[str, Path]], classes: list[str], img_size: int, progress: bool,
                 skip_bad: bool) -> ImageSet:
     """The images with their labels (the class with the most pixels; ties go to the lower VOC
     index) and every present class. An undecodable image or mask, a mask of another size than
@@ -818,23 +835,23 @@ def _decode_voc(root: Path, entries: list[tuple[str, Path]], img_size: int, prog
         if mask.shape != image.shape[:2]:
             raise CamlabError(f"mask {mask_path} is {mask.shape[1]}×{mask.shape[0]}, but its image "
                               f"{root / name} is {image.shape[1]}×{image.shape[0]}")
-        counts[index] = _voc_class_pixels(mask, mask_path)
+        counts[index] = _voc_class_pixels(mask, mask_path, len(classes))
         return image
     names = [name for name, _ in entries]
     images, kept, skipped = _decode_each(root, names, load, img_size, progress, skip_bad)
-    pixels = np.stack([counts[i] for i in kept]) if kept else np.zeros((0, len(VOC_CLASSES)), np.int64)
+    pixels = np.stack([counts[i] for i in kept]) if kept else np.zeros((0, len(classes)), np.int64)
     return ImageSet(images, torch.from_numpy(pixels.argmax(axis=1).astype(np.int64)), [names[i] for i in kept],
-                    list(VOC_CLASSES), skipped, present=torch.from_numpy(pixels > 0))
+                    list(classes), skipped, present=torch.from_numpy(pixels > 0))
 
 
-def _voc_class_pixels(mask: np.ndarray, path: Path) -> np.ndarray:
-    """int64 20: the pixels of each object class in a VOC mask (0 background, 1..20, 255 void)."""
+def _voc_class_pixels(mask: np.ndarray, path: Path, num_classes: int = len(VOC_CLASSES)) -> np.ndarray:
+    """int64 K: the pixels of each object class in a VOC-layout mask (0 background, 1..K, 255 void)."""
     values = np.bincount(mask.ravel(), minlength=256)
-    odd = np.flatnonzero(values[len(VOC_CLASSES) + 1:VOC_IGNORE])
+    odd = np.flatnonzero(values[num_classes + 1:VOC_IGNORE])
     if odd.size:
-        raise CamlabError(f"mask {path} holds the value {odd[0] + len(VOC_CLASSES) + 1} (VOC masks hold 0 "
-                          f"background, 1..{len(VOC_CLASSES)} classes and {VOC_IGNORE} void)")
-    pixels = values[1:len(VOC_CLASSES) + 1].astype(np.int64)
+        raise CamlabError(f"mask {path} holds the value {odd[0] + num_classes + 1} (VOC masks hold 0 "
+                          f"background, 1..{num_classes} classes and {VOC_IGNORE} void)")
+    pixels = values[1:num_classes + 1].astype(np.int64)
     if not pixels.any():
         raise CamlabError(f"mask {path} holds no object class (only background and void), so its image has no label")
     return pixels
@@ -854,7 +871,8 @@ def read_index_mask(path: Path | str) -> np.ndarray:
 
 
 _READERS: dict[str, Callable[[Path, str, int | None, Path | None], _Listing]] = {
-    "lab": _list_lab, "cifar10": _list_cifar10, "folder": _list_folder, "wsol": _list_wsol, "voc": _list_voc}
+    "lab": _list_lab, "cifar10": _list_cifar10, "folder": _list_folder, "wsol": _list_wsol, "voc": _list_voc,
+    "multi": _list_voc}  # the multi-object set is written in VOC's layout
 DATASETS: tuple[str, ...] = tuple(_READERS)
 
 
@@ -867,10 +885,13 @@ class Truth:
     boxes: per image, int64 k×4 ``(x0, y0, x1, y1)``, wsolevaluation's convention (inclusive
       pixel corners), rescaled from the original image size as wsolevaluation rescales them.
     masks: uint8 N×H×W, 1 foreground, 0 background, 255 ignore.
+    classes: uint8 N×H×W class indices for semantic segmentation (0 background, c + 1 for class
+      c, 255 void): the datasets with per-class masks (voc, multi); None for the others.
     """
 
     boxes: list[np.ndarray] | None = None
     masks: np.ndarray | None = None
+    classes: np.ndarray | None = None
 
 
 def ground_truth(dataset: str, root: Path | str, split: str, data: ImageSet,
@@ -933,16 +954,17 @@ def _voc_truth(root: Path, split: str, data: ImageSet, frame: tuple[int, int],
     list_path, entries = _voc_entries(root, split, check_files=False)
     mask_of = dict(entries)
     _check_names(data.names, list(mask_of), list_path)
-    masks = []
+    masks, indices = [], []
     for name, label in zip(data.names, data.labels.tolist()):
         index = _to_frame(read_index_mask(mask_of[name]), frame)
         out = (index == label + 1).astype(np.uint8)
         out[index == VOC_IGNORE] = VOC_IGNORE
         masks.append(out)
-    return Truth(masks=_stack_masks(masks, frame))
+        indices.append(index)
+    return Truth(masks=_stack_masks(masks, frame), classes=_stack_masks(indices, frame))
 
 
-_TRUTHS = {"lab": _lab_truth, "wsol": _wsol_truth, "voc": _voc_truth}
+_TRUTHS = {"lab": _lab_truth, "wsol": _wsol_truth, "voc": _voc_truth, "multi": _voc_truth}
 
 
 def _check_names(names: list[str], known: list[str], source: Path) -> None:

@@ -667,13 +667,46 @@ def label_maps(cams: np.ndarray, present: np.ndarray, threshold: float) -> np.nd
 
 
 def choose_background_threshold(cams: np.ndarray, present: np.ndarray, gts: np.ndarray,
-                                thresholds: Sequence[float] = THRESHOLD_GRID) -> tuple[float, float]:
+                                thresholds: Sequence[float] = THRESHOLD_GRID,
+                                images: np.ndarray | None = None) -> tuple[float, float]:
     """(threshold, mIoU) of the background threshold with the best mIoU on these maps and label
-    masks (:func:`label_maps`, :func:`mean_iou`); ties go to the lowest. Give it TRAINING images:
-    the threshold is then applied, unchanged, to the test images."""
+    masks (:func:`segment`: with ``images``, after dense CRF; :func:`mean_iou`); ties go to the
+    lowest. Give it TRAINING images: the threshold is then applied, unchanged, to the test images."""
     num_classes = np.asarray(present).shape[1] + 1
-    curve = [mean_iou(confusion_matrix(label_maps(cams, present, t), gts, num_classes)) for t in thresholds]
+    curve = [mean_iou(confusion_matrix(segment(cams, present, t, images), gts, num_classes)) for t in thresholds]
     return pick_threshold(thresholds, np.asarray(curve))
+
+
+def segment(cams: np.ndarray, present: np.ndarray, threshold: float, images: np.ndarray | None = None) -> np.ndarray:
+    """Label maps (int64 N×H×W: 0 background, k + 1 class k) from per-class maps N×K×H×W in
+    [0, 1] and the classes present: :func:`label_maps`, or with ``images`` (uint8 N×H×W×3 RGB)
+    the argmax of the dense CRF (:func:`crf_refine`) whose unary is the background score
+    (``threshold``) and the present classes' maps, scaled to sum to 1 per pixel (AffinityNet
+    feeds the scores unscaled; the per-pixel scale adds the same energy to every label, so the
+    CRF's answer is the same)."""
+    if images is None:
+        return label_maps(cams, present, threshold)
+    cams, present = _check_unit_range(cams), np.asarray(present, bool)
+    out = np.zeros((len(cams), *cams.shape[2:]), np.int64)
+    for i, (image, maps, here) in enumerate(zip(images, cams, present)):
+        classes = np.flatnonzero(here)
+        scores = np.concatenate([np.full((1, *maps.shape[1:]), threshold), maps[classes]]).clip(1e-5, None)
+        refined = crf_refine(image, scores / scores.sum(axis=0, keepdims=True))
+        out[i] = np.concatenate([[0], classes + 1])[refined.argmax(axis=0)]
+    return out
+
+
+def image_confusions(preds: np.ndarray, gts: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 N×C×C: each image's :func:`confusion_matrix`; their sum is the split's."""
+    return np.stack([confusion_matrix(p, g, num_classes) for p, g in zip(preds, gts)])
+
+
+def miou_statistic(confusions: np.ndarray):
+    """For :func:`paired_bootstrap`: the mIoU (VOC: pooled over the resampled images) of per-image
+    confusion matrices N×C×C under resample weights R×N."""
+    flat = np.asarray(confusions, np.float64).reshape(len(confusions), -1)
+    size = confusions.shape[1]
+    return lambda weights: np.array([mean_iou(row.reshape(size, size)) for row in weights @ flat])
 
 
 # Dense-CRF refinement (Krähenbühl and Koltun, NIPS 2011) with the pairwise settings of
@@ -682,6 +715,9 @@ def choose_background_threshold(cams: np.ndarray, present: np.ndarray, gts: np.n
 # bilateral kernel (sxy 80, srgb 13, compat 10), 10 mean-field iterations.
 CRF_SETTINGS = {"gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 80, "bilateral_srgb": 13,
                 "bilateral_compat": 10, "iterations": 10}
+# The background thresholds tried under --crf: every other one of THRESHOLD_GRID (a CRF per image
+# and threshold is the cost of choosing one; about 25 ms per 64×64 image on this CPU)
+CRF_THRESHOLD_GRID: tuple[float, ...] = THRESHOLD_GRID[1::2]
 
 
 def crf_refine(image: np.ndarray, probs: np.ndarray, settings: dict | None = None) -> np.ndarray:
@@ -737,6 +773,17 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--extractors", nargs="*", default=None, metavar="NAME", choices=list(model.EXTRACTORS),
                     help="every extractor (or those named) on the methods comparison's CAM run at each seed "
                          "-> report/extractors.{csv,md} and extractors_grid.png")
+    ab.add_argument("--semseg", action="store_true",
+                    help="semantic segmentation on the multi-object set: CAM and CSE (single-label), CAM, SEG "
+                         "rotate+hflip and OC-CSE (multi-label); mIoU at a background threshold chosen on training "
+                         "masks, paired bootstrap intervals -> report/semseg.{csv,md,png}")
+    ab.add_argument("--crf", action="store_true",
+                    help="with --semseg: score every run after dense-CRF refinement too (AffinityNet's settings)")
+    ab.add_argument("--runs", nargs="+", default=None, metavar="EXP_ID",
+                    help="with --semseg: score these finished runs (trained on --dataset multi or voc) instead of "
+                         "training the comparison")
+    ab.add_argument("--dataset", default="multi", choices=("multi", "voc"),
+                    help="--semseg's dataset (voc: pass --data_root VOCdevkit/VOC2012)")
     ab.add_argument("--sweep", nargs="+", metavar=("KNOB", "VALUE"), default=None,
                     help="every method of --methods at each VALUE of the embedded benchmark's KNOB "
                          "(body_evidence) -> report/sweep.{csv,md,png}; e.g. --sweep body_evidence 0 0.25 0.5 0.75 1")
@@ -759,8 +806,11 @@ def main(argv: list[str] | None = None) -> int:
     """``python iou.py``: IoU of every experiment under visualize/, printed and written to report/."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if sum((args.ablation, args.methods, args.wsol, args.sweep is not None, args.extractors is not None)) > 1:
-        parser.error("choose one of --ablation, --methods, --sweep, --extractors and --wsol")
+    if sum((args.ablation, args.methods, args.wsol, args.sweep is not None, args.extractors is not None,
+            args.semseg)) > 1:
+        parser.error("choose one of --ablation, --methods, --sweep, --extractors, --semseg and --wsol")
+    if (args.crf or args.runs is not None) and not args.semseg:
+        parser.error(f"{'--crf' if args.crf else '--runs'} applies to --semseg")
     if args.sweep is not None:
         args.sweep_values = _sweep_values(parser, args.sweep)
     if args.extractor != model.DEFAULT_EXTRACTOR and not args.wsol:
@@ -772,9 +822,11 @@ def main(argv: list[str] | None = None) -> int:
             check_range("--seeds", seed, 0, SEED_MAX, why="a random seed")
         if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
             raise CamlabError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is named twice")
-        if args.ablation or args.methods or args.wsol or args.sweep is not None or args.extractors is not None:
+        if args.ablation or args.methods or args.wsol or args.sweep is not None or args.extractors is not None \
+                or args.semseg:
             import compare  # the comparison runner imports this module, so it is imported when used
             command = (compare.ablation_command if args.ablation else compare.methods_command if args.methods
+                       else compare.semseg_command if args.semseg
                        else compare.sweep_command if args.sweep is not None
                        else compare.extractors_command if args.extractors is not None else compare.wsol_command)
             command(args)

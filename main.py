@@ -59,15 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="lab: the handout's folder layout (the embedded synthetic set by default); "
                            "cifar10: the python-pickle CIFAR-10; folder: an ImageFolder tree; "
                            "wsol: wsolevaluation's metadata format (CUB, ILSVRC, OpenImages; needs --metadata); "
-                           "voc: PASCAL VOC 2012 with its segmentation masks (single-label: each image's largest class)")
+                           "voc: PASCAL VOC 2012 with its segmentation masks (single-label: each image's largest class); "
+                           "multi: the embedded multi-object scenes, 1-3 classes per image, in VOC's layout")
     data.add_argument("--data_root", default=None,
-                      help="dataset folder; None takes data/synthetic for lab (generated when missing), data/<dataset> otherwise")
+                      help="dataset folder; None takes data/synthetic for lab and data/synthetic_multi for multi "
+                           "(generated when missing), data/<dataset> otherwise")
     data.add_argument("--metadata", default=DEFAULTS.metadata,
                       help="wsol: the metadata folder of one dataset (e.g. wsolevaluation/metadata/CUB)")
     data.add_argument("--body_evidence", type=float, default=None,
                       help="the embedded benchmark's dial in [0, 1]: the share of bodies whose stripes carry "
                            f"their class's evidence (default {synthetic.BODY_EVIDENCE:g}: data/synthetic; any other "
-                           "value: data/synthetic_be<value>, generated when missing)")
+                           "value: data/synthetic_be<value> or data/synthetic_multi_be<value>, generated when missing)")
+    data.add_argument("--multi_label", action="store_true",
+                      help="voc, multi: train on every class present in an image (multi-hot, BCE; accuracy is "
+                           "the exact match, with mAP and F1 in metrics.json); CSE becomes OC-CSE as published")
     data.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR-10 (needs a network)")
     data.add_argument("--skip_bad", action="store_true",
                       help="leave out images that cannot be decoded (each is listed) instead of stopping")

@@ -414,8 +414,9 @@ class CAMModel(nn.Module):
     def run_heads(self, features: torch.Tensor, classes: torch.Tensor) -> list[HeadOutput]:
         """Every head in recipe order (ACoL). Head i > 1 sees ``features`` zeroed wherever an
         earlier ``p`` head's min-max normalised map of ``classes`` (int64 N: the labels in
-        training, the predictions at test time) is at least ``deltas[i - 2]``, that region grown
-        by ``erase_grow`` cells (a max-pool of the mask); the erasing mask is a threshold, so no
+        training, the predictions at test time; or multi-hot N×K: the max over the present
+        classes' maps, :func:`target_map`) is at least ``deltas[i - 2]``, that region grown by
+        ``erase_grow`` cells (a max-pool of the mask); the erasing mask is a threshold, so no
         gradient flows through it."""
         outputs: list[HeadOutput] = []
         found = None  # N×1×h×w, the max of earlier p heads' normalised target maps
@@ -425,7 +426,7 @@ class CAMModel(nn.Module):
             scores = cams.mean(dim=(2, 3)) + self.head_type.bias(head)
             outputs.append(HeadOutput(kind, scores, cams))
             if kind == "p":
-                target = minmax(select_class(cams, classes).detach()).unsqueeze(1)
+                target = target_map(cams.detach(), classes).unsqueeze(1)
                 found = target if found is None else torch.maximum(found, target)
         return outputs
 
@@ -446,6 +447,16 @@ class CAMModel(nn.Module):
                 if out.kind == "p"]
         return torch.stack(maps).amax(dim=0)
 
+    def every_class_cam(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Every class's map, N×K×h×w, what semantic segmentation reads (one per present class):
+        the first head's class maps; with several ``p`` heads (ACoL), the element-wise max of
+        their per-class min-max normalised maps, the later heads seeing the features erased by
+        the maps of ``present`` (multi-hot N×K, or int64 N for one class per image)."""
+        if self.config.recipe.count("p") == 1:
+            return self.class_cams(features)
+        maps = [_per_class(minmax, out.cams) for out in self.run_heads(features, present) if out.kind == "p"]
+        return torch.stack(maps).amax(dim=0)
+
     @staticmethod
     def lab_cam(features: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
         """The handout's map: softmax over the weighting coefficients, then the weighted sum of
@@ -456,6 +467,20 @@ class CAMModel(nn.Module):
 def select_class(cams: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Pick each image's map: cams N×K×h×w, classes int64 N -> N×h×w."""
     return cams[torch.arange(cams.shape[0], device=cams.device), classes]
+
+
+def target_map(cams: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """N×h×w: the min-max normalised map of each image's class (``classes`` int64 N), or, with
+    multi-hot ``classes`` (N×K), the element-wise max of its present classes' normalised maps."""
+    if classes.ndim == 1:
+        return minmax(select_class(cams, classes))
+    present = classes.to(cams.dtype).view(*classes.shape, 1, 1)
+    return (_per_class(minmax, cams) * present).amax(dim=1)
+
+
+def _per_class(norm: Callable[[torch.Tensor], torch.Tensor], cams: torch.Tensor) -> torch.Tensor:
+    """``norm`` (which scales each map of an N×h×w stack) applied to every map of N×K×h×w."""
+    return norm(cams.flatten(0, 1)).view_as(cams)
 
 
 def normalize_cam(cam: torch.Tensor, eps: float = 1e-5,

@@ -228,10 +228,11 @@ def _draw_distractors(rng: np.random.Generator, image: np.ndarray) -> None:
 
 
 def _object_masks(rng: np.random.Generator, part_shape: str,
-                  size: int) -> tuple[np.ndarray, np.ndarray]:
+                  size: int, shrink: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """bool masks (body, part): an ellipse at a random place, scale and angle, and the part
-    centred on a random point of its rim (so about half of the part sticks out)."""
-    scale = rng.uniform(0.8, 1.2) * size / SYNTHETIC_SIZE
+    centred on a random point of its rim (so about half of the part sticks out). ``shrink``
+    scales the object (the multi-object scenes' are smaller); it changes no draw."""
+    scale = rng.uniform(0.8, 1.2) * size / SYNTHETIC_SIZE * shrink
     a, b = rng.uniform(9, 14) * scale, rng.uniform(6, 9) * scale
     part_radius = rng.uniform(4.0, 5.5) * scale
     reach = a + 1.3 * part_radius + 1  # the farthest part vertex is < 1.3 radii from its centre
@@ -379,18 +380,165 @@ def _move_into_place(tmp: Path, root: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ------------------------------------------------------------ the multi-object scenes
+# The multi-label form of the benchmark (``--dataset multi``): 1 to 3 objects of different
+# classes per image, each drawn exactly as a single object is (body, part, the dial), only
+# smaller, far to near, so a nearer object draws over a farther one. The ground truth is a
+# class-index mask (0 background, c + 1 for class c; objects are drawn without antialiasing,
+# so no pixel is blended and none is void) and the image's labels are the classes visible in
+# it. Placements are redrawn until every object keeps MULTI_MIN_VISIBLE of its pixels and of
+# its part (the class cue), so an occluded object is still there to be found.
+MULTI_GENERATOR = "camlab synthetic multi-object"
+MULTI_MAX_OBJECTS = 3
+MULTI_SHRINK = 0.75      # objects are 3/4 the single-object benchmark's size
+MULTI_MIN_VISIBLE = 0.5  # share of each object's pixels, and of its part's, left visible
+_MULTI_TRIES = 25        # placements drawn before the nearest object is dropped
+MULTI_SPLITS = ("train", "val")  # the VOC reader's names: val is the split reported
+MULTI_TRAIN, MULTI_VAL = 2000, 500
+
+
+@dataclass
+class Scene:
+    """One drawn multi-object image: uint8 H×W×3 RGB ``image``; uint8 H×W ``classes`` (0
+    background, c + 1 where class c's object is the nearest); ``order``: the classes drawn, far
+    to near; ``parts``: bool H×W, the visible part pixels (the class cues)."""
+
+    image: np.ndarray
+    classes: np.ndarray
+    order: tuple[int, ...]
+    parts: np.ndarray
+
+    @property
+    def present(self) -> np.ndarray:
+        """bool K: the classes with a visible pixel (the image-level labels)."""
+        return np.bincount(self.classes.ravel(), minlength=len(PART_STYLES) + 1)[1:] > 0
+
+
+def draw_scene(rng: np.random.Generator, size: int = SYNTHETIC_SIZE,
+               body_evidence: float = BODY_EVIDENCE) -> Scene:
+    """Draw one multi-object scene; every random choice (how many objects, their classes,
+    places and looks) comes from ``rng``."""
+    check_body_evidence(body_evidence)
+    count = int(rng.integers(1, MULTI_MAX_OBJECTS + 1))
+    order = [int(c) for c in rng.choice(len(PART_STYLES), size=count, replace=False)]
+    image = _background(rng, size)
+    _draw_distractors(rng, image)
+    placed = _place_objects(rng, order, size)
+    order = order[:len(placed)]
+    classes, parts = np.zeros((size, size), np.uint8), np.zeros((size, size), bool)
+    for label, (body, part) in zip(order, placed):
+        texture, _ = _body_texture(rng, label, size, body_evidence)
+        image[body] = texture[body]
+        image[part] = _jitter(rng, PART_STYLES[label].rgb)
+        classes[body | part] = label + 1
+        parts[body | part] = False
+        parts[part] = True
+    noisy = image + rng.normal(0.0, _NOISE_STD, image.shape)
+    return Scene(np.clip(np.rint(noisy), 0, 255).astype(np.uint8), classes, tuple(order), parts)
+
+
+def _place_objects(rng: np.random.Generator, order: list[int],
+                   size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(body, part) masks for the classes ``order``, far to near, such that each object keeps
+    MULTI_MIN_VISIBLE of its pixels and of its part under the nearer ones; after _MULTI_TRIES
+    failed placements the nearest object is dropped (one object always fits)."""
+    while True:
+        for _ in range(_MULTI_TRIES):
+            placed = [_object_masks(rng, PART_STYLES[c].shape, size, MULTI_SHRINK) for c in order]
+            if all(_visible_enough(placed, i) for i in range(len(placed))):
+                return placed
+        order = order[:-1]
+
+
+def _visible_enough(placed: list[tuple[np.ndarray, np.ndarray]], index: int) -> bool:
+    body, part = placed[index]
+    cover = np.zeros_like(body)
+    for near_body, near_part in placed[index + 1:]:
+        cover |= near_body | near_part
+    whole = body | part
+    return ((whole & ~cover).sum() >= MULTI_MIN_VISIBLE * whole.sum()
+            and (part & ~cover).sum() >= MULTI_MIN_VISIBLE * part.sum())
+
+
+def _scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of scene ``index`` of ``split`` (its own stream, tag 3)."""
+    return np.random.default_rng([seed, MULTI_SPLITS.index(split), 3, index])
+
+
+def scene_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+def generate_multi(root: Path | str, seed: int = 0, n_train: int = MULTI_TRAIN, n_val: int = MULTI_VAL,
+                   size: int = SYNTHETIC_SIZE, progress: bool = True,
+                   body_evidence: float = BODY_EVIDENCE) -> dict:
+    """Write the multi-object scenes at ``root`` in PASCAL VOC's layout and return the meta dict:
+    ``JPEGImages/<id>.png`` (RGB), ``SegmentationClass/<id>.png`` (grey class indices),
+    ``ImageSets/Segmentation/{train,val}.txt`` (DeepLab's two-path lines) and ``meta.json``
+    (the class names). ``--dataset multi`` and ``--dataset voc --data_root <root>`` read it
+    alike. Deterministic from the arguments; built aside and renamed into place."""
+    root = Path(root)
+    check_body_evidence(body_evidence)
+    if n_train < 1 or n_val < 1:
+        raise CamlabError(f"the multi-object set needs at least one image per split, got n_train={n_train}, n_val={n_val}")
+    if root.exists():
+        raise CamlabError(f"{root} already exists; delete it to generate the multi-object set again")
+    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+            (tmp / folder).mkdir(parents=True)
+        counts = {}
+        for split, n in zip(MULTI_SPLITS, (n_train, n_val)):
+            lines, objects = [], []
+            for index in tqdm(range(n), desc=f"generating {split}", unit="img", disable=None if progress else True,
+                              leave=False):
+                scene = draw_scene(_scene_rng(seed, split, index), size, body_evidence)
+                name = f"{split}_{scene_name(index)}"
+                (tmp / "JPEGImages" / f"{name}.png").write_bytes(encode_png(scene.image))
+                (tmp / "SegmentationClass" / f"{name}.png").write_bytes(encode_png(scene.classes))
+                lines.append(f"/JPEGImages/{name}.png /SegmentationClass/{name}.png\n")
+                objects.append(int(scene.present.sum()))
+            (tmp / "ImageSets/Segmentation" / f"{split}.txt").write_text("".join(lines), encoding="utf-8")
+            counts[split] = np.bincount(objects, minlength=MULTI_MAX_OBJECTS + 1)[1:].tolist()
+        meta = {"generator": MULTI_GENERATOR, "version": SYNTHETIC_VERSION, "body_evidence": body_evidence,
+                "seed": seed, "size": size, "n_train": n_train, "n_val": n_val, "classes": SYNTHETIC_CLASSES,
+                "objects_per_image": counts}
+        utils.atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+        _move_into_place(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"generated the multi-object set in {root}: {n_train} train / {n_val} val images of {size}x{size}, "
+          f"{len(PART_STYLES)} classes, body evidence {body_evidence:g}; 1/2/3 objects in "
+          f"{'/'.join(map(str, counts['train']))} train images")
+    return meta
+
+
 # ------------------------------------------------------------ redrawing a generated dataset
-def default_root(body_evidence: float | None = None) -> Path:
-    """Where ``main.py`` keeps the embedded dataset at a dial setting: ``data/synthetic`` at the
-    default, ``data/synthetic_be<value>`` at any other (generated on first use)."""
+# the embedded datasets (--dataset names), each generated on first use in its own folder by
+# its generator, named in its meta.json
+EMBEDDED = {"lab": ("synthetic", "camlab synthetic body+part"), "multi": ("synthetic_multi", MULTI_GENERATOR)}
+
+
+def default_root(body_evidence: float | None = None, dataset: str = "lab") -> Path:
+    """Where ``main.py`` keeps an embedded dataset (``EMBEDDED``) at a dial setting:
+    ``data/synthetic`` (``data/synthetic_multi``) at the default, ``data/synthetic_be<value>``
+    (``data/synthetic_multi_be<value>``) at any other (generated on first use)."""
     value = BODY_EVIDENCE if body_evidence is None else check_body_evidence(body_evidence)
-    if value == BODY_EVIDENCE:
-        return utils.DEFAULT_DATA_ROOT
-    return utils.DEFAULT_DATA_ROOT.with_name(f"{utils.DEFAULT_DATA_ROOT.name}_be{value:g}")
+    base = utils.DATA_DIR / EMBEDDED[dataset][0]
+    return base if value == BODY_EVIDENCE else base.with_name(f"{base.name}_be{value:g}")
 
 
-def read_meta(root: Path | str) -> dict | None:
-    """``meta.json`` of a generated dataset, or None when ``root`` was not generated here."""
+def generate(dataset: str, root: Path | str, progress: bool = True, body_evidence: float = BODY_EVIDENCE) -> dict:
+    """Generate the embedded ``dataset`` at ``root`` with seed 0 and the default sizes."""
+    write = generate_synthetic if dataset == "lab" else generate_multi
+    return write(root, seed=0, progress=progress, body_evidence=body_evidence)
+
+
+def read_meta(root: Path | str, dataset: str | None = "lab") -> dict | None:
+    """``meta.json`` of a dataset that the generator of embedded ``dataset`` wrote (None: any
+    embedded one), or None when ``root`` holds no such dataset."""
     path = Path(root) / "meta.json"
     if not path.is_file():
         return None
@@ -398,7 +546,8 @@ def read_meta(root: Path | str) -> dict | None:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CamlabError(f"{path}: not readable JSON ({err})") from None
-    return meta if isinstance(meta, dict) and meta.get("generator") == "camlab synthetic body+part" else None
+    names = [g for d, (_, g) in EMBEDDED.items() if dataset in (None, d)]
+    return meta if isinstance(meta, dict) and meta.get("generator") in names else None
 
 
 def redraw(meta: dict, split: str, render: str = "normal") -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from sklearn.metrics import average_precision_score
 from sklearn.model_selection import KFold, train_test_split
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -69,6 +70,8 @@ class RunConfig:
     deterministic: bool = False
     skip_bad: bool = False
     progress: bool = True
+    # several labels per image (voc, multi): BCE on the multi-hot labels, OC-CSE in CSE mode
+    multi_label: bool = False
     # SEG mode (the equivariance loss)
     transform: str = "scale"
     scale: float = TransformSettings.scale
@@ -107,13 +110,20 @@ class RunConfig:
         the flag); a bad --recipe or --delta fails here too, before any data is read. The image
         size must give feature maps of 2×2 or more and a batch that fits in memory."""
         check_ranges(self, RANGES)
-        if self.body_evidence is None and self.dataset == "lab" and self.data_root is None:
+        if self.body_evidence is None and self.dataset in synthetic.EMBEDDED and self.data_root is None:
             # recorded as the number it is, so that the run keeps its meaning if the default changes
             self.body_evidence = synthetic.BODY_EVIDENCE
         if self.body_evidence is not None:
             synthetic.check_body_evidence(self.body_evidence)
-            if self.dataset != "lab":
-                raise CamlabError(f"--body_evidence sets the embedded benchmark (--dataset lab), not --dataset {self.dataset}")
+            if self.dataset not in synthetic.EMBEDDED:
+                raise CamlabError(f"--body_evidence sets an embedded benchmark (--dataset lab or multi), "
+                                  f"not --dataset {self.dataset}")
+        if self.multi_label and self.dataset not in MULTI_LABEL_DATASETS:
+            raise CamlabError(f"--multi_label needs a dataset that labels every class in an image "
+                              f"({' or '.join(MULTI_LABEL_DATASETS)}), not --dataset {self.dataset}")
+        if self.multi_label and self.mode == "ACOL" and "n" in self.recipe:
+            raise CamlabError(f"--recipe {self.recipe}: the adversarial 'n' head's loss is single-label; "
+                              f"under --multi_label use p heads only (e.g. --recipe pp)")
         dataloader.check_metadata(self.dataset, self.metadata)  # wsol without --metadata, or --metadata without wsol
         self.data_path()  # an empty --data_root, before any work
         if self.cv == 1:
@@ -138,6 +148,9 @@ class RunConfig:
             return ModelConfig(num_classes, self.backbone, self.cut, "p", tuple(self.delta))
         return ModelConfig(num_classes, self.backbone, self.cut, self.recipe, tuple(self.delta),
                            self.acol_head, self.acol_width, self.acol_grow)
+
+
+MULTI_LABEL_DATASETS = ("multi", "voc")  # the datasets whose ImageSet knows every present class
 
 
 # mode -> settings whose default is not what that mode's runs did before the setting existed:
@@ -176,7 +189,7 @@ def shaping(cfg: RunConfig) -> dict:
     """The settings that decide a run's results, as metrics.json stores them (lists, not tuples);
     an unset --body_evidence on the embedded benchmark counts as the generator's default."""
     found = {k: json.loads(json.dumps(v)) for k, v in asdict(cfg).items() if k not in NOT_SHAPING}
-    if found["body_evidence"] is None and cfg.dataset == "lab" and cfg.data_root is None:
+    if found["body_evidence"] is None and cfg.dataset in synthetic.EMBEDDED and cfg.data_root is None:
         found["body_evidence"] = synthetic.BODY_EVIDENCE
     return found
 
@@ -227,16 +240,25 @@ class Step(NamedTuple):
     terms: dict[str, torch.Tensor]
 
 
-# An objective: (model, images N×3×S×S, labels N, generator for its random draws, epoch from 1)
-# -> Step.
+# An objective: (model, images N×3×S×S, labels, generator for its random draws, epoch from 1)
+# -> Step. Labels are int64 N (one class per image) or, under --multi_label, float N×K multi-hot.
 Objective = Callable[[CAMModel, torch.Tensor, torch.Tensor, torch.Generator, int], Step]
+
+
+def classification_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for one label per image (int64 N); binary cross-entropy with logits,
+    averaged over images and classes, for multi-hot labels (float N×K)."""
+    if labels.ndim == 1:
+        return F.cross_entropy(scores, labels)
+    return F.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
 
 
 def cam_objective(model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
                   generator: torch.Generator | None = None, epoch: int = 1) -> Step:
-    """Task 1 of the handout: cross-entropy between the scores and the labels."""
+    """Task 1 of the handout: cross-entropy between the scores and the labels (BCE for
+    multi-hot labels)."""
     scores, _, _ = model(images)
-    loss = F.cross_entropy(scores, labels)
+    loss = classification_loss(scores, labels)
     return Step(loss, scores, {"ce": loss.detach()})
 
 
@@ -288,17 +310,25 @@ class SegObjective:
         valid = self.transform.valid(sampled, features.shape[-1], images.device)
         cam_t, target, valid = _same_size(cam_t, target, valid)
         if self.cam_form == "class":
-            cam_t, target = normalize_cam(cam_t, valid=valid), normalize_cam(target, valid=valid)
+            each = valid.expand_as(cam_t).flatten(0, 1)  # one map per image and class
+            cam_t = normalize_cam(cam_t.flatten(0, 1), valid=each).view_as(cam_t)
+            target = normalize_cam(target.flatten(0, 1), valid=each).view_as(target)
+            if labels.ndim == 2:  # every present class's map counts
+                valid = valid * labels.to(valid.dtype).view(*labels.shape, 1, 1)
         ser = ser_loss(cam_t, target, valid)
-        ce = (F.cross_entropy(scores, labels) + F.cross_entropy(scores_t, labels)) / 2
+        ce = (classification_loss(scores, labels) + classification_loss(scores_t, labels)) / 2
         loss = ce + self.ser_weight * ser
         return Step(loss, scores, {"ce": ce.detach(), "ser": ser.detach()})
 
     def _raw_map(self, model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
                  labels: torch.Tensor) -> torch.Tensor:
-        """N×1×h×w: the lab form, or the labelled class's map after ReLU (not yet scaled)."""
+        """N×1×h×w: the lab form, or the labelled class's map after ReLU (not yet scaled); for
+        multi-hot labels the class form is every class's map, N×K×h×w (the loss counts the
+        present ones)."""
         if self.cam_form == "lab":
             return model.lab_cam(features, gap).unsqueeze(1)
+        if labels.ndim == 2:
+            return F.relu(model.class_cams(features))
         return F.relu(select_class(model.class_cams(features), labels)).unsqueeze(1)
 
 
@@ -314,13 +344,15 @@ def _same_size(cam_t: torch.Tensor, target: torch.Tensor, valid: torch.Tensor):
 
 
 def ser_loss(cam_t: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the valid positions (N×1×s×s each)."""
+    """Mean squared error over the valid positions: maps N×M×s×s, ``valid`` 0/1 N×M×s×s (or
+    N×1×s×s for every map)."""
+    valid = valid.expand_as(cam_t)
     return ((cam_t - target) ** 2 * valid).sum() / valid.sum().clamp_min(1.0)
 
 
 # ACoL head letter (model.HEAD_KINDS) -> its loss on (scores N×K, labels N).
 HEAD_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "p": F.cross_entropy, "n": rest_cross_entropy}
+    "p": classification_loss, "n": rest_cross_entropy}
 assert HEAD_LOSSES.keys() == HEAD_KINDS.keys(), "every ACoL head letter needs a loss"
 
 
@@ -344,17 +376,37 @@ def erased_class_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return (torch.logsumexp(logits, dim=1) - torch.logsumexp(rest, dim=1)).mean()
 
 
+def sample_target(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """OC-CSE's target class: per image, one class drawn uniformly among those present
+    (multi-hot ``labels`` N×K, at least one per image) -> int64 N. One uniform number per image
+    from ``generator`` (CPU): the k-th present class, k = floor(u × number present)."""
+    u = torch.rand(labels.shape[0], generator=generator).to(labels.device)
+    present = labels > 0
+    rank = (u * present.sum(dim=1)).long()  # 0-based, among the present classes
+    return (present.cumsum(dim=1) <= rank.view(-1, 1)).sum(dim=1)
+
+
 class CseObjective:
-    """Class-specific adversarial erasing after OC-CSE (Kweon et al., ICCV 2021), one label per
-    image: the trained network's CAM of the label (ReLU, divided by its max, upsampled to the
-    image) erases the image softly, ``image * (1 - mask)``, and a frozen ordinary classifier
-    (eval mode, no parameter updates, gradients flowing through it to the mask) judges it:
+    """Class-specific adversarial erasing after OC-CSE (Kweon et al., ICCV 2021). A target class
+    is chosen per image: the label (one label per image), or one drawn uniformly among the
+    present classes (multi-hot labels, :func:`sample_target`: OC-CSE as published). The trained
+    network's CAM of the target (ReLU, divided by its max, upsampled to the image) erases the
+    image softly, ``image * (1 - mask)``, and a frozen ordinary classifier (eval mode, no
+    parameter updates, gradients flowing through it to the mask) judges it.
 
-        L = CE(scores, y) + w(epoch) * erased_class_loss(oc(erased), y) + area_weight * mean(mask),
+    Multi-label (OC-CSE)::
 
-    with ``w(epoch) = erase_weight + erase_growth * (epoch - 1)`` (OC-CSE: 0.3 + 0.05 epoch).
-    With one label, a mask covering everything erases the class best; ``area_weight`` (off by
-    default) charges for the mask's area to keep it to the object. Terms: ``ce``, ``erase``, ``area``.
+        L = BCE(scores, y) + w(epoch) * BCE(oc(erased), y with the target set to 0) + area_weight * mean(mask)
+
+    so the erased image must lose the target and keep every other present class ("remain").
+    One label per image::
+
+        L = CE(scores, y) + w(epoch) * erased_class_loss(oc(erased), y) + area_weight * mean(mask)
+
+    where nothing else is there to keep, so a mask covering everything erases the class best;
+    ``area_weight`` (off by default) charges for the mask's area to keep it to the object.
+    ``w(epoch) = erase_weight + erase_growth * (epoch - 1)`` (OC-CSE: 0.3 + 0.05 epoch).
+    Terms: ``ce``, ``erase``, ``area``.
     """
 
     def __init__(self, classifier: CAMModel, erase_weight: float = 0.3, erase_growth: float = 0.05,
@@ -365,10 +417,16 @@ class CseObjective:
     def __call__(self, model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
                  generator: torch.Generator | None = None, epoch: int = 1) -> Step:
         scores, features, _ = model(images)
-        mask = normalize_cam(select_class(model.class_cams(features), labels)).unsqueeze(1)
+        target = labels if labels.ndim == 1 else sample_target(labels, generator)
+        mask = normalize_cam(select_class(model.class_cams(features), target)).unsqueeze(1)
         mask = F.interpolate(mask, size=images.shape[-2:], mode="bilinear", align_corners=False)
         erased_scores, _, _ = self.classifier(images * (1 - mask))
-        ce, erase, area = F.cross_entropy(scores, labels), erased_class_loss(erased_scores, labels), mask.mean()
+        if labels.ndim == 1:
+            erase = erased_class_loss(erased_scores, labels)
+        else:
+            remain = labels.scatter(1, target.view(-1, 1), 0.0)
+            erase = F.binary_cross_entropy_with_logits(erased_scores, remain.to(erased_scores.dtype))
+        ce, area = classification_loss(scores, labels), mask.mean()
         weight = self.erase_weight + self.erase_growth * (epoch - 1)
         loss = ce + weight * erase + self.area_weight * area
         return Step(loss, scores, {"ce": ce.detach(), "erase": erase.detach(), "area": area.detach()})
@@ -399,6 +457,11 @@ def ordinary_classifier(cfg: "RunConfig", classes: list[str]) -> CAMModel:
     if list(ckpt.get("classes", [])) != list(classes):
         raise CamlabError(f"--oc_exp {cfg.oc_exp}: it was trained on other classes "
                           f"({len(ckpt.get('classes', []))}) than this dataset's ({len(classes)})")
+    oc_multi = bool(ckpt.get("args", {}).get("multi_label", False))
+    if oc_multi != cfg.multi_label:
+        raise CamlabError(f"--oc_exp {cfg.oc_exp}: it was trained {'with' if oc_multi else 'without'} "
+                          f"--multi_label and this run is {'with' if cfg.multi_label else 'without'}; "
+                          f"the ordinary classifier must score images the way this run's loss reads them")
     return classifier
 
 
@@ -523,17 +586,31 @@ def data_parallel(objective: Objective, model: CAMModel, world: World) -> Object
 # ------------------------------------------------------------------------------------ epochs
 class EpochMeter:
     """Sums of loss terms and correct predictions over an epoch, kept on the device so that
-    training never waits for a ``.item()`` per step."""
+    training never waits for a ``.item()`` per step.
+
+    One label per image: ``acc`` is top-1 accuracy. Multi-hot labels: a class is predicted
+    where its sigmoid is at least 0.5 (logit >= 0); ``acc`` is the exact match of the predicted
+    set, ``f1`` the micro-averaged F1 over every (image, class) pair, and ``map`` the mean over
+    classes of scikit-learn's average precision (classes with a positive image in the epoch).
+    """
 
     def __init__(self) -> None:
         self.count = 0
         self.sums: dict[str, torch.Tensor] = {}
+        self.scored: list[tuple[torch.Tensor, torch.Tensor]] = []  # multi-label: (scores, labels)
 
     def update(self, step: Step, labels: torch.Tensor) -> None:
         n = labels.shape[0]
         self.count += n
         values = {"loss": step.loss.detach(), **step.terms}
-        values["acc"] = (step.scores.argmax(dim=1) == labels).float().mean()
+        if labels.ndim == 1:
+            values["acc"] = (step.scores.argmax(dim=1) == labels).float().mean()
+        else:
+            predicted, truth = step.scores.detach() >= 0, labels > 0
+            values["acc"] = (predicted == truth).all(dim=1).float().mean()
+            for name, hits in (("tp", predicted & truth), ("fp", predicted & ~truth), ("fn", ~predicted & truth)):
+                values[name] = hits.sum() / n  # times n below: the epoch's count
+            self.scored.append((step.scores.detach().float(), labels.detach()))
         for name, value in values.items():
             self.sums[name] = self.sums.get(name, 0) + value.float() * n
 
@@ -547,14 +624,40 @@ class EpochMeter:
             count, sums = float(totals[0]), dict(zip(names, totals[1:]))
         else:
             count, sums = self.count, self.sums
-        return {name: float(sums[name]) / count for name in names} if count else {}
+        if not count:
+            return {}
+        means = {name: float(sums[name]) / count for name in names if name not in ("tp", "fp", "fn")}
+        if "tp" in sums:
+            tp, fp, fn = (float(sums[k]) for k in ("tp", "fp", "fn"))
+            means["f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+            means["map"] = mean_average_precision(*self._gathered(world))
+        return means
+
+    def _gathered(self, world: World) -> tuple[np.ndarray, np.ndarray]:
+        scores = torch.cat([s for s, _ in self.scored]).cpu().numpy()
+        labels = torch.cat([y for _, y in self.scored]).cpu().numpy()
+        if world.size > 1:
+            everyone: list = [None] * world.size
+            dist.all_gather_object(everyone, (scores, labels))
+            scores, labels = np.concatenate([s for s, _ in everyone]), np.concatenate([y for _, y in everyone])
+        return scores, labels
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """mAP of multi-label scores (N×K) against multi-hot labels (N×K): scikit-learn's average
+    precision per class, averaged over the classes with at least one positive image (NaN if none)."""
+    labels = np.asarray(labels) > 0
+    positive = np.flatnonzero(labels.any(axis=0))
+    if not positive.size:
+        return float("nan")
+    return float(np.mean([average_precision_score(labels[:, k], scores[:, k]) for k in positive]))
 
 
 def run_epoch(model: CAMModel, data: dataloader.ImageSet, indices: torch.Tensor, *,
               objective: Objective, img_size: int, batch_size: int,
               optimizer: torch.optim.Optimizer | None = None, seed: int = 0, epoch: int = 0,
               desc: str = "", progress: bool = True, world: World = SINGLE,
-              precision: str = "auto") -> dict[str, float]:
+              precision: str = "auto", multi_label: bool = False) -> dict[str, float]:
     """One pass over ``data[indices]``: trains when an optimizer is given, else evaluates.
 
     Training shuffles and mirrors half of the images; evaluation runs in
@@ -562,7 +665,8 @@ def run_epoch(model: CAMModel, data: dataloader.ImageSet, indices: torch.Tensor,
     comes from (seed, epoch), so a resumed run repeats it. With several processes each takes
     its shard and the means cover them all. On a GPU the batches are channels-last and, with
     ``precision`` auto or bf16, run under bfloat16 autocast; nothing waits on the GPU per step.
-    Returns the epoch means of the loss, its terms and ``acc``.
+    Returns the epoch means of the loss, its terms and ``acc`` (with ``multi_label``, the
+    labels are every present class, multi-hot, and ``f1`` and ``map`` come too: EpochMeter).
     """
     training = optimizer is not None
     model.train(training)
@@ -578,7 +682,7 @@ def run_epoch(model: CAMModel, data: dataloader.ImageSet, indices: torch.Tensor,
             images = dataloader.to_model_input(data.images[idx], img_size, flip)
             if device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
-            labels = data.labels[idx]
+            labels = data.present[idx].float() if multi_label else data.labels[idx]
             step = objective(model, images, labels, generator, epoch)
             if training:
                 optimizer.zero_grad(set_to_none=True)
@@ -684,7 +788,7 @@ def build_training(cfg: RunConfig, classes: list[str], device: torch.device, see
 def epoch_options(cfg: RunConfig, world: World = SINGLE) -> dict:
     """The keyword arguments every ``run_epoch`` of a run shares."""
     return dict(img_size=cfg.img_size, batch_size=cfg.batch_size, progress=cfg.progress,
-                world=world, precision=cfg.precision)
+                world=world, precision=cfg.precision, multi_label=cfg.multi_label)
 
 
 def _save_epoch(run_dir: Path, cfg: RunConfig, model: CAMModel, optimizer: torch.optim.Optimizer,
@@ -734,9 +838,10 @@ def fit(cfg: RunConfig, train_set: dataloader.ImageSet, train_idx: torch.Tensor,
         state.epoch = epoch
         state.rows.append(_log_row(epoch, train_m, val_m, lr))
         state.seconds.append(round(time.perf_counter() - t0, 2))
-        improved = val_m["acc"] > state.best_acc
+        chosen = val_m[selection_metric(cfg)]
+        improved = chosen > state.best_acc
         if improved:
-            state.best_acc, state.best_epoch = val_m["acc"], epoch
+            state.best_acc, state.best_epoch = chosen, epoch
         if world.main:
             _save_epoch(run_dir, cfg, model, optimizer, scheduler, state, improved, list(train_set.classes))
             print(f"{desc}epoch {epoch}/{cfg.epochs}: train loss {train_m['loss']:.4f} "
@@ -767,18 +872,20 @@ def load_data(cfg: RunConfig, device: torch.device) -> tuple[dataloader.ImageSet
               metadata=cfg.metadata)
     train_set = dataloader.load_split(cfg.dataset, root, dataloader.split_for(cfg.dataset, "train", root), **kw)
     test_set = dataloader.load_split(cfg.dataset, root, dataloader.split_for(cfg.dataset, "test", root), **kw)
-    meta = synthetic.read_meta(root) if cfg.dataset == "lab" else None
+    meta = synthetic.read_meta(root, cfg.dataset) if cfg.dataset in synthetic.EMBEDDED else None
     if cfg.body_evidence is not None and meta is not None and meta.get("body_evidence") != cfg.body_evidence:
         raise CamlabError(f"--body_evidence {cfg.body_evidence:g}, but {root} was generated at "
                           f"{meta.get('body_evidence')}; leave out --data_root to use (or generate) "
-                          f"{synthetic.default_root(cfg.body_evidence)}")
+                          f"{synthetic.default_root(cfg.body_evidence, cfg.dataset)}")
+    if cfg.multi_label and train_set.present is None:
+        raise CamlabError(f"--multi_label: {root} gives no per-image class lists")
     return train_set.to(device), test_set.to(device)
 
 
 def benchmark_meta(cfg: RunConfig) -> dict:
     """What a run's metrics record of the embedded benchmark it ran on (generator version, body
     evidence, seed); empty for any other dataset."""
-    meta = synthetic.read_meta(cfg.data_path()) if cfg.dataset == "lab" else None
+    meta = synthetic.read_meta(cfg.data_path(), cfg.dataset) if cfg.dataset in synthetic.EMBEDDED else None
     return {} if meta is None else {"benchmark": {k: meta.get(k) for k in ("version", "body_evidence", "seed", "size")}}
 
 
@@ -797,6 +904,21 @@ def _validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple
     stratify = y if n_val >= len(classes) and np.bincount(y)[classes].min() >= 2 else None
     tr, va = train_test_split(idx, test_size=n_val, random_state=seed, stratify=stratify)
     return torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(va))
+
+
+def selection_metric(cfg: RunConfig) -> str:
+    """What the best epoch is chosen by on the validation part: accuracy, or under
+    --multi_label the mAP (exact match is too coarse on a small part)."""
+    return "map" if cfg.multi_label else "acc"
+
+
+def label_metrics(test: dict, cfg: RunConfig) -> dict:
+    """What metrics.json says about how ``test_acc`` was measured, and under --multi_label the
+    multi-label scores beside it (``test_map``, ``test_f1``)."""
+    if not cfg.multi_label:
+        return {"accuracy": "top-1", "best_val_by": "accuracy"}
+    return {"accuracy": "exact match of the predicted label set (sigmoid >= 0.5)", "best_val_by": "mAP",
+            "test_map": test["map"], "test_f1": test["f1"]}
 
 
 def _finish(run_dir: Path, cfg: RunConfig, result: dict, extra: dict) -> dict:
@@ -849,14 +971,17 @@ def train(cfg: RunConfig) -> dict:
     train_set, test_set = _prepare(cfg, run_dir, device, world)
     train_idx, val_idx = _validation_split(train_set.labels, cfg.val_fraction, cfg.seed)
     model, result = fit(cfg, train_set, train_idx, val_idx, run_dir, device, cfg.seed, world=world)
-    result["test_acc"] = evaluate(model, test_set, cfg, world=world)["acc"]
-    extra = {"device": str(device), "processes": world.size, "n_train": len(train_idx),
+    test = evaluate(model, test_set, cfg, world=world)
+    result["test_acc"] = test["acc"]
+    extra = {**label_metrics(test, cfg), "device": str(device), "processes": world.size, "n_train": len(train_idx),
              "n_val": len(val_idx), "n_test": len(test_set), "seconds": round(time.perf_counter() - t0, 1),
              **benchmark_meta(cfg)}
     if not world.main:
         return {"test_acc": result["test_acc"]}
     metrics = _finish(run_dir, cfg, result, extra)
-    print(f"test accuracy {metrics['test_acc']:.4f} (best epoch {metrics['best_epoch']}, "
+    scores = (f"test mAP {metrics['test_map']:.4f}, F1 {metrics['test_f1']:.4f}, exact match "
+              if cfg.multi_label else "test accuracy ")
+    print(f"{scores}{metrics['test_acc']:.4f} (best epoch {metrics['best_epoch']}, "
           f"val {metrics['best_val_acc']:.4f}); saved in {run_dir}/")
     return metrics
 
@@ -886,8 +1011,9 @@ def train_CV(cfg: RunConfig) -> dict:  # noqa: N802 - the handout's name
         else:
             model, result = fit(cfg, train_set, torch.from_numpy(tr), torch.from_numpy(va),
                                 fold_dir, device, cfg.seed + k, desc=f"fold {k}/{cfg.cv} ")
-            result["test_acc"] = evaluate(model, test_set, cfg)["acc"]
-            metrics = _finish(fold_dir, cfg, result, {"fold": k, "n_train": len(tr), "n_val": len(va),
+            test = evaluate(model, test_set, cfg)
+            result["test_acc"] = test["acc"]
+            metrics = _finish(fold_dir, cfg, result, {**label_metrics(test, cfg), "fold": k, "n_train": len(tr), "n_val": len(va),
                                                        **benchmark_meta(cfg)})
         folds.append({"fold": k, "val_acc": metrics["best_val_acc"], "test_acc": metrics["test_acc"],
                       "best_epoch": metrics["best_epoch"]})

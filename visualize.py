@@ -8,6 +8,7 @@ import argparse
 import io
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -15,6 +16,7 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -162,6 +164,43 @@ def plot_methods(examples: dict[str, list[dict]], path: Path, title: str = "") -
     fig.suptitle(title or "CAM of the labelled class; boxes: CAM (red, 20% rule), ground truth (green)",
                  fontsize=9)
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def label_colours(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Label maps (0 background, k + 1 class k, 255 void) as uint8 ...×3 RGB: background black,
+    void white, class k the k-th colour of matplotlib's tab10 (tab20 beyond ten classes)."""
+    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20")
+    table = np.zeros((256, 3), np.uint8)
+    table[1:num_classes + 1] = (np.asarray([cmap(k % cmap.N)[:3] for k in range(num_classes)]) * 255).round()
+    table[255] = 255
+    return table[np.asarray(labels, np.uint8)]
+
+
+def plot_label_maps(rows: dict[str, np.ndarray], examples: dict, classes: list[str], path: Path,
+                    title: str = "") -> None:
+    """The segmentation figure: one column per test image; rows: the image, its ground truth,
+    then each method's label map (``rows``: name -> int N×H×W), colour-coded by
+    :func:`label_colours`, with a legend of the classes. ``examples``: ``images`` (uint8
+    N×H×W×3), ``truth`` (N×H×W), ``names``; ``classes``: background first."""
+    num_classes = len(classes) - 1
+    named = {"image": None, "ground truth": examples["truth"], **rows}
+    cols = len(examples["images"])
+    fig, axes = plt.subplots(len(named), cols, figsize=(1.25 * cols + 1.6, 1.3 * len(named) + 0.6), squeeze=False)
+    for r, (name, maps) in enumerate(named.items()):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(examples["images"][c] if maps is None else label_colours(maps[c], num_classes))
+            if r == 0:
+                ax.set_title(examples["names"][c].split("/")[-1], fontsize=6)
+        axes[r, 0].set_ylabel(textwrap.fill(name, 18), fontsize=7)
+    handles = [matplotlib.patches.Patch(color=label_colours(np.array([k]), num_classes)[0] / 255, label=name)
+               for k, name in enumerate(classes)]
+    fig.legend(handles=handles, loc="center right", fontsize=6, frameon=False)
+    fig.suptitle(title or "label maps (black: background)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / (1.25 * cols + 1.6), 1))
     save_figure(fig, path)
 
 

@@ -136,15 +136,20 @@ def test_lab_reader_on_the_synthetic_dataset(synthetic):
 
 def test_missing_default_root_is_generated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    generate = dl.generate_synthetic
-    monkeypatch.setattr(dl, "generate_synthetic",
-                        lambda root, seed, progress, body_evidence: generate(root, seed, 10, 10, progress=progress,
-                                                                             body_evidence=body_evidence))
+    for name in ("generate_synthetic", "generate_multi"):
+        generate = getattr(gen, name)
+        monkeypatch.setattr(gen, name, lambda root, seed, progress, body_evidence, generate=generate:
+                            generate(root, seed, 10, 10, progress=progress, body_evidence=body_evidence))
     data = dl.load_split("lab", dl.default_root("lab"), "train", **QUIET)
     assert len(data) == 10 and (tmp_path / "data" / "synthetic" / "meta.json").is_file()
     # another body-evidence setting has a root of its own, generated at that setting
     dl.load_split("lab", dl.default_root("lab", 0.25), "test", **QUIET)
     assert json.loads((tmp_path / "data" / "synthetic_be0.25" / "meta.json").read_text())["body_evidence"] == 0.25
+    # and so does the multi-object set, in VOC's layout
+    data = dl.load_split("multi", dl.default_root("multi", 0.25), "val", **QUIET)
+    assert len(data) == 10 and data.present is not None
+    meta = json.loads((tmp_path / "data" / "synthetic_multi_be0.25" / "meta.json").read_text())
+    assert meta["body_evidence"] == 0.25 and meta["generator"] == gen.MULTI_GENERATOR
 
 
 # ---------------------------------------------------------------------------------- readers
