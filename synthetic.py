@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -286,29 +287,39 @@ def generate_synthetic(root: Path | str, seed: int = 0, n_train: int = SYNTHETIC
     same arguments give byte-identical files. The dataset is built in ``<root>.tmp-<pid>`` and
     renamed into place, so an interrupted run never leaves a complete-looking half dataset.
     """
-    root = Path(root)
-    check_body_evidence(body_evidence)
-    if n_train < 1 or n_test < 1:
-        raise CamlabError(f"the synthetic dataset needs at least one image per split, "
-                          f"got n_train={n_train}, n_test={n_test}")
-    if root.exists():
-        raise CamlabError(f"{root} already exists; delete it to generate the synthetic dataset again")
-    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    def build(tmp: Path) -> dict:
         shares = _write_synthetic_split(tmp, "train", n_train, seed, size, progress, body_evidence)
         test_labels = _split_labels(seed, "test", n_test)
         shares += _write_synthetic_split(tmp, "test", n_test, seed, size, progress, body_evidence)
-        meta = _synthetic_meta(seed, size, n_train, n_test, float(np.mean(shares)),
+        return _synthetic_meta(seed, size, n_train, n_test, float(np.mean(shares)),
                                _copy_seg_examples(tmp, test_labels), body_evidence)
+    meta = _build_aside(Path(root), "the synthetic dataset", (n_train, n_test), body_evidence, build)
+    print(f"generated the synthetic dataset in {root}: {n_train} train / {n_test} test images of "
+          f"{size}x{size}, {len(PART_STYLES)} classes, body evidence {body_evidence:g}; parts cover {meta['mean_part_share']:.1%} "
+          f"of the object masks on average")
+    return meta
+
+
+def _build_aside(root: Path, what: str, counts: tuple[int, int], body_evidence: float,
+                 build: Callable[[Path], dict]) -> dict:
+    """Check the arguments, then ``build(tmp)`` the dataset in ``<root>.tmp-<pid>``, write the
+    meta dict it returns as ``meta.json`` and rename the folder to ``root``, so an interrupted
+    run never leaves a complete-looking half dataset. Returns the meta dict."""
+    check_body_evidence(body_evidence)
+    if min(counts) < 1:
+        raise CamlabError(f"{what} needs at least one image per split, got {counts[0]} and {counts[1]}")
+    if root.exists():
+        raise CamlabError(f"{root} already exists; delete it to generate {what} again")
+    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        meta = build(tmp)
         utils.atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
         _move_into_place(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"generated the synthetic dataset in {root}: {n_train} train / {n_test} test images of "
-          f"{size}x{size}, {len(PART_STYLES)} classes, body evidence {body_evidence:g}; parts cover {meta['mean_part_share']:.1%} "
-          f"of the object masks on average")
     return meta
 
 
@@ -477,15 +488,7 @@ def generate_multi(root: Path | str, seed: int = 0, n_train: int = MULTI_TRAIN, 
     ``ImageSets/Segmentation/{train,val}.txt`` (DeepLab's two-path lines) and ``meta.json``
     (the class names). ``--dataset multi`` and ``--dataset voc --data_root <root>`` read it
     alike. Deterministic from the arguments; built aside and renamed into place."""
-    root = Path(root)
-    check_body_evidence(body_evidence)
-    if n_train < 1 or n_val < 1:
-        raise CamlabError(f"the multi-object set needs at least one image per split, got n_train={n_train}, n_val={n_val}")
-    if root.exists():
-        raise CamlabError(f"{root} already exists; delete it to generate the multi-object set again")
-    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    def build(tmp: Path) -> dict:
         for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
             (tmp / folder).mkdir(parents=True)
         counts = {}
@@ -501,14 +504,11 @@ def generate_multi(root: Path | str, seed: int = 0, n_train: int = MULTI_TRAIN, 
                 objects.append(int(scene.present.sum()))
             (tmp / "ImageSets/Segmentation" / f"{split}.txt").write_text("".join(lines), encoding="utf-8")
             counts[split] = np.bincount(objects, minlength=MULTI_MAX_OBJECTS + 1)[1:].tolist()
-        meta = {"generator": MULTI_GENERATOR, "version": SYNTHETIC_VERSION, "body_evidence": body_evidence,
+        return {"generator": MULTI_GENERATOR, "version": SYNTHETIC_VERSION, "body_evidence": body_evidence,
                 "seed": seed, "size": size, "n_train": n_train, "n_val": n_val, "classes": SYNTHETIC_CLASSES,
                 "objects_per_image": counts}
-        utils.atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
-        _move_into_place(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    meta = _build_aside(Path(root), "the multi-object set", (n_train, n_val), body_evidence, build)
+    counts = meta["objects_per_image"]
     print(f"generated the multi-object set in {root}: {n_train} train / {n_val} val images of {size}x{size}, "
           f"{len(PART_STYLES)} classes, body evidence {body_evidence:g}; 1/2/3 objects in "
           f"{'/'.join(map(str, counts['train']))} train images")

@@ -264,6 +264,9 @@ def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str =
     args = ckpt.get("args", {})
     root = dataloader.resolve_root(args.get("dataset", "lab"), data_root or args.get("data_root"),
                                    args.get("body_evidence"))
+    if args.get("dataset") in ("multi", "voc") and not (root / "test_seg_source").is_dir():
+        raise CamlabError(f"{exp_id} was trained on --dataset {args.get('dataset')}, which has no test_seg_source/ to "
+                          f"visualise; python iou.py --semseg --runs {exp_id} draws its label maps (report/semseg.png)")
     stems, images = _source_images(root)
     truth = dataloader.read_mask_dir(root / "test_seg") if (root / "test_seg").is_dir() else {}
     inputs = dataloader.to_model_input(torch.from_numpy(images).permute(0, 3, 1, 2).to(dev),

@@ -225,3 +225,40 @@ def test_multi_label_flags_fail_in_one_line(argv, says, capsys) -> None:
     assert main.main(argv + ["--weights", "none"]) == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------ the semseg report
+def test_semseg_report_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
+    import csv
+    import iou
+    monkeypatch.chdir(tmp_path)
+    gen.generate_multi(tmp_path / "m", n_train=24, n_val=8, size=32, progress=False)
+    common = ["--dataset", "multi", "--data_root", "m", "--img_size", "32", "--epochs", "1", "--weights", "none",
+              "--quiet", "--batch_size", "8"]
+    assert main.main(common + ["--multi_label", "--exp_id", "ml"]) == 0
+    assert main.main(common + ["--exp_id", "sl"]) == 0
+    metrics = __import__("json").loads((tmp_path / "checkpoints/ml/metrics.json").read_text())
+    assert {"test_map", "test_f1"} <= set(metrics) and metrics["best_val_by"] == "mAP"
+    assert iou.main(["--semseg", "--crf", "--runs", "ml", "sl", "--n_threshold", "10"]) == 0
+    rows = list(csv.DictReader((tmp_path / "report/semseg.csv").open()))
+    assert [(r["experiment"], r["crf"]) for r in rows] == [("ml", "0"), ("ml", "1"), ("sl", "0"), ("sl", "1")]
+    for r in rows:
+        ious = [float(v) for k, v in r.items() if k.startswith("iou_") and v != "-"]
+        assert float(r["miou"]) == pytest.approx(np.mean(ious), abs=2e-4)  # mIoU: the mean over the classes that occur
+        grid = iou.CRF_THRESHOLD_GRID if r["crf"] == "1" else iou.THRESHOLD_GRID
+        assert float(r["threshold"]) in grid
+    md = (tmp_path / "report/semseg.md").read_text()
+    assert "CAM (multi-label)" in md and "CAM (single-label)" in md and "IoU per class" in md
+    assert (tmp_path / "report/semseg.png").stat().st_size > 0
+    capsys.readouterr()
+    # a run without class masks cannot be scored; --crf alone is a mistake
+    write_lab = __import__("conftest").write_lab_layout
+    write_lab(tmp_path / "lab")
+    assert main.main(["--data_root", "lab", "--img_size", "16", "--epochs", "1", "--weights", "none", "--quiet",
+                      "--exp_id", "lab"]) == 0
+    capsys.readouterr()
+    assert iou.main(["--semseg", "--runs", "lab"]) == 2
+    assert "no class masks" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        iou.main(["--crf"])
+    assert stop.value.code == 2 and "--crf applies to --semseg" in capsys.readouterr().err

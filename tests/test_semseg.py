@@ -93,3 +93,45 @@ def test_crf_sharpens_a_blurred_map_of_a_square() -> None:
     assert iou.iou(before, truth) < 0.7 and iou.iou(after, truth) == 1.0
     with pytest.raises(CamlabError, match="crf_refine"):
         iou.crf_refine(image.astype(np.float32), probs)
+
+
+def test_segment_with_crf_maps_back_to_the_present_classes() -> None:
+    """One image, K = 3, class 2 present alone: its map is the blurred square; with CRF the label
+    map is 3 (class 2's label) exactly on the square, and 0 elsewhere; an absent class's map
+    (class 0, high everywhere) is never read."""
+    import cv2
+    image = np.full((48, 48, 3), 60, np.uint8)
+    image[14:34, 14:34] = (220, 40, 40)
+    square = np.zeros((48, 48), np.float32)
+    square[14:34, 14:34] = 1
+    blurred = cv2.GaussianBlur(cv2.dilate(square, np.ones((7, 7), np.uint8)), (0, 0), 6)
+    cams = np.zeros((1, 3, 48, 48))
+    cams[0, 0] = 0.99
+    cams[0, 2] = blurred / blurred.max()
+    present = np.array([[False, False, True]])
+    plain = iou.segment(cams, present, 0.5)
+    refined = iou.segment(cams, present, 0.5, images=image[None])
+    assert set(np.unique(plain)) == {0, 3} and set(np.unique(refined)) == {0, 3}
+    assert np.array_equal(refined[0] == 3, square > 0) and not np.array_equal(plain[0] == 3, square > 0)
+
+
+def test_per_image_confusions_pool_to_the_split_and_bootstrap_by_pooling() -> None:
+    confusions = iou.image_confusions(PRED, GT, 3)
+    assert confusions.shape == (2, 3, 3)
+    assert np.array_equal(confusions.sum(0), iou.confusion_matrix(PRED, GT, 3))
+    statistic = iou.miou_statistic(confusions)
+    # weights (1, 1): the split's mIoU; (2, 0): image 1 alone (pooling twice the same counts)
+    found = statistic(np.array([[1.0, 1.0], [2.0, 0.0]]))
+    assert found[0] == pytest.approx(iou.mean_iou(iou.confusion_matrix(PRED, GT, 3)))
+    assert found[1] == pytest.approx(iou.mean_iou(iou.confusion_matrix(PRED[:1], GT[:1], 3)))
+    # a run against itself differs by exactly 0 in every resample
+    assert iou.paired_bootstrap(statistic, statistic, 2, 50) == (0.0, 0.0, 0.0)
+
+
+def test_label_colours() -> None:
+    import visualize
+    labels = np.array([[0, 1, 10, 255]])
+    rgb = visualize.label_colours(labels, 10)
+    assert rgb.shape == (1, 4, 3) and rgb.dtype == np.uint8
+    assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[0, 3].tolist() == [255, 255, 255]
+    assert len({tuple(c) for c in visualize.label_colours(np.arange(11), 10).tolist()}) == 11  # all distinct
