@@ -26,7 +26,7 @@ import model
 import train
 import visualize
 import synthetic
-from iou import (BOOTSTRAP_RESAMPLES, BOX_FRACTION, CRF_THRESHOLD_GRID, DEFAULT_PROTOCOL, THRESHOLD_GRID, Box,
+from iou import (BOOTSTRAP_RESAMPLES, BOX_FRACTION, CRF_REFERENCE_SIDE, CRF_THRESHOLD_GRID, CRF_VARIANTS, DEFAULT_PROTOCOL, THRESHOLD_GRID, Box,
                  _md_cell, _protocol, batch_iou, choose_background_threshold, class_ious, image_confusions, iou_curve,
                  iou_table, localization_accuracy, mask_box, max_box_acc, mean_statistic, miou_statistic,
                  paired_bootstrap, pick_threshold, pixel_histograms, pxap_from_histograms, pxap_statistic, segment,
@@ -807,11 +807,16 @@ def _present(data: "dataloader.ImageSet") -> torch.Tensor:
     return data.present
 
 
-def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: bool = False, device: str = "auto",
+# --crf variant -> how the tables name it (None: no CRF)
+CRF_NAMES = {None: "no", "affinitynet": "AffinityNet's (px)", "scaled": "scaled to the image"}
+
+
+def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: str | None = None, device: str = "auto",
                   n_examples: int = 6) -> dict:
     """Semantic segmentation of ``exp``'s test split from its class maps and the images' labels
     (the classes present, as weakly supervised segmentation scores pseudo-masks): a label map by
-    a background threshold (:func:`iou.segment`; with ``crf``, after dense CRF), the threshold
+    a background threshold (:func:`iou.segment`; with ``crf``, a variant of ``iou.CRF_VARIANTS``,
+    after dense CRF), the threshold
     chosen on ``n_threshold`` images of the split that chooses (training masks; never test), then
     the VOC protocol's confusion matrix over the test split (255 ignored): mIoU over background
     and classes, per-class IoU, and the per-image confusions the paired bootstrap resamples."""
@@ -826,10 +831,10 @@ def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: bool = F
     grid = CRF_THRESHOLD_GRID if crf else THRESHOLD_GRID
     fit_images = _rgb(fit_set) if crf else None
     threshold, fit_miou = choose_background_threshold(class_maps(exp, fit_set), _present(fit_set).cpu().numpy(),
-                                                      fit_truth.classes, grid, fit_images)
+                                                      fit_truth.classes, grid, fit_images, crf or "affinitynet")
     present = _present(test_set).cpu().numpy()
     maps, images = class_maps(exp, test_set), _rgb(test_set)
-    labels = segment(maps, present, threshold, images if crf else None)
+    labels = segment(maps, present, threshold, images if crf else None, crf or "affinitynet")
     num_classes = len(test_set.classes) + 1
     confusions = image_confusions(labels, truth.classes, num_classes)
     ious = class_ious(confusions.sum(axis=0))
@@ -867,7 +872,7 @@ SEMSEG: tuple[tuple[str, dict], ...] = (
 
 
 def semseg_reports(base: "train.RunConfig", prefix: str = "semseg", n_threshold: int = 500,
-                   seeds: Sequence[int] = (0,), crf: Sequence[bool] = (False, True)) -> list[dict]:
+                   seeds: Sequence[int] = (0,), crf: Sequence[str | None] = (None, *CRF_VARIANTS)) -> list[dict]:
     """Train (or reuse) every SEMSEG run at every seed on ``base``'s dataset (the multi-object
     set by default), then score each without and with dense CRF."""
     configs = [cfg for seed in seeds
@@ -879,7 +884,7 @@ def semseg_reports(base: "train.RunConfig", prefix: str = "semseg", n_threshold:
         for refine in crf:
             report = semseg_report(exp, n_threshold, refine)
             reports.append(report)
-            print(f"{cfg.exp_id}{' + CRF' if refine else ''}: mIoU {report['miou']:.4f} "
+            print(f"{cfg.exp_id}{f' + CRF {refine}' if refine else ''}: mIoU {report['miou']:.4f} "
                   f"(background threshold {report['threshold']:.2f})", file=sys.stderr)
     return reports
 
@@ -892,6 +897,7 @@ def _semseg_reference(report: dict, reports: list[dict]) -> dict | None:
 
 
 def _without_crf(report: dict, reports: list[dict]) -> dict | None:
+    """The same run scored without CRF (None for a report without CRF)."""
     return next((r for r in reports if r["exp_id"] == report["exp_id"] and not r["crf"]), None) if report["crf"] else None
 
 
@@ -912,7 +918,7 @@ def semseg_tables(reports: list[dict]) -> tuple[str, str]:
     writer.writerow(["experiment", "method", "crf", "seed", "threshold", "fit_miou", "miou", "test_acc", "test_map",
                      "test_f1"] + [f"iou_{c}" for c in classes])
     for r in reports:
-        writer.writerow([r["exp_id"], r["method"], int(r["crf"]), r["seed"], f"{r['threshold']:.2f}",
+        writer.writerow([r["exp_id"], r["method"], r["crf"] or "none", r["seed"], f"{r['threshold']:.2f}",
                          f"{r['fit_miou']:.4f}", f"{r['miou']:.4f}"]
                         + [_cell(r, k) for k in ("test_acc", "test_map", "test_f1")]
                         + ["-" if v != v else f"{v:.4f}" for v in r["class_ious"]])
@@ -932,11 +938,16 @@ def semseg_tables(reports: list[dict]) -> tuple[str, str]:
         key = "test_map" if group[0]["multi_label"] else "test_acc"
         accuracy = [r.get(key) for r in group if r.get(key) is not None]
         thresholds = ", ".join(f"{r['threshold']:.2f}" for r in group)
-        lines.append(f"| {_md_cell(method)} | {'yes' if crf else 'no'} | {', '.join(str(r['seed']) for r in group)} "
+        lines.append(f"| {_md_cell(method)} | {CRF_NAMES[crf]} | {', '.join(str(r['seed']) for r in group)} "
                      f"| {mious.mean():.4f} ± {spread:.4f} | {thresholds} "
                      f"| {np.mean(accuracy):.4f} | {_intervals(versus)} | {_verdict(versus) if versus else '-'} "
                      f"| {_intervals(from_crf)} | {_verdict(from_crf) if from_crf else '-'} |")
     return buf.getvalue(), "\n".join(lines) + "\n"
+
+
+def _semseg_row(report: dict) -> str:
+    crf = report["crf"]
+    return report["method"] + (f" + CRF {CRF_NAMES[crf]}" if crf else "")
 
 
 def _intervals(found: list[tuple[float, float, float]]) -> str:
@@ -955,7 +966,7 @@ def class_table(reports: list[dict]) -> str:
         with warnings.catch_warnings():  # a class in no test image and never predicted: NaN at every seed
             warnings.simplefilter("ignore", RuntimeWarning)
             means = np.nanmean(np.array([r["class_ious"] for r in group], np.float64), axis=0)
-        lines.append(f"| {_md_cell(method)} | {'yes' if crf else 'no'} | "
+        lines.append(f"| {_md_cell(method)} | {CRF_NAMES[crf]} | "
                      + " | ".join("-" if v != v else f"{v:.3f}" for v in means) + " |")
     return "\n".join(lines) + "\n"
 
@@ -970,8 +981,10 @@ def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> s
     first = reports[0]
     note = (f"Semantic segmentation of the {first['n_test']} test images from each run's class maps and the "
             f"images' labels: each pixel takes the argmax of the background score (a threshold) and the present "
-            f"classes' maps (ReLU, divided by the max); with CRF, the argmax of the dense CRF (AffinityNet's "
-            f"pairwise settings) on those scores. The threshold is chosen on {first['n_threshold_images']} training "
+            f"classes' maps (ReLU, divided by the max); with CRF, the argmax of the dense CRF on those scores, with "
+            f"AffinityNet's pairwise settings as they are (in pixels of ~500 px VOC images) or with their spatial "
+            f"widths scaled to the image (x {max(first['examples']['images'].shape[1:3])}/{CRF_REFERENCE_SIDE}). The "
+            f"threshold is chosen on {first['n_threshold_images']} training "
             f"images' masks ({len(THRESHOLD_GRID)} values from 0.05 to 0.95, or every other one with CRF); test masks "
             f"choose nothing. mIoU over background and {len(first['classes']) - 1} classes from one confusion matrix "
             f"over the split (the VOC protocol; 255 ignored). Seeds {', '.join(map(str, seeds))}: mean ± sample std. "
@@ -985,7 +998,7 @@ def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> s
     atomic_write_text(report_dir / "semseg.csv", csv_text)
     atomic_write_text(report_dir / "semseg.md", text)
     first_seed = [r for r in reports if r["seed"] == seeds[0]]
-    visualize.plot_label_maps({f"{r['method']}{' + CRF' if r['crf'] else ''}": r["examples"]["labels"]
+    visualize.plot_label_maps({_semseg_row(r): r["examples"]["labels"]
                                for r in first_seed}, first["examples"], first["classes"], report_dir / "semseg.png",
                               title=f"label maps, seed {seeds[0]} (black: background)")
     return text
@@ -1058,7 +1071,7 @@ def wsol_command(args) -> None:
 
 def semseg_command(args) -> None:
     """``python iou.py --semseg [--crf] [--seeds ...] [--runs EXP ...]``."""
-    crf = (False, True) if args.crf else (False,)
+    crf = (None, *(args.crf or CRF_VARIANTS)) if args.crf is not None else (None,)
     if args.runs:
         def work() -> str:
             reports = []

@@ -667,23 +667,25 @@ def label_maps(cams: np.ndarray, present: np.ndarray, threshold: float) -> np.nd
 
 
 def choose_background_threshold(cams: np.ndarray, present: np.ndarray, gts: np.ndarray,
-                                thresholds: Sequence[float] = THRESHOLD_GRID,
-                                images: np.ndarray | None = None) -> tuple[float, float]:
+                                thresholds: Sequence[float] = THRESHOLD_GRID, images: np.ndarray | None = None,
+                                crf: str = "affinitynet") -> tuple[float, float]:
     """(threshold, mIoU) of the background threshold with the best mIoU on these maps and label
-    masks (:func:`segment`: with ``images``, after dense CRF; :func:`mean_iou`); ties go to the
-    lowest. Give it TRAINING images: the threshold is then applied, unchanged, to the test images."""
+    masks (:func:`segment`: with ``images``, after dense CRF ``crf``; :func:`mean_iou`); ties go to
+    the lowest. Give it TRAINING images: the threshold is then applied, unchanged, to the test images."""
     num_classes = np.asarray(present).shape[1] + 1
-    curve = [mean_iou(confusion_matrix(segment(cams, present, t, images), gts, num_classes)) for t in thresholds]
+    curve = [mean_iou(confusion_matrix(segment(cams, present, t, images, crf), gts, num_classes))
+             for t in thresholds]
     return pick_threshold(thresholds, np.asarray(curve))
 
 
-def segment(cams: np.ndarray, present: np.ndarray, threshold: float, images: np.ndarray | None = None) -> np.ndarray:
+def segment(cams: np.ndarray, present: np.ndarray, threshold: float, images: np.ndarray | None = None,
+            crf: str = "affinitynet") -> np.ndarray:
     """Label maps (int64 N×H×W: 0 background, k + 1 class k) from per-class maps N×K×H×W in
     [0, 1] and the classes present: :func:`label_maps`, or with ``images`` (uint8 N×H×W×3 RGB)
-    the argmax of the dense CRF (:func:`crf_refine`) whose unary is the background score
-    (``threshold``) and the present classes' maps, scaled to sum to 1 per pixel (AffinityNet
-    feeds the scores unscaled; the per-pixel scale adds the same energy to every label, so the
-    CRF's answer is the same)."""
+    the argmax of the dense CRF (:func:`crf_refine` with :func:`crf_settings` of ``crf``) whose
+    unary is the background score (``threshold``) and the present classes' maps, scaled to sum to
+    1 per pixel (AffinityNet feeds the scores unscaled; the per-pixel scale adds the same energy
+    to every label, so the CRF's answer is the same)."""
     if images is None:
         return label_maps(cams, present, threshold)
     cams, present = _check_unit_range(cams), np.asarray(present, bool)
@@ -691,7 +693,7 @@ def segment(cams: np.ndarray, present: np.ndarray, threshold: float, images: np.
     for i, (image, maps, here) in enumerate(zip(images, cams, present)):
         classes = np.flatnonzero(here)
         scores = np.concatenate([np.full((1, *maps.shape[1:]), threshold), maps[classes]]).clip(1e-5, None)
-        refined = crf_refine(image, scores / scores.sum(axis=0, keepdims=True))
+        refined = crf_refine(image, scores / scores.sum(axis=0, keepdims=True), crf_settings(crf, image.shape[:2]))
         out[i] = np.concatenate([[0], classes + 1])[refined.argmax(axis=0)]
     return out
 
@@ -717,7 +719,24 @@ CRF_SETTINGS = {"gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 80, "b
                 "bilateral_compat": 10, "iterations": 10}
 # The background thresholds tried under --crf: every other one of THRESHOLD_GRID (a CRF per image
 # and threshold is the cost of choosing one; about 25 ms per 64×64 image on this CPU)
-CRF_THRESHOLD_GRID: tuple[float, ...] = THRESHOLD_GRID[1::2]
+CRF_THRESHOLD_GRID: tuple[float, ...] = THRESHOLD_GRID[::2]
+# AffinityNet's kernel widths are in pixels of PASCAL VOC images (at most 500 px a side). The
+# "scaled" variant multiplies both spatial widths by the image's longer side over 500, so that a
+# kernel covers the same share of the image; colour widths and compatibilities stay.
+CRF_REFERENCE_SIDE = 500
+CRF_VARIANTS = ("affinitynet", "scaled")
+
+
+def crf_settings(variant: str, shape: tuple[int, int]) -> dict:
+    """The pairwise settings of CRF ``variant`` for an image of ``shape`` (H, W): AffinityNet's
+    as they are (``affinitynet``), or with the spatial widths scaled to the image (``scaled``)."""
+    if variant == "affinitynet":
+        return dict(CRF_SETTINGS)
+    if variant == "scaled":
+        factor = max(shape) / CRF_REFERENCE_SIDE
+        return {**CRF_SETTINGS, "gaussian_sxy": CRF_SETTINGS["gaussian_sxy"] * factor,
+                "bilateral_sxy": CRF_SETTINGS["bilateral_sxy"] * factor}
+    raise CamlabError(f"unknown CRF variant {variant!r}; choose one of {', '.join(CRF_VARIANTS)}")
 
 
 def crf_refine(image: np.ndarray, probs: np.ndarray, settings: dict | None = None) -> np.ndarray:
@@ -777,8 +796,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="semantic segmentation on the multi-object set: CAM and CSE (single-label), CAM, SEG "
                          "rotate+hflip and OC-CSE (multi-label); mIoU at a background threshold chosen on training "
                          "masks, paired bootstrap intervals -> report/semseg.{csv,md,png}")
-    ab.add_argument("--crf", action="store_true",
-                    help="with --semseg: score every run after dense-CRF refinement too (AffinityNet's settings)")
+    ab.add_argument("--crf", nargs="*", default=None, choices=CRF_VARIANTS, metavar="VARIANT",
+                    help="with --semseg: score every run after dense-CRF refinement too: affinitynet (AffinityNet's "
+                         "settings in pixels, made for ~500 px images) and/or scaled (their spatial widths scaled to "
+                         "the image); no value: both")
     ab.add_argument("--runs", nargs="+", default=None, metavar="EXP_ID",
                     help="with --semseg: score these finished runs (trained on --dataset multi or voc) instead of "
                          "training the comparison")
@@ -809,8 +830,8 @@ def main(argv: list[str] | None = None) -> int:
     if sum((args.ablation, args.methods, args.wsol, args.sweep is not None, args.extractors is not None,
             args.semseg)) > 1:
         parser.error("choose one of --ablation, --methods, --sweep, --extractors, --semseg and --wsol")
-    if (args.crf or args.runs is not None) and not args.semseg:
-        parser.error(f"{'--crf' if args.crf else '--runs'} applies to --semseg")
+    if (args.crf is not None or args.runs is not None) and not args.semseg:
+        parser.error(f"{'--crf' if args.crf is not None else '--runs'} applies to --semseg")
     if args.sweep is not None:
         args.sweep_values = _sweep_values(parser, args.sweep)
     if args.extractor != model.DEFAULT_EXTRACTOR and not args.wsol:

@@ -241,11 +241,12 @@ def test_semseg_report_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     assert {"test_map", "test_f1"} <= set(metrics) and metrics["best_val_by"] == "mAP"
     assert iou.main(["--semseg", "--crf", "--runs", "ml", "sl", "--n_threshold", "10"]) == 0
     rows = list(csv.DictReader((tmp_path / "report/semseg.csv").open()))
-    assert [(r["experiment"], r["crf"]) for r in rows] == [("ml", "0"), ("ml", "1"), ("sl", "0"), ("sl", "1")]
+    assert [(r["experiment"], r["crf"]) for r in rows] == [(e, c) for e in ("ml", "sl")
+                                                           for c in ("none", "affinitynet", "scaled")]
     for r in rows:
         ious = [float(v) for k, v in r.items() if k.startswith("iou_") and v != "-"]
         assert float(r["miou"]) == pytest.approx(np.mean(ious), abs=2e-4)  # mIoU: the mean over the classes that occur
-        grid = iou.CRF_THRESHOLD_GRID if r["crf"] == "1" else iou.THRESHOLD_GRID
+        grid = iou.THRESHOLD_GRID if r["crf"] == "none" else iou.CRF_THRESHOLD_GRID
         assert float(r["threshold"]) in grid
     md = (tmp_path / "report/semseg.md").read_text()
     assert "CAM (multi-label)" in md and "CAM (single-label)" in md and "IoU per class" in md

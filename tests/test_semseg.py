@@ -135,3 +135,14 @@ def test_label_colours() -> None:
     assert rgb.shape == (1, 4, 3) and rgb.dtype == np.uint8
     assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[0, 3].tolist() == [255, 255, 255]
     assert len({tuple(c) for c in visualize.label_colours(np.arange(11), 10).tolist()}) == 11  # all distinct
+
+
+def test_crf_settings_scale_only_the_spatial_widths() -> None:
+    assert iou.crf_settings("affinitynet", (64, 64)) == iou.CRF_SETTINGS
+    scaled = iou.crf_settings("scaled", (64, 48))
+    factor = 64 / 500
+    assert scaled["gaussian_sxy"] == pytest.approx(3 * factor) and scaled["bilateral_sxy"] == pytest.approx(80 * factor)
+    assert {k: v for k, v in scaled.items() if "sxy" not in k} == {k: v for k, v in iou.CRF_SETTINGS.items()
+                                                                     if "sxy" not in k}
+    with pytest.raises(CamlabError, match="unknown CRF variant"):
+        iou.crf_settings("dense", (8, 8))
