@@ -200,7 +200,7 @@ def plot_label_maps(rows: dict[str, np.ndarray], examples: dict, classes: list[s
                for k, name in enumerate(classes)]
     fig.legend(handles=handles, loc="center right", fontsize=6, frameon=False)
     fig.suptitle(title or "label maps (black: background)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1 - 1.5 / (1.25 * cols + 1.6), 1))
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / (1.25 * cols + 1.6), 1 - 0.5 / (1.3 * len(named) + 0.6)))
     save_figure(fig, path)
 
 
