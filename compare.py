@@ -837,17 +837,37 @@ def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: str | No
     labels = segment(maps, present, threshold, images if crf else None, crf or "affinitynet")
     num_classes = len(test_set.classes) + 1
     confusions = image_confusions(labels, truth.classes, num_classes)
-    ious = class_ious(confusions.sum(axis=0))
+    pooled = confusions.sum(axis=0)
+    ious = class_ious(pooled)
     cfg = exp.cfg
     metrics = json.loads((safe_subdir(CHECKPOINT_DIR, exp.exp_id) / "metrics.json").read_text())
     return {**{k: metrics.get(k) for k in ("test_acc", "test_map", "test_f1")},
             "exp_id": exp.exp_id, "method": semseg_method(cfg), "crf": crf, "seed": cfg.seed,
             "multi_label": cfg.multi_label, "threshold": threshold, "fit_miou": fit_miou,
             "miou": float(np.nanmean(ious)), "class_ious": ious.tolist(), "classes": ["background", *test_set.classes],
+            **error_shares(pooled),
             "n_test": len(test_set), "n_threshold_images": len(fit_set), "data_root": str(exp.root.resolve()),
             "per_image": {"confusions": confusions},
             "examples": {"images": images[:n_examples], "truth": truth.classes[:n_examples],
                          "labels": labels[:n_examples], "names": test_set.names[:n_examples]}}
+
+
+# error_shares keys -> how the errors table names them
+ERROR_COLUMNS = (("object_as_background", "object px → background"), ("object_as_other", "object px → another class"),
+                 ("background_as_object", "background px → object"), ("predicted_object", "predicted object share"),
+                 ("true_object", "true object share"))
+
+
+def error_shares(confusion: np.ndarray) -> dict[str, float]:
+    """Where a segmentation errs, from its confusion matrix (rows truth, label 0 background): the
+    shares of object pixels labelled background and labelled another class, of background pixels
+    labelled an object, and the shares of all counted pixels predicted and truly object."""
+    c = np.asarray(confusion, np.float64)
+    objects, total = c[1:].sum(), c.sum()
+    return {"object_as_background": float(c[1:, 0].sum() / objects),
+            "object_as_other": float((c[1:, 1:].sum() - np.trace(c[1:, 1:])) / objects),
+            "background_as_object": float(c[0, 1:].sum() / c[0].sum()),
+            "predicted_object": float(c[:, 1:].sum() / total), "true_object": float(objects / total)}
 
 
 def _rgb(data: "dataloader.ImageSet") -> np.ndarray:
@@ -916,11 +936,12 @@ def semseg_tables(reports: list[dict]) -> tuple[str, str]:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["experiment", "method", "crf", "seed", "threshold", "fit_miou", "miou", "test_acc", "test_map",
-                     "test_f1"] + [f"iou_{c}" for c in classes])
+                     "test_f1"] + [key for key, _ in ERROR_COLUMNS] + [f"iou_{c}" for c in classes])
     for r in reports:
         writer.writerow([r["exp_id"], r["method"], r["crf"] or "none", r["seed"], f"{r['threshold']:.2f}",
                          f"{r['fit_miou']:.4f}", f"{r['miou']:.4f}"]
                         + [_cell(r, k) for k in ("test_acc", "test_map", "test_f1")]
+                        + [f"{r[key]:.4f}" for key, _ in ERROR_COLUMNS]
                         + ["-" if v != v else f"{v:.4f}" for v in r["class_ious"]])
     groups: dict[tuple, list[dict]] = {}
     for r in reports:
@@ -952,6 +973,19 @@ def _semseg_row(report: dict) -> str:
 
 def _intervals(found: list[tuple[float, float, float]]) -> str:
     return "; ".join(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in found) or "-"
+
+
+def errors_table(reports: list[dict]) -> str:
+    """Markdown: per (method, CRF), the error shares of :func:`error_shares`, mean over seeds."""
+    lines = ["| method | CRF | " + " | ".join(h for _, h in ERROR_COLUMNS) + " |",
+             "|---|---|" + "---:|" * len(ERROR_COLUMNS)]
+    groups: dict[tuple, list[dict]] = {}
+    for r in reports:
+        groups.setdefault((r["method"], r["crf"]), []).append(r)
+    for (method, crf), group in groups.items():
+        cells = [f"{np.mean([r[key] for r in group]):.4f}" for key, _ in ERROR_COLUMNS]
+        lines.append(f"| {_md_cell(method)} | {CRF_NAMES[crf]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def class_table(reports: list[dict]) -> str:
@@ -993,7 +1027,8 @@ def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> s
             f"label form and seed at the same CRF setting, and of the run with CRF minus itself without; \"better\" "
             f"only where every seed's interval lies above 0. Classification: test mAP for multi-label runs, top-1 "
             f"accuracy (of the largest class) for single-label ones.\n\n")
-    text = note + summary + "\n### IoU per class (mean over seeds)\n\n" + class_table(reports)
+    text = (note + summary + "\n### Where the errors are (pooled over the test split, mean over seeds)\n\n"
+            + errors_table(reports) + "\n### IoU per class (mean over seeds)\n\n" + class_table(reports))
     report_dir = Path(report_dir)
     atomic_write_text(report_dir / "semseg.csv", csv_text)
     atomic_write_text(report_dir / "semseg.md", text)

@@ -249,7 +249,7 @@ def test_semseg_report_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
         grid = iou.THRESHOLD_GRID if r["crf"] == "none" else iou.CRF_THRESHOLD_GRID
         assert float(r["threshold"]) in grid
     md = (tmp_path / "report/semseg.md").read_text()
-    assert "CAM (multi-label)" in md and "CAM (single-label)" in md and "IoU per class" in md
+    assert "CAM (multi-label)" in md and "CAM (single-label)" in md and "IoU per class" in md and "Where the errors are" in md
     assert (tmp_path / "report/semseg.png").stat().st_size > 0
     capsys.readouterr()
     # a run without class masks cannot be scored; --crf alone is a mistake

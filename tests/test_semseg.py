@@ -146,3 +146,12 @@ def test_crf_settings_scale_only_the_spatial_widths() -> None:
                                                                      if "sxy" not in k}
     with pytest.raises(CamlabError, match="unknown CRF variant"):
         iou.crf_settings("dense", (8, 8))
+
+
+def test_error_shares_by_hand() -> None:
+    import compare
+    # the confusion matrix of PRED against GT (rows truth): [[3, 2, 0], [1, 1, 0], [0, 1, 2]]
+    shares = compare.error_shares(iou.confusion_matrix(PRED, GT, 3))
+    # object pixels: 5 (rows 1, 2): 1 as background, 1 as another class (2 -> 1); background: 5, 2 as objects
+    assert shares == pytest.approx({"object_as_background": 1 / 5, "object_as_other": 1 / 5,
+                                    "background_as_object": 2 / 5, "predicted_object": 6 / 10, "true_object": 5 / 10})
