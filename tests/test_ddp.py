@@ -116,3 +116,25 @@ def test_ddp_averages_gradients_over_processes(tmp_path) -> None:
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["ranks_equal"] and out["moved"] > 1e-3  # different shards, one model
     assert out["max_diff_to_average"] < 1e-5  # the step of the averaged gradient
+
+
+def test_multi_label_metrics_cover_both_shards(tmp_path) -> None:
+    """Under --multi_label the mAP needs every image's scores: the two processes' scores are
+    gathered, so the reported test mAP equals the best checkpoint's mAP on the whole test split
+    computed in one process."""
+    import synthetic
+    import train
+    from model import load_checkpoint
+    synthetic.generate_multi(tmp_path / "m", n_train=40, n_val=9, size=32, progress=False)
+    proc = _torchrun(tmp_path, "--dataset", "multi", "--multi_label", "--data_root", str(tmp_path / "m"),
+                     "--epochs", "1", "--exp_id", "ml")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "checkpoints" / "ml" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["n_test"] == 9
+    net, _ = load_checkpoint(tmp_path / "checkpoints" / "ml" / "best.pth")
+    test = dataloader.load_split("multi", tmp_path / "m", "val", cache_dir=None, progress=False)
+    alone = train.run_epoch(net, test, torch.arange(len(test)), objective=train.cam_objective, img_size=32,
+                            batch_size=8, progress=False, multi_label=True)
+    assert metrics["test_map"] == pytest.approx(alone["map"], abs=1e-6)
+    assert metrics["test_f1"] == pytest.approx(alone["f1"], abs=1e-6)
+    assert metrics["test_acc"] == pytest.approx(alone["acc"], abs=1e-6)
