@@ -108,7 +108,9 @@ class Experiment:
     root: Path
     device: torch.device
     # (image names, extractor) -> (predictions, raw maps of the labels): another extractor's maps
-    # are computed once per split, whatever reads them (Score-CAM costs a forward pass per channel)
+    # are computed once per split, whatever reads them (Score-CAM costs a forward pass per channel);
+    # (image names, "every class") -> every class's map, ("semseg fit", n) -> the threshold-choosing
+    # images, masks and maps (semantic segmentation)
     _raw: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
@@ -165,6 +167,25 @@ class Experiment:
             return self.cams(data, form, of_labels=True, extractor=extractor)
         preds, raw = self.raw_maps(data, extractor)
         return preds, wsol_scoremaps(raw, tuple(data.images.shape[-2:]))
+
+    def class_maps(self, data: "dataloader.ImageSet") -> np.ndarray:
+        """:func:`class_maps` of ``data``, computed once per set of images."""
+        key = (tuple(data.names), "every class")
+        if key not in self._raw:
+            self._raw[key] = class_maps(self, data)
+        return self._raw[key]
+
+    def semseg_fit(self, n: int) -> tuple["dataloader.ImageSet", "dataloader.Truth", np.ndarray]:
+        """``n`` images of the split that chooses thresholds, their class masks and class maps,
+        read once however many CRF variants choose a threshold on them."""
+        key = ("semseg fit", n)
+        if key not in self._raw:
+            data = self.split("fit", n)
+            truth = self.truth("fit", data)
+            if truth is None or truth.classes is None:
+                raise CamlabError(f"{self.exp_id}: the split that chooses thresholds has no class masks")
+            self._raw[key] = (data, truth, self.class_maps(data))
+        return self._raw[key]
 
     def raw_maps(self, data: "dataloader.ImageSet", extractor: str) -> tuple[np.ndarray, np.ndarray]:
         """:func:`extractor_raw` of the labels, computed once per (images, extractor)."""
@@ -826,14 +847,13 @@ def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: str | No
     test_set, truth = exp.test
     if truth is None or truth.classes is None:
         raise CamlabError(f"{exp.exp_id}: its test split has no class masks (--dataset multi or voc)")
-    fit_set = exp.split("fit", n_threshold)
-    fit_truth = exp.truth("fit", fit_set)
+    fit_set, fit_truth, fit_maps = exp.semseg_fit(n_threshold)
     grid = CRF_THRESHOLD_GRID if crf else THRESHOLD_GRID
     fit_images = _rgb(fit_set) if crf else None
-    threshold, fit_miou = choose_background_threshold(class_maps(exp, fit_set), _present(fit_set).cpu().numpy(),
+    threshold, fit_miou = choose_background_threshold(fit_maps, _present(fit_set).cpu().numpy(),
                                                       fit_truth.classes, grid, fit_images, crf or "affinitynet")
     present = _present(test_set).cpu().numpy()
-    maps, images = class_maps(exp, test_set), _rgb(test_set)
+    maps, images = exp.class_maps(test_set), _rgb(test_set)
     labels = segment(maps, present, threshold, images if crf else None, crf or "affinitynet")
     num_classes = len(test_set.classes) + 1
     confusions = image_confusions(labels, truth.classes, num_classes)
@@ -943,9 +963,7 @@ def semseg_tables(reports: list[dict]) -> tuple[str, str]:
                         + [_cell(r, k) for k in ("test_acc", "test_map", "test_f1")]
                         + [f"{r[key]:.4f}" for key, _ in ERROR_COLUMNS]
                         + ["-" if v != v else f"{v:.4f}" for v in r["class_ious"]])
-    groups: dict[tuple, list[dict]] = {}
-    for r in reports:
-        groups.setdefault((r["method"], r["crf"]), []).append(r)
+    groups = _by_method_and_crf(reports)
     lines = ["| method | CRF | seeds | mIoU | background thr. | classification (mAP / top-1) "
              "| ΔmIoU vs CAM of its label form, 95% CI per seed | vs CAM | ΔmIoU from CRF, 95% CI per seed | CRF helps? |",
              "|---|---|---|---:|---|---:|---|---|---|---|"]
@@ -966,6 +984,14 @@ def semseg_tables(reports: list[dict]) -> tuple[str, str]:
     return buf.getvalue(), "\n".join(lines) + "\n"
 
 
+def _by_method_and_crf(reports: list[dict]) -> dict[tuple, list[dict]]:
+    """The reports grouped by (method, CRF variant), in their order: one row of each table."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in reports:
+        groups.setdefault((r["method"], r["crf"]), []).append(r)
+    return groups
+
+
 def _semseg_row(report: dict) -> str:
     crf = report["crf"]
     return report["method"] + (f" + CRF {CRF_NAMES[crf]}" if crf else "")
@@ -979,9 +1005,7 @@ def errors_table(reports: list[dict]) -> str:
     """Markdown: per (method, CRF), the error shares of :func:`error_shares`, mean over seeds."""
     lines = ["| method | CRF | " + " | ".join(h for _, h in ERROR_COLUMNS) + " |",
              "|---|---|" + "---:|" * len(ERROR_COLUMNS)]
-    groups: dict[tuple, list[dict]] = {}
-    for r in reports:
-        groups.setdefault((r["method"], r["crf"]), []).append(r)
+    groups = _by_method_and_crf(reports)
     for (method, crf), group in groups.items():
         cells = [f"{np.mean([r[key] for r in group]):.4f}" for key, _ in ERROR_COLUMNS]
         lines.append(f"| {_md_cell(method)} | {CRF_NAMES[crf]} | " + " | ".join(cells) + " |")
@@ -993,9 +1017,7 @@ def class_table(reports: list[dict]) -> str:
     classes = reports[0]["classes"]
     lines = ["| method | CRF | " + " | ".join(_md_cell(c) for c in classes) + " |",
              "|---|---|" + "---:|" * len(classes)]
-    groups: dict[tuple, list[dict]] = {}
-    for r in reports:
-        groups.setdefault((r["method"], r["crf"]), []).append(r)
+    groups = _by_method_and_crf(reports)
     for (method, crf), group in groups.items():
         with warnings.catch_warnings():  # a class in no test image and never predicted: NaN at every seed
             warnings.simplefilter("ignore", RuntimeWarning)
