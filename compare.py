@@ -900,12 +900,14 @@ def semseg_method(cfg: "train.RunConfig") -> str:
     return f"{name} ({'multi-label' if cfg.multi_label else 'single-label'})"
 
 
-# The runs of the segmentation table, on the multi-object set: each label form's CAM, SEG (its
-# multi-label form: equivariance of every present class's map), the single-label CSE (the image's
-# largest class, judged by the single-label CAM) and OC-CSE (multi-label, judged by the
-# multi-label CAM). Each is compared with the CAM of its own label form and seed.
+# The runs of the segmentation table, on the multi-object set: each label form's CAM and SEG (the
+# single-label form: equivariance of the largest class's map; the multi-label form: of every
+# present class's map), the single-label CSE (the image's largest class, judged by the
+# single-label CAM) and OC-CSE (multi-label, judged by the multi-label CAM). Each is compared with
+# the CAM of its own label form and seed.
 SEMSEG: tuple[tuple[str, dict], ...] = (
-    ("cam", dict(mode="CAM")), ("cse", dict(mode="CSE", oc_exp="{prefix}_cam{suffix}")),
+    ("cam", dict(mode="CAM")), ("seg", dict(mode="SEG", transform="rotate+hflip")),
+    ("cse", dict(mode="CSE", oc_exp="{prefix}_cam{suffix}")),
     ("cam_ml", dict(mode="CAM", multi_label=True)),
     ("seg_ml", dict(mode="SEG", transform="rotate+hflip", multi_label=True)),
     ("occse_ml", dict(mode="CSE", oc_exp="{prefix}_cam_ml{suffix}", multi_label=True)))
