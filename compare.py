@@ -922,12 +922,19 @@ def semseg_reports(base: "train.RunConfig", prefix: str = "semseg", n_threshold:
     reports = []
     for cfg in configs:
         _trained(cfg)
-        exp = Experiment.load(cfg.exp_id, cfg.device)
-        for refine in crf:
-            report = semseg_report(exp, n_threshold, refine)
-            reports.append(report)
-            print(f"{cfg.exp_id}{f' + CRF {refine}' if refine else ''}: mIoU {report['miou']:.4f} "
-                  f"(background threshold {report['threshold']:.2f})", file=sys.stderr)
+        reports += semseg_variants(Experiment.load(cfg.exp_id, cfg.device), n_threshold, crf)
+    return reports
+
+
+def semseg_variants(exp: Experiment, n_threshold: int, crf: Sequence[str | None]) -> list[dict]:
+    """:func:`semseg_report` of ``exp`` under each CRF setting of ``crf`` (None: without CRF),
+    each mIoU printed as it is found."""
+    reports = []
+    for refine in crf:
+        report = semseg_report(exp, n_threshold, refine)
+        reports.append(report)
+        print(f"{exp.exp_id}{f' + CRF {refine}' if refine else ''}: mIoU {report['miou']:.4f} "
+              f"(background threshold {report['threshold']:.2f})", file=sys.stderr)
     return reports
 
 
@@ -1133,11 +1140,8 @@ def semseg_command(args) -> None:
     crf = (None, *(args.crf or CRF_VARIANTS)) if args.crf is not None else (None,)
     if args.runs:
         def work() -> str:
-            reports = []
-            for exp_id in args.runs:
-                exp = Experiment.load(exp_id, args.device)
-                reports += [semseg_report(exp, args.n_threshold, refine) for refine in crf]
-            return write_semseg_report(reports)
+            return write_semseg_report([report for exp_id in args.runs for report in
+                                        semseg_variants(Experiment.load(exp_id, args.device), args.n_threshold, crf)])
     else:
         seeds = args.seeds or [args.seed]
         base = _base_run(args, args.dataset)

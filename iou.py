@@ -793,8 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="every extractor (or those named) on the methods comparison's CAM run at each seed "
                          "-> report/extractors.{csv,md} and extractors_grid.png")
     ab.add_argument("--semseg", action="store_true",
-                    help="semantic segmentation on the multi-object set: CAM and CSE (single-label), CAM, SEG "
-                         "rotate+hflip and OC-CSE (multi-label); mIoU at a background threshold chosen on training "
+                    help="semantic segmentation on the multi-object set: CAM, SEG rotate+hflip and CSE "
+                         "(single-label), CAM, SEG rotate+hflip and OC-CSE (multi-label); mIoU at a background threshold chosen on training "
                          "masks, paired bootstrap intervals -> report/semseg.{csv,md,png}")
     ab.add_argument("--crf", nargs="*", default=None, choices=CRF_VARIANTS, metavar="VARIANT",
                     help="with --semseg: score every run after dense-CRF refinement too: affinitynet (AffinityNet's "

@@ -372,9 +372,12 @@ def _copy_seg_examples(root: Path, test_labels: np.ndarray) -> list[str]:
     return names
 
 
+LAB_GENERATOR = "camlab synthetic body+part"  # meta.json's "generator" of the single-object benchmark
+
+
 def _synthetic_meta(seed: int, size: int, n_train: int, n_test: int, part_share: float,
                     seg_examples: list[str], body_evidence: float) -> dict:
-    return {"generator": "camlab synthetic body+part", "version": SYNTHETIC_VERSION,
+    return {"generator": LAB_GENERATOR, "version": SYNTHETIC_VERSION,
             "body_evidence": body_evidence, "seed": seed, "size": size, "n_train": n_train, "n_test": n_test,
             "classes": SYNTHETIC_CLASSES, "mean_part_share": round(part_share, 4),
             "seg_examples": seg_examples}
@@ -518,7 +521,7 @@ def generate_multi(root: Path | str, seed: int = 0, n_train: int = MULTI_TRAIN, 
 # ------------------------------------------------------------ redrawing a generated dataset
 # the embedded datasets (--dataset names), each generated on first use in its own folder by
 # its generator, named in its meta.json
-EMBEDDED = {"lab": ("synthetic", "camlab synthetic body+part"), "multi": ("synthetic_multi", MULTI_GENERATOR)}
+EMBEDDED = {"lab": ("synthetic", LAB_GENERATOR), "multi": ("synthetic_multi", MULTI_GENERATOR)}
 
 
 def default_root(body_evidence: float | None = None, dataset: str = "lab") -> Path:
