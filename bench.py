@@ -60,8 +60,8 @@ import dataloader
 import compare
 import model as model_lib
 import train
-import utils
-from utils import CamlabError, OneLineParser, reason, run_cli
+from camlab import utils
+from camlab.utils import CamlabError, OneLineParser, reason, run_cli
 
 TASKS = ("cam_train", "seg_train", "cam_infer")
 PIPELINES = ("naive", "fast", "bound")

@@ -31,7 +31,7 @@ from iou import (BOOTSTRAP_RESAMPLES, BOX_FRACTION, CRF_REFERENCE_SIDE, CRF_THRE
                  iou_table, localization_accuracy, mask_box, max_box_acc, mean_statistic, miou_statistic,
                  paired_bootstrap, pick_threshold, pixel_histograms, pxap_from_histograms, pxap_statistic, segment,
                  threshold_masks, wsol_scoremaps)
-from utils import (CHECKPOINT_DIR, DEFAULT_THRESHOLD, REPORT_DIR, VISUALIZE_DIR, CamlabError,
+from camlab.utils import (CHECKPOINT_DIR, DEFAULT_THRESHOLD, REPORT_DIR, VISUALIZE_DIR, CamlabError,
                    atomic_write_text, resolve_device, safe_subdir)
 
 # ------------------------------------------------------------------- the whole test set

@@ -49,10 +49,10 @@ from PIL import Image
 from torchvision.datasets import folder as tv_folder
 from tqdm import tqdm
 
-import utils
+from camlab import utils
 import synthetic
 from synthetic import SPLITS
-from utils import CamlabError
+from camlab.utils import CamlabError
 
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import model
 import train
 from dataloader import read_mask, read_mask_dir
-from utils import (DEFAULT_DATA_ROOT, DEVICES, PRED_SUFFIX, REPORT_DIR, VISUALIZE_DIR, CamlabError,
+from camlab.utils import (DEFAULT_DATA_ROOT, DEVICES, PRED_SUFFIX, REPORT_DIR, VISUALIZE_DIR, CamlabError,
                    OneLineParser, SEED_MAX, atomic_write_text, check_range, run_cli)
 
 # Candidate thresholds for choose_threshold: 0.05, 0.10, ..., 0.95 (rounded, so 0.15 prints as 0.15).

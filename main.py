@@ -17,7 +17,7 @@ import model
 import synthetic
 import train
 import transforms
-from utils import DEVICES, CamlabError, OneLineParser, run_cli
+from camlab.utils import DEVICES, CamlabError, OneLineParser, run_cli
 
 DEFAULTS = train.RunConfig()
 

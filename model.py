@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from utils import CamlabError, atomic_write, reason
+from camlab.utils import CamlabError, atomic_write, reason
 
 # name -> (constructor, ImageNet weights enum). Every torchvision ResNet shares the stage names.
 BACKBONES: dict[str, tuple[Callable[..., nn.Module], torchvision.models.WeightsEnum]] = {

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-import utils
-from utils import CamlabError, encode_png
+from camlab import utils
+from camlab.utils import CamlabError, encode_png
 
 SPLITS = ("train", "test")  # the lab layout's splits; a split's index seeds its draws
 

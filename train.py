@@ -37,7 +37,7 @@ import visualize
 from model import (ACOL_DELTA, ACOL_WIDTH, HEAD_KINDS, CAMModel, ModelConfig, check_input_size, load_checkpoint,
                    normalize_cam, save_checkpoint, select_class)
 from transforms import EquivarianceTransform, TransformSettings, parse_transform
-from utils import (CHECKPOINT_DIR, SEED_MAX, CamlabError, Range, atomic_write_text, check_ranges, reason,
+from camlab.utils import (CHECKPOINT_DIR, SEED_MAX, CamlabError, Range, atomic_write_text, check_ranges, reason,
                    resolve_device, safe_subdir)
 
 

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from utils import CamlabError
+from camlab.utils import CamlabError
 
 
 @dataclass(frozen=True)

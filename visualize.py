@@ -26,8 +26,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS  # noqa: E402
 import dataloader  # noqa: E402
 import iou  # noqa: E402
 import model  # noqa: E402
-from utils import CHECKPOINT_DIR, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, VISUALIZE_DIR, CamlabError  # noqa: E402
-from utils import (OneLineParser, atomic_write, atomic_write_text, check_range, encode_png, resolve_device,  # noqa: E402
+from camlab.utils import CHECKPOINT_DIR, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, VISUALIZE_DIR, CamlabError  # noqa: E402
+from camlab.utils import (OneLineParser, atomic_write, atomic_write_text, check_range, encode_png, resolve_device,  # noqa: E402
                    run_cli, safe_subdir)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 import model
 import train
 from model import HEAD_TYPES, CAMModel, ModelConfig
-from utils import CamlabError
+from camlab.utils import CamlabError
 
 CONV = HEAD_TYPES["conv"]
 

@@ -8,7 +8,7 @@ from torch import nn
 import compare
 import iou
 import synthetic as gen
-import utils
+from camlab import utils
 
 
 def test_bootstrap_of_a_constant_difference_is_that_difference() -> None:

@@ -16,8 +16,8 @@ import torch
 
 import dataloader as dl
 import synthetic as gen
-import utils
-from utils import IMAGENET_MEAN, IMAGENET_STD, CamlabError
+from camlab import utils
+from camlab.utils import IMAGENET_MEAN, IMAGENET_STD, CamlabError
 
 QUIET = dict(cache_dir=None, progress=False)
 

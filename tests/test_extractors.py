@@ -11,7 +11,7 @@ from torchcam import methods
 
 import model
 from model import CAMModel
-from utils import CamlabError
+from camlab.utils import CamlabError
 
 
 def _net(seed: int = 0) -> CAMModel:

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 import dataloader as dl
-import utils
+from camlab import utils
 import iou
-from utils import CamlabError
+from camlab.utils import CamlabError
 
 
 # ------------------------------------------------------------------------------ harness

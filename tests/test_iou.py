@@ -14,7 +14,7 @@ from iou import (choose_threshold, experiment_table, format_table, iou, iou_curv
                  threshold_masks, write_report)
 from dataloader import read_mask_dir
 from model import minmax
-from utils import CamlabError
+from camlab.utils import CamlabError
 from visualize import plot_iou_curves
 
 T, F = True, False

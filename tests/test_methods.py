@@ -13,7 +13,7 @@ import main
 import model
 import train
 from model import CAMModel, ModelConfig
-from utils import CamlabError
+from camlab.utils import CamlabError
 
 RECIPES = ("p", "pp", "pn", "ppn", "pnp")
 

@@ -10,7 +10,7 @@ import torchvision
 
 import model as M
 from model import CAMModel, normalize_cam, select_class
-from utils import CamlabError
+from camlab.utils import CamlabError
 
 
 @pytest.mark.parametrize("size,side", [(224, 28), (112, 14)])

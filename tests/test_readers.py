@@ -16,7 +16,7 @@ from PIL import Image
 
 import dataloader as dl
 import main
-from utils import CamlabError
+from camlab.utils import CamlabError
 
 QUIET = dict(cache_dir=None, progress=False)
 

@@ -20,7 +20,7 @@ import main
 import model
 import train
 from conftest import ROOT, write_lab_layout
-from utils import CamlabError
+from camlab.utils import CamlabError
 
 ARGS = ["--img_size", "32", "--batch_size", "8", "--weights", "none", "--device", "cpu", "--quiet",
         "--deterministic", "--epochs", "3"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import iou
-from utils import CamlabError
+from camlab.utils import CamlabError
 
 # two 2×3 images, labels 0 (background), 1, 2; 255 = ignore
 GT = np.array([[[0, 1, 1], [0, 255, 2]],

@@ -9,7 +9,7 @@ from scipy import stats
 
 import dataloader
 import synthetic as gen
-from utils import CamlabError
+from camlab.utils import CamlabError
 
 K = len(gen.PART_STYLES)
 DRAWS = 3000  # body looks per statistical test (balanced: 300 per class)

@@ -8,7 +8,7 @@ import torch
 import dataloader
 import train
 from model import CAMModel
-from utils import CamlabError
+from camlab.utils import CamlabError
 
 
 def _colour_set(n: int = 16, size: int = 16) -> dataloader.ImageSet:

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-import utils
-from utils import CamlabError, atomic_write, atomic_write_text, reason, run_cli, safe_subdir
+from camlab import utils
+from camlab.utils import CamlabError, atomic_write, atomic_write_text, reason, run_cli, safe_subdir
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "a\\b", "/abs"])

@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score
 import iou
 import train
 from iou import box_iou, cam_box, localization_accuracy, mask_box, max_box_acc, pxap
-from utils import CamlabError
+from camlab.utils import CamlabError
 
 T, F = True, False
 EXACT = dict(abs=1e-12)
