@@ -12,32 +12,47 @@ import os
 import sys
 from dataclasses import fields
 
-import dataloader
 import model
-import synthetic
 import train
-import transforms
+from camlab import ddp, formats, methods, synthetic
 from camlab.utils import DEVICES, CamlabError, OneLineParser, run_cli
 
 DEFAULTS = train.RunConfig()
 
 
-def _transform_name(name: str) -> str:
-    try:
-        transforms.parse_transform(name)
-    except CamlabError as err:
-        raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
-    return name
+def _flag_type(flag: methods.Flag):
+    """argparse's type for a method's flag: its own, with a CamlabError's message as argparse's."""
+    def convert(text: str):
+        try:
+            return flag.type(text)
+        except CamlabError as err:
+            raise argparse.ArgumentTypeError(str(err).split(": ", 1)[-1]) from None
+    convert.__name__ = getattr(flag.type, "__name__", "value")
+    return convert
+
+
+def _add_method_flags(p: argparse.ArgumentParser) -> None:
+    """One group of flags per registered method (``camlab.methods.Method.flags``)."""
+    seen: set[str] = set()
+    for method in methods.METHODS.values():
+        fresh = [f for f in method.flags if f.name not in seen]
+        if not fresh:
+            continue
+        group = p.add_argument_group(method.group or f"{method.name} mode")
+        for flag in fresh:
+            seen.add(flag.name)
+            default = getattr(DEFAULTS, flag.name, flag.default)
+            group.add_argument(f"--{flag.name}", default=list(default) if isinstance(default, tuple) else default,
+                               type=_flag_type(flag) if flag.type is not str else None, nargs=flag.nargs,
+                               choices=list(flag.choices) if flag.choices else None, help=flag.help)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="main.py", description="Train class activation map (CAM) models.",
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run = p.add_argument_group("run")
-    run.add_argument("--mode", default=DEFAULTS.mode, choices=list(train.OBJECTIVES),
-                     help="CAM: classification (task 1); SEG: plus the equivariance loss (task 2); "
-                          "ACOL: complementary/adversarial heads on erased features; CSE: class-specific "
-                          "erasing judged by a frozen CAM classifier")
+    run.add_argument("--mode", default=DEFAULTS.mode, choices=list(methods.METHODS),
+                     help="; ".join(f"{m.name}: {m.about}" for m in methods.METHODS.values()))
     run.add_argument("--exp_id", default=None,
                      help="experiment name: outputs go to checkpoints/<exp_id>/; None takes the mode in lower case")
     run.add_argument("--cv", type=int, default=DEFAULTS.cv,
@@ -55,12 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch stays)")
 
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default=DEFAULTS.dataset, choices=list(dataloader.DATASETS),
-                      help="lab: the handout's folder layout (the embedded synthetic set by default); "
-                           "cifar10: the python-pickle CIFAR-10; folder: an ImageFolder tree; "
-                           "wsol: wsolevaluation's metadata format (CUB, ILSVRC, OpenImages; needs --metadata); "
-                           "voc: PASCAL VOC 2012 with its segmentation masks (single-label: each image's largest class); "
-                           "multi: the embedded multi-object scenes, 1-3 classes per image, in VOC's layout")
+    data.add_argument("--dataset", default=DEFAULTS.dataset, choices=list(formats.FORMATS),
+                      help="; ".join(f"{f.name}: {f.about}" for f in formats.FORMATS.values()))
     data.add_argument("--data_root", default=None,
                       help="dataset folder; None takes data/synthetic for lab and data/synthetic_multi for multi "
                            "(generated when missing), data/<dataset> otherwise")
@@ -71,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                            f"their class's evidence (default {synthetic.BODY_EVIDENCE:g}: data/synthetic; any other "
                            "value: data/synthetic_be<value> or data/synthetic_multi_be<value>, generated when missing)")
     data.add_argument("--multi_label", action="store_true",
-                      help="voc, multi: train on every class present in an image (multi-hot, BCE; accuracy is "
+                      help=f"{', '.join(formats.multi_label_formats())}: train on every class present in an image (multi-hot, BCE; accuracy is "
                            "the exact match, with mAP and F1 in metrics.json); CSE becomes OC-CSE as published")
     data.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR-10 (needs a network)")
     data.add_argument("--skip_bad", action="store_true",
@@ -85,44 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--cut", default=DEFAULTS.cut, choices=list(model.STAGES),
                      help="last backbone stage kept (the lab cuts after layer2)")
 
-    seg = p.add_argument_group("SEG mode (equivariance loss)")
-    seg.add_argument("--transform", default=DEFAULTS.transform, type=_transform_name,
-                     help=f"one of {', '.join(transforms.TRANSFORMS)}, or several joined with '+' "
-                          f"(applied left to right, e.g. rotate+hflip)")
-    seg.add_argument("--scale", type=float, default=DEFAULTS.scale, help="factor of the scale transform")
-    seg.add_argument("--rot_deg", type=float, default=DEFAULTS.rot_deg,
-                     help="rotate draws an angle per image in [-rot_deg, rot_deg]")
-    seg.add_argument("--shift", type=float, default=DEFAULTS.shift,
-                     help="translate draws a shift per image up to this fraction of the side")
-    seg.add_argument("--cam", default=DEFAULTS.cam, choices=list(model.SEG_CAM_FORMS),
-                     help="lab: softmax-weighted sum of feature maps; class: fc weights of the label, "
-                          "ReLU, divided by its max (SSENet)")
-    seg.add_argument("--ser_weight", type=float, default=DEFAULTS.ser_weight,
-                     help="weight of the equivariance loss L_ser")
-
-    acol = p.add_argument_group("ACOL mode (adversarial complementary learning)")
-    acol.add_argument("--recipe", default=DEFAULTS.recipe,
-                      help="one letter per classifier head, starting with p: "
-                           + "; ".join(f"{k}: {v}" for k, v in model.HEAD_KINDS.items())
-                           + " (pp is the paper's ACoL)")
-    acol.add_argument("--delta", type=float, nargs="+", default=list(DEFAULTS.delta),
-                      help="erasing threshold of each head after the first (one value: all)")
-    acol.add_argument("--acol_head", default=DEFAULTS.acol_head, choices=list(model.HEAD_TYPES),
-                      help="what every head is: " + "; ".join(f"{k}: {v.about}" for k, v in model.HEAD_TYPES.items()))
-    acol.add_argument("--acol_width", type=int, default=DEFAULTS.acol_width,
-                      help="hidden channels of each conv head's two 3x3 convolutions (the default is the paper's)")
-    acol.add_argument("--acol_grow", type=int, default=DEFAULTS.acol_grow,
-                      help="grow the erased region by this many feature cells (0: the paper's, where the map >= delta)")
-
-    cse = p.add_argument_group("CSE mode (class-specific adversarial erasing)")
-    cse.add_argument("--oc_exp", default=None,
-                     help="exp_id of a finished CAM run: the frozen ordinary classifier")
-    cse.add_argument("--erase_weight", type=float, default=DEFAULTS.erase_weight,
-                     help="weight of the erasing loss in epoch 1")
-    cse.add_argument("--erase_growth", type=float, default=DEFAULTS.erase_growth,
-                     help="added to the erasing weight every epoch (OC-CSE: 0.3 + 0.05 epoch)")
-    cse.add_argument("--area_weight", type=float, default=DEFAULTS.area_weight,
-                     help="weight of the mask-area term that keeps erasing masks to the object")
+    _add_method_flags(p)
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
@@ -134,10 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> train.RunConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(train.RunConfig) if hasattr(args, f.name)}
+    names = {f.name for f in fields(train.RunConfig)}
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
     values["exp_id"] = args.mode.lower() if args.exp_id is None else args.exp_id
     values["progress"] = not args.quiet
     values["delta"] = tuple(values["delta"])
+    values["options"] = {f.name: getattr(args, f.name) for f in methods.all_flags() if f.name not in names}
     return train.RunConfig(**values).checked()
 
 
@@ -148,9 +124,9 @@ def run(args: argparse.Namespace) -> None:
         raise CamlabError("--resume continues a run and --overwrite replaces it: choose one")
     if cfg.resume:
         train.prepare_run_dir(cfg.run_dir(), overwrite=False, resume=True)  # is there a run to go on with?
-    if cfg.mode == "CSE":
-        train.oc_checkpoint(cfg)
-    with train.distributed(cfg.device):  # one process, or one of those torchrun started
+    if cfg.method.teacher:
+        train.teacher_checkpoint(cfg)
+    with ddp.distributed(cfg.device):  # one process, or one of those torchrun started
         train.train_CV(cfg) if cfg.cv else train.train(cfg)
 
 
@@ -162,5 +138,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     code = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        train.exit_process(code)  # a torchrun worker: see exit_process for why not sys.exit
+        ddp.exit_process(code)  # a torchrun worker: see exit_process for why not sys.exit
     sys.exit(code)

@@ -30,6 +30,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from camlab.cams import class_form, minmax, normalize_cam, per_class, select_class, target_map
+from camlab.extractors import DEFAULT_EXTRACTOR, EXTRACTORS, check_extractor, check_extractor_form, open_torchcam
+from camlab.heads import ACOL_DELTA, ACOL_WIDTH, HEAD_KINDS, HEAD_TYPES, HeadType
 from camlab.utils import CamlabError, atomic_write, reason
 
 # name -> (constructor, ImageNet weights enum). Every torchvision ResNet shares the stage names.
@@ -45,79 +48,6 @@ STAGES = ("layer1", "layer2", "layer3", "layer4")
 # Seconds a download of ImageNet weights may stall before we give up and train from random init.
 DOWNLOAD_TIMEOUT_S = 10.0
 RANDOM_INIT = "random init"
-
-
-# ACoL head letters (Zhang et al., CVPR 2018, and the ACoL-with-pretrained-models notes): what
-# each kind of classifier head is for. train.HEAD_LOSSES gives each letter its loss.
-HEAD_KINDS: dict[str, str] = {
-    "p": "complementary: cross-entropy toward the label; its CAM erases for later heads and is evaluated",
-    "n": "adversarial: the rest cross-entropy, toward the mean of the other classes",
-}
-ACOL_DELTA = 0.6  # the ACoL paper's erasing threshold
-ACOL_WIDTH = 1024  # hidden channels of the ACoL paper's (and wsolevaluation's) convolutional head
-
-
-class HeadType:
-    """One kind of classifier head: how it is built from the feature channels, and how it reads
-    features N×C×h×w as class maps N×K×h×w. Its scores are the maps' GAP plus ``bias`` (N×K),
-    which is what lets ``CAMModel.run_heads`` erase and ``localization_cam`` fuse by maps alone,
-    whatever the head. Stateless: one instance per kind serves every model."""
-
-    about = ""
-
-    def build(self, channels: int, num_classes: int, width: int) -> nn.Module:
-        raise NotImplementedError
-
-    def maps(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def bias(self, head: nn.Module) -> torch.Tensor | float:
-        """Added to the maps' GAP to give the scores (K, or 0 when the maps hold it already)."""
-        return 0.0
-
-    def scores(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
-        """Scores N×K: the GAP of the class maps plus the bias."""
-        return self.maps(head, features).mean(dim=(2, 3)) + self.bias(head)
-
-
-class LinearHead(HeadType):
-    """GAP, then a linear layer (Zhou et al.): ``M_c = sum_k w_ck f_k``, ``S_c = mean M_c + b_c``.
-    The bias stays out of the maps: constant over positions, no normalisation sees it."""
-
-    about = "GAP then a linear layer (CAM's classifier)"
-
-    def build(self, channels: int, num_classes: int, width: int) -> nn.Module:
-        return nn.Linear(channels, num_classes)
-
-    def maps(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("ck,nkhw->nchw", head.weight, features)
-
-    def bias(self, head: nn.Module) -> torch.Tensor:
-        return head.bias
-
-    def scores(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
-        # GAP commutes with the linear layer: the same scores without computing K maps
-        return head(features.mean(dim=(2, 3)))
-
-
-class ConvHead(HeadType):
-    """ACoL's classifier (Zhang et al., CVPR 2018; wsolevaluation's ``classifier_A/B``): 3×3 conv
-    + ReLU, 3×3 conv + ReLU (``width`` channels, padding 1), then a 1×1 conv to one map per
-    class; the scores are the maps' GAP (the last conv's bias is inside the maps)."""
-
-    about = "3x3 conv + ReLU, 3x3 conv + ReLU, 1x1 conv to class maps, scores = their GAP (the ACoL paper's)"
-
-    def build(self, channels: int, num_classes: int, width: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
-                             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-                             nn.Conv2d(width, num_classes, 1))
-
-    def maps(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
-        return head(features)
-
-
-# ModelConfig.head -> its kind; main.py's --acol_head choices.
-HEAD_TYPES: dict[str, HeadType] = {"linear": LinearHead(), "conv": ConvHead()}
 
 
 @dataclass(frozen=True)
@@ -454,7 +384,7 @@ class CAMModel(nn.Module):
         the maps of ``present`` (multi-hot N×K, or int64 N for one class per image)."""
         if self.config.recipe.count("p") == 1:
             return self.class_cams(features)
-        maps = [_per_class(minmax, out.cams) for out in self.run_heads(features, present) if out.kind == "p"]
+        maps = [per_class(minmax, out.cams) for out in self.run_heads(features, present) if out.kind == "p"]
         return torch.stack(maps).amax(dim=0)
 
     @staticmethod
@@ -462,38 +392,6 @@ class CAMModel(nn.Module):
         """The handout's map: softmax over the weighting coefficients, then the weighted sum of
         the feature maps, ``sum_k softmax(gap)_k f_k``. Class-agnostic: N×h×w."""
         return torch.einsum("nk,nkhw->nhw", gap.softmax(dim=1), features)
-
-
-def select_class(cams: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Pick each image's map: cams N×K×h×w, classes int64 N -> N×h×w."""
-    return cams[torch.arange(cams.shape[0], device=cams.device), classes]
-
-
-def target_map(cams: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """N×h×w: the min-max normalised map of each image's class (``classes`` int64 N), or, with
-    multi-hot ``classes`` (N×K), the element-wise max of its present classes' normalised maps."""
-    if classes.ndim == 1:
-        return minmax(select_class(cams, classes))
-    present = classes.to(cams.dtype).view(*classes.shape, 1, 1)
-    return (_per_class(minmax, cams) * present).amax(dim=1)
-
-
-def _per_class(norm: Callable[[torch.Tensor], torch.Tensor], cams: torch.Tensor) -> torch.Tensor:
-    """``norm`` (which scales each map of an N×h×w stack) applied to every map of N×K×h×w."""
-    return norm(cams.flatten(0, 1)).view_as(cams)
-
-
-def normalize_cam(cam: torch.Tensor, eps: float = 1e-5,
-                  valid: torch.Tensor | None = None) -> torch.Tensor:
-    """ReLU, then divide each map by its own maximum (SSENet, OC-CSE): values in [0, 1].
-
-    cam: float N×h×w (or N×1×h×w). ``valid`` (same shape, 0/1) restricts the maximum to the
-    positions that count, e.g. those a rotation drew from inside the image. A map with no
-    positive value stays all zero (eps keeps it finite).
-    """
-    cam = F.relu(cam)
-    peak = (cam if valid is None else cam * valid).flatten(1).amax(dim=1)
-    return cam / (peak.view(-1, *([1] * (cam.dim() - 1))) + eps)
 
 
 # -------------------------------------------------------------------------------- checkpoints
@@ -602,14 +500,6 @@ CAM_FORMS: dict[str, Callable[..., torch.Tensor]] = {"lab": _lab_form, "class": 
 SEG_CAM_FORMS = ("lab", "class")  # the forms SEG's equivariance loss compares (main.py --cam)
 
 
-def minmax(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Each map (N×H×W) stretched to [0, 1]; a constant map becomes all zeros."""
-    flat = maps.flatten(1)
-    low, high = flat.amin(dim=1), flat.amax(dim=1)
-    span = (high - low).clamp_min(eps).view(-1, 1, 1)
-    return (maps - low.view(-1, 1, 1)) / span
-
-
 def localization_maps(model: CAMModel, inputs: torch.Tensor, out_size: tuple[int, int],
                       form: str = "class", classes: torch.Tensor | None = None,
                       extractor: str = "cam") -> tuple[torch.Tensor, torch.Tensor]:
@@ -630,14 +520,6 @@ def localization_maps(model: CAMModel, inputs: torch.Tensor, out_size: tuple[int
         return scores, minmax(cams)
 
 
-def class_form(raw: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-    """The ``class`` form of another extractor's raw maps N×h×w: ReLU, upsampled bilinearly to
-    ``out_size``, min-max normalised (for CAM, what :func:`localization_maps` gives)."""
-    with torch.inference_mode():
-        cams = F.interpolate(raw.relu().unsqueeze(1), size=out_size, mode="bilinear", align_corners=False)[:, 0]
-        return minmax(cams)
-
-
 def feature_maps(model: CAMModel, inputs: torch.Tensor, form: str = "class",
                  classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scores N×K, maps N×h×w)``: each image's CAM in ``form`` (of ``classes``, else of its
@@ -645,19 +527,6 @@ def feature_maps(model: CAMModel, inputs: torch.Tensor, form: str = "class",
     scores, features, gap = model(inputs)
     classes = scores.argmax(dim=1) if classes is None else classes
     return scores, CAM_FORMS[form](model, features, gap, classes)
-
-
-# -------------------------------------------------------------------- other CAM extractors
-# --extractor -> the torchcam class that computes it (None: camlab's own CAM, the default).
-# Each gives one raw map per image at the feature maps' resolution, before any resizing or
-# normalisation; the gradient- and score-based ones apply their own ReLU (their definitions).
-_EXTRACTOR_TABLE: dict[str, tuple[str | None, str]] = {  # name -> (torchcam class, how it reads in a table)
-    "cam": (None, "CAM"), "gradcam": ("GradCAM", "Grad-CAM"), "gradcampp": ("GradCAMpp", "Grad-CAM++"),
-    "xgradcam": ("XGradCAM", "XGrad-CAM"), "layercam": ("LayerCAM", "LayerCAM"), "scorecam": ("ScoreCAM", "Score-CAM"),
-    "smoothgradcampp": ("SmoothGradCAMpp", "SmoothGrad-CAM++")}
-EXTRACTORS: dict[str, str | None] = {name: kind for name, (kind, _) in _EXTRACTOR_TABLE.items()}
-EXTRACTOR_NAMES: dict[str, str] = {name: label for name, (_, label) in _EXTRACTOR_TABLE.items()}
-DEFAULT_EXTRACTOR = "cam"
 
 
 class _Scores(nn.Module):
@@ -672,19 +541,6 @@ class _Scores(nn.Module):
         return self.net(images)[0]
 
 
-def check_extractor(name: str) -> str:
-    """``name`` when it is one of ``EXTRACTORS``, else a one-line CamlabError naming the flag."""
-    if name not in EXTRACTORS:
-        raise CamlabError(f"--extractor {name!r}: choose one of {', '.join(EXTRACTORS)}")
-    return name
-
-
-def check_extractor_form(extractor: str, form: str) -> None:
-    """Another extractor than camlab's CAM gives maps of one class: only the ``class`` form."""
-    if extractor != DEFAULT_EXTRACTOR and form != "class":
-        raise CamlabError(f"--extractor {extractor} gives class maps: use it with --cam class, not {form}")
-
-
 @contextlib.contextmanager
 def open_extractor(net: CAMModel, name: str = DEFAULT_EXTRACTOR, img_size: int = 224, score_batch: int = 64,
                    seed: int = 0) -> Iterator[Callable[[torch.Tensor, torch.Tensor | None],
@@ -692,11 +548,7 @@ def open_extractor(net: CAMModel, name: str = DEFAULT_EXTRACTOR, img_size: int =
     """``maps(inputs, classes) -> (scores N×K, raw maps N×h×w)`` of extractor ``name``
     (``EXTRACTORS``) on ``net`` (in eval mode), hooked on the last kept stage, for ``classes``
     (int64 N; None: the top prediction). ``cam`` is :func:`feature_maps`' raw form; the others
-    are torchcam's (``normalized=False``), whose hooks are removed when the block ends. Call
-    ``maps`` outside ``torch.inference_mode``: the gradient-based extractors need autograd.
-    ``score_batch``: how many masked images Score-CAM scores at once. SmoothGrad-CAM++ draws
-    its noise from torch's global generator: each call draws it from ``seed`` instead (the global
-    state is left as it was), so a map does not depend on what ran before it."""
+    are torchcam's (``camlab.extractors.open_torchcam``, ``score_batch`` and ``seed`` as there)."""
     check_extractor(name)
     if EXTRACTORS[name] is None:
         def own(inputs: torch.Tensor, classes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -704,18 +556,7 @@ def open_extractor(net: CAMModel, name: str = DEFAULT_EXTRACTOR, img_size: int =
                 return feature_maps(net, inputs, "raw", classes)
         yield own
         return
-    from torchcam import methods  # imported here: only these extractors need it
-    wrapped = _Scores(net)
-    kind = getattr(methods, EXTRACTORS[name])
-    options = {"batch_size": score_batch} if issubclass(kind, methods.ScoreCAM) else {}
-    with kind(wrapped, "net.backbone", input_shape=(3, img_size, img_size), **options) as hooked:
-        def theirs(inputs: torch.Tensor, classes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.enable_grad(), torch.random.fork_rng(devices=[inputs.device] if inputs.is_cuda else []):
-                torch.manual_seed(seed)
-                scores = wrapped(inputs)
-                chosen = scores.argmax(dim=1) if classes is None else classes
-                maps = hooked(chosen.tolist(), scores, normalized=False)[0]
-            return scores.detach(), maps.detach()
+    with open_torchcam(_Scores(net), "net.backbone", name, img_size, score_batch, seed) as theirs:
         yield theirs
 
 

@@ -1,44 +1,41 @@
-"""Training: the per-mode objectives, one ``run_epoch`` for training and evaluation, ``train``
-(best epoch chosen on a held-out validation part) and ``train_CV`` (k-fold cross-validation).
+"""Training, as the lab asks for it: the run settings, the CAM and SEG objectives (the equivariance loss L_ser and its transforms), one ``run_epoch`` for training and evaluation, ``train`` (best epoch on a held-out validation part) and ``train_CV`` (k-fold cross-validation).
 
 Every choice that shapes a run is made from the ``RunConfig`` alone, so a run can be repeated
-from the ``args`` saved in its ``metrics.json``.
+from the ``args`` saved in its ``metrics.json``. The methods beyond the lab (ACoL, CSE) are
+records of ``camlab.methods``; the lab's two are registered here, so ``--mode`` reads one
+registry.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
-import datetime
 import io
 import json
 import math
-import os
 import random
 import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from sklearn.metrics import average_precision_score
 from sklearn.model_selection import KFold, train_test_split
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import dataloader
-import synthetic
-import visualize
-from model import (ACOL_DELTA, ACOL_WIDTH, HEAD_KINDS, CAMModel, ModelConfig, check_input_size, load_checkpoint,
-                   normalize_cam, save_checkpoint, select_class)
-from transforms import EquivarianceTransform, TransformSettings, parse_transform
+from camlab import figures, formats, methods, synthetic, tables
+from camlab.ddp import SINGLE, World, current_world, data_parallel, gather_folds
+from camlab.heads import ACOL_DELTA, ACOL_WIDTH
+from camlab.images import ImageSet
+from camlab.meters import EpochMeter
+from camlab.methods import Flag, Method, Objective, Step, classification_loss
+from camlab.transforms import TRANSFORMS, EquivarianceTransform, TransformSettings, parse_transform
 from camlab.utils import (CHECKPOINT_DIR, SEED_MAX, CamlabError, Range, atomic_write_text, check_ranges, reason,
-                   resolve_device, safe_subdir)
+                          resolve_device, safe_subdir)
+from model import CAMModel, ModelConfig, SEG_CAM_FORMS, check_input_size, load_checkpoint, normalize_cam, save_checkpoint, select_class
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -90,6 +87,8 @@ class RunConfig:
     erase_weight: float = 0.3
     erase_growth: float = 0.05
     area_weight: float = 0.0
+    # the values of registered methods' flags that have no field above (camlab.methods.Flag)
+    options: dict = field(default_factory=dict)
 
     def run_dir(self) -> Path:
         return safe_subdir(CHECKPOINT_DIR, self.exp_id)
@@ -100,7 +99,8 @@ class RunConfig:
         become tuples again, and a setting the saved run predates takes its default, or in
         ``PREDATED`` what that run did."""
         known = {k: v for k, v in saved.items() if k in cls.__annotations__}
-        known = {**PREDATED.get(known.get("mode", cls.mode), {}), **known}
+        mode = known.get("mode", cls.mode)
+        known = {**(methods.METHODS[mode].predated if mode in methods.METHODS else {}), **known}
         if "delta" in known:
             known["delta"] = tuple(known["delta"])
         return cls(**known)
@@ -110,6 +110,8 @@ class RunConfig:
         the flag); a bad --recipe or --delta fails here too, before any data is read. The image
         size must give feature maps of 2×2 or more and a batch that fits in memory."""
         check_ranges(self, RANGES)
+        check_ranges(self, {f.name: f.range for f in methods.all_flags() if f.range and hasattr(self, f.name)})
+        method = methods.get(self.mode)
         if self.body_evidence is None and self.dataset in synthetic.EMBEDDED and self.data_root is None:
             # recorded as the number it is, so that the run keeps its meaning if the default changes
             self.body_evidence = synthetic.BODY_EVIDENCE
@@ -118,23 +120,23 @@ class RunConfig:
             if self.dataset not in synthetic.EMBEDDED:
                 raise CamlabError(f"--body_evidence sets an embedded benchmark (--dataset lab or multi), "
                                   f"not --dataset {self.dataset}")
-        if self.multi_label and self.dataset not in MULTI_LABEL_DATASETS:
+        if self.multi_label and not formats.get(self.dataset).multi_label:
             raise CamlabError(f"--multi_label needs a dataset that labels every class in an image "
-                              f"({' or '.join(MULTI_LABEL_DATASETS)}), not --dataset {self.dataset}")
-        if self.multi_label and self.mode == "ACOL" and "n" in self.recipe:
-            raise CamlabError(f"--recipe {self.recipe}: the adversarial 'n' head's loss is single-label; "
-                              f"under --multi_label use p heads only (e.g. --recipe pp)")
+                              f"({' or '.join(formats.multi_label_formats())}), not --dataset {self.dataset}")
+        method.check(self)
         dataloader.check_metadata(self.dataset, self.metadata)  # wsol without --metadata, or --metadata without wsol
         self.data_path()  # an empty --data_root, before any work
         if self.cv == 1:
             raise CamlabError("--cv 1 is not cross-validation: 0 for a single run, or 2 folds or more")
-        model_config, device = self.model_config(1), resolve_device(self.device)
-        check_input_size(model_config, self.img_size, self.batch_size, device)
-        if self.mode == "SEG" and "scale" in parse_transform(self.transform):
-            small = round(self.img_size * self.scale)
-            check_input_size(model_config, max(small, 1), self.batch_size, device,
-                             flag=f"--img_size {self.img_size} × --scale {self.scale:g} =")
+        check_input_size(self.model_config(1), self.img_size, self.batch_size, resolve_device(self.device))
         return self
+
+    def option(self, name: str) -> Any:
+        """The value of a method's flag ``name``: its field, else ``options`` (else its default)."""
+        if name in {f.name for f in fields(self)}:
+            return getattr(self, name)
+        default = next((f.default for f in methods.all_flags() if f.name == name), None)
+        return self.options.get(name, default)
 
     def data_path(self) -> Path:
         """The dataset folder: ``--data_root``, else the dataset's default (for ``lab``, the
@@ -142,42 +144,25 @@ class RunConfig:
         return dataloader.resolve_root(self.dataset, self.data_root, self.body_evidence)
 
     def model_config(self, num_classes: int) -> ModelConfig:
-        """The model this run trains: ACOL's heads per ``recipe``, of kind ``acol_head``; one
-        linear ``p`` head otherwise."""
-        if self.mode != "ACOL":
-            return ModelConfig(num_classes, self.backbone, self.cut, "p", tuple(self.delta))
-        return ModelConfig(num_classes, self.backbone, self.cut, self.recipe, tuple(self.delta),
-                           self.acol_head, self.acol_width, self.acol_grow)
+        """The model this run trains: the method's heads (``Method.model``: ACoL's per
+        ``recipe``, of kind ``acol_head``), one linear ``p`` head for the lab's methods."""
+        return ModelConfig(num_classes, self.backbone, self.cut, **methods.get(self.mode).model(self))
+
+    @property
+    def method(self) -> Method:
+        return methods.get(self.mode)
 
 
-MULTI_LABEL_DATASETS = ("multi", "voc")  # the datasets whose ImageSet knows every present class
-
-
-# mode -> settings whose default is not what that mode's runs did before the setting existed:
-# such a run reads back as what it ran (ACOL trained linear heads before --acol_head), so that
-# --resume and a comparison's reuse of finished runs do not take it for a run of the new default.
-PREDATED: dict[str, dict[str, object]] = {"ACOL": {"acol_head": "linear"}}
-
-
-# The bounds of every numeric setting (flag -> Range). NaN and infinities never pass.
+# The bounds of every numeric setting shared by all methods (flag -> Range). NaN and infinities never pass.
 RANGES: dict[str, Range] = {
     "epochs": Range(1, 10_000),
     "batch_size": Range(1, 1 << 20),
     "img_size": Range(1, 1 << 20),
     "seed": Range(0, SEED_MAX, "numpy's seed range"),
     "cv": Range(0, 1_000, "0: a single run"),
-    "rot_deg": Range(0, 180, "rotate draws an angle in [-rot_deg, rot_deg]"),
-    "shift": Range(0, 0.5, "a fraction of the side; beyond half no image is left to compare"),
-    "ser_weight": Range(0, 1_000, "a loss weight"),
-    "erase_weight": Range(0, 1_000, "a loss weight"),
-    "erase_growth": Range(0, 1_000, "added to a loss weight per epoch"),
-    "area_weight": Range(0, 1_000, "a loss weight"),
     "lr": Range(0, 1, "Adam's learning rate", open_low=True),
-    "scale": Range(0, 4, "the scale transform's resize factor", open_low=True),
     "val_fraction": Range(0, 0.9, "the share of training images held out", open_low=True),
-    "acol_width": Range(1, 4096, f"hidden channels of each ACoL conv head; the paper's is {ACOL_WIDTH}"),
-    "acol_grow": Range(0, 64, "feature cells to grow ACoL's erased region by"),
-}
+}  # the methods' own flags bring their ranges (camlab.methods.Flag.range)
 
 
 # Settings that change where or how verbosely a run goes, not what it computes: the rest must
@@ -230,29 +215,6 @@ def restore_random_states(states: dict) -> None:
         torch.cuda.set_rng_state(states["cuda"].cpu())
 
 
-# -------------------------------------------------------------------------------- objectives
-class Step(NamedTuple):
-    """What an objective returns for one batch: the loss to minimise, the scores used for
-    accuracy, and named loss terms for the log (each a 0-d tensor)."""
-
-    loss: torch.Tensor
-    scores: torch.Tensor
-    terms: dict[str, torch.Tensor]
-
-
-# An objective: (model, images N×3×S×S, labels, generator for its random draws, epoch from 1)
-# -> Step. Labels are int64 N (one class per image) or, under --multi_label, float N×K multi-hot.
-Objective = Callable[[CAMModel, torch.Tensor, torch.Tensor, torch.Generator, int], Step]
-
-
-def classification_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for one label per image (int64 N); binary cross-entropy with logits,
-    averaged over images and classes, for multi-hot labels (float N×K)."""
-    if labels.ndim == 1:
-        return F.cross_entropy(scores, labels)
-    return F.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
-
-
 def cam_objective(model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
                   generator: torch.Generator | None = None, epoch: int = 1) -> Step:
     """Task 1 of the handout: cross-entropy between the scores and the labels (BCE for
@@ -260,25 +222,6 @@ def cam_objective(model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
     scores, _, _ = model(images)
     loss = classification_loss(scores, labels)
     return Step(loss, scores, {"ce": loss.detach()})
-
-
-def rest_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Adversarial "rest" loss of an ACoL ``n`` head (the ACoL-with-pretrained-models notes,
-    after Zhang et al., "Adversarial Complementary Learning for Weakly Supervised Object
-    Localization", CVPR 2018): cross-entropy toward the mean of the non-target logits,
-
-        L_i = -log( exp(mean_{j != y_i} z_ij) / sum_j exp(z_ij) )
-            = logsumexp_j z_ij - (sum_j z_ij - z_{i,y_i}) / (C - 1),
-
-    averaged over the batch. It falls as the target logit falls relative to the others.
-    logits: float N×C (C >= 2); labels: int64 N. Returns a 0-d tensor. Computed through
-    logsumexp, so large logits neither overflow nor lose the gradient.
-    """
-    if logits.ndim != 2 or logits.shape[1] < 2:
-        raise CamlabError(f"rest_cross_entropy needs N×C logits with C >= 2, got {tuple(logits.shape)}")
-    target = logits.gather(1, labels.view(-1, 1)).squeeze(1)
-    rest_mean = (logits.sum(dim=1) - target) / (logits.shape[1] - 1)
-    return (torch.logsumexp(logits, dim=1) - rest_mean).mean()
 
 
 class SegObjective:
@@ -350,310 +293,86 @@ def ser_loss(cam_t: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> 
     return ((cam_t - target) ** 2 * valid).sum() / valid.sum().clamp_min(1.0)
 
 
-# ACoL head letter (model.HEAD_KINDS) -> its loss on (scores N×K, labels N).
-HEAD_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "p": classification_loss, "n": rest_cross_entropy}
-assert HEAD_LOSSES.keys() == HEAD_KINDS.keys(), "every ACoL head letter needs a loss"
-
-
-def acol_objective(model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
-                   generator: torch.Generator | None = None, epoch: int = 1) -> Step:
-    """ACoL (Zhang et al., CVPR 2018) with the notes' recipes: every head's loss on its own
-    scores, summed; head i > 1 sees the features erased by the earlier ``p`` heads' maps of the
-    label (``CAMModel.run_heads``). Accuracy reads the first head. Terms: ``p1``, ``n2``, ..."""
-    outputs = model.run_heads(model.forward_features(images), labels)
-    terms = {f"{out.kind}{i}": HEAD_LOSSES[out.kind](out.scores, labels)
-             for i, out in enumerate(outputs, start=1)}
-    loss = torch.stack(list(terms.values())).sum()
-    return Step(loss, outputs[0].scores, {k: v.detach() for k, v in terms.items()})
-
-
-def erased_class_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``-log(1 - p_y)``, p the softmax of ``logits`` (N×K, K >= 2), averaged: falls as the
-    labelled class's probability falls. The one-label form of OC-CSE's "the erased class is
-    gone" target, computed as ``logsumexp_j z_j - logsumexp_{j != y} z_j`` (stable)."""
-    rest = logits.scatter(1, labels.view(-1, 1), float("-inf"))
-    return (torch.logsumexp(logits, dim=1) - torch.logsumexp(rest, dim=1)).mean()
-
-
-def sample_target(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """OC-CSE's target class: per image, one class drawn uniformly among those present
-    (multi-hot ``labels`` N×K, at least one per image) -> int64 N. One uniform number per image
-    from ``generator`` (CPU): the k-th present class, k = floor(u × number present)."""
-    u = torch.rand(labels.shape[0], generator=generator).to(labels.device)
-    present = labels > 0
-    rank = (u * present.sum(dim=1)).long()  # 0-based, among the present classes
-    return (present.cumsum(dim=1) <= rank.view(-1, 1)).sum(dim=1)
-
-
-class CseObjective:
-    """Class-specific adversarial erasing after OC-CSE (Kweon et al., ICCV 2021). A target class
-    is chosen per image: the label (one label per image), or one drawn uniformly among the
-    present classes (multi-hot labels, :func:`sample_target`: OC-CSE as published). The trained
-    network's CAM of the target (ReLU, divided by its max, upsampled to the image) erases the
-    image softly, ``image * (1 - mask)``, and a frozen ordinary classifier (eval mode, no
-    parameter updates, gradients flowing through it to the mask) judges it.
-
-    Multi-label (OC-CSE)::
-
-        L = BCE(scores, y) + w(epoch) * BCE(oc(erased), y with the target set to 0) + area_weight * mean(mask)
-
-    so the erased image must lose the target and keep every other present class ("remain").
-    One label per image::
-
-        L = CE(scores, y) + w(epoch) * erased_class_loss(oc(erased), y) + area_weight * mean(mask)
-
-    where nothing else is there to keep, so a mask covering everything erases the class best;
-    ``area_weight`` (off by default) charges for the mask's area to keep it to the object.
-    ``w(epoch) = erase_weight + erase_growth * (epoch - 1)`` (OC-CSE: 0.3 + 0.05 epoch).
-    Terms: ``ce``, ``erase``, ``area``.
-    """
-
-    def __init__(self, classifier: CAMModel, erase_weight: float = 0.3, erase_growth: float = 0.05,
-                 area_weight: float = 0.0) -> None:
-        self.classifier = classifier.eval().requires_grad_(False)
-        self.erase_weight, self.erase_growth, self.area_weight = erase_weight, erase_growth, area_weight
-
-    def __call__(self, model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
-                 generator: torch.Generator | None = None, epoch: int = 1) -> Step:
-        scores, features, _ = model(images)
-        target = labels if labels.ndim == 1 else sample_target(labels, generator)
-        mask = normalize_cam(select_class(model.class_cams(features), target)).unsqueeze(1)
-        mask = F.interpolate(mask, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        erased_scores, _, _ = self.classifier(images * (1 - mask))
-        if labels.ndim == 1:
-            erase = erased_class_loss(erased_scores, labels)
-        else:
-            remain = labels.scatter(1, target.view(-1, 1), 0.0)
-            erase = F.binary_cross_entropy_with_logits(erased_scores, remain.to(erased_scores.dtype))
-        ce, area = classification_loss(scores, labels), mask.mean()
-        weight = self.erase_weight + self.erase_growth * (epoch - 1)
-        loss = ce + weight * erase + self.area_weight * area
-        return Step(loss, scores, {"ce": ce.detach(), "erase": erase.detach(), "area": area.detach()})
-
-
-def _cam_mode(cfg: "RunConfig", classes: list[str]) -> Objective:
-    return cam_objective
-
-
-def _seg_mode(cfg: "RunConfig", classes: list[str]) -> Objective:
+def _seg_objective(cfg: "RunConfig", classes: list[str], teacher: None) -> Objective:
     settings = TransformSettings(scale=cfg.scale, rot_deg=cfg.rot_deg, shift=cfg.shift)
     return SegObjective(EquivarianceTransform(cfg.transform, settings), cfg.cam, cfg.ser_weight)
 
 
-def _acol_mode(cfg: "RunConfig", classes: list[str]) -> Objective:
-    return acol_objective
+def _seg_check(cfg: "RunConfig") -> None:
+    """The scale transform's small branch must still give feature maps of 2×2 or more."""
+    if "scale" in parse_transform(cfg.transform):
+        small = round(cfg.img_size * cfg.scale)
+        check_input_size(cfg.model_config(1), max(small, 1), cfg.batch_size, resolve_device(cfg.device),
+                         flag=f"--img_size {cfg.img_size} × --scale {cfg.scale:g} =")
 
 
-def _cse_mode(cfg: "RunConfig", classes: list[str]) -> Objective:
-    return CseObjective(ordinary_classifier(cfg, classes), cfg.erase_weight, cfg.erase_growth,
-                        cfg.area_weight)
+def _transform_name(name: str) -> str:
+    """``--transform``'s type: a name of ``camlab.transforms.TRANSFORMS`` or several joined by '+'."""
+    parse_transform(name)
+    return name
 
 
-def ordinary_classifier(cfg: "RunConfig", classes: list[str]) -> CAMModel:
-    """CSE's frozen classifier: the best checkpoint of the CAM run ``--oc_exp``, trained on the
-    same classes."""
-    classifier, ckpt = load_checkpoint(oc_checkpoint(cfg), resolve_device(cfg.device))
+# The lab's methods: task 1 (CAM) and task 2 (SEG, the equivariance loss); they lead --mode.
+SEG = methods.register(Method(
+    "SEG", "plus the equivariance loss (task 2)", _seg_objective, lambda cfg: f"SEG {cfg.transform}",
+    group="SEG mode (equivariance loss)",
+    flags=(
+        Flag("transform", f"one of {', '.join(TRANSFORMS)}, or several joined with '+' (applied left to right, "
+             f"e.g. rotate+hflip)", _transform_name),
+        Flag("scale", "factor of the scale transform", float,
+             range=Range(0, 4, "the scale transform's resize factor", open_low=True)),
+        Flag("rot_deg", "rotate draws an angle per image in [-rot_deg, rot_deg]", float,
+             range=Range(0, 180, "rotate draws an angle in [-rot_deg, rot_deg]")),
+        Flag("shift", "translate draws a shift per image up to this fraction of the side", float,
+             range=Range(0, 0.5, "a fraction of the side; beyond half no image is left to compare")),
+        Flag("cam", "lab: softmax-weighted sum of feature maps; class: fc weights of the label, ReLU, divided by "
+             "its max (SSENet)", choices=SEG_CAM_FORMS),
+        Flag("ser_weight", "weight of the equivariance loss L_ser", float, range=Range(0, 1_000, "a loss weight"))),
+    check=_seg_check), first=True)
+CAM = methods.register(Method("CAM", "classification (task 1)", lambda cfg, classes, teacher: cam_objective,
+                              lambda cfg: "CAM"), first=True)
+
+
+def teacher_model(cfg: "RunConfig", classes: list[str]) -> CAMModel | None:
+    """The frozen model a method judges with (``Method.teacher``: CSE's ordinary classifier, the
+    best checkpoint of the CAM run ``--oc_exp``), trained on the same classes and label form; None
+    for a method without one."""
+    flag = cfg.method.teacher
+    if flag is None:
+        return None
+    exp_id = cfg.option(flag)
+    classifier, ckpt = load_checkpoint(teacher_checkpoint(cfg), resolve_device(cfg.device))
     if list(ckpt.get("classes", [])) != list(classes):
-        raise CamlabError(f"--oc_exp {cfg.oc_exp}: it was trained on other classes "
+        raise CamlabError(f"--{flag} {exp_id}: it was trained on other classes "
                           f"({len(ckpt.get('classes', []))}) than this dataset's ({len(classes)})")
     oc_multi = bool(ckpt.get("args", {}).get("multi_label", False))
     if oc_multi != cfg.multi_label:
-        raise CamlabError(f"--oc_exp {cfg.oc_exp}: it was trained {'with' if oc_multi else 'without'} "
+        raise CamlabError(f"--{flag} {exp_id}: it was trained {'with' if oc_multi else 'without'} "
                           f"--multi_label and this run is {'with' if cfg.multi_label else 'without'}; "
                           f"the ordinary classifier must score images the way this run's loss reads them")
     return classifier
 
 
-def oc_checkpoint(cfg: "RunConfig") -> Path:
-    """The path of CSE's ordinary classifier, checked to exist."""
-    if not cfg.oc_exp:
-        raise CamlabError("--mode CSE needs --oc_exp <exp_id>, a finished CAM run "
-                          "(e.g. python main.py --mode CAM --exp_id oc, then --oc_exp oc)")
-    path = safe_subdir(CHECKPOINT_DIR, cfg.oc_exp, "--oc_exp") / "best.pth"
+def teacher_checkpoint(cfg: "RunConfig") -> Path:
+    """The path of the method's teacher (CSE's ordinary classifier), checked to exist."""
+    flag = cfg.method.teacher
+    exp_id = cfg.option(flag)
+    if not exp_id:
+        raise CamlabError(f"--mode {cfg.mode} needs --{flag} <exp_id>, a finished CAM run "
+                          f"(e.g. python main.py --mode CAM --exp_id oc, then --{flag} oc)")
+    path = safe_subdir(CHECKPOINT_DIR, exp_id, f"--{flag}") / "best.pth"
     if not path.is_file():
-        raise CamlabError(f"--oc_exp {cfg.oc_exp}: {path} does not exist; train it first with "
-                          f"python main.py --mode CAM --exp_id {cfg.oc_exp}")
+        raise CamlabError(f"--{flag} {exp_id}: {path} does not exist; train it first with "
+                          f"python main.py --mode CAM --exp_id {exp_id}")
     return path
 
 
-# mode name -> builder of its objective from the run's settings and the dataset's classes;
-# main.py's --mode choices.
-OBJECTIVES: dict[str, Callable[["RunConfig", list[str]], Objective]] = {
-    "CAM": _cam_mode, "SEG": _seg_mode, "ACOL": _acol_mode, "CSE": _cse_mode}
+def build_objective(cfg: "RunConfig", classes: list[str]) -> Objective:
+    """The objective of the run's method, with its teacher loaded where it has one."""
+    return cfg.method.objective(cfg, list(classes), teacher_model(cfg, classes))
 
 
-# ------------------------------------------------------------------------ processes (DDP)
-@dataclass(frozen=True)
-class World:
-    """This process's place among those ``torchrun`` started (one process: rank 0 of 1)."""
-
-    rank: int = 0
-    size: int = 1
-
-    @property
-    def main(self) -> bool:
-        """Only the main process writes checkpoints, logs, figures and reports."""
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.size > 1:
-            dist.barrier()
-
-
-SINGLE = World()
-
-
-def current_world() -> World:
-    if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size())
-    return SINGLE
-
-
-DIST_TIMEOUT = datetime.timedelta(hours=24)
-
-
-@contextlib.contextmanager
-def distributed(device: str) -> Iterator[World]:
-    """Under ``torchrun`` (``WORLD_SIZE`` > 1), join the process group for the run: NCCL with
-    one GPU per process (``LOCAL_RANK``), gloo on CPUs. Otherwise a single process."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
-        yield SINGLE
-        return
-    use_cuda = resolve_device(device).type == "cuda"
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    # generous: with --cv a process may wait a whole fold for the others before the gather
-    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=DIST_TIMEOUT)
-    try:
-        yield current_world()
-        leave_together()
-    finally:
-        dist.destroy_process_group()
-
-
-def leave_together() -> None:
-    """Every process waits here for the others before the process group goes, so that none
-    leaves while another still needs it (rank 0 writes the outputs after the others finish)."""
-    if dist.get_backend() == "nccl":
-        dist.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        dist.barrier()
-
-
-def exit_process(code: int) -> NoReturn:
-    """End a torchrun worker process: flush, then ``os._exit(code)`` without finalising the
-    interpreter.
-
-    Measured (gdb on the aborting rank, README "torchrun"): gloo keeps its worker threads
-    running after ``destroy_process_group`` (torch 2.14 joins them only when the process group
-    object is freed). A thread still releasing a finished collective's tensors when the
-    interpreter finalises needs the GIL, the finalising interpreter ends the thread with
-    pthread_exit, and the unwind through a noexcept destructor aborts the process ("terminate
-    called without an active exception": 4 runs in 10 of the two-process test on a busy CPU;
-    a barrier alone still left 1 in 30). Every output is written atomically and closed before
-    this point, so skipping finalisation loses nothing.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-class ObjectiveModule(nn.Module):
-    """The model and an objective as one module, so that DistributedDataParallel sees a whole
-    training step as one forward call (objectives read the model's parts, not only forward)."""
-
-    def __init__(self, model: CAMModel, objective: Objective) -> None:
-        super().__init__()
-        self.model, self.objective = model, objective
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
-                epoch: int) -> Step:
-        return self.objective(self.model, images, labels, generator, epoch)
-
-
-def data_parallel(objective: Objective, model: CAMModel, world: World) -> Objective:
-    """``objective`` with gradients averaged over the processes of ``world`` (DDP)."""
-    if world.size == 1:
-        return objective
-    device = next(model.parameters()).device
-    ddp = DistributedDataParallel(ObjectiveModule(model, objective),
-                                  device_ids=[device.index] if device.type == "cuda" else None)
-    return lambda _model, images, labels, generator, epoch: ddp(images, labels, generator, epoch)
-
-
-# ------------------------------------------------------------------------------------ epochs
-class EpochMeter:
-    """Sums of loss terms and correct predictions over an epoch, kept on the device so that
-    training never waits for a ``.item()`` per step.
-
-    One label per image: ``acc`` is top-1 accuracy. Multi-hot labels: a class is predicted
-    where its sigmoid is at least 0.5 (logit >= 0); ``acc`` is the exact match of the predicted
-    set, ``f1`` the micro-averaged F1 over every (image, class) pair, and ``map`` the mean over
-    classes of scikit-learn's average precision (classes with a positive image in the epoch).
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.sums: dict[str, torch.Tensor] = {}
-        self.scored: list[tuple[torch.Tensor, torch.Tensor]] = []  # multi-label: (scores, labels)
-
-    def update(self, step: Step, labels: torch.Tensor) -> None:
-        n = labels.shape[0]
-        self.count += n
-        values = {"loss": step.loss.detach(), **step.terms}
-        if labels.ndim == 1:
-            values["acc"] = (step.scores.argmax(dim=1) == labels).float().mean()
-        else:
-            predicted, truth = step.scores.detach() >= 0, labels > 0
-            values["acc"] = (predicted == truth).all(dim=1).float().mean()
-            for name, hits in (("tp", predicted & truth), ("fp", predicted & ~truth), ("fn", ~predicted & truth)):
-                values[name] = hits.sum() / n  # times n below: the epoch's count
-            self.scored.append((step.scores.detach().float(), labels.detach()))
-        for name, value in values.items():
-            self.sums[name] = self.sums.get(name, 0) + value.float() * n
-
-    def compute(self, world: World = SINGLE) -> dict[str, float]:
-        """Epoch means; with several processes, over all their images (one all-reduce)."""
-        names = list(self.sums)
-        if world.size > 1:
-            device = next(iter(self.sums.values())).device
-            totals = torch.stack([torch.tensor(float(self.count), device=device)] + [self.sums[n] for n in names])
-            dist.all_reduce(totals)
-            count, sums = float(totals[0]), dict(zip(names, totals[1:]))
-        else:
-            count, sums = self.count, self.sums
-        if not count:
-            return {}
-        means = {name: float(sums[name]) / count for name in names if name not in ("tp", "fp", "fn")}
-        if "tp" in sums:
-            tp, fp, fn = (float(sums[k]) for k in ("tp", "fp", "fn"))
-            means["f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-            means["map"] = mean_average_precision(*self._gathered(world))
-        return means
-
-    def _gathered(self, world: World) -> tuple[np.ndarray, np.ndarray]:
-        scores = torch.cat([s for s, _ in self.scored]).cpu().numpy()
-        labels = torch.cat([y for _, y in self.scored]).cpu().numpy()
-        if world.size > 1:
-            everyone: list = [None] * world.size
-            dist.all_gather_object(everyone, (scores, labels))
-            scores, labels = np.concatenate([s for s, _ in everyone]), np.concatenate([y for _, y in everyone])
-        return scores, labels
-
-
-def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """mAP of multi-label scores (N×K) against multi-hot labels (N×K): scikit-learn's average
-    precision per class, averaged over the classes with at least one positive image (NaN if none)."""
-    labels = np.asarray(labels) > 0
-    positive = np.flatnonzero(labels.any(axis=0))
-    if not positive.size:
-        return float("nan")
-    return float(np.mean([average_precision_score(labels[:, k], scores[:, k]) for k in positive]))
-
-
-def run_epoch(model: CAMModel, data: dataloader.ImageSet, indices: torch.Tensor, *,
+def run_epoch(model: CAMModel, data: ImageSet, indices: torch.Tensor, *,
               objective: Objective, img_size: int, batch_size: int,
               optimizer: torch.optim.Optimizer | None = None, seed: int = 0, epoch: int = 0,
               desc: str = "", progress: bool = True, world: World = SINGLE,
@@ -782,7 +501,7 @@ def build_training(cfg: RunConfig, classes: list[str], device: torch.device, see
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
-    return model, optimizer, scheduler, OBJECTIVES[cfg.mode](cfg, classes)
+    return model, optimizer, scheduler, build_objective(cfg, classes)
 
 
 def epoch_options(cfg: RunConfig, world: World = SINGLE) -> dict:
@@ -802,11 +521,11 @@ def _save_epoch(run_dir: Path, cfg: RunConfig, model: CAMModel, optimizer: torch
     save_checkpoint(run_dir / "last.pth", model, optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), random=random_states(), progress=asdict(state), **meta)
     _write_log(run_dir / "log.csv", state.rows)
-    visualize.plot_curves(state.rows, run_dir / "curves.png",
+    figures.plot_curves(state.rows, run_dir / "curves.png",
                           title=" ".join(dict.fromkeys([cfg.exp_id, run_dir.name])))  # "cv5 fold2"
 
 
-def fit(cfg: RunConfig, train_set: dataloader.ImageSet, train_idx: torch.Tensor,
+def fit(cfg: RunConfig, train_set: ImageSet, train_idx: torch.Tensor,
         val_idx: torch.Tensor, run_dir: Path, device: torch.device, seed: int,
         desc: str = "", world: World = SINGLE) -> tuple[CAMModel, dict]:
     """Train for ``cfg.epochs``, keep ``best.pth`` (best validation accuracy) and ``last.pth``
@@ -853,7 +572,7 @@ def fit(cfg: RunConfig, train_set: dataloader.ImageSet, train_idx: torch.Tensor,
                   "weights_used": model.weights_used, "log": state.rows, "epoch_seconds": state.seconds}
 
 
-def evaluate(model: CAMModel, data: dataloader.ImageSet, cfg: RunConfig, desc: str = "test",
+def evaluate(model: CAMModel, data: ImageSet, cfg: RunConfig, desc: str = "test",
              world: World = SINGLE) -> dict:
     """Cross-entropy and accuracy of ``model`` on every image of ``data`` (shared among the
     processes of ``world``). Accuracy reads the original images' scores in every mode, so SEG's
@@ -864,7 +583,7 @@ def evaluate(model: CAMModel, data: dataloader.ImageSet, cfg: RunConfig, desc: s
                      **epoch_options(cfg, world))
 
 
-def load_data(cfg: RunConfig, device: torch.device) -> tuple[dataloader.ImageSet, dataloader.ImageSet]:
+def load_data(cfg: RunConfig, device: torch.device) -> tuple[ImageSet, ImageSet]:
     """The splits in the dataset's "train" and "test" roles (``dataloader.split_for``: e.g. voc
     trains on train_aug when it is there and reports on val), on ``device``."""
     root = cfg.data_path()
@@ -944,7 +663,7 @@ def _start(cfg: RunConfig) -> tuple[Path, torch.device, World]:
 
 
 def _prepare(cfg: RunConfig, run_dir: Path, device: torch.device,
-             world: World) -> tuple[dataloader.ImageSet, dataloader.ImageSet]:
+             world: World) -> tuple[ImageSet, ImageSet]:
     """The data and the run folder, the main process first: it alone may generate the
     embedded dataset, fill the decode cache and make (or refuse) the folder."""
     if world.main:
@@ -986,6 +705,27 @@ def train(cfg: RunConfig) -> dict:
     return metrics
 
 
+@dataclass
+class FinishedRun:
+    """A finished run as every reader loads it: its best model (eval mode), its settings, the
+    checkpoint's other entries (``classes``, ``epoch``, ...) and its data root."""
+
+    exp_id: str
+    net: CAMModel
+    cfg: RunConfig
+    ckpt: dict
+    root: Path
+
+
+def load_run(exp_id: str, device: torch.device | str = "cpu", data_root: str | None = None) -> FinishedRun:
+    """``checkpoints/<exp_id>/best.pth`` with its settings (``RunConfig.from_args``); the data
+    root its settings name, or ``data_root`` instead."""
+    net, ckpt = load_checkpoint(safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth", device)
+    cfg = RunConfig.from_args(ckpt.get("args", {}))
+    root = dataloader.resolve_root(cfg.dataset, data_root, cfg.body_evidence) if data_root else cfg.data_path()
+    return FinishedRun(exp_id, net.eval(), cfg, ckpt, root)
+
+
 def kfold_splits(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """scikit-learn's shuffled KFold over ``range(n)``: k disjoint validation parts covering all."""
     if k < 2 or k > n:
@@ -1017,24 +757,15 @@ def train_CV(cfg: RunConfig) -> dict:  # noqa: N802 - the handout's name
                                                        **benchmark_meta(cfg)})
         folds.append({"fold": k, "val_acc": metrics["best_val_acc"], "test_acc": metrics["test_acc"],
                       "best_epoch": metrics["best_epoch"]})
-    folds = _gather_folds(folds, world)
+    folds = gather_folds(folds, world)
     if not world.main:
         return {}
     summary = cv_summary(folds)
     atomic_write_text(run_dir / "cv.json", json.dumps({**summary, "args": asdict(cfg)}, indent=2) + "\n")
     table = cv_table(summary)
-    atomic_write_text(run_dir / "cv.md", table + "\n")
-    print(table)
+    atomic_write_text(run_dir / "cv.md", table)
+    print(table, end="")
     return summary
-
-
-def _gather_folds(folds: list[dict], world: World) -> list[dict]:
-    """Every process's fold results, in fold order."""
-    if world.size == 1:
-        return folds
-    everyone: list = [None] * world.size
-    dist.all_gather_object(everyone, folds)
-    return sorted((f for part in everyone for f in part), key=lambda f: f["fold"])
 
 
 def cv_summary(folds: list[dict]) -> dict:
@@ -1047,10 +778,7 @@ def cv_summary(folds: list[dict]) -> dict:
 
 def cv_table(summary: dict) -> str:
     """A Markdown table: one row per fold, then mean ± std."""
-    lines = ["| fold | best epoch | val acc | test acc |", "|---:|---:|---:|---:|"]
-    for f in summary["folds"]:
-        lines.append(f"| {f['fold']} | {f['best_epoch']} | {f['val_acc']:.4f} | {f['test_acc']:.4f} |")
+    rows = [[f["fold"], f["best_epoch"], f"{f['val_acc']:.4f}", f"{f['test_acc']:.4f}"] for f in summary["folds"]]
     m, s = summary["mean"], summary["std"]
-    lines.append(f"| mean ± std | | {m['val_acc']:.4f} ± {s['val_acc']:.4f} "
-                 f"| {m['test_acc']:.4f} ± {s['test_acc']:.4f} |")
-    return "\n".join(lines)
+    rows.append(["mean ± std", "", f"{m['val_acc']:.4f} ± {s['val_acc']:.4f}", f"{m['test_acc']:.4f} ± {s['test_acc']:.4f}"])
+    return tables.markdown(["fold", "best epoch", "val acc", "test acc"], rows, [tables.RIGHT] * 4)

@@ -1,235 +1,29 @@
-"""Figures: training curves (written by every run), and, with the SEG work, CAM overlays and masks.
+"""The lab's overlays and masks: CAM heat maps over the ``test_seg_source/`` images, thresholded masks and their grid.
 
-matplotlib draws off screen (Agg), so figures are written on servers without a display.
+``python visualize.py --exp_id cam`` writes ``visualize/<exp_id>/<stem>.png`` (the overlay),
+``<stem>_seg.png`` (the mask ``python iou.py`` scores) and ``grid.png``.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
-import textwrap
 from pathlib import Path
 
 import cv2
-import matplotlib
 import numpy as np
+import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
-matplotlib.use("Agg")
-import matplotlib.patches  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-import torch  # noqa: E402
-from torchvision.datasets.folder import IMG_EXTENSIONS  # noqa: E402
-
-import dataloader  # noqa: E402
-import iou  # noqa: E402
-import model  # noqa: E402
-from camlab.utils import CHECKPOINT_DIR, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, VISUALIZE_DIR, CamlabError  # noqa: E402
-from camlab.utils import (OneLineParser, atomic_write, atomic_write_text, check_range, encode_png, resolve_device,  # noqa: E402
-                   run_cli, safe_subdir)
-
-
-def save_figure(fig: plt.Figure, path: Path) -> None:
-    """Write a figure as PNG atomically, then free it."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
-def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
-    """Loss and accuracy per epoch, training against validation, from ``log.csv`` rows."""
-    epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, metric in zip(axes, ("loss", "acc")):
-        for split, style in (("train", "-o"), ("val", "--s")):
-            key = f"{split}_{metric}"
-            if key in rows[0]:
-                ax.plot(epochs, [r[key] for r in rows], style, label=split, markersize=4)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy" if metric == "acc" else "loss")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right" if metric == "acc" else "upper right")
-    axes[1].set_ylim(0, 1.02)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def plot_iou_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path | str,
-                    chosen: dict[str, float] | None = None, title: str = "") -> None:
-    """Mean IoU against threshold, one line per experiment, written atomically as PNG.
-
-    curves: experiment -> (thresholds, mean IoUs), both float arrays T, thresholds increasing.
-    chosen: experiment -> its chosen threshold, marked on that experiment's line.
-    """
-    if not curves:
-        raise CamlabError("plot_iou_curves: no curves to draw")
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for name, (thresholds, mious) in curves.items():
-        line, = ax.plot(thresholds, mious, "-", label=name)
-        if chosen and name in chosen:
-            t = chosen[name]
-            y = np.interp(t, thresholds, mious)
-            ax.plot([t], [y], "o", color=line.get_color(), markersize=7)
-    ax.set(xlabel="threshold on the normalised CAM", ylabel="mean IoU", ylim=(0, 1))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, Path(path))
-
-
-
-# ------------------------------------------------------------------------- CAM overlays, masks
-def heatmap_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The CAM in OpenCV's JET colour map blended over the image.
-
-    image: uint8 H×W×3 RGB; cam: float H×W in [0, 1]. Returns uint8 H×W×3 RGB.
-    """
-    heat = cv2.applyColorMap(np.round(cam * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(heat, alpha, image, 1 - alpha, 0)
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    """uint8 H×W (grey) or H×W×3 (RGB) to PNG, atomically."""
-    encoded = encode_png(image)
-    atomic_write(path, lambda f: f.write(encoded))
-
-
-def plot_grid(rows: list[dict], path: Path, title: str = "") -> None:
-    """A report figure with one column per image and four rows: image, CAM overlay,
-    thresholded mask, ground truth (left blank where unknown).
-
-    rows: dicts with ``name``, ``image`` (uint8 H×W×3), ``overlay``, ``mask`` (bool H×W),
-    optional ``gt`` (bool H×W) and ``caption``.
-    """
-    keys, heads = ("image", "overlay", "mask", "gt"), ("image", "CAM", "mask", "ground truth")
-    fig, axes = plt.subplots(4, len(rows), figsize=(1.5 * len(rows), 6.6), squeeze=False)
-    for c, row in enumerate(rows):
-        for r, key in enumerate(keys):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            binary = key in ("mask", "gt")
-            if row.get(key) is not None:
-                ax.imshow(row[key], cmap="gray" if binary else None, vmin=0 if binary else None,
-                          vmax=1 if binary else None)
-            if c == 0:
-                ax.set_ylabel(heads[r], fontsize=9)
-        axes[0, c].set_title(row.get("caption", row["name"]), fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def _draw_box(ax: plt.Axes, box, colour: str) -> None:
-    """An inclusive pixel box (x0, y0, x1, y1) drawn around the pixels it covers."""
-    if box is not None:
-        x0, y0, x1, y1 = box
-        ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False,
-                                   edgecolor=colour, linewidth=1.2))
-
-
-def plot_methods(examples: dict[str, list[dict]], path: Path, title: str = "") -> None:
-    """The methods figure: one row per experiment, one column per test image, each cell the CAM
-    over the image with the CAM's box (red, 20% rule) and the ground-truth box (green).
-
-    examples: exp_id -> list of dicts with ``image`` (uint8 H×W×3), ``cam`` (float H×W in
-    [0, 1]), ``box`` and ``gt_box`` (inclusive (x0, y0, x1, y1) or None), ``name``.
-    """
-    names = list(examples)
-    cols = max(len(v) for v in examples.values())
-    fig, axes = plt.subplots(len(names), cols, figsize=(1.3 * cols, 1.4 * len(names) + 0.4), squeeze=False)
-    for r, exp_id in enumerate(names):
-        for c in range(cols):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(examples[exp_id]):
-                ex = examples[exp_id][c]
-                ax.imshow(heatmap_overlay(ex["image"], ex["cam"]))
-                _draw_box(ax, ex["gt_box"], "lime")
-                _draw_box(ax, ex["box"], "red")
-                if r == 0:
-                    ax.set_title(ex["name"], fontsize=7)
-        axes[r, 0].set_ylabel(exp_id, fontsize=8)
-    fig.suptitle(title or "CAM of the labelled class; boxes: CAM (red, 20% rule), ground truth (green)",
-                 fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def label_colours(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Label maps (0 background, k + 1 class k, 255 void) as uint8 ...×3 RGB: background black,
-    void white, class k the k-th colour of matplotlib's tab10 (tab20 beyond ten classes)."""
-    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20")
-    table = np.zeros((256, 3), np.uint8)
-    table[1:num_classes + 1] = (np.asarray([cmap(k % cmap.N)[:3] for k in range(num_classes)]) * 255).round()
-    table[255] = 255
-    return table[np.asarray(labels, np.uint8)]
-
-
-def plot_label_maps(rows: dict[str, np.ndarray], examples: dict, classes: list[str], path: Path,
-                    title: str = "") -> None:
-    """The segmentation figure: one column per test image; rows: the image, its ground truth,
-    then each method's label map (``rows``: name -> int N×H×W), colour-coded by
-    :func:`label_colours`, with a legend of the classes. ``examples``: ``images`` (uint8
-    N×H×W×3), ``truth`` (N×H×W), ``names``; ``classes``: background first."""
-    num_classes = len(classes) - 1
-    named = {"image": None, "ground truth": examples["truth"], **rows}
-    cols = len(examples["images"])
-    fig, axes = plt.subplots(len(named), cols, figsize=(1.25 * cols + 1.6, 1.3 * len(named) + 0.6), squeeze=False)
-    for r, (name, maps) in enumerate(named.items()):
-        for c in range(cols):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.imshow(examples["images"][c] if maps is None else label_colours(maps[c], num_classes))
-            if r == 0:
-                ax.set_title(examples["names"][c].split("/")[-1], fontsize=6)
-        axes[r, 0].set_ylabel(textwrap.fill(name, 18), fontsize=7)
-    handles = [matplotlib.patches.Patch(color=label_colours(np.array([k]), num_classes)[0] / 255, label=name)
-               for k, name in enumerate(classes)]
-    fig.legend(handles=handles, loc="center right", fontsize=6, frameon=False)
-    fig.suptitle(title or "label maps (black: background)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1 - 1.5 / (1.25 * cols + 1.6), 1 - 0.5 / (1.3 * len(named) + 0.6)))
-    save_figure(fig, path)
-
-
-def plot_sweep(series: dict[str, dict[str, list]], path: Path, title: str = "") -> None:
-    """The body-evidence sweep: mean IoU, PxAP and body-only accuracy against the setting, one
-    line per method (mean over seeds; the bar spans the seeds' min to max).
-
-    series: method -> measure key (``test_iou``, ``pxap``, ``acc_body``) -> [(setting, values
-    over seeds), ...] in increasing setting.
-    """
-    panels = (("test_iou", "mean IoU (threshold from training masks)"), ("pxap", "PxAP"),
-              ("acc_body", "body-only accuracy"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (key, label) in zip(axes[0], panels):
-        for method, measures in series.items():
-            points = [(x, np.asarray(v, dtype=np.float64)) for x, v in measures.get(key, [])
-                      if v and not np.isnan(np.asarray(v, dtype=np.float64)).all()]
-            if not points:
-                continue
-            xs = np.array([x for x, _ in points])
-            mean = np.array([np.nanmean(v) for _, v in points])
-            low, high = np.array([np.nanmin(v) for _, v in points]), np.array([np.nanmax(v) for _, v in points])
-            ax.errorbar(xs, mean, yerr=[mean - low, high - mean], marker="o", capsize=3, label=method)
-        ax.set(xlabel="body evidence (share of bodies carrying class evidence)", ylabel=label)
-        ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle(title or "the body-evidence sweep", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path)
+import dataloader
+import model
+import train
+from camlab import figures, formats
+from camlab.extractors import DEFAULT_EXTRACTOR, EXTRACTORS, check_extractor
+from camlab.images import decode_image, read_mask_dir
+from camlab.metrics import threshold_masks
+from camlab.utils import (CHECKPOINT_DIR, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, VISUALIZE_DIR, CamlabError,
+                          OneLineParser, atomic_write_text, check_range, resolve_device, run_cli, safe_subdir)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -241,7 +35,7 @@ def _source_images(root: Path) -> tuple[list[str], np.ndarray]:
         if folder.is_dir() else []
     if not paths:
         raise CamlabError(f"no images to visualise in {folder}")
-    images = [dataloader.decode_image(p) for p in paths]
+    images = [decode_image(p) for p in paths]
     h, w = images[0].shape[:2]
     images = [im if im.shape[:2] == (h, w) else cv2.resize(im, (w, h)) for im in images]
     return [p.stem for p in paths], np.stack(images)
@@ -249,43 +43,41 @@ def _source_images(root: Path) -> tuple[list[str], np.ndarray]:
 
 def visualize_run(exp_id: str, threshold: float = DEFAULT_THRESHOLD, form: str = "class",
                   data_root: str | None = None, device: str = "auto",
-                  extractor: str = model.DEFAULT_EXTRACTOR) -> Path:
+                  extractor: str = DEFAULT_EXTRACTOR) -> Path:
     """Overlays, masks and a grid for every image of ``test_seg_source/`` under ``exp_id``'s
-    best checkpoint, the maps from ``extractor`` (``model.EXTRACTORS``); returns the output
+    best checkpoint, the maps from ``extractor`` (``EXTRACTORS``); returns the output
     folder: ``visualize/<exp_id>/`` for camlab's CAM, ``visualize/<exp_id>_<extractor>/`` for
     another (so that ``python iou.py`` tabulates it as a column of its own)."""
     if not 0.0 <= threshold <= 1.0:
         raise CamlabError(f"--threshold must lie in [0, 1], got {threshold}")
     run_dir = safe_subdir(CHECKPOINT_DIR, exp_id)
-    out_dir = safe_subdir(VISUALIZE_DIR, exp_id if model.check_extractor(extractor) == model.DEFAULT_EXTRACTOR
+    out_dir = safe_subdir(VISUALIZE_DIR, exp_id if check_extractor(extractor) == DEFAULT_EXTRACTOR
                           else f"{exp_id}_{extractor}")
     dev = resolve_device(device)
-    net, ckpt = model.load_checkpoint(run_dir / "best.pth", dev)
-    args = ckpt.get("args", {})
-    root = dataloader.resolve_root(args.get("dataset", "lab"), data_root or args.get("data_root"),
-                                   args.get("body_evidence"))
-    if args.get("dataset") in ("multi", "voc") and not (root / "test_seg_source").is_dir():
-        raise CamlabError(f"{exp_id} was trained on --dataset {args.get('dataset')}, which has no test_seg_source/ to "
+    run = train.load_run(exp_id, dev, data_root)
+    net, ckpt, cfg, root = run.net, run.ckpt, run.cfg, run.root
+    if formats.get(cfg.dataset).multi_label and not (root / "test_seg_source").is_dir():
+        raise CamlabError(f"{exp_id} was trained on --dataset {cfg.dataset}, which has no test_seg_source/ to "
                           f"visualise; python iou.py --semseg --runs {exp_id} draws its label maps (report/semseg.png)")
     stems, images = _source_images(root)
-    truth = dataloader.read_mask_dir(root / "test_seg") if (root / "test_seg").is_dir() else {}
+    truth = read_mask_dir(root / "test_seg") if (root / "test_seg").is_dir() else {}
     inputs = dataloader.to_model_input(torch.from_numpy(images).permute(0, 3, 1, 2).to(dev),
-                                       int(args.get("img_size", 224)))
-    scores, maps = model.localization_maps(net.eval(), inputs, images.shape[1:3], form, extractor=extractor)
+                                       cfg.img_size)
+    scores, maps = model.localization_maps(net, inputs, images.shape[1:3], form, extractor=extractor)
     probs, preds = scores.softmax(dim=1).max(dim=1)
     classes = ckpt.get("classes") or [str(i) for i in range(scores.shape[1])]
     rows = []
     for i, stem in enumerate(stems):
         cam = maps[i].cpu().numpy()
-        mask = iou.threshold_masks(cam, threshold)
-        overlay = heatmap_overlay(images[i], cam)
-        write_png(out_dir / f"{stem}.png", overlay)
-        write_png(out_dir / f"{stem}{PRED_SUFFIX}", mask.astype(np.uint8) * 255)
+        mask = threshold_masks(cam, threshold)
+        overlay = figures.heatmap_overlay(images[i], cam)
+        figures.write_png(out_dir / f"{stem}.png", overlay)
+        figures.write_png(out_dir / f"{stem}{PRED_SUFFIX}", mask.astype(np.uint8) * 255)
         rows.append({"name": stem, "image": images[i], "overlay": overlay, "mask": mask,
                      "gt": truth.get(stem),
                      "caption": f"{stem}\n{classes[preds[i]]} ({probs[i]:.2f})"})
-    what = f"{form} CAM" if extractor == model.DEFAULT_EXTRACTOR else extractor
-    plot_grid(rows, out_dir / "grid.png", title=f"{exp_id}: {what}, threshold {threshold:g}")
+    what = f"{form} CAM" if extractor == DEFAULT_EXTRACTOR else extractor
+    figures.plot_grid(rows, out_dir / "grid.png", title=f"{exp_id}: {what}, threshold {threshold:g}")
     settings = {"exp_id": exp_id, "checkpoint": str(run_dir / "best.pth"), "cam": form, "extractor": extractor,
                 "threshold": threshold, "data_root": str(root), "images": stems}
     atomic_write_text(out_dir / "settings.json", json.dumps(settings, indent=2) + "\n")
@@ -299,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mask = min-max normalised CAM >= threshold; keep it the same for every mode")
     p.add_argument("--cam", default="class", choices=list(model.CAM_FORMS),
                    help="class: the paper's CAM of the predicted class; lab: the handout's softmax-weighted sum")
-    p.add_argument("--extractor", default=model.DEFAULT_EXTRACTOR, choices=list(model.EXTRACTORS),
+    p.add_argument("--extractor", default=DEFAULT_EXTRACTOR, choices=list(EXTRACTORS),
                    help="cam: camlab's own CAM; the others are torchcam's gradient- and score-based maps")
     p.add_argument("--data_root", default=None, help="default: the checkpoint's data root")
     p.add_argument("--device", default="auto", choices=DEVICES)

@@ -190,3 +190,14 @@ def encode_png(image: np.ndarray) -> bytes:
     if not ok:
         raise CamlabError(f"cannot encode a {image.dtype} {image.shape} array as PNG")
     return buffer.tobytes()
+
+
+def read_text(path: Path, what: str) -> str:
+    """The text of ``path`` with universal newlines (``\\r\\n`` and ``\\r`` read as ``\\n``) and a
+    UTF-8 byte order mark dropped; a missing or unreadable file is a CamlabError naming it."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise CamlabError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CamlabError(f"cannot read {what} {path}: {reason(err)}") from None

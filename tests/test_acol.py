@@ -12,8 +12,12 @@ from torch import nn
 
 import model
 import train
-from model import HEAD_TYPES, CAMModel, ModelConfig
+from camlab.heads import HEAD_TYPES
+from model import CAMModel, ModelConfig
 from camlab.utils import CamlabError
+from camlab.cams import minmax, select_class
+from camlab.heads import ACOL_WIDTH
+from camlab.methods import acol_objective
 
 CONV = HEAD_TYPES["conv"]
 
@@ -68,13 +72,13 @@ def test_the_fused_map_is_the_max_of_both_heads_normalised_maps() -> None:
     # max([[1, 3/4], [1/2, 0]], min-max of [[1, 1], [1, 11]] = [[0, 0], [0, 1]])
     assert torch.equal(fused, torch.tensor([[[1.0, 0.75], [0.5, 1.0]]]))
     first, second = net.run_heads(FEATURES, torch.tensor([1]))
-    both = torch.stack([model.minmax(model.select_class(o.cams, torch.tensor([1]))) for o in (first, second)])
+    both = torch.stack([minmax(select_class(o.cams, torch.tensor([1]))) for o in (first, second)])
     assert torch.equal(fused, both.amax(dim=0))
 
 
 def test_the_conv_head_is_the_papers() -> None:
     with torch.device("meta"):
-        head = CONV.build(128, 10, model.ACOL_WIDTH)
+        head = CONV.build(128, 10, ACOL_WIDTH)
     conv_a, relu_a, conv_b, relu_b, conv_c = head
     assert (conv_a.in_channels, conv_a.out_channels, conv_a.kernel_size, conv_a.padding) == (128, 1024, (3, 3), (1, 1))
     assert (conv_b.in_channels, conv_b.out_channels, conv_b.kernel_size, conv_b.padding) == (1024, 1024, (3, 3), (1, 1))
@@ -96,7 +100,7 @@ def test_conv_scores_are_the_gap_of_the_class_maps() -> None:
 def test_every_parameter_gets_a_nonzero_gradient_with_conv_heads(recipe: str) -> None:
     torch.manual_seed(0)
     net = CAMModel(num_classes=3, weights="none", recipe=recipe, deltas=(0.6,), head="conv", head_width=8)
-    step = train.acol_objective(net, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))
+    step = acol_objective(net, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))
     step.loss.backward()
     assert torch.isfinite(step.loss)
     for name, param in net.named_parameters():

@@ -15,6 +15,7 @@ import bench
 import model as model_lib
 import train
 from conftest import write_lab_layout
+from research.bench import BenchSettings, CPU_PEAK_GFLOPS, PIPELINES, TASKS, format_table, run_bench
 
 SIZE, BATCH, N = 32, 4, 8
 ROUNDS = 2
@@ -40,10 +41,10 @@ def tiny_root(tmp_path_factory) -> Path:
 def result(tiny_root: Path, tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path_factory.mktemp("cwd"))  # the decoded-split cache goes to ./data/cache
-        settings = bench.BenchSettings(device="cpu", img_size=SIZE, batch_size=BATCH, workers=0,
+        settings = BenchSettings(device="cpu", img_size=SIZE, batch_size=BATCH, workers=0,
                                        n_train=N, n_infer=N, warmup_batches=1, rounds=ROUNDS,
                                        data_root=str(tiny_root))
-        return bench.run_bench(settings)
+        return run_bench(settings)
 
 
 def _positive(x) -> bool:
@@ -51,13 +52,13 @@ def _positive(x) -> bool:
 
 
 def test_json_shape(result: dict) -> None:
-    assert set(result) == {"device", "torch", "settings", *bench.TASKS}
+    assert set(result) == {"device", "torch", "settings", *TASKS}
     assert result["settings"]["img_size"] == SIZE and result["settings"]["batch_size"] == BATCH
-    assert result["settings"]["peak_gflops"] == bench.CPU_PEAK_GFLOPS
+    assert result["settings"]["peak_gflops"] == CPU_PEAK_GFLOPS
     json.dumps(result, allow_nan=False)  # plain JSON, no NaN or infinities
-    for task in bench.TASKS:
+    for task in TASKS:
         r = result[task]
-        for name in bench.PIPELINES:
+        for name in PIPELINES:
             entry = r[name]
             assert entry["images"] == N
             for key in ("img_per_s", "seconds", "gflops_per_s", "pct_of_peak", "peak_rss_mb"):
@@ -68,16 +69,16 @@ def test_json_shape(result: dict) -> None:
 
 
 def test_arithmetic_of_the_fields(result: dict) -> None:
-    for task in bench.TASKS:
+    for task in TASKS:
         r = result[task]
         assert r["fast_over_naive"] == pytest.approx(r["fast"]["img_per_s"] / r["naive"]["img_per_s"])
         assert r["fast_over_bound"] == pytest.approx(r["fast"]["img_per_s"] / r["bound"]["img_per_s"])
-        for name in bench.PIPELINES:
+        for name in PIPELINES:
             e = r[name]
             assert e["img_per_s"] == pytest.approx(e["images"] / e["seconds"])
             assert len(e["img_per_s_rounds"]) == ROUNDS and e["img_per_s"] == max(e["img_per_s_rounds"])
             assert e["gflops_per_s"] == pytest.approx(r["gflop_per_image"] * e["img_per_s"])
-            assert e["pct_of_peak"] == pytest.approx(100 * e["gflops_per_s"] / bench.CPU_PEAK_GFLOPS)
+            assert e["pct_of_peak"] == pytest.approx(100 * e["gflops_per_s"] / CPU_PEAK_GFLOPS)
     assert result["cam_train"]["fast_epoch_50k_s"] == pytest.approx(
         50_000 / result["cam_train"]["fast"]["img_per_s"])
 
@@ -113,17 +114,17 @@ def test_flops_per_image_match_an_independent_count(result: dict) -> None:
     # SEG: the image and its half-size copy through the model; the convolutions dominate, and
     # at a quarter of the area the second pass costs a quarter: about 1.25 times CAM's count.
     net.train()
-    seg = train.OBJECTIVES["SEG"](train.RunConfig(mode="SEG"), ["a", "b", "c"])
+    seg = train.build_objective(train.RunConfig(mode="SEG"), ["a", "b", "c"])
     seg_flops = _count(lambda: seg(net, x, y, torch.Generator().manual_seed(0)).loss.backward()) / 3
     assert result["seg_train"]["gflop_per_image"] * 1e9 == pytest.approx(seg_flops, rel=1e-9)
     assert seg_flops == pytest.approx(1.25 * cam, rel=0.05)
 
 
 def test_table_has_a_row_per_task(result: dict) -> None:
-    table = bench.format_table(result)
+    table = format_table(result)
     lines = table.splitlines()
     assert lines[0].startswith("| task | naive img/s | fast img/s | bound img/s | fast/naive | fast/bound")
-    assert [line.split("|")[1].strip() for line in lines[2:]] == list(bench.TASKS)
+    assert [line.split("|")[1].strip() for line in lines[2:]] == list(TASKS)
     assert f"{result['cam_train']['fast_over_naive']:.2f}" in lines[2]
 
 

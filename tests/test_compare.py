@@ -5,51 +5,51 @@ import pytest
 import torch
 from torch import nn
 
-import compare
-import iou
-import synthetic as gen
+from camlab import synthetic as gen
 from camlab import utils
+from camlab.metrics import batch_iou, iou_curve, mean_statistic, paired_bootstrap, pixel_histograms, pxap, pxap_from_histograms, pxap_statistic
+from research.wsol import map_shares, rendering_accuracy
 
 
 def test_bootstrap_of_a_constant_difference_is_that_difference() -> None:
     a, b = np.array([0.7, 0.2, 0.5, 0.9]), np.array([0.6, 0.1, 0.4, 0.8])
-    diff, low, high = iou.paired_bootstrap(iou.mean_statistic(a), iou.mean_statistic(b), 4, 500)
+    diff, low, high = paired_bootstrap(mean_statistic(a), mean_statistic(b), 4, 500)
     assert diff == pytest.approx(0.1) and low == pytest.approx(0.1) and high == pytest.approx(0.1)
 
 
 def test_bootstrap_interval_of_two_images_by_hand() -> None:
     """Differences (0, 1): a resample's mean is 0, 1/2 or 1 with probability 1/4, 1/2, 1/4. So
     the 95% interval is [0, 1], and the 40% interval (30th to 70th percentile) is [1/2, 1/2]."""
-    a, b = iou.mean_statistic([0.0, 1.0]), iou.mean_statistic([0.0, 0.0])
-    assert iou.paired_bootstrap(a, b, 2, 20000, 0.95) == (0.5, 0.0, 1.0)
-    assert iou.paired_bootstrap(a, b, 2, 20000, 0.40) == (0.5, 0.5, 0.5)
+    a, b = mean_statistic([0.0, 1.0]), mean_statistic([0.0, 0.0])
+    assert paired_bootstrap(a, b, 2, 20000, 0.95) == (0.5, 0.0, 1.0)
+    assert paired_bootstrap(a, b, 2, 20000, 0.40) == (0.5, 0.5, 0.5)
 
 
 def test_bootstrap_is_paired() -> None:
     # the same resample for both: a shared per-image offset cancels, however large its spread
     rng = np.random.default_rng(0)
     offset = rng.uniform(0, 1, 50)
-    diff, low, high = iou.paired_bootstrap(iou.mean_statistic(offset + 0.05), iou.mean_statistic(offset), 50)
+    diff, low, high = paired_bootstrap(mean_statistic(offset + 0.05), mean_statistic(offset), 50)
     assert diff == pytest.approx(0.05) and low == pytest.approx(0.05) and high == pytest.approx(0.05)
 
 
 def test_bootstrap_rejects_bad_arguments() -> None:
-    stat = iou.mean_statistic([1.0])
+    stat = mean_statistic([1.0])
     with pytest.raises(utils.CamlabError, match="paired_bootstrap"):
-        iou.paired_bootstrap(stat, stat, 1, 10, 1.5)
+        paired_bootstrap(stat, stat, 1, 10, 1.5)
 
 
 def test_pxap_from_per_image_histograms_is_pxap_and_resamples_like_copies() -> None:
     rng = np.random.default_rng(1)
     cams, masks = rng.uniform(size=(6, 8, 8)), rng.uniform(size=(6, 8, 8)) < 0.3
     cams[0, 0, 0], cams[1, 0, 0] = 1.0, 0.0
-    fg, bg = iou.pixel_histograms(cams, masks)
+    fg, bg = pixel_histograms(cams, masks)
     assert fg.shape == bg.shape == (6, 102) and fg.sum() == masks.sum() and bg.sum() == (~masks).sum()
-    stat = iou.pxap_statistic(fg, bg)
-    assert stat(np.ones((1, 6)))[0] == pytest.approx(iou.pxap(cams, masks), abs=1e-12)
+    stat = pxap_statistic(fg, bg)
+    assert stat(np.ones((1, 6)))[0] == pytest.approx(pxap(cams, masks), abs=1e-12)
     # weights (2, 0, 1, 1, 0, 2): image 0 twice, image 1 left out, ... = pxap of that set of copies
     pick = [0, 0, 2, 3, 5, 5]
-    assert stat(np.array([[2.0, 0, 1, 1, 0, 2]]))[0] == pytest.approx(iou.pxap(cams[pick], masks[pick]), abs=1e-12)
+    assert stat(np.array([[2.0, 0, 1, 1, 0, 2]]))[0] == pytest.approx(pxap(cams[pick], masks[pick]), abs=1e-12)
 
 
 def test_map_shares_by_hand() -> None:
@@ -60,7 +60,7 @@ def test_map_shares_by_hand() -> None:
     part = np.array([[[1, 0, 0, 0],
                       [1, 0, 0, 0]]], bool)
     # part: 0.9, 0.6 -> 2/2; body: 0.5, 0.1, 0.4 -> 1/3; background: 0.0, 0.7, 0.2 -> 1/3
-    assert compare.map_shares(maps, mask, part) == {"on_part": 1.0, "on_body": pytest.approx(1 / 3),
+    assert map_shares(maps, mask, part) == {"on_part": 1.0, "on_body": pytest.approx(1 / 3),
                                                      "on_background": pytest.approx(1 / 3)}
 
 
@@ -86,7 +86,7 @@ def test_rendering_accuracy_of_a_model_that_sees_only_the_part(tmp_path) -> None
     root = tmp_path / "tiny"
     gen.generate_synthetic(root, seed=0, n_train=2, n_test=40, progress=False)
     meta = gen.read_meta(root)
-    acc = compare.rendering_accuracy(PartColourModel(), meta, 64, torch.device("cpu"))
+    acc = rendering_accuracy(PartColourModel(), meta, 64, torch.device("cpu"))
     images, _, labels = gen.redraw(meta, "test")
     by_hand = PartColourModel()(
         (torch.from_numpy(images.copy()).permute(0, 3, 1, 2).float() / 255
@@ -103,15 +103,15 @@ def test_ignored_pixels_count_neither_in_iou_nor_in_pxap() -> None:
     pred = np.array([[[1, 1, 0], [0, 0, 1]]], bool)
     gt = np.array([[[0, 1, 1], [0, 1, 0]]], bool)
     valid = np.array([[[1, 1, 0], [1, 1, 0]]], bool)
-    assert iou.batch_iou(pred, gt).tolist() == [pytest.approx(1 / 5)]
-    assert iou.batch_iou(pred, gt, valid).tolist() == [pytest.approx(1 / 3)]
+    assert batch_iou(pred, gt).tolist() == [pytest.approx(1 / 5)]
+    assert batch_iou(pred, gt, valid).tolist() == [pytest.approx(1 / 3)]
     cams = np.array([[[0.9, 0.8, 1.0], [0.1, 0.5, 0.95]]], np.float32)
-    fg, bg = iou.pixel_histograms(cams, gt, valid=valid)
+    fg, bg = pixel_histograms(cams, gt, valid=valid)
     assert fg.sum() == 2 and bg.sum() == 2  # the two ignored pixels are in neither
     # counted scores: foreground 0.8, 0.5; background 0.9, 0.1. Thresholds from the top: 0.9 keeps
     # one background pixel (precision 0), 0.8 adds a foreground one (P 1/2, recall 1/2), 0.5
     # another (P 2/3, recall 1): PxAP = 1/2 · 1/2 + 2/3 · 1/2
-    assert iou.pxap_from_histograms(fg.sum(0), bg.sum(0)) == pytest.approx(0.25 + 1 / 3)
-    curve = iou.iou_curve(cams, gt, [0.5, 0.85], valid)
+    assert pxap_from_histograms(fg.sum(0), bg.sum(0)) == pytest.approx(0.25 + 1 / 3)
+    curve = iou_curve(cams, gt, [0.5, 0.85], valid)
     # >= 0.5 counted: {(0,0), (0,1), (1,1)} against G {(0,1), (1,1)}: 2/3; >= 0.85: {(0,0)}: 0
     assert curve.tolist() == [pytest.approx(2 / 3), 0.0]

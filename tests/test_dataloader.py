@@ -14,10 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+import camlab.images
 import dataloader as dl
-import synthetic as gen
+from camlab import synthetic as gen
 from camlab import utils
 from camlab.utils import IMAGENET_MEAN, IMAGENET_STD, CamlabError
+from camlab.images import ImageSet, _read_cache, decode_image, read_mask
+from camlab.synthetic import SPLITS
 
 QUIET = dict(cache_dir=None, progress=False)
 
@@ -83,7 +86,7 @@ def test_generation_refuses_an_existing_root(synthetic):
         gen.generate_synthetic(synthetic, n_train=1, n_test=1, progress=False)
 
 
-@pytest.mark.parametrize("split", dl.SPLITS)
+@pytest.mark.parametrize("split", SPLITS)
 def test_files_and_labels_are_what_was_drawn(synthetic, split):
     lines = (synthetic / f"{split}_cls.txt").read_text().splitlines()
     assert len(lines) == (12 if split == "train" else 20)
@@ -93,7 +96,7 @@ def test_files_and_labels_are_what_was_drawn(synthetic, split):
         sample = gen.draw_sample(gen._sample_rng(SEED, split, index), int(label))
         assert sample.label == int(label) == gen._split_labels(SEED, split, len(lines))[index]
         np.testing.assert_array_equal(read_rgb(synthetic / split / name), sample.image)
-        np.testing.assert_array_equal(dl.read_mask(synthetic / f"{split}_masks" / name), sample.mask)
+        np.testing.assert_array_equal(read_mask(synthetic / f"{split}_masks" / name), sample.mask)
 
 
 def test_part_is_inside_the_mask_and_has_the_class_colour():
@@ -288,7 +291,7 @@ def test_grey_rgba_and_16_bit_images_become_rgb8(tmp_path):
     deep[0, 0] = 65535
     paths = [write_png(tmp_path / "grey.png", grey), write_png(tmp_path / "rgba.png", bgra),
              write_png(tmp_path / "deep.png", deep)]
-    grey_rgb, rgba_rgb, deep_rgb = (dl.decode_image(p) for p in paths)
+    grey_rgb, rgba_rgb, deep_rgb = (decode_image(p) for p in paths)
     for image in (grey_rgb, rgba_rgb, deep_rgb):
         assert image.dtype == np.uint8 and image.shape == (8, 8, 3)
     np.testing.assert_array_equal(grey_rgb, np.repeat(grey[..., None], 3, axis=2))
@@ -327,13 +330,13 @@ def test_mixed_sizes_are_resized_to_img_size(tmp_path):
 
 def test_read_mask(tmp_path):
     mask = np.array([[0, 0], [255, 255]], np.uint8)
-    assert dl.read_mask(write_png(tmp_path / "m.png", mask)).tolist() == [[False, False], [True, True]]
-    assert dl.read_mask(write_png(tmp_path / "one.png", mask // 255)).tolist() == [[False, False], [True, True]]
+    assert read_mask(write_png(tmp_path / "m.png", mask)).tolist() == [[False, False], [True, True]]
+    assert read_mask(write_png(tmp_path / "one.png", mask // 255)).tolist() == [[False, False], [True, True]]
     with pytest.raises(CamlabError, match="grey.png is not binary: it holds the value 127"):
-        dl.read_mask(write_png(tmp_path / "grey.png", np.array([[0, 127], [128, 255]], np.uint8)))
+        read_mask(write_png(tmp_path / "grey.png", np.array([[0, 127], [128, 255]], np.uint8)))
     (tmp_path / "broken.png").write_bytes(b"nope")
     with pytest.raises(CamlabError, match="broken.png"):
-        dl.read_mask(tmp_path / "broken.png")
+        read_mask(tmp_path / "broken.png")
 
 
 # ----------------------------------------------------------------------------------- errors
@@ -447,7 +450,7 @@ def test_skip_bad_is_part_of_the_cache_key_and_its_warning_outlives_the_cache(tm
 
     def fail(path):
         raise AssertionError(f"decoded {path} although it is cached")
-    monkeypatch.setattr(dl, "decode_image", fail)
+    monkeypatch.setattr(camlab.images, "decode_image", fail)
     again = dl.load_split("lab", root, "train", cache_dir=cache, progress=False, skip_bad=True)
     assert again.names == first.names == ["00.png"] and again.skipped == ["cut.png"]
     assert "skipped 1 unreadable image in" in capsys.readouterr().err and "cut.png" in str(again.skipped)
@@ -474,7 +477,7 @@ def test_cache_is_read_back_and_rebuilt_when_a_file_changes(tmp_path, monkeypatc
 
     def fail(path):
         raise AssertionError(f"decoded {path} although it is cached")
-    monkeypatch.setattr(dl, "decode_image", fail)
+    monkeypatch.setattr(camlab.images, "decode_image", fail)
     again = dl.load_split("lab", root, "train", cache_dir=cache, progress=False)
     assert torch.equal(again.images, first.images) and again.names == first.names
 
@@ -495,7 +498,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
     cache_file.write_bytes(b"truncated")
     data = dl.load_split("lab", root, "train", cache_dir=cache, progress=False)
     assert data.images.unique().tolist() == [10]
-    assert dl._read_cache(cache_file) is not None  # rewritten whole
+    assert _read_cache(cache_file) is not None  # rewritten whole
 
 
 # ------------------------------------------------------------------ batches and model input
@@ -531,12 +534,12 @@ def test_to_model_input_flips_the_chosen_images():
 
 
 def test_image_set_to_and_len():
-    data = dl.ImageSet(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]),
+    data = ImageSet(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]),
                        ["a.png", "b.png"], ["x", "y"])
     moved = data.to("cpu")
     assert len(moved) == 2 and moved.names == data.names and moved.labels.dtype == torch.int64
     with pytest.raises(ValueError):
-        dl.ImageSet(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), ["a", "b"], ["x"])
+        ImageSet(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), ["a", "b"], ["x"])
 
 
 def test_empty_annotation_file_is_named(tmp_path):

@@ -30,7 +30,7 @@ def test_two_cpu_processes_train_one_model(tmp_path) -> None:
     two processes' scores are gathered, and the reported test mAP, F1 and exact match equal the
     best checkpoint's on the whole test split computed in one process. (Single-label DDP: the
     gradient-averaging and folds tests.)"""
-    import synthetic
+    from camlab import synthetic
     import train
     from model import load_checkpoint
     synthetic.generate_multi(tmp_path / "m", n_train=48, n_val=9, size=32, progress=False)
@@ -80,6 +80,7 @@ WORKER = '''
 import json, sys
 import torch, torch.distributed as dist
 import train
+from camlab import ddp
 from model import CAMModel
 
 def batch(rank):
@@ -91,9 +92,9 @@ def fresh():
     net = CAMModel(2, "none")
     return net, torch.optim.SGD(net.parameters(), lr=0.5)
 
-with train.distributed("cpu") as world:  # main.py's own start and end: a barrier, then the group goes
+with ddp.distributed("cpu") as world:  # main.py's own start and end: a barrier, then the group goes
     net, opt = fresh()
-    objective = train.data_parallel(train.cam_objective, net, world)  # kept: DDP must outlive backward
+    objective = ddp.data_parallel(train.cam_objective, net, world)  # kept: DDP must outlive backward
     step = objective(net, *batch(world.rank), None, 1)
     step.loss.backward()
     opt.step()
@@ -116,7 +117,7 @@ with train.distributed("cpu") as world:  # main.py's own start and end: a barrie
                        "max_diff_to_average": float((everyone[0] - expected).abs().max()),
                        "moved": float((everyone[0] - torch.cat([p.detach().flatten() for p in fresh()[0].parameters()])).abs().max())},
                       out)
-train.exit_process(0)  # as main.py ends a torchrun worker
+ddp.exit_process(0)  # as main.py ends a torchrun worker
 '''
 
 

@@ -12,6 +12,7 @@ from torchcam import methods
 import model
 from model import CAMModel
 from camlab.utils import CamlabError
+from camlab.extractors import EXTRACTORS
 
 
 def _net(seed: int = 0) -> CAMModel:
@@ -64,7 +65,7 @@ def test_gradcam_on_a_gap_linear_head_is_the_relu_of_cam_over_the_map_area() -> 
     assert torch.allclose(layer, expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", [n for n in model.EXTRACTORS if n != "cam"])
+@pytest.mark.parametrize("name", [n for n in EXTRACTORS if n != "cam"])
 def test_every_extractor_gives_finite_maps_of_the_top_class_and_removes_its_hooks(name: str) -> None:
     net = _net(2)
     images = torch.randn(2, 3, 32, 32)

@@ -23,6 +23,9 @@ import dataloader as dl
 from camlab import utils
 import iou
 from camlab.utils import CamlabError
+from camlab.boxes import BOX_IOU_THRESHOLDS, PROTOCOLS, box_iou, cam_box, localization_accuracy, max_box_acc
+from camlab.images import decode_image, read_mask
+from camlab.metrics import batch_iou, iou_curve, pxap, threshold_masks
 
 
 # ------------------------------------------------------------------------------ harness
@@ -158,7 +161,7 @@ def _must_name(path: Path, call: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
-@pytest.mark.parametrize("reader, check", [(dl.decode_image, _check_image), (dl.read_mask, _check_mask)],
+@pytest.mark.parametrize("reader, check", [(decode_image, _check_image), (read_mask, _check_mask)],
                          ids=["decode_image", "read_mask"])
 def test_image_readers_on_damaged_files(tmp_path, reader, check):
     """Damaged, truncated and random files, a missing file and a folder: each read works or
@@ -180,11 +183,11 @@ def test_the_undamaged_files_read_back(tmp_path):
     for name, data in _real_images(np.random.default_rng(101)).items():
         (tmp_path / name).write_bytes(data)
     for name in ("png", "bmp"):
-        np.testing.assert_array_equal(dl.decode_image(tmp_path / name), sources[name][1][..., ::-1])
-    assert dl.decode_image(tmp_path / "jpg").shape == (6, 5, 3)
+        np.testing.assert_array_equal(decode_image(tmp_path / name), sources[name][1][..., ::-1])
+    assert decode_image(tmp_path / "jpg").shape == (6, 5, 3)
     deep = sources["16bit.png"][1]
-    np.testing.assert_array_equal(dl.decode_image(tmp_path / "16bit.png"), np.rint(deep[..., ::-1] / 257))
-    np.testing.assert_array_equal(dl.read_mask(tmp_path / "mask.png"), sources["mask.png"][1] > 0)
+    np.testing.assert_array_equal(decode_image(tmp_path / "16bit.png"), np.rint(deep[..., ::-1] / 257))
+    np.testing.assert_array_equal(read_mask(tmp_path / "mask.png"), sources["mask.png"][1] > 0)
 
 
 # ------------------------------------------------------------------------ annotation files
@@ -420,7 +423,7 @@ def _cases_batch_iou(rng):
         preds, gts = ((rng.random(shape) > 0.5).astype(bool) for _ in range(2))
     else:
         preds, gts = _pair(rng)
-    return (iou.batch_iou, (preds, gts), {}), _fractions_array
+    return (batch_iou, (preds, gts), {}), _fractions_array
 
 
 def _cases_threshold_masks(rng):
@@ -430,7 +433,7 @@ def _cases_threshold_masks(rng):
     def check(result):  # (a 0-d input gives a numpy bool scalar: fine)
         assert np.asarray(result).dtype == np.bool_, "not bool"
         assert np.shape(result) == cams.shape, f"shape {np.shape(result)}, not {cams.shape}"
-    return (iou.threshold_masks, (cams, _scalar(rng)), {}), check
+    return (threshold_masks, (cams, _scalar(rng)), {}), check
 
 
 def _cases_iou_curve(rng):
@@ -444,7 +447,7 @@ def _cases_iou_curve(rng):
     def check(result):
         _fractions_array(result)
         assert result.shape == (len(thresholds),), "not one value per threshold"
-    return (iou.iou_curve, (cams, gts, thresholds), {}), check
+    return (iou_curve, (cams, gts, thresholds), {}), check
 
 
 def _cases_pxap(rng):
@@ -453,7 +456,7 @@ def _cases_pxap(rng):
     masks = (rng.random(cams.shape) > 0.5) if rng.random() < 0.5 else _array(rng)
     intervals = (0.01, 0.1, 0.25, 0.0, -0.1, np.nan, 2.0)  # the last four are bad
     interval = float(intervals[int(rng.choice(7, p=[.3, .2, .2, .075, .075, .075, .075]))])
-    return (iou.pxap, (cams, masks), {"interval": interval}), _fraction
+    return (pxap, (cams, masks), {"interval": interval}), _fraction
 
 
 def _cases_max_box_acc(rng):
@@ -462,7 +465,7 @@ def _cases_max_box_acc(rng):
     boxes = _box_lists(rng, len(cams) if cams.ndim else 0)
     interval = float((0.1, 0.05, 0.0, np.nan)[int(rng.choice(4, p=[.6, .3, .05, .05]))])
     kwargs = {"multi_contour": bool(rng.integers(2)), "interval": interval}
-    return (iou.max_box_acc, (cams, boxes), kwargs), _fraction_dict({*iou.BOX_IOU_THRESHOLDS, "mean"})
+    return (max_box_acc, (cams, boxes), kwargs), _fraction_dict({*BOX_IOU_THRESHOLDS, "mean"})
 
 
 def _cases_cam_box(rng):
@@ -478,7 +481,7 @@ def _cases_cam_box(rng):
         x0, y0, x1, y1 = result
         assert cam.ndim == 2, f"a box for a CAM of shape {cam.shape}"
         assert 0 <= x0 <= x1 < cam.shape[1] and 0 <= y0 <= y1 < cam.shape[0], "box outside the map"
-    return (iou.cam_box, (cam, _scalar(rng)), {}), check
+    return (cam_box, (cam, _scalar(rng)), {}), check
 
 
 def _exact_box_iou(a: list, b: list) -> float | None:
@@ -501,7 +504,7 @@ def _cases_box_iou(rng):
     def check(result):
         _fraction(result)
         assert exact is None or result == pytest.approx(exact, rel=1e-9), f"the exact IoU is {exact}"
-    return (iou.box_iou, (a, b), {}), check
+    return (box_iou, (a, b), {}), check
 
 
 @pytest.mark.parametrize("power", [4, 16, 31, 32, 40])
@@ -510,7 +513,7 @@ def test_box_iou_of_a_box_and_its_half_is_half_at_every_scale(power):
     CamlabError, never a wrong number (int64 products of such sides overflow)."""
     s = 2 ** power
     try:
-        value = iou.box_iou((0, 0, 2 * s - 1, s - 1), (0, 0, s - 1, s - 1))
+        value = box_iou((0, 0, 2 * s - 1, s - 1), (0, 0, s - 1, s - 1))
     except CamlabError:
         return
     assert value == pytest.approx(0.5, rel=1e-9)
@@ -519,7 +522,7 @@ def test_box_iou_of_a_box_and_its_half_is_half_at_every_scale(power):
 def _cases_localization_accuracy(rng):
     """localization_accuracy on CAMs of any scale with predictions, labels and box lists
     whose counts mostly agree, at documented and bad fractions and thresholds."""
-    protocol = str(rng.choice(list(iou.PROTOCOLS)))  # wsolevaluation takes maps in [0, 1] only
+    protocol = str(rng.choice(list(PROTOCOLS)))  # wsolevaluation takes maps in [0, 1] only
     low, high = (-1, 2) if protocol == "camlab" else (0, 1)
     anything = _array(rng) if protocol == "camlab" else _cams(rng)  # any scale / CAM-like
     cams = anything if rng.random() < 0.4 else rng.uniform(low, high, (3, 5, 5))
@@ -531,7 +534,7 @@ def _cases_localization_accuracy(rng):
     else:
         kwargs = {"fraction": _scalar(rng), "iou_threshold": _scalar(rng)}
     kwargs["protocol"] = protocol
-    return ((iou.localization_accuracy, (cams, pred, labels, _box_lists(rng, n)), kwargs),
+    return ((localization_accuracy, (cams, pred, labels, _box_lists(rng, n)), kwargs),
             _fraction_dict({"top1_loc", "gt_known_loc"}))
 
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import iou as iou_mod
-from iou import (choose_threshold, experiment_table, format_table, iou, iou_curve, iou_table,
-                 threshold_masks, write_report)
-from dataloader import read_mask_dir
-from model import minmax
+from camlab.metrics import choose_threshold, iou_curve, threshold_masks
+from iou import experiment_table, format_table, iou, iou_table, write_report
+from camlab.images import read_mask_dir
+from camlab.cams import minmax
 from camlab.utils import CamlabError
-from visualize import plot_iou_curves
+from camlab.figures import plot_iou_curves
 
 T, F = True, False
 

@@ -14,6 +14,9 @@ import model
 import train
 from model import CAMModel, ModelConfig
 from camlab.utils import CamlabError
+from camlab.cams import minmax, normalize_cam, select_class
+from camlab.methods import CseObjective, acol_objective, erased_class_loss, rest_cross_entropy
+from research.wsol import METHOD_COLUMNS, wsol_report
 
 RECIPES = ("p", "pp", "pn", "ppn", "pnp")
 
@@ -71,7 +74,7 @@ def test_every_head_gets_a_gradient_and_nothing_is_nan(recipe: str) -> None:
     torch.manual_seed(0)
     net = CAMModel(num_classes=3, weights="none", recipe=recipe, deltas=(0.7,))
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
-    step = train.acol_objective(net, images, labels)
+    step = acol_objective(net, images, labels)
     step.loss.backward()
     assert torch.isfinite(step.loss)
     assert set(step.terms) == {f"{kind}{i}" for i, kind in enumerate(recipe, start=1)}
@@ -86,10 +89,10 @@ def test_acol_loss_is_the_sum_of_head_losses() -> None:
     torch.manual_seed(0)
     net = CAMModel(num_classes=3, weights="none", recipe="pn", deltas=(0.6,))
     images, labels = torch.randn(2, 3, 32, 32), torch.tensor([2, 1])
-    step = train.acol_objective(net, images, labels)
+    step = acol_objective(net, images, labels)
     first, second = net.run_heads(net.forward_features(images), labels)
     assert step.terms["p1"] == pytest.approx(nn.functional.cross_entropy(first.scores, labels).item(), rel=1e-5)
-    assert step.terms["n2"] == pytest.approx(train.rest_cross_entropy(second.scores, labels).item(), rel=1e-5)
+    assert step.terms["n2"] == pytest.approx(rest_cross_entropy(second.scores, labels).item(), rel=1e-5)
     assert step.loss.item() == pytest.approx(step.terms["p1"].item() + step.terms["n2"].item(), rel=1e-5)
     scores, _, _ = net(images)  # the first head's GAP-then-linear scores are its 1×1-conv-then-GAP ones
     assert torch.allclose(scores, first.scores, atol=1e-5)
@@ -98,11 +101,11 @@ def test_acol_loss_is_the_sum_of_head_losses() -> None:
 def test_erased_class_loss_by_hand() -> None:
     # logits (log 3, 0, 0): p_y = 3/5, loss -log(2/5); logits (0, 0): p_y = 1/2, loss log 2
     three = torch.tensor([[math.log(3.0), 0.0, 0.0]])
-    assert train.erased_class_loss(three, torch.tensor([0])).item() == pytest.approx(-math.log(2 / 5))
+    assert erased_class_loss(three, torch.tensor([0])).item() == pytest.approx(-math.log(2 / 5))
     two = torch.tensor([[0.0, 0.0]])
-    assert train.erased_class_loss(two, torch.tensor([1])).item() == pytest.approx(math.log(2))
+    assert erased_class_loss(two, torch.tensor([1])).item() == pytest.approx(math.log(2))
     big = torch.tensor([[1000.0, 0.0, 0.0]])  # stable: p_y ≈ 1 gives ≈ 1000 - log 2, not inf
-    assert train.erased_class_loss(big, torch.tensor([0])).item() == pytest.approx(1000 - math.log(2), rel=1e-6)
+    assert erased_class_loss(big, torch.tensor([0])).item() == pytest.approx(1000 - math.log(2), rel=1e-6)
 
 
 def test_cse_trains_the_generator_through_the_frozen_classifier() -> None:
@@ -110,7 +113,7 @@ def test_cse_trains_the_generator_through_the_frozen_classifier() -> None:
     classifier = CAMModel(num_classes=3, weights="none")
     frozen = {k: v.clone() for k, v in classifier.state_dict().items()}
     net = CAMModel(num_classes=3, weights="none")
-    objective = train.CseObjective(classifier, erase_weight=0.3, erase_growth=0.05, area_weight=0.5)
+    objective = CseObjective(classifier, erase_weight=0.3, erase_growth=0.05, area_weight=0.5)
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
     net.train()
     step = objective(net, images, labels, None, 3)
@@ -165,7 +168,6 @@ def test_old_checkpoints_with_an_fc_head_still_load(tmp_path) -> None:
 
 def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tmp_path, monkeypatch, capsys) -> None:
     import csv
-    import compare
     import iou
     monkeypatch.chdir(tmp_path)
     argv = ["--methods", "--seeds", "0", "1", "--epochs", "1", "--img_size", "32", "--batch_size", "8",
@@ -182,7 +184,7 @@ def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tm
         metrics = json.loads((tmp_path / "checkpoints" / r["experiment"] / "metrics.json").read_text())
         assert float(r["test_acc"]) == pytest.approx(metrics["test_acc"], abs=1e-4)
         assert metrics["args"]["seed"] == int(r["seed"])
-        values = {k: float(r[k]) for k, _ in compare.METHOD_COLUMNS}
+        values = {k: float(r[k]) for k, _ in METHOD_COLUMNS}
         assert all(0 <= v <= 1 for v in values.values())
         assert values["top1_loc"] <= values["gt_known_loc"]
         assert r["acc_body"] == "-"  # not the embedded benchmark: no diagnostics
@@ -208,8 +210,7 @@ def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tm
 
 
 def test_diagnostics_of_a_run_on_the_embedded_benchmark(tmp_path, monkeypatch) -> None:
-    import compare
-    import synthetic
+    from camlab import synthetic
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "bench"
     synthetic.generate_synthetic(root, seed=0, n_train=40, n_test=20, size=32, progress=False)
@@ -217,7 +218,7 @@ def test_diagnostics_of_a_run_on_the_embedded_benchmark(tmp_path, monkeypatch) -
                                           weights="none", data_root=str(root), device="cpu", acol_width=8,
                                           progress=False))
     assert metrics["benchmark"] == {"version": 2, "body_evidence": synthetic.BODY_EVIDENCE, "seed": 0, "size": 32}
-    report = compare.wsol_report("acol", n_threshold=10, device="cpu")
+    report = wsol_report("acol", n_threshold=10, device="cpu")
     assert report["acc_normal"] == pytest.approx(metrics["test_acc"])  # the redrawn test set is the files
     for key in ("acc_body", "acc_part", "on_part", "on_body", "on_background"):
         assert 0 <= report[key] <= 1
@@ -240,11 +241,11 @@ def test_evaluation_reads_the_fused_map_of_the_p_heads() -> None:
     with torch.inference_mode():
         features = net.forward_features(images)
         outs = net.run_heads(features, classes)
-        fused = torch.maximum(model.minmax(model.select_class(outs[0].cams, classes)),
-                              model.minmax(model.select_class(outs[2].cams, classes)))
+        fused = torch.maximum(minmax(select_class(outs[0].cams, classes)),
+                              minmax(select_class(outs[2].cams, classes)))
         _, maps = model.localization_maps(net, images, (4, 4), "class", classes)
-    expected = model.minmax(nn.functional.interpolate(model.normalize_cam(fused).unsqueeze(1), size=(4, 4),
+    expected = minmax(nn.functional.interpolate(normalize_cam(fused).unsqueeze(1), size=(4, 4),
                                                       mode="bilinear", align_corners=False)[:, 0])
     assert torch.allclose(maps, expected, atol=1e-6)
-    head0 = model.minmax(model.select_class(outs[0].cams, classes))
+    head0 = minmax(select_class(outs[0].cams, classes))
     assert not torch.allclose(fused, head0)  # the second p head changes the map

@@ -9,7 +9,8 @@ import torch
 import torchvision
 
 import model as M
-from model import CAMModel, normalize_cam, select_class
+from model import CAMModel
+from camlab.cams import normalize_cam, select_class
 from camlab.utils import CamlabError
 
 

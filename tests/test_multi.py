@@ -12,9 +12,15 @@ import torch.nn.functional as F
 import dataloader
 import main
 import model
-import synthetic as gen
+from camlab import synthetic as gen
 import train
-from transforms import EquivarianceTransform, TransformSettings
+from camlab.transforms import EquivarianceTransform, TransformSettings
+from camlab import crf
+from camlab.cams import minmax, target_map
+from camlab.images import ImageSet
+from camlab.meters import EpochMeter, mean_average_precision
+from camlab.methods import CseObjective, Step, classification_loss, sample_target
+from camlab.metrics import THRESHOLD_GRID
 
 K = len(gen.PART_STYLES)
 
@@ -94,16 +100,16 @@ def test_bce_is_the_mean_over_images_and_classes() -> None:
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     hand = -(math.log(sig(0)) + math.log(1 - sig(2)) + math.log(1 - sig(-1)) + math.log(sig(3))) / 4
-    assert train.classification_loss(logits, labels).item() == pytest.approx(hand, rel=1e-6)
-    assert train.classification_loss(logits, torch.tensor([1, 1])).item() == pytest.approx(
+    assert classification_loss(logits, labels).item() == pytest.approx(hand, rel=1e-6)
+    assert classification_loss(logits, torch.tensor([1, 1])).item() == pytest.approx(
         F.cross_entropy(logits, torch.tensor([1, 1])).item())
 
 
 def test_the_multi_label_meter_by_hand() -> None:
-    meter = train.EpochMeter()
+    meter = EpochMeter()
     scores = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 1.0, -0.2], [1.0, 1.0, -1.0]])
     labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    meter.update(train.Step(torch.tensor(0.5), scores, {}), labels)
+    meter.update(Step(torch.tensor(0.5), scores, {}), labels)
     out = meter.compute()
     # predicted sets {0,2}, {1}, {0,1}: one exact match; tp 4, fp 1, fn 1
     assert out["acc"] == pytest.approx(1 / 3)
@@ -112,13 +118,13 @@ def test_the_multi_label_meter_by_hand() -> None:
     # (score 1) ties with image 2's 1 -> precision 1/2 at its recall: 0.5; class 2 positives
     # {0, 1} (0.5, -0.2) above the negative (-1): 1
     assert out["map"] == pytest.approx((1 + 0.5 + 1) / 3)
-    assert train.mean_average_precision(scores.numpy(), np.zeros((3, 3))) != train.mean_average_precision(
+    assert mean_average_precision(scores.numpy(), np.zeros((3, 3))) != mean_average_precision(
         scores.numpy(), labels.numpy())
 
 
-def _scene_set(n: int = 24, size: int = 32) -> dataloader.ImageSet:
+def _scene_set(n: int = 24, size: int = 32) -> ImageSet:
     scenes = [gen.draw_scene(gen._scene_rng(3, "train", i), size) for i in range(n)]
-    return dataloader.ImageSet(torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).contiguous(),
+    return ImageSet(torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).contiguous(),
                                torch.tensor([int(np.bincount(s.classes.ravel(), minlength=K + 1)[1:].argmax())
                                              for s in scenes]),
                                [f"{i}.png" for i in range(n)], list(gen.SYNTHETIC_CLASSES),
@@ -147,12 +153,12 @@ def test_the_target_is_the_kth_present_class() -> None:
     u = torch.rand(3, generator=torch.Generator().manual_seed(5))
     ranks = (u * torch.tensor([3, 1, 2])).long().tolist()
     hand = [[1, 3, 4][ranks[0]], 0, [2, 3][ranks[2]]]
-    assert train.sample_target(labels, g).tolist() == hand
+    assert sample_target(labels, g).tolist() == hand
 
 
 def test_targets_are_present_and_uniform_among_them() -> None:
     labels = torch.tensor([[0, 1, 0, 1, 1]]).float().repeat(3000, 1)
-    targets = train.sample_target(labels, torch.Generator().manual_seed(0))
+    targets = sample_target(labels, torch.Generator().manual_seed(0))
     counts = np.bincount(targets.numpy(), minlength=5)
     assert counts[[0, 2]].sum() == 0
     assert np.abs(counts[[1, 3, 4]] - 1000).max() < 90  # ~3.3 standard deviations
@@ -169,10 +175,10 @@ def test_both_oc_cse_terms_by_hand() -> None:
     net.eval()  # BatchNorm in eval mode: the objective's forward and the hand one see the same statistics
     images = torch.randn(3, 3, 32, 32)
     labels = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 0]]).float()
-    objective = train.CseObjective(oc, erase_weight=0.3, erase_growth=0.05)
+    objective = CseObjective(oc, erase_weight=0.3, erase_growth=0.05)
     step = objective(net, images, labels, torch.Generator().manual_seed(2), epoch=3)
 
-    target = train.sample_target(labels, torch.Generator().manual_seed(2))
+    target = sample_target(labels, torch.Generator().manual_seed(2))
     with torch.no_grad():
         scores, features, _ = net(images)
         cams = net.class_cams(features)[torch.arange(3), target].relu()
@@ -204,10 +210,10 @@ def test_seg_with_one_present_class_equals_the_single_label_loss() -> None:
 
 def test_acol_erases_by_the_present_classes_maps() -> None:
     cams = torch.rand(2, 3, 4, 4)
-    one = model.target_map(cams, torch.tensor([1, 2]))
-    assert torch.allclose(model.target_map(cams, F.one_hot(torch.tensor([1, 2]), 3).float()), one)
-    both = model.target_map(cams, torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
-    each = [model.minmax(cams[:, k]) for k in range(3)]
+    one = target_map(cams, torch.tensor([1, 2]))
+    assert torch.allclose(target_map(cams, F.one_hot(torch.tensor([1, 2]), 3).float()), one)
+    both = target_map(cams, torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
+    each = [minmax(cams[:, k]) for k in range(3)]
     assert torch.allclose(both[0], torch.maximum(each[0][0], each[2][0]))
     assert torch.allclose(both[1], torch.maximum(each[1][1], each[2][1]))
     net = model.CAMModel(num_classes=3, weights="none").eval()
@@ -246,7 +252,7 @@ def test_semseg_report_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     for r in rows:
         ious = [float(v) for k, v in r.items() if k.startswith("iou_") and v != "-"]
         assert float(r["miou"]) == pytest.approx(np.mean(ious), abs=2e-4)  # mIoU: the mean over the classes that occur
-        grid = iou.THRESHOLD_GRID if r["crf"] == "none" else iou.CRF_THRESHOLD_GRID
+        grid = THRESHOLD_GRID if r["crf"] == "none" else crf.CRF_THRESHOLD_GRID
         assert float(r["threshold"]) in grid
     md = (tmp_path / "report/semseg.md").read_text()
     assert "CAM (multi-label)" in md and "CAM (single-label)" in md and "IoU per class" in md and "Where the errors are" in md

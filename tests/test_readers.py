@@ -14,9 +14,19 @@ import pytest
 import torch
 from PIL import Image
 
+import camlab.images
 import dataloader as dl
+from camlab.formats import FORMATS
 import main
 from camlab.utils import CamlabError
+from camlab.boxes import localization_accuracy, max_box_acc
+from camlab.formats import ROLES
+from camlab.images import ImageSet, read_mask
+from camlab.metrics import pxap
+from camlab.readers import VOC_CLASSES, VOC_NOTE, read_index_mask
+from camlab.wsolmeta import WSOL_FILES
+from research.experiments import Experiment, protocol_cams
+from research.wsol import wsol_report
 
 QUIET = dict(cache_dir=None, progress=False)
 
@@ -159,7 +169,7 @@ def test_openimages_like_masks(tmp_path) -> None:
     assert truth.boxes is None and truth.masks.dtype == np.uint8
     np.testing.assert_array_equal(truth.masks, np.stack(list(expected.values())))
     # a stored frame of another size: nearest resize of each file, then the same rule
-    small = dl.ImageSet(torch.zeros(1, 3, 6, 8, dtype=torch.uint8), torch.tensor([1]), ["val/c1/b.jpg"], ["0", "1"])
+    small = ImageSet(torch.zeros(1, 3, 6, 8, dtype=torch.uint8), torch.tensor([1]), ["val/c1/b.jpg"], ["0", "1"])
     np.testing.assert_array_equal(dl.ground_truth("wsol", root, "val", small, meta).masks[0],
                                   expected["val/c1/b.jpg"][::2, ::2])
 
@@ -253,7 +263,7 @@ def test_malformed_mask_lines(tmp_path, case) -> None:
 
 def test_wsol_blank_lines_crlf_and_final_newline_are_fine(tmp_path) -> None:
     root, meta = cub_tree(tmp_path)
-    for name in dl.WSOL_FILES:
+    for name in WSOL_FILES:
         path = meta / "val" / name
         path.write_bytes(("\r\n\r\n".join(path.read_text().split("\n")) + "\r\n").encode())
     data = dl.load_split("wsol", root, "val", metadata=meta, **QUIET)
@@ -368,17 +378,17 @@ def test_voc_palette_masks_are_read_as_indices(tmp_path) -> None:
     root = voc_tree(tmp_path)
     path = root / "SegmentationClass/2007_000001.png"
     assert Image.open(path).mode == "P"
-    np.testing.assert_array_equal(dl.read_index_mask(path), voc_masks()["2007_000001"])
+    np.testing.assert_array_equal(read_index_mask(path), voc_masks()["2007_000001"])
     assert cv2.imread(str(path))[0, 0].tolist() != [15] * 3  # cv2 would give the colour
 
 
 def test_voc_labels_present_and_truth(tmp_path, monkeypatch, capsys) -> None:
     root = voc_tree(tmp_path)
-    monkeypatch.setattr(dl, "_NOTED", set())
+    monkeypatch.setattr(camlab.images, "_NOTED", set())
     train = dl.load_split("voc", root, "train", img_size=8, **QUIET)
     dl.load_split("voc", root, "train", img_size=8, **QUIET)
-    assert capsys.readouterr().err.count(dl.VOC_NOTE) == 1  # once per process
-    assert train.classes == list(dl.VOC_CLASSES) and train.classes[0] == "aeroplane" and len(train.classes) == 20
+    assert capsys.readouterr().err.count(VOC_NOTE) == 1  # once per process
+    assert train.classes == list(VOC_CLASSES) and train.classes[0] == "aeroplane" and len(train.classes) == 20
     assert train.names == ["JPEGImages/2007_000001.jpg", "JPEGImages/2007_000002.jpg"]
     assert train.labels.tolist() == [14, 0]  # person (30 px) beats dog (20 px)
     expected_present = torch.zeros(2, 20, dtype=torch.bool)
@@ -454,16 +464,16 @@ def test_present_survives_take_to_and_the_cache(tmp_path) -> None:
     sub = again.take(torch.tensor([1, 0, 1])).to("cpu")
     assert torch.equal(sub.present, first.present[[1, 0, 1]]) and sub.labels.tolist() == [0, 14, 0]
     with pytest.raises(ValueError, match="present must be bool 2×20"):
-        dl.ImageSet(first.images, first.labels, first.names, first.classes, present=first.present[:, :3])
+        ImageSet(first.images, first.labels, first.names, first.classes, present=first.present[:, :3])
     with pytest.raises(ValueError, match="present must be bool"):
-        dl.ImageSet(first.images, first.labels, first.names, first.classes, present=first.present.long())
+        ImageSet(first.images, first.labels, first.names, first.classes, present=first.present.long())
 
 
 # ---------------------------------------------------------------------- lab and split roles
 def test_lab_truth_is_the_split_masks(tiny_lab) -> None:
     data = dl.load_split("lab", tiny_lab, "test", **QUIET)
     truth = dl.ground_truth("lab", tiny_lab, "test", data)
-    expected = np.stack([dl.read_mask(tiny_lab / "test_masks" / n) for n in data.names]).astype(np.uint8)
+    expected = np.stack([read_mask(tiny_lab / "test_masks" / n) for n in data.names]).astype(np.uint8)
     assert truth.boxes is None and truth.masks.dtype == np.uint8 and set(np.unique(truth.masks)) == {0, 1}
     np.testing.assert_array_equal(truth.masks, expected)
     sub = data.take(torch.tensor([4, 2]))
@@ -476,13 +486,14 @@ def test_lab_truth_is_the_split_masks(tiny_lab) -> None:
 
 
 def test_split_roles() -> None:
-    table = {(d, r): dl.split_for(d, r) for d in ("lab", "cifar10", "folder", "wsol") for r in dl.ROLES}
-    assert [table[("lab", r)] for r in dl.ROLES] == ["train", "train", "test"]
-    assert [table[("folder", r)] for r in dl.ROLES] == [table[("cifar10", r)] for r in dl.ROLES]
-    assert [table[("wsol", r)] for r in dl.ROLES] == ["train", "val", "test"]
-    assert all(split in dl.DATASET_SPLITS[d] for (d, _), split in table.items())
-    assert dl.DATASET_SPLITS["voc"] == ("train", "val", "train_aug")
-    assert set(dl.DATASETS) == set(dl.DATASET_SPLITS) == set(dl.SPLIT_ROLES) == set(dl._ROOT_HINTS)
+    table = {(d, r): dl.split_for(d, r) for d in ("lab", "cifar10", "folder", "wsol") for r in ROLES}
+    assert [table[("lab", r)] for r in ROLES] == ["train", "train", "test"]
+    assert [table[("folder", r)] for r in ROLES] == [table[("cifar10", r)] for r in ROLES]
+    assert [table[("wsol", r)] for r in ROLES] == ["train", "val", "test"]
+    assert all(split in FORMATS[d].splits for (d, _), split in table.items())
+    assert FORMATS["voc"].splits == ("train", "val", "train_aug")
+    assert list(FORMATS) == ["lab", "cifar10", "folder", "voc", "multi", "wsol"]
+    assert all(fmt.root_hint and set(fmt.roles) == set(ROLES) for fmt in FORMATS.values())
     with pytest.raises(ValueError, match="needs the dataset's root"):
         dl.split_for("voc", "train")
     with pytest.raises(CamlabError, match="unknown role 'val'"):
@@ -503,39 +514,37 @@ def _trained_on(tmp_path: Path, monkeypatch, root: Path, meta: Path, exp_id: str
 def test_wsol_boxes_are_scored_by_box_measures_only(tmp_path, monkeypatch) -> None:
     """CUB-like: boxes, no masks. MaxBoxAccV2 and localisation against the metadata's boxes (two on
     one image: the better counts); no mean IoU and no PxAP, which need masks."""
-    import compare
-    import iou
+
     root, meta = cub_tree(tmp_path)
     _trained_on(tmp_path, monkeypatch, root, meta, "cub")
-    report = compare.wsol_report("cub", n_threshold=10, device="cpu")
+    report = wsol_report("cub", n_threshold=10, device="cpu")
     assert "pxap" not in report and "test_iou" not in report and report["per_image"] == {}
     assert report["n_test"] == 2 and report["data_root"] == str(root.resolve())
-    exp = compare.Experiment.load("cub", "cpu")
+    exp = Experiment.load("cub", "cpu")
     data, truth = exp.test
-    preds, cams = compare.protocol_cams(exp.net, data, 32, "wsolevaluation")
-    assert report["max_box_acc_v2"] == iou.max_box_acc(cams, truth.boxes)["mean"]
-    assert {k: report[k] for k in ("top1_loc", "gt_known_loc")} == iou.localization_accuracy(
+    preds, cams = protocol_cams(exp.net, data, 32, "wsolevaluation")
+    assert report["max_box_acc_v2"] == max_box_acc(cams, truth.boxes)["mean"]
+    assert {k: report[k] for k in ("top1_loc", "gt_known_loc")} == localization_accuracy(
         cams, preds, data.labels.numpy(), truth.boxes)
 
 
 def test_openimages_masks_are_scored_by_pxap_with_ignore_left_out(tmp_path, monkeypatch) -> None:
     """OpenImages-like: the mean IoU's threshold is chosen on val (never test); PxAP counts only
     pixels outside the ignore regions; no box measures (wsolevaluation has none for OpenImages)."""
-    import compare
-    import iou
+
     root, meta, expected = openimages_tree(tmp_path)
     for name in ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt"):
         write_lines(meta / "test" / name, (meta / "val" / name).read_text().split("\n"))
     _trained_on(tmp_path, monkeypatch, root, meta, "oi")
-    report = compare.wsol_report("oi", n_threshold=10, device="cpu")
+    report = wsol_report("oi", n_threshold=10, device="cpu")
     assert "max_box_acc_v2" not in report and "top1_loc" not in report
     assert report["n_threshold_images"] == 2 and report["n_test"] == 2
-    exp = compare.Experiment.load("oi", "cpu")
+    exp = Experiment.load("oi", "cpu")
     data, truth = exp.test
-    _, cams = compare.protocol_cams(exp.net, data, 32, "wsolevaluation")
+    _, cams = protocol_cams(exp.net, data, 32, "wsolevaluation")
     gt = np.stack(list(expected.values()))
     counted = gt != 255
     # the pooled pixels outside the ignore regions, as one 1×1×M "image"
-    by_hand = iou.pxap(cams[counted][None, None], (gt[counted] == 1)[None, None])
+    by_hand = pxap(cams[counted][None, None], (gt[counted] == 1)[None, None])
     assert report["pxap"] == pytest.approx(by_hand, abs=1e-12)
     assert 0 <= report["test_iou"] <= 1 and len(report["per_image"]["iou"]) == 2

@@ -3,6 +3,7 @@ refuses other settings; a non-finite loss keeps the last good checkpoints; check
 need code to unpickle, or are cut short, are refused without a traceback."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -19,6 +20,7 @@ import torch
 import main
 import model
 import train
+from camlab import methods
 from conftest import ROOT, write_lab_layout
 from camlab.utils import CamlabError
 
@@ -122,7 +124,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoints(tiny_lab, tmp
             step = train.cam_objective(net, images, labels)
             return step._replace(loss=step.loss * (float("nan") if epoch == 2 else 1.0))
         return objective
-    monkeypatch.setitem(train.OBJECTIVES, "CAM", poisoned)
+    monkeypatch.setitem(methods.METHODS, "CAM", dataclasses.replace(
+        methods.METHODS["CAM"], objective=lambda cfg, classes, teacher: poisoned(cfg, classes)))
     code, err = _run_in_process(tiny_lab, tmp_path, monkeypatch, capsys, "--epochs", "3", "--exp_id", "nan")
     assert code == 2 and err.count("\n") == 1 and "nan" in err and "epoch 2" in err
     run = tmp_path / "checkpoints" / "nan"

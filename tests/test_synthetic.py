@@ -8,8 +8,9 @@ import pytest
 from scipy import stats
 
 import dataloader
-import synthetic as gen
+from camlab import synthetic as gen
 from camlab.utils import CamlabError
+from camlab.images import decode_image, read_mask
 
 K = len(gen.PART_STYLES)
 DRAWS = 3000  # body looks per statistical test (balanced: 300 per class)
@@ -102,9 +103,9 @@ def test_meta_records_the_dial_and_redraw_gives_the_files(tmp_path) -> None:
     assert meta["version"] == gen.SYNTHETIC_VERSION == 2 and meta["body_evidence"] == 0.25
     images, parts, labels = gen.redraw(meta, "test")
     for i in range(10):
-        assert np.array_equal(images[i], dataloader.decode_image(root / "test" / f"{i:05d}.png"))
+        assert np.array_equal(images[i], decode_image(root / "test" / f"{i:05d}.png"))
     assert labels.tolist() == [int(line.split()[1]) for line in (root / "test_cls.txt").read_text().splitlines()]
-    masks = np.stack([dataloader.read_mask(root / "test_masks" / f"{i:05d}.png") for i in range(10)])
+    masks = np.stack([read_mask(root / "test_masks" / f"{i:05d}.png") for i in range(10)])
     assert (parts <= masks).all() and parts.any()
 
 

@@ -5,20 +5,23 @@ import numpy as np
 import pytest
 import torch
 
-import dataloader
 import train
 from model import CAMModel
 from camlab.utils import CamlabError
+import model
+from camlab.images import ImageSet
+from camlab.meters import EpochMeter
+from camlab.methods import Step
 
 
-def _colour_set(n: int = 16, size: int = 16) -> dataloader.ImageSet:
+def _colour_set(n: int = 16, size: int = 16) -> ImageSet:
     """Half red images (class 0), half blue (class 1), with a little noise."""
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(n) % 2
     images = torch.randint(0, 40, (n, 3, size, size), generator=g, dtype=torch.uint8)
     images[labels == 0, 0] += 200
     images[labels == 1, 2] += 200
-    return dataloader.ImageSet(images=images, labels=labels, names=[f"{i}.png" for i in range(n)],
+    return ImageSet(images=images, labels=labels, names=[f"{i}.png" for i in range(n)],
                                classes=["red", "blue"])
 
 
@@ -48,10 +51,10 @@ def test_evaluation_does_not_change_the_model() -> None:
 
 
 def test_epoch_meter_weights_by_batch_size() -> None:
-    meter = train.EpochMeter()
+    meter = EpochMeter()
     scores = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
-    meter.update(train.Step(torch.tensor(1.0), scores[:1], {}), torch.tensor([0]))
-    meter.update(train.Step(torch.tensor(4.0), scores[1:], {}), torch.tensor([0, 0]))
+    meter.update(Step(torch.tensor(1.0), scores[:1], {}), torch.tensor([0]))
+    meter.update(Step(torch.tensor(4.0), scores[1:], {}), torch.tensor([0, 0]))
     out = meter.compute()
     assert out["loss"] == pytest.approx((1.0 * 1 + 4.0 * 2) / 3)
     assert out["acc"] == pytest.approx(2 / 3)
@@ -63,11 +66,11 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path) -> None:
     net(torch.randn(2, 3, 32, 32))[0].sum().backward()
     opt.step()
     path = tmp_path / "ckpt.pth"
-    train.save_checkpoint(path, net, epoch=2, best_val_acc=0.5, optimizer=opt.state_dict(),
+    model.save_checkpoint(path, net, epoch=2, best_val_acc=0.5, optimizer=opt.state_dict(),
                           args={"lr": 1e-3, "mode": "CAM"})
     raw = torch.load(path, weights_only=True)
     assert raw["epoch"] == 2 and raw["model_config"]["num_classes"] == 3
-    loaded, ckpt = train.load_checkpoint(path)
+    loaded, ckpt = model.load_checkpoint(path)
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         assert torch.equal(loaded.eval()(x)[0], net(x)[0])
@@ -76,11 +79,11 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path) -> None:
 
 def test_foreign_or_missing_checkpoints_are_refused(tmp_path) -> None:
     with pytest.raises(CamlabError, match="does not exist"):
-        train.load_checkpoint(tmp_path / "none.pth")
+        model.load_checkpoint(tmp_path / "none.pth")
     foreign = tmp_path / "foreign.pth"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(CamlabError, match="not written by camlab"):
-        train.load_checkpoint(foreign)
+        model.load_checkpoint(foreign)
 
 
 def test_kfold_folds_are_disjoint_and_cover() -> None:

@@ -9,7 +9,7 @@ from torch import nn
 
 import train
 from model import CAMModel
-from transforms import TRANSFORMS, EquivarianceTransform
+from camlab.transforms import TRANSFORMS, EquivarianceTransform
 from camlab.utils import CamlabError
 
 NAMES = list(TRANSFORMS) + ["rotate+hflip", "scale+rotate", "rot90+translate+vflip"]

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-import compare
+import dataloader
 import iou
 import main
 import visualize
+from camlab import figures
+from research.experiments import Experiment, dataset_cams, localization_report
 
 FAST = ["--img_size", "32", "--weights", "none", "--batch_size", "8", "--quiet", "--epochs", "1"]
 
@@ -28,7 +30,7 @@ def trained(tiny_lab, tmp_path, monkeypatch):
 def test_overlay_by_hand() -> None:
     image = np.zeros((2, 2, 3), np.uint8)
     cam = np.array([[0.0, 0.0], [1.0, 1.0]])
-    out = visualize.heatmap_overlay(image, cam, alpha=0.5)
+    out = figures.heatmap_overlay(image, cam, alpha=0.5)
     # JET: 0 -> dark blue (0, 0, 128), 1 -> dark red (128, 0, 0), blended half with black
     assert out[0, 0].tolist() == [0, 0, 64] and out[1, 0].tolist() == [64, 0, 0]
 
@@ -77,11 +79,11 @@ def test_another_extractor_gets_its_own_folder_and_column(trained, tiny_lab) -> 
 
 def test_whole_test_report_chooses_threshold_on_training_masks(trained, monkeypatch) -> None:
     seen = []
-    real = compare.dataloader.ground_truth
-    monkeypatch.setattr(compare.dataloader, "ground_truth",
+    real = dataloader.ground_truth
+    monkeypatch.setattr(dataloader, "ground_truth",
                         lambda dataset, root, split, data, metadata=None: seen.append((split, len(data)))
                         or real(dataset, root, split, data, metadata))
-    report = compare.localization_report("tiny", "class", n_threshold=10, device="cpu")
+    report = localization_report("tiny", "class", n_threshold=10, device="cpu")
     # the test masks are read to score, the threshold's on 10 training images
     assert sorted(seen) == [("test", 9), ("train", 10)]
     assert report["n_threshold_images"] == 10 and report["n_test"] == 9
@@ -127,13 +129,13 @@ def test_an_extractors_maps_are_computed_once_and_agree_with_the_direct_path(tra
     """Experiment.cams reads another extractor's maps of the labels once and recomputes only the
     images whose prediction differs; the result equals dataset_cams' direct computation."""
     import dataclasses
-    exp = compare.Experiment.load("tiny", "cpu")
+    exp = Experiment.load("tiny", "cpu")
     data = exp.split("test")
     data = dataclasses.replace(data, labels=(data.labels + torch.arange(len(data)) % 2) % 3)  # some labels wrong
     for name in ("gradcam", "layercam"):
         for of_labels in (False, True):
             got = exp.cams(data, "class", of_labels=of_labels, extractor=name)
-            want = compare.dataset_cams(exp.net, data, 32, "class", of_labels=of_labels, extractor=name)
+            want = dataset_cams(exp.net, data, 32, "class", of_labels=of_labels, extractor=name)
             assert np.array_equal(got[0], want[0]) and np.allclose(got[1], want[1], atol=1e-6)
     assert set(exp._raw) == {(tuple(data.names), "gradcam"), (tuple(data.names), "layercam")}
     preds, _ = exp.raw_maps(data, "gradcam")

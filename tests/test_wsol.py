@@ -9,10 +9,11 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-import iou
-import train
-from iou import box_iou, cam_box, localization_accuracy, mask_box, max_box_acc, pxap
+from camlab.boxes import box_iou, cam_box, localization_accuracy, mask_box, max_box_acc
+from camlab.metrics import pxap
 from camlab.utils import CamlabError
+from camlab.boxes import PROTOCOLS, threshold_boxes, wsol_scoremaps
+from camlab.methods import rest_cross_entropy
 
 T, F = True, False
 EXACT = dict(abs=1e-12)
@@ -195,7 +196,7 @@ def test_wsolevaluation_boxes_end_one_past_the_region() -> None:
     against the mask's box in the same convention, (2, 1, 5, 3), IoU 1."""
     cam = np.zeros((5, 7))
     cam[1:3, 2:5] = 1.0
-    assert iou.threshold_boxes(cam, 0.5, True, iou.PROTOCOLS["wsolevaluation"]).tolist() == [[2, 1, 5, 3]]
+    assert threshold_boxes(cam, 0.5, True, PROTOCOLS["wsolevaluation"]).tolist() == [[2, 1, 5, 3]]
     assert mask_box(cam > 0, "wsolevaluation") == (2, 1, 5, 3)
     assert max_box_acc(cam[None], [[(2, 1, 4, 2)]], iou_thresholds=(0.5, 0.7)) == {0.5: 1.0, 0.7: 0.0, "mean": 0.5}
     assert max_box_acc(cam[None], [[(2, 1, 5, 3)]], iou_thresholds=(0.7,)) == {0.7: 1.0, "mean": 1.0}
@@ -206,7 +207,7 @@ def test_wsolevaluation_clips_box_ends_to_the_last_pixel_but_not_the_ground_trut
     mask's box is not clipped, (4, 3, 7, 5): IoU 3·2 / (3·2 + 4·3 - 3·2) = 0.5."""
     cam = np.zeros((5, 7))
     cam[3:5, 4:7] = 1.0
-    assert iou.threshold_boxes(cam, 0.5, True, iou.PROTOCOLS["wsolevaluation"]).tolist() == [[4, 3, 6, 4]]
+    assert threshold_boxes(cam, 0.5, True, PROTOCOLS["wsolevaluation"]).tolist() == [[4, 3, 6, 4]]
     gt = mask_box(cam > 0, "wsolevaluation")
     assert gt == (4, 3, 7, 5)
     assert max_box_acc(cam[None], [[gt]], iou_thresholds=(0.5, 0.7)) == {0.5: 1.0, 0.7: 0.0, "mean": 0.5}
@@ -225,10 +226,10 @@ def test_wsolevaluation_scoremaps_min_max_the_raw_map() -> None:
     negative corner and give [[0, 0], [0, 1]]); a constant map and one with NaN become zeros;
     the cubic resize goes to the image size."""
     raw = np.array([[[-2.0, 0.0], [0.0, 2.0]], [[3.0, 3.0], [3.0, 3.0]], [[np.nan, 1.0], [0.0, 2.0]]])
-    maps = iou.wsol_scoremaps(raw, (2, 2))
+    maps = wsol_scoremaps(raw, (2, 2))
     assert maps[0].tolist() == [[0.0, 0.5], [0.5, 1.0]]
     assert not maps[1].any() and not maps[2].any()
-    big = iou.wsol_scoremaps(raw[:1], (5, 3))
+    big = wsol_scoremaps(raw[:1], (5, 3))
     assert big.shape == (1, 5, 3) and big.min() == 0.0 and big.max() == 1.0
 
 
@@ -289,10 +290,10 @@ def reference_rest_loss(X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # no
 def test_rest_cross_entropy_hand_value() -> None:
     logits = torch.tensor([[0.0, math.log(2), math.log(4)]], dtype=torch.float64)
     # label 0: -log(exp((ln 2 + ln 4) / 2) / (1 + 2 + 4)) = ln 7 - 1.5 ln 2
-    assert train.rest_cross_entropy(logits, torch.tensor([0])).item() == pytest.approx(
+    assert rest_cross_entropy(logits, torch.tensor([0])).item() == pytest.approx(
         math.log(7) - 1.5 * math.log(2), **EXACT)
     # label 2: rest mean (0 + ln 2) / 2; a batch of both averages them
-    both = train.rest_cross_entropy(logits.repeat(2, 1), torch.tensor([0, 2]))
+    both = rest_cross_entropy(logits.repeat(2, 1), torch.tensor([0, 2]))
     assert both.ndim == 0
     assert both.item() == pytest.approx(math.log(7) - (1.5 + 0.5) / 2 * math.log(2), **EXACT)
 
@@ -300,7 +301,7 @@ def test_rest_cross_entropy_hand_value() -> None:
 def test_rest_cross_entropy_gradient() -> None:
     # d/dz_j = softmax_j - [j != y] / (C - 1): softmax (1, 2, 4)/7, minus 1/2 off the target
     logits = torch.tensor([[0.0, math.log(2), math.log(4)]], dtype=torch.float64, requires_grad=True)
-    train.rest_cross_entropy(logits, torch.tensor([0])).backward()
+    rest_cross_entropy(logits, torch.tensor([0])).backward()
     expected = torch.tensor([[1 / 7, 2 / 7 - 1 / 2, 4 / 7 - 1 / 2]], dtype=torch.float64)
     torch.testing.assert_close(logits.grad, expected, atol=1e-12, rtol=0)
 
@@ -309,7 +310,7 @@ def test_rest_cross_entropy_matches_the_seed_formula() -> None:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 4, generator=g, dtype=torch.float64) * 3
     labels = torch.randint(0, 4, (6,), generator=g)
-    torch.testing.assert_close(train.rest_cross_entropy(logits, labels),
+    torch.testing.assert_close(rest_cross_entropy(logits, labels),
                                reference_rest_loss(logits, labels), atol=1e-12, rtol=0)
 
 
@@ -318,11 +319,11 @@ def test_rest_cross_entropy_is_stable_for_large_logits() -> None:
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(5, 3, generator=g, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 0, 1])
-    shifted = train.rest_cross_entropy(logits + 1000, labels)
+    shifted = rest_cross_entropy(logits + 1000, labels)
     assert torch.isfinite(shifted)
-    assert shifted.item() == pytest.approx(train.rest_cross_entropy(logits, labels).item(), abs=1e-9)
+    assert shifted.item() == pytest.approx(rest_cross_entropy(logits, labels).item(), abs=1e-9)
 
 
 def test_rest_cross_entropy_needs_two_classes() -> None:
     with pytest.raises(CamlabError):
-        train.rest_cross_entropy(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))
+        rest_cross_entropy(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))

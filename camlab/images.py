@@ -1,0 +1,278 @@
+"""Decoded image sets: the ``ImageSet`` a split becomes, decoding image and mask files with one-line errors, and the decode cache.
+
+A split is decoded once into an :class:`ImageSet` (all images as one uint8 tensor) and kept
+whole in memory; the readers (``camlab.readers``, ``dataloader``) list the files, this module
+decodes them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from camlab import utils
+from camlab.utils import CamlabError
+
+
+# ---------------------------------------------------------------------------- the image set
+@dataclass
+class ImageSet:
+    """One decoded split.
+
+    images: uint8 tensor N×3×H×W, RGB, contiguous.
+    labels: int64 tensor N, each in ``[0, len(classes))``.
+    names: N file names (relative to the split folder), in the same order.
+    classes: the class names; ``len(classes)`` is the number of classes.
+    skipped: the files (relative to the split folder) left out because they could not be
+      decoded (``load_split(..., skip_bad=True)``); kept with the split, so that a split read
+      back from the cache still tells the user which files it lacks.
+    present: bool N×K, every class present in each image (multi-hot), for datasets that know
+      more than the one label (``voc``); None for the others.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    names: list[str]
+    classes: list[str]
+    skipped: list[str] = field(default_factory=list)
+    present: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = self.images.shape[0]
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 N×3×H×W, got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.shape != (n,) or len(self.names) != n:
+            raise ValueError(f"{n} images but labels {tuple(self.labels.shape)} "
+                             f"({self.labels.dtype}) and {len(self.names)} names")
+        if self.present is not None and (self.present.dtype != torch.bool
+                                         or tuple(self.present.shape) != (n, len(self.classes))):
+            raise ValueError(f"present must be bool {n}×{len(self.classes)} (images × classes), got "
+                             f"{self.present.dtype} {tuple(self.present.shape)}")
+
+    def to(self, device: torch.device | str) -> ImageSet:
+        """A copy whose tensors live on ``device`` (asynchronous copy from pinned memory)."""
+        present = self.present
+        if present is not None:
+            present = present.to(device, non_blocking=present.is_pinned())
+        return dataclasses.replace(
+            self,
+            images=self.images.to(device, non_blocking=self.images.is_pinned()),
+            labels=self.labels.to(device, non_blocking=self.labels.is_pinned()), present=present)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def take(self, idx: torch.Tensor) -> ImageSet:
+        """The images ``idx`` (int64, repeats allowed) as a set of their own, on the same device."""
+        on_device = idx.to(self.images.device)
+        present = None if self.present is None else self.present[idx.to(self.present.device)]
+        return dataclasses.replace(self, images=self.images[on_device], labels=self.labels[on_device],
+                                   names=[self.names[i] for i in idx.tolist()], present=present)
+
+
+_NOTED: set[str] = set()
+
+
+def note_once(note: str) -> None:
+    """``note`` on stderr, the first time this process meets it."""
+    if note not in _NOTED:
+        _NOTED.add(note)
+        print(f"note: {note}", file=sys.stderr)
+
+
+def warn_skipped(skipped: list[str], folder: Path) -> None:
+    """One line on stderr naming every skipped file: the user must be able to find (and fix or
+    delete) each of them, however many there are. Printed on every load, cached or not."""
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} "
+              f"in {folder}: {', '.join(skipped)}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------- decoding
+def decode_files(folder: Path, names: list[str], labels: list[int], classes: list[str],
+                  img_size: int, progress: bool, skip_bad: bool) -> ImageSet:
+    """Decode every image ``folder/<name>`` once, sized as :func:`_add_image` says (see
+    :func:`decode_each` for what ``skip_bad`` does)."""
+    images, kept, skipped = decode_each(folder, names, lambda i: decode_image(folder / names[i]),
+                                         img_size, progress, skip_bad)
+    return ImageSet(images, torch.tensor([labels[i] for i in kept], dtype=torch.int64),
+                    [names[i] for i in kept], list(classes), skipped)
+
+
+def decode_each(folder: Path, names: list[str], load: Callable[[int], np.ndarray], img_size: int,
+                 progress: bool, skip_bad: bool) -> tuple[torch.Tensor, list[int], list[str]]:
+    """``(uint8 N×3×H×W images, the indices kept, the names skipped)``: ``load(i)`` decodes
+    image ``i`` (named ``names[i]``, relative to ``folder``) as RGB H×W×3.
+
+    A CamlabError from ``load`` (a file that cannot be decoded) stops the split, unless
+    ``skip_bad``: then that image is left out (the caller drops its label and name too, so the
+    lists stay aligned) and its name listed. Leaving out every image is still an error: an empty
+    split would only fail later, with a message that no longer says why.
+    """
+    arrays, kept, skipped, first_error = [], [], [], None
+    for index, name in enumerate(tqdm(names, desc=f"decoding {folder.name}", unit="img",
+                                      disable=None if progress else True, leave=False)):
+        try:
+            image = load(index)
+        except CamlabError as err:
+            if not skip_bad:
+                raise
+            skipped.append(name)
+            first_error = first_error or err
+            continue
+        _add_image(arrays, image, img_size)
+        kept.append(index)
+    if first_error is not None and not kept:
+        raise CamlabError(f"no image in {folder} can be decoded: all {len(skipped)} were skipped "
+                          f"(the first: {utils.reason(first_error, limit=500)})")
+    images = np.stack(arrays) if arrays else np.zeros((0, img_size, img_size, 3), np.uint8)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), kept, skipped
+
+
+def _add_image(arrays: list[np.ndarray], image: np.ndarray, img_size: int) -> None:
+    """Append ``image`` to ``arrays`` (in place) so that all share one size: their own while
+    they agree, else ``img_size``×``img_size`` (from the first image of another size on, the
+    earlier ones are resized too). Resizing as they come, not at the end, keeps only stored-size
+    arrays in memory when a folder holds large photos."""
+    if arrays and image.shape != arrays[0].shape:
+        if arrays[0].shape != (img_size, img_size, 3):
+            arrays[:] = [_resize(a, img_size) for a in arrays]
+        image = _resize(image, img_size)
+    arrays.append(image)
+
+
+def decode_image(path: Path | str) -> np.ndarray:
+    """The image at ``path`` as uint8 H×W×3 RGB; grey is repeated, alpha dropped, 16 bits
+    scaled to 8. Read through ``np.fromfile`` so that any path the OS accepts works."""
+    return _to_rgb8(imread(path, cv2.IMREAD_UNCHANGED, "image"), path)
+
+
+def imread(path: Path | str, flags: int, what: str) -> np.ndarray:
+    """cv2's decoder on the file's bytes; a missing, unreadable or undecodable file is a
+    CamlabError naming it (one line: cv2's own messages span several)."""
+    try:
+        image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), flags)
+    except (OSError, ValueError, cv2.error) as err:
+        raise CamlabError(f"cannot read {what} {path}: {utils.reason(err)}") from None
+    if image is None:
+        raise CamlabError(f"cannot read {what} {path}: not a decodable image file")
+    return image
+
+
+def _to_rgb8(image: np.ndarray, path: Path | str) -> np.ndarray:
+    if image.dtype == np.uint16:
+        image = cv2.convertScaleAbs(image, alpha=255 / 65535)
+    if image.dtype != np.uint8:
+        raise CamlabError(f"cannot read image {path}: {image.dtype} pixels are not supported")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    conversions = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
+    if channels not in conversions:
+        raise CamlabError(f"cannot read image {path}: {channels} channels are not supported")
+    return cv2.cvtColor(image, conversions[channels])
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    """``size``×``size``; area averaging when shrinking avoids aliasing."""
+    shrinking = image.shape[0] > size or image.shape[1] > size
+    return cv2.resize(image, (size, size),
+                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+# Mask files must use one of these codings; anything else (e.g. JPEG artefacts) is refused.
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+BINARY_CODINGS = (frozenset({0, 255}), frozenset({0, 1}))
+
+
+def read_mask(path: Path | str) -> np.ndarray:
+    """A binary mask image (ground truth or prediction) as bool H×W: foreground where > 127.
+
+    The file must hold only 0 and 255 (the handout's masks), or only 0 and 1 (read as 0 and
+    255); anything else, or a file that cannot be read or decoded, -> CamlabError naming the file.
+    """
+    raw = imread(path, cv2.IMREAD_GRAYSCALE, "mask")
+    _check_binary(raw, path)
+    if raw.max(initial=0) == 1:
+        raw = raw * 255
+    return raw > 127
+
+
+def read_mask_dir(folder: Path | str) -> dict[str, np.ndarray]:
+    """stem -> bool H×W mask for every PNG/JPG/JPEG/BMP file in ``folder``, sorted by stem.
+
+    Each file goes through :func:`dataloader.read_mask`. A missing folder, or two files with the
+    same stem (``a.png`` and ``a.bmp``), -> CamlabError.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CamlabError(f"mask folder {folder} does not exist")
+    masks: dict[str, np.ndarray] = {}
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in MASK_SUFFIXES and p.is_file()):
+        if path.stem in masks:
+            raise CamlabError(f"two masks named {path.stem!r} in {folder}: keep one of them")
+        masks[path.stem] = read_mask(path)
+    return dict(sorted(masks.items()))
+
+
+def _check_binary(raw: np.ndarray, path: Path | str) -> None:
+    present = frozenset(np.flatnonzero(np.bincount(raw.ravel(), minlength=256)).tolist())
+    if any(present <= coding for coding in BINARY_CODINGS):
+        return
+    outside = sorted(present - {0, 1, 255})
+    what = f"the value {outside[0]}" if outside else "both 1 and 255"
+    raise CamlabError(f"mask {path} is not binary: it holds {what} "
+                      "(allowed: only 0 and 255, or only 0 and 1; save masks as PNG, not JPEG)")
+
+
+# ---------------------------------------------------------------------------------- cache
+CACHE_VERSION = 1  # bump when decoding changes, so old cache files are not used
+
+
+def cache_key(settings: list, files: list[Path]) -> str:
+    """sha1 of the settings and each file's path, size and modification time."""
+    digest = hashlib.sha1(json.dumps(settings).encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def cached(cache_dir: Path | None, key: str, build: Callable[[], ImageSet]) -> ImageSet:
+    """``build()``, or its earlier result saved as ``cache_dir/<key>.pt``."""
+    if cache_dir is None:
+        return build()
+    path = Path(cache_dir) / f"{key}.pt"
+    data = _read_cache(path)
+    if data is None:
+        data = build()
+        payload = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+        _write_cache(path, payload)
+    return data
+
+
+def _read_cache(path: Path) -> ImageSet | None:
+    if not path.is_file():
+        return None
+    try:
+        return ImageSet(**torch.load(path, weights_only=True))
+    except Exception:  # a truncated or foreign cache file: it is ours, so rebuild it
+        return None
+
+
+def _write_cache(path: Path, payload: dict) -> None:
+    try:
+        utils.atomic_write(path, lambda f: torch.save(payload, f))
+    except OSError as err:
+        raise CamlabError(f"cannot write the data cache {path} ({err.strerror}); make its "
+                          f"folder writable or disable the cache") from None

@@ -1,0 +1,245 @@
+"""The comparisons: which runs each table needs (written as data), training them or reusing finished ones with the same settings, and the research commands of ``iou.py`` (``--methods``, ``--sweep``, ``--extractors``, ``--wsol``, ``--semseg``).
+
+A finished run with the same settings is reused, so an interrupted comparison continues where
+it stopped. Reports are written to ``report/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import train
+from camlab import figures, synthetic
+from camlab.boxes import DEFAULT_PROTOCOL
+from camlab.crf import CRF_VARIANTS
+from camlab.extractors import EXTRACTOR_NAMES, EXTRACTORS
+from camlab.utils import REPORT_DIR, CamlabError, atomic_write_text
+from research.experiments import Experiment, finished_experiments
+from research.semseg import semseg_variants, write_semseg_report
+from research.wsol import methods_table, summary_table, write_extractors_report, write_methods_report, wsol_report
+
+
+# ACoL's conv heads in the comparison: 256 hidden channels, twice the 128 that ResNet-18's layer2
+# gives them (the paper's 1024 on VGG's 512). At 1024 one ACoL run costs about 9 CAM runs on a CPU.
+ACOL_BENCH_WIDTH = 256
+
+
+# The methods compared in the README, at each seed. SEG takes the transform whose ablation run
+# was best on *training* masks (rotate+hflip); ACoL pp the paper's delta, pn the notes' 0.9; CSE's
+# ordinary classifier is the CAM run of the same comparison and seed.
+METHODS: tuple[tuple[str, dict], ...] = (
+    ("cam", dict(mode="CAM")), ("seg", dict(mode="SEG", transform="rotate+hflip")),
+    ("acol_pp", dict(mode="ACOL", recipe="pp", delta=(0.6,), acol_head="conv", acol_width=ACOL_BENCH_WIDTH)),
+    ("acol_pp_grow1", dict(mode="ACOL", recipe="pp", delta=(0.6,), acol_head="conv", acol_width=ACOL_BENCH_WIDTH,
+                           acol_grow=1)),
+    ("acol_pn", dict(mode="ACOL", recipe="pn", delta=(0.9,), acol_head="conv", acol_width=ACOL_BENCH_WIDTH)),
+    ("cse", dict(mode="CSE", oc_exp="{prefix}_cam{suffix}")))
+
+
+def table_runs(base: "train.RunConfig", prefix: str, table: tuple[tuple[str, dict], ...],
+          form: str, suffix: str = "") -> list["train.RunConfig"]:
+    """The configs of ``table``'s runs: ``<prefix>_<name><suffix>``, ``form`` as SEG's
+    regularised CAM ("{prefix}" and "{suffix}" in a setting are filled in)."""
+    return [dataclasses.replace(base, exp_id=f"{prefix}_{name}{suffix}", cam=form,
+                                **{k: (v.format(prefix=prefix, suffix=suffix) if isinstance(v, str) else v)
+                                   for k, v in settings.items()})
+            for name, settings in table]
+
+
+def trained(cfg: "train.RunConfig") -> dict:
+    """The run's metrics: reused when ``checkpoints/<exp_id>`` holds a finished run with the
+    same settings (so an interrupted ablation continues where it stopped), trained otherwise (a
+    run interrupted before its metrics.json is retrained); other settings there are an error."""
+    path = cfg.run_dir() / "metrics.json"
+    if not path.is_file():  # never trained, or interrupted before it finished: (re)train it
+        return train.train(dataclasses.replace(cfg, overwrite=True))
+    metrics = json.loads(path.read_text())
+    differ = train.differing(cfg, metrics.get("args", {}))
+    if differ:
+        raise CamlabError(f"{cfg.run_dir()} holds a run with other settings ({', '.join(differ)}); "
+                          f"move it away or use another --prefix")
+    print(f"reusing {cfg.run_dir()} (same settings)")
+    return metrics
+
+
+def method_reports(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
+                   protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,)) -> list[dict]:
+    """Train (or reuse) every METHODS run at every seed (``<prefix>_<name>_s<seed>``), then
+    score each with :func:`wsol_report`."""
+    configs = [cfg for seed in seeds
+               for cfg in table_runs(dataclasses.replace(base, seed=seed), prefix, METHODS, "class", f"_s{seed}")]
+    for cfg in configs:
+        trained(cfg)
+    reports = [wsol_report(cfg.exp_id, n_threshold, cfg.device, protocol) for cfg in configs]
+    return [r for r in reports if r is not None]
+
+
+def run_methods(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
+                protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,)) -> str:
+    """:func:`method_reports` into ``report/methods.{csv,md}`` and ``report/methods_grid.png``."""
+    return write_methods_report(method_reports(base, prefix, n_threshold, protocol, seeds))
+
+
+# ---------------------------------------------------------------------- extractors compared
+def extractor_reports(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
+                      protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
+                      extractors: Sequence[str] = tuple(EXTRACTORS)) -> list[dict]:
+    """Every extractor on the plain CAM run of the methods comparison at each seed
+    (``<prefix>_cam_s<seed>``, trained when missing): one :func:`wsol_report` per (seed,
+    extractor), its ``method`` the extractor's name, so that the methods tables and their
+    intervals (each against camlab's CAM on the same model) apply unchanged. The body-only and
+    part-only accuracies are the model's, whatever reads its maps: measured once per seed."""
+    reports = []
+    for seed in seeds:
+        cfg = table_runs(dataclasses.replace(base, seed=seed), prefix, METHODS[:1], "class", f"_s{seed}")[0]
+        trained(cfg)
+        exp = Experiment.load(cfg.exp_id, cfg.device)  # one model, test split and masks for every extractor
+        model_measures: dict = {}
+        for name in dict.fromkeys(("cam", *extractors)):  # CAM first: every other is compared with it
+            report = wsol_report(exp, n_threshold, cfg.device, protocol, extractor=name, diagnose=name == "cam")
+            if report is None:
+                continue
+            if name == "cam":
+                model_measures = {k: v for k, v in report.items() if k.startswith("acc_")}
+            report.update({**model_measures, "method": EXTRACTOR_NAMES[name]})
+            reports.append(report)
+    return reports
+
+
+def sweep_prefix(prefix: str, value: float) -> str:
+    """The runs of a sweep point: the methods comparison's own runs at the default setting
+    (reused, not trained again), ``<prefix>_be<value>_...`` at any other."""
+    return prefix if value == synthetic.BODY_EVIDENCE else f"{prefix}_be{value:g}"
+
+
+def run_sweep(base: "train.RunConfig", values: Sequence[float], prefix: str = "methods",
+              n_threshold: int = 500, protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
+              report_dir: Path = REPORT_DIR) -> str:
+    """Every method at every body-evidence setting in ``values`` (each its own embedded
+    dataset, generated on first use) into ``report/sweep.{csv,md}`` and ``sweep.png``: mean IoU
+    and PxAP against the setting, one line per method, mean over seeds with the seeds' spread."""
+    reports = []
+    for value in values:
+        cfg = dataclasses.replace(base, body_evidence=float(value), data_root=None)
+        reports += method_reports(cfg, sweep_prefix(prefix, value), n_threshold, protocol, seeds)
+    csv_text, _ = methods_table(reports)
+    atomic_write_text(Path(report_dir) / "sweep.csv", csv_text)
+    curves: dict[str, dict[str, list]] = {}
+    for r in reports:
+        curve = curves.setdefault(r["method"], {})
+        curve.setdefault(r["body_evidence"], []).append(r)
+    series = {method: {key: [(dial, [x[key] for x in rs]) for dial, rs in sorted(points.items())]
+                       for key in ("test_iou", "pxap", "acc_body")}
+              for method, points in curves.items()}
+    figures.plot_sweep(series, Path(report_dir) / "sweep.png",
+                         title=f"the body-evidence sweep ({protocol} protocol; seeds {', '.join(map(str, seeds))})")
+    text = (f"Body-evidence sweep: every method at each setting of the embedded benchmark's dial (the share of "
+            f"bodies whose stripes carry their class's period and hue); protocol {protocol}; seeds "
+            f"{', '.join(map(str, seeds))}; intervals as in methods.md.\n\n" + summary_table(reports))
+    atomic_write_text(Path(report_dir) / "sweep.md", text)
+    return text
+
+
+# The runs of the segmentation table, on the multi-object set: each label form's CAM and SEG (the
+# single-label form: equivariance of the largest class's map; the multi-label form: of every
+# present class's map), the single-label CSE (the image's largest class, judged by the
+# single-label CAM) and OC-CSE (multi-label, judged by the multi-label CAM). Each is compared with
+# the CAM of its own label form and seed.
+SEMSEG: tuple[tuple[str, dict], ...] = (
+    ("cam", dict(mode="CAM")), ("seg", dict(mode="SEG", transform="rotate+hflip")),
+    ("cse", dict(mode="CSE", oc_exp="{prefix}_cam{suffix}")),
+    ("cam_ml", dict(mode="CAM", multi_label=True)),
+    ("seg_ml", dict(mode="SEG", transform="rotate+hflip", multi_label=True)),
+    ("occse_ml", dict(mode="CSE", oc_exp="{prefix}_cam_ml{suffix}", multi_label=True)))
+
+
+def semseg_reports(base: "train.RunConfig", prefix: str = "semseg", n_threshold: int = 500,
+                   seeds: Sequence[int] = (0,), crf: Sequence[str | None] = (None, *CRF_VARIANTS)) -> list[dict]:
+    """Train (or reuse) every SEMSEG run at every seed on ``base``'s dataset (the multi-object
+    set by default), then score each without and with dense CRF."""
+    configs = [cfg for seed in seeds
+               for cfg in table_runs(dataclasses.replace(base, seed=seed), prefix, SEMSEG, "class", f"_s{seed}")]
+    reports = []
+    for cfg in configs:
+        trained(cfg)
+        reports += semseg_variants(Experiment.load(cfg.exp_id, cfg.device), n_threshold, crf)
+    return reports
+
+
+# ---------------------------------------------------------------------------- the commands
+def run_prefix(args, default: str) -> str:
+    """The runs' prefix: ``--prefix`` or ``default``; on the generated embedded benchmark at a
+    setting other than the default, ``<prefix>_be<setting>`` (:func:`sweep_prefix`), so that runs
+    at different settings never share a name."""
+    prefix = args.prefix or default
+    if args.data_root is None and args.body_evidence is not None:
+        return sweep_prefix(prefix, args.body_evidence)
+    return prefix
+
+
+def base_run(args, dataset: str = "lab") -> "train.RunConfig":
+    return train.RunConfig(epochs=args.epochs, img_size=args.img_size, seed=args.seed,
+                           batch_size=args.batch_size, weights=args.weights, data_root=args.data_root,
+                           device=args.device, body_evidence=args.body_evidence, dataset=dataset).checked()
+
+
+def timed(what: str, work) -> str:
+    start = time.perf_counter()
+    text = work()
+    print(f"{what}: {(time.perf_counter() - start) / 60:.1f} min wall time (training, or reusing, and scoring)",
+          file=sys.stderr)
+    return text
+
+
+def methods_command(args) -> None:
+    """``python iou.py --methods [--seeds ...]``."""
+    seeds = args.seeds or [args.seed]
+    print(timed("methods", lambda: run_methods(base_run(args), run_prefix(args, "methods"), args.n_threshold,
+                                                args.protocol, seeds)), end="")
+
+
+def sweep_command(args) -> None:
+    """``python iou.py --sweep body_evidence 0 0.25 ...``."""
+    seeds = args.seeds or [args.seed]
+    values = args.sweep_values
+    print(timed("sweep", lambda: run_sweep(base_run(args), values, args.prefix or "methods", args.n_threshold,
+                                            args.protocol, seeds)), end="")
+
+
+def extractors_command(args) -> None:
+    """``python iou.py --extractors [--seeds ...]``."""
+    seeds = args.seeds or [args.seed]
+    print(timed("extractors", lambda: write_extractors_report(extractor_reports(
+        base_run(args), run_prefix(args, "methods"), args.n_threshold, args.protocol, seeds,
+        args.extractors or tuple(EXTRACTORS)))), end="")
+
+
+def wsol_command(args) -> None:
+    """``python iou.py --wsol``: every finished run on a dataset with boxes or masks."""
+    reports = []
+    for exp_id in finished_experiments():
+        report = wsol_report(exp_id, args.n_threshold, args.device, args.protocol, args.extractor)
+        if report is None:
+            print(f"skipping {exp_id}: its test split has no boxes or masks")
+        else:
+            reports.append(report)
+    print(write_methods_report(reports), end="")
+
+
+def semseg_command(args) -> None:
+    """``python iou.py --semseg [--crf] [--seeds ...] [--runs EXP ...]``."""
+    crf = (None, *(args.crf or CRF_VARIANTS)) if args.crf is not None else (None,)
+    if args.runs:
+        def work() -> str:
+            return write_semseg_report([report for exp_id in args.runs for report in
+                                        semseg_variants(Experiment.load(exp_id, args.device), args.n_threshold, crf)])
+    else:
+        seeds = args.seeds or [args.seed]
+        base = base_run(args, args.dataset)
+        work = lambda: write_semseg_report(semseg_reports(base, run_prefix(args, "semseg"), args.n_threshold,  # noqa: E731
+                                                          seeds, crf))
+    print(timed("semseg", work), end="")

@@ -1,0 +1,218 @@
+"""Semantic segmentation of a finished run's test split from its class maps (the VOC protocol, optionally after dense CRF) and the tables that compare runs over seeds with paired bootstrap intervals.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from camlab import figures, tables
+from camlab.crf import CRF_REFERENCE_SIDE, CRF_THRESHOLD_GRID, choose_background_threshold, segment
+from camlab.metrics import BOOTSTRAP_RESAMPLES, THRESHOLD_GRID, class_ious, image_confusions, miou_statistic, paired_bootstrap
+from camlab.utils import CHECKPOINT_DIR, REPORT_DIR, CamlabError, atomic_write_text, safe_subdir
+from research.experiments import Experiment, _present, _rgb
+from research.wsol import BASELINE_MODE, _cell, _intervals, _verdict
+
+
+# --crf variant -> how the tables name it (None: no CRF)
+CRF_NAMES = {None: "no", "affinitynet": "AffinityNet's (px)", "scaled": "scaled to the image"}
+
+
+def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: str | None = None, device: str = "auto",
+                  n_examples: int = 6) -> dict:
+    """Semantic segmentation of ``exp``'s test split from its class maps and the images' labels
+    (the classes present, as weakly supervised segmentation scores pseudo-masks): a label map by
+    a background threshold (:func:`iou.segment`; with ``crf``, a variant of ``iou.CRF_VARIANTS``,
+    after dense CRF), the threshold
+    chosen on ``n_threshold`` images of the split that chooses (training masks; never test), then
+    the VOC protocol's confusion matrix over the test split (255 ignored): mIoU over background
+    and classes, per-class IoU, and the per-image confusions the paired bootstrap resamples."""
+    exp = exp if isinstance(exp, Experiment) else Experiment.load(exp, device)
+    if n_threshold < 1:
+        raise CamlabError(f"--n_threshold must be at least 1, got {n_threshold}")
+    test_set, truth = exp.test
+    if truth is None or truth.classes is None:
+        raise CamlabError(f"{exp.exp_id}: its test split has no class masks (--dataset multi or voc)")
+    fit_set, fit_truth, fit_maps = exp.semseg_fit(n_threshold)
+    grid = CRF_THRESHOLD_GRID if crf else THRESHOLD_GRID
+    fit_images = _rgb(fit_set) if crf else None
+    threshold, fit_miou = choose_background_threshold(fit_maps, _present(fit_set).cpu().numpy(),
+                                                      fit_truth.classes, grid, fit_images, crf or "affinitynet")
+    present = _present(test_set).cpu().numpy()
+    maps, images = exp.class_maps(test_set), _rgb(test_set)
+    labels = segment(maps, present, threshold, images if crf else None, crf or "affinitynet")
+    num_classes = len(test_set.classes) + 1
+    confusions = image_confusions(labels, truth.classes, num_classes)
+    pooled = confusions.sum(axis=0)
+    ious = class_ious(pooled)
+    cfg = exp.cfg
+    metrics = json.loads((safe_subdir(CHECKPOINT_DIR, exp.exp_id) / "metrics.json").read_text())
+    return {**{k: metrics.get(k) for k in ("test_acc", "test_map", "test_f1")},
+            "exp_id": exp.exp_id, "method": semseg_method(cfg), "mode": cfg.mode, "crf": crf, "seed": cfg.seed,
+            "multi_label": cfg.multi_label, "threshold": threshold, "fit_miou": fit_miou,
+            "miou": float(np.nanmean(ious)), "class_ious": ious.tolist(), "classes": ["background", *test_set.classes],
+            **error_shares(pooled),
+            "n_test": len(test_set), "n_threshold_images": len(fit_set), "data_root": str(exp.root.resolve()),
+            "per_image": {"confusions": confusions},
+            "examples": {"images": images[:n_examples], "truth": truth.classes[:n_examples],
+                         "labels": labels[:n_examples], "names": test_set.names[:n_examples]}}
+
+
+# error_shares keys -> how the errors table names them
+ERROR_COLUMNS = (("object_as_background", "object px → background"), ("object_as_other", "object px → another class"),
+                 ("background_as_object", "background px → object"), ("predicted_object", "predicted object share"),
+                 ("true_object", "true object share"))
+
+
+def error_shares(confusion: np.ndarray) -> dict[str, float]:
+    """Where a segmentation errs, from its confusion matrix (rows truth, label 0 background): the
+    shares of object pixels labelled background and labelled another class, of background pixels
+    labelled an object, and the shares of all counted pixels predicted and truly object."""
+    c = np.asarray(confusion, np.float64)
+    objects, total = c[1:].sum(), c.sum()
+    return {"object_as_background": float(c[1:, 0].sum() / objects),
+            "object_as_other": float((c[1:, 1:].sum() - np.trace(c[1:, 1:])) / objects),
+            "background_as_object": float(c[0, 1:].sum() / c[0].sum()),
+            "predicted_object": float(c[:, 1:].sum() / total), "true_object": float(objects / total)}
+
+
+def semseg_method(cfg) -> str:
+    """How a run reads in the segmentation table: its method (``Method.short_label``: OC-CSE for
+    the multi-label CSE) and its label form."""
+    name = cfg.method.table_label(cfg, short=True)
+    return f"{name} ({'multi-label' if cfg.multi_label else 'single-label'})"
+
+
+def semseg_variants(exp: Experiment, n_threshold: int, crf: Sequence[str | None]) -> list[dict]:
+    """:func:`semseg_report` of ``exp`` under each CRF setting of ``crf`` (None: without CRF),
+    each mIoU printed as it is found."""
+    reports = []
+    for refine in crf:
+        report = semseg_report(exp, n_threshold, refine)
+        reports.append(report)
+        print(f"{exp.exp_id}{f' + CRF {refine}' if refine else ''}: mIoU {report['miou']:.4f} "
+              f"(background threshold {report['threshold']:.2f})", file=sys.stderr)
+    return reports
+
+
+def _semseg_reference(report: dict, reports: list[dict]) -> dict | None:
+    """The CAM run of ``report``'s label form, seed, test set and CRF setting."""
+    return next((r for r in reports if r["mode"] == BASELINE_MODE and r["multi_label"] == report["multi_label"]
+                 and r["seed"] == report["seed"] and r["crf"] == report["crf"]
+                 and r["data_root"] == report["data_root"]), None)
+
+
+def _without_crf(report: dict, reports: list[dict]) -> dict | None:
+    """The same run scored without CRF (None for a report without CRF)."""
+    return next((r for r in reports if r["exp_id"] == report["exp_id"] and not r["crf"]), None) if report["crf"] else None
+
+
+def _miou_interval(a: dict, b: dict) -> tuple[float, float, float]:
+    if a["n_test"] != b["n_test"]:
+        raise CamlabError(f"{a['exp_id']} and {b['exp_id']} were scored on different test sets")
+    return paired_bootstrap(miou_statistic(a["per_image"]["confusions"]), miou_statistic(b["per_image"]["confusions"]),
+                            a["n_test"], BOOTSTRAP_RESAMPLES)
+
+
+def semseg_tables(reports: list[dict]) -> tuple[str, str]:
+    """(csv of every report with its per-class IoUs, markdown summary over seeds): mIoU mean ±
+    std, per seed the paired bootstrap interval against the same label form's CAM (same CRF
+    setting) and, with CRF, against the same run without it."""
+    classes = reports[0]["classes"]
+    csv_text = tables.csv_text(
+        ["experiment", "method", "crf", "seed", "threshold", "fit_miou", "miou", "test_acc", "test_map", "test_f1"]
+        + [key for key, _ in ERROR_COLUMNS] + [f"iou_{c}" for c in classes],
+        [[r["exp_id"], r["method"], r["crf"] or "none", r["seed"], f"{r['threshold']:.2f}", f"{r['fit_miou']:.4f}",
+          f"{r['miou']:.4f}"] + [_cell(r, k) for k in ("test_acc", "test_map", "test_f1")]
+         + [f"{r[key]:.4f}" for key, _ in ERROR_COLUMNS] + ["-" if v != v else f"{v:.4f}" for v in r["class_ious"]]
+         for r in reports])
+    rows = []
+    for (method, crf), group in _by_method_and_crf(reports).items():
+        group = sorted(group, key=lambda r: r["seed"])
+        mious = np.array([r["miou"] for r in group])
+        spread = mious.std(ddof=1) if len(mious) > 1 else 0.0
+        versus = [_miou_interval(r, cam) for r in group
+                  if (cam := _semseg_reference(r, reports)) is not None and cam["exp_id"] != r["exp_id"]]
+        from_crf = [_miou_interval(r, plain) for r in group if (plain := _without_crf(r, reports)) is not None]
+        key = "test_map" if group[0]["multi_label"] else "test_acc"
+        accuracy = [r.get(key) for r in group if r.get(key) is not None]
+        rows.append([method, CRF_NAMES[crf], ", ".join(str(r["seed"]) for r in group),
+                     f"{mious.mean():.4f} ± {spread:.4f}", ", ".join(f"{r['threshold']:.2f}" for r in group),
+                     f"{np.mean(accuracy):.4f}", _intervals(versus), _verdict(versus) if versus else "-",
+                     _intervals(from_crf), _verdict(from_crf) if from_crf else "-"])
+    header = ["method", "CRF", "seeds", "mIoU", "background thr.", "classification (mAP / top-1)",
+              "ΔmIoU vs CAM of its label form, 95% CI per seed", "vs CAM", "ΔmIoU from CRF, 95% CI per seed",
+              "CRF helps?"]
+    align = [tables.LEFT] * 3 + [tables.RIGHT, tables.LEFT, tables.RIGHT] + [tables.LEFT] * 4
+    return csv_text, tables.markdown(header, rows, align)
+
+
+def _by_method_and_crf(reports: list[dict]) -> dict[tuple, list[dict]]:
+    """The reports grouped by (method, CRF variant), in their order: one row of each table."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in reports:
+        groups.setdefault((r["method"], r["crf"]), []).append(r)
+    return groups
+
+
+def _semseg_row(report: dict) -> str:
+    crf = report["crf"]
+    return report["method"] + (f" + CRF {CRF_NAMES[crf]}" if crf else "")
+
+
+def errors_table(reports: list[dict]) -> str:
+    """Markdown: per (method, CRF), the error shares of :func:`error_shares`, mean over seeds."""
+    rows = [[method, CRF_NAMES[crf]] + [f"{np.mean([r[key] for r in group]):.4f}" for key, _ in ERROR_COLUMNS]
+            for (method, crf), group in _by_method_and_crf(reports).items()]
+    return tables.markdown(["method", "CRF"] + [h for _, h in ERROR_COLUMNS], rows,
+                           [tables.LEFT] * 2 + [tables.RIGHT] * len(ERROR_COLUMNS))
+
+
+def class_table(reports: list[dict]) -> str:
+    """Markdown: per (method, CRF), each class's IoU, mean over seeds."""
+    classes = reports[0]["classes"]
+    rows = []
+    for (method, crf), group in _by_method_and_crf(reports).items():
+        with warnings.catch_warnings():  # a class in no test image and never predicted: NaN at every seed
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nanmean(np.array([r["class_ious"] for r in group], np.float64), axis=0)
+        rows.append([method, CRF_NAMES[crf]] + ["-" if v != v else f"{v:.3f}" for v in means])
+    return tables.markdown(["method", "CRF", *classes], rows, [tables.LEFT] * 2 + [tables.RIGHT] * len(classes))
+
+
+def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
+    """``semseg.csv``, ``semseg.md`` (the summary over seeds with intervals, then per-class IoU)
+    and ``semseg.png`` (the first seed's label maps, colour-coded); returns the markdown."""
+    if not reports:
+        raise CamlabError("no run to score; train one on --dataset multi first")
+    seeds = sorted({r["seed"] for r in reports})
+    csv_text, summary = semseg_tables(reports)
+    first = reports[0]
+    note = (f"Semantic segmentation of the {first['n_test']} test images from each run's class maps and the "
+            f"images' labels: each pixel takes the argmax of the background score (a threshold) and the present "
+            f"classes' maps (ReLU, divided by the max); with CRF, the argmax of the dense CRF on those scores, with "
+            f"AffinityNet's pairwise settings as they are (in pixels of ~500 px VOC images) or with their spatial "
+            f"widths scaled to the image (x {max(first['examples']['images'].shape[1:3])}/{CRF_REFERENCE_SIDE}). The "
+            f"threshold is chosen on {first['n_threshold_images']} training "
+            f"images' masks ({len(THRESHOLD_GRID)} values from 0.05 to 0.95, or every other one with CRF); test masks "
+            f"choose nothing. mIoU over background and {len(first['classes']) - 1} classes from one confusion matrix "
+            f"over the split (the VOC protocol; 255 ignored). Seeds {', '.join(map(str, seeds))}: mean ± sample std. "
+            f"Intervals: paired bootstrap ({BOOTSTRAP_RESAMPLES} resamples of the test images, the same resample for "
+            f"both runs, the confusion matrices pooled per resample; 95% percentile) of the run minus the CAM of its "
+            f"label form and seed at the same CRF setting, and of the run with CRF minus itself without; \"better\" "
+            f"only where every seed's interval lies above 0. Classification: test mAP for multi-label runs, top-1 "
+            f"accuracy (of the largest class) for single-label ones.\n\n")
+    text = (note + summary + "\n### Where the errors are (pooled over the test split, mean over seeds)\n\n"
+            + errors_table(reports) + "\n### IoU per class (mean over seeds)\n\n" + class_table(reports))
+    report_dir = Path(report_dir)
+    atomic_write_text(report_dir / "semseg.csv", csv_text)
+    atomic_write_text(report_dir / "semseg.md", text)
+    first_seed = [r for r in reports if r["seed"] == seeds[0]]
+    figures.plot_label_maps({_semseg_row(r): r["examples"]["labels"]
+                               for r in first_seed}, first["examples"], first["classes"], report_dir / "semseg.png",
+                              title=f"label maps, seed {seeds[0]} (black: background)")
+    return text

@@ -1,0 +1,349 @@
+"""The WSOL report of a finished run (mean IoU, PxAP, MaxBoxAccV2, top-1 and GT-known localisation, the embedded benchmark's diagnostics) and the tables that compare runs over seeds with paired bootstrap intervals against plain CAM.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+import dataloader
+import model
+from camlab import figures, formats, synthetic, tables
+from camlab.boxes import BOX_FRACTION, DEFAULT_PROTOCOL, Box, get_protocol, localization_accuracy, mask_box, max_box_acc
+from camlab.cams import minmax, select_class
+from camlab.extractors import DEFAULT_EXTRACTOR, EXTRACTOR_NAMES
+from camlab.images import ImageSet
+from camlab.metrics import (BOOTSTRAP_RESAMPLES, mean_statistic, paired_bootstrap, pixel_histograms,
+                            pxap_from_histograms, pxap_statistic)
+from camlab.utils import CHECKPOINT_DIR, REPORT_DIR, CamlabError, atomic_write_text
+from research.experiments import Experiment, _batched, _localization, mask_parts
+
+
+# ------------------------------------------------------------------ methods compared (WSOL)
+# methods.csv / methods.md columns: (key in a wsol_report, header)
+METHOD_COLUMNS = (("test_acc", "test acc"), ("test_iou", "mean IoU"), ("pxap", "PxAP"),
+                  ("max_box_acc_v2", "MaxBoxAccV2"), ("top1_loc", "top-1 loc"), ("gt_known_loc", "GT-known loc"))
+
+
+# The embedded benchmark's diagnostics (only for runs on it): what the model looks at.
+DIAGNOSTIC_COLUMNS = (("acc_body", "body-only acc"), ("acc_part", "part-only acc"), ("on_part", "part ≥0.5"),
+                      ("on_body", "body ≥0.5"), ("on_background", "background ≥0.5"))
+
+
+MAP_LEVEL = 0.5
+BASELINE_MODE = "CAM"  # every comparison is against the lab's CAM (camlab.methods key)  # the diagnostics' pixel shares count pixels where the normalised map is >= this
+
+
+def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str = "auto",
+                protocol: str = DEFAULT_PROTOCOL, extractor: str = DEFAULT_EXTRACTOR,
+                diagnose: bool = True) -> dict | None:
+    """Every measure of the methods table for ``exp_id`` on its test split, as fractions; None
+    when the test split has no ground truth (cifar10, folder, a lab tree without test_masks/).
+    Measures that need what the dataset lacks are left out: boxes only (wsol's CUB and ILSVRC)
+    give no mean IoU and PxAP; OpenImages' masks give no box measures (wsolevaluation scores it
+    by PxAP alone).
+
+    test_acc: the best checkpoint's accuracy. test_iou: mean IoU of the predicted class's CAM at
+    the threshold chosen on the ``fit`` split's masks (training masks on the embedded benchmark,
+    wsolevaluation's val; as :func:`localization_report`); it keeps the handout's definition.
+    PxAP, MaxBoxAccV2, top-1 and GT-known localisation read the labelled class's map as
+    ``protocol`` defines it (:class:`iou.Protocol`; wsolevaluation's by default), over every
+    threshold of the test split as the benchmark defines them. Ground-truth boxes are wsol's
+    metadata boxes as given, else the boxes of the object masks in the protocol's convention.
+    On the embedded benchmark, the diagnostics (:func:`diagnostics`; ``diagnose``: with the
+    rendering accuracies, which depend on the model alone) join the report. The per-image values
+    that the paired bootstrap resamples are kept under ``per_image``. Every map comes from
+    ``extractor`` (``EXTRACTORS``; camlab's CAM by default), named in ``method`` when it is
+    another. ``exp_id`` may be a loaded :class:`Experiment`: its test split, ground truth and
+    extractor maps are then read once for every report on it.
+    """
+    exp = exp_id if isinstance(exp_id, Experiment) else Experiment.load(exp_id, device)
+    test_set, truth = exp.test
+    if truth is None:
+        return None
+    report = _localization(exp, "class", n_threshold, extractor) or {"exp_id": exp.exp_id}
+    preds, cams = exp.protocol_cams(test_set, protocol, extractor)
+    labels = test_set.labels.cpu().numpy()
+    meta = synthetic.read_meta(exp.root, "lab")  # the single-object embedded benchmark, else None
+    per_image = {"iou": report.pop("test_ious")} if "test_ious" in report else {}
+    method = exp.cfg.method.label(exp.cfg) + ("" if extractor == DEFAULT_EXTRACTOR
+                                      else f" · {EXTRACTOR_NAMES[extractor]}")
+    report.update(test_acc=float(np.mean(preds == labels)), method=method, mode=exp.cfg.mode, protocol=protocol, extractor=extractor,
+                  seed=exp.cfg.seed, data_root=str(exp.root.resolve()), metadata=exp.cfg.metadata, n_test=len(test_set),
+                  body_evidence=(meta or {}).get("body_evidence"))
+    masks = None
+    if truth.masks is not None:
+        masks, valid = mask_parts(truth.masks)
+        fg, bg = pixel_histograms(cams, masks, valid=valid)
+        report.update(pxap=pxap_from_histograms(fg.sum(0), bg.sum(0)),
+                      mean_mask_area=float(masks.mean() if valid is None else masks[valid].mean()))
+        per_image.update(fg=fg, bg=bg)
+    boxes, metadata_boxes = truth.boxes, truth.boxes is not None
+    if boxes is None and masks is not None and formats.get(exp.cfg.dataset).boxes_from_masks:
+        boxes = [[box] if (box := mask_box(m, protocol)) is not None else [] for m in masks]
+    if boxes is not None:
+        report.update(max_box_acc_v2=max_box_acc(cams, boxes, protocol=protocol)["mean"],
+                      **localization_accuracy(cams, preds, labels, boxes, protocol=protocol))
+    report["per_image"] = per_image
+    if meta is not None and meta.get("version") == synthetic.SYNTHETIC_VERSION and masks is not None:
+        report.update(diagnostics(exp, cams, masks, meta, with_accuracy=diagnose))
+    report["examples"] = _examples(test_set, cams, boxes or [[]] * len(test_set), protocol, metadata_boxes)
+    return report
+
+
+def _examples(data: ImageSet, cams: np.ndarray, boxes: list, protocol: str,
+              inclusive_truth: bool = False, n: int = 8) -> list[dict]:
+    """The first ``n`` test images with their maps, the protocol's 20% box and the (first)
+    ground-truth box, both inclusive for drawing, for the report figure. Boxes found by the
+    protocol take its ends; ``inclusive_truth``: the ground truth's are inclusive already (wsol's
+    metadata boxes)."""
+    rule = get_protocol(protocol)
+
+    def drawn(found: np.ndarray | list, ends=rule.inclusive) -> Box | None:
+        return ends(found[0]) if len(found) else None
+
+    def as_given(box: Sequence[int]) -> Box:
+        return int(box[0]), int(box[1]), int(box[2]), int(box[3])
+    return [{"image": data.images[i].permute(1, 2, 0).cpu().numpy(), "cam": cams[i],
+             "box": drawn(rule.box_at(cams[i], BOX_FRACTION)),
+             "gt_box": drawn(boxes[i], as_given if inclusive_truth else rule.inclusive), "name": data.names[i]}
+            for i in range(min(n, len(data)))]
+
+
+# ------------------------------------------------------------------------- the diagnostics
+def map_shares(maps: np.ndarray, masks: np.ndarray, part_masks: np.ndarray,
+               level: float = MAP_LEVEL) -> dict[str, float]:
+    """The share of the part's, the body's (object minus part) and the background's pixels,
+    pooled over the images, where the normalised map (N×H×W in [0, 1]) is >= ``level``."""
+    on = np.asarray(maps) >= level
+    masks, part_masks = np.asarray(masks, bool), np.asarray(part_masks, bool)
+    regions = {"on_part": part_masks, "on_body": masks & ~part_masks, "on_background": ~masks}
+    return {key: float(on[region].mean()) if region.any() else float("nan") for key, region in regions.items()}
+
+
+def rendering_accuracy(net: "model.CAMModel", meta: dict, img_size: int, device: torch.device,
+                       split: str = "test") -> dict[str, float]:
+    """Accuracy of ``net`` on the split drawn again from its seeds as each of
+    ``synthetic.RENDERINGS``: normal (the files on disk), body only (the part not painted) and
+    part only (the body not painted)."""
+    accuracy = {}
+    for render in synthetic.RENDERINGS:
+        images, _, labels = synthetic.redraw(meta, split, render)
+        data = ImageSet(torch.from_numpy(images.copy()).permute(0, 3, 1, 2).contiguous(),
+                                   torch.from_numpy(labels), [str(i) for i in range(len(labels))],
+                                   list(meta["classes"])).to(device)
+        preds, _ = _batched(net, data, img_size, 64, False, _scores_only(net))
+        accuracy[f"acc_{render}"] = float(np.mean(preds == labels))
+    return accuracy
+
+
+def _scores_only(net: "model.CAMModel"):
+    """``maps_of`` for :func:`_batched` when only the predictions are wanted: the scores stand in
+    for the maps."""
+    def scores(inputs: torch.Tensor, classes) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            out = net(inputs)[0]
+        return out, out
+    return scores
+
+
+def head_maps(net: "model.CAMModel", data: ImageSet,
+              img_size: int) -> tuple[list[np.ndarray], list[float]]:
+    """Each ``p`` head's min-max normalised map of the labelled class at the image size (ACoL
+    has two: the first head's and the one that saw the erased features), N×H×W each, and each
+    head's accuracy (a later head's on the features the earlier heads' maps of the label erased:
+    how much evidence the erasing left)."""
+    out_size = tuple(data.images.shape[-2:])
+    maps, hits = [], []
+    with torch.inference_mode():
+        for idx in torch.arange(len(data), device=data.images.device).split(64):
+            inputs, labels = dataloader.to_model_input(data.images[idx], img_size), data.labels[idx]
+            outputs = [out for out in net.run_heads(net.forward_features(inputs), labels) if out.kind == "p"]
+            hits.append([(out.scores.argmax(dim=1) == labels).sum().item() for out in outputs])
+            maps.append([minmax(torch.nn.functional.interpolate(
+                select_class(out.cams, labels).unsqueeze(1).float(), size=out_size,
+                mode="bilinear", align_corners=False)[:, 0]).cpu().numpy() for out in outputs])
+    return [np.concatenate(per_head) for per_head in zip(*maps)], [sum(h) / len(data) for h in zip(*hits)]
+
+
+def diagnostics(exp: Experiment, cams: np.ndarray, masks: np.ndarray, meta: dict,
+                with_accuracy: bool = True) -> dict:
+    """What a run on the embedded benchmark looks at: accuracy on its test set as drawn
+    normally, body only and part only (:func:`rendering_accuracy`), and where its evaluation map
+    of the labelled class is >= MAP_LEVEL (:func:`map_shares`); for ACoL, each ``p`` head's
+    map too (``heads``), to see whether the second lies on the body or on the background."""
+    _, part_masks, _ = synthetic.redraw(meta, "test", "normal")
+    out = rendering_accuracy(exp.net, meta, exp.cfg.img_size, exp.device) if with_accuracy else {}
+    out.update(map_shares(cams, masks, part_masks))
+    if exp.net.config.recipe.count("p") > 1:
+        maps, accuracy = head_maps(exp.net, exp.test[0], exp.cfg.img_size)
+        out["heads"] = [{**map_shares(m, masks, part_masks), "acc": acc} for m, acc in zip(maps, accuracy)]
+    return out
+
+
+def _cell(report: dict, key: str) -> str:
+    value = report.get(key)
+    return "-" if value is None or value != value else f"{value:.4f}"
+
+
+def methods_table(reports: list[dict]) -> tuple[str, str]:
+    """(csv, markdown): one row per run, its exp_id, method and seed first, then the measures of
+    METHOD_COLUMNS and the diagnostics of DIAGNOSTIC_COLUMNS ("-" off the embedded benchmark)."""
+    columns = METHOD_COLUMNS + DIAGNOSTIC_COLUMNS
+    values = [[_cell(r, key) for key, _ in columns] for r in reports]
+    csv_text = tables.csv_text(["experiment", "method", "seed", "body_evidence"] + [key for key, _ in columns],
+                               [[r["exp_id"], r["method"], r["seed"], r.get("body_evidence", "")] + v
+                                for r, v in zip(reports, values)])
+    md = tables.markdown(["experiment", "method", "seed"] + [h for _, h in columns],
+                         [[r["exp_id"], r["method"], r["seed"]] + v for r, v in zip(reports, values)],
+                         [tables.LEFT] * 2 + [tables.RIGHT] * (1 + len(columns)))
+    return csv_text, md
+
+
+def is_baseline(report: dict) -> bool:
+    """Whether ``report`` is plain CAM: the lab's CAM method read through camlab's own CAM (the
+    method and extractor keys, not the table labels)."""
+    return report.get("mode") == BASELINE_MODE and report.get("extractor", DEFAULT_EXTRACTOR) == DEFAULT_EXTRACTOR
+
+
+def _reference(report: dict, reports: list[dict]) -> dict | None:
+    """The plain CAM run that ``report`` is paired with: same test set (data root) and seed."""
+    return next((r for r in reports if is_baseline(r) and r["seed"] == report["seed"]
+                 and r["data_root"] == report["data_root"] and r.get("metadata") == report.get("metadata")), None)
+
+
+def versus_cam(report: dict, cam: dict, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, tuple[float, float, float]]:
+    """The paired per-image bootstrap (:func:`iou.paired_bootstrap`) of ``report`` minus the CAM
+    run ``cam`` on the same test images: mean IoU and PxAP, each (difference, low, high)."""
+    a, b = report["per_image"], cam["per_image"]
+    if report["n_test"] != cam["n_test"]:
+        raise CamlabError(f"{report['exp_id']} and {cam['exp_id']} were scored on different test sets")
+    n, found = report["n_test"], {}
+    if "iou" in a and "iou" in b:
+        found["iou"] = paired_bootstrap(mean_statistic(a["iou"]), mean_statistic(b["iou"]), n, resamples)
+    if "fg" in a and "fg" in b:
+        found["pxap"] = paired_bootstrap(pxap_statistic(a["fg"], a["bg"]), pxap_statistic(b["fg"], b["bg"]), n,
+                                         resamples)
+    return found
+
+
+def _verdict(intervals: list[tuple[float, float, float]]) -> str:
+    """"better" / "worse" when every seed's interval lies above / below 0, else "no clear difference"."""
+    if intervals and all(low > 0 for _, low, _ in intervals):
+        return "better"
+    if intervals and all(high < 0 for _, _, high in intervals):
+        return "worse"
+    return "no clear difference"
+
+
+def summary_table(reports: list[dict]) -> str:
+    """Markdown: one row per (dataset, method), each measure as mean ± std over its seeds, and
+    per seed the paired bootstrap 95% interval of its mean IoU and PxAP minus the same seed's
+    plain CAM; the verdict counts only where every seed's interval excludes 0."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in reports:
+        groups.setdefault((r["data_root"], r.get("metadata"), r.get("body_evidence"), r["method"]), []).append(r)
+    keys = [("test_iou", "mean IoU"), ("pxap", "PxAP"), ("max_box_acc_v2", "MaxBoxAccV2"),
+            ("acc_body", "body-only acc"), ("on_body", "body ≥0.5"), ("on_background", "background ≥0.5")]
+    header = (["body evidence", "method", "seeds"] + [h for _, h in keys]
+              + ["ΔIoU vs CAM, 95% CI per seed", "ΔPxAP vs CAM, 95% CI per seed", "beats CAM?"])
+    rows = []
+    for (_, _, dial, method), group in groups.items():
+        group = sorted(group, key=lambda r: r["seed"])
+        cells = []
+        for key, _ in keys:
+            values = np.array([r.get(key, np.nan) for r in group], dtype=np.float64)
+            cells.append("-" if np.isnan(values).all() else
+                         f"{np.nanmean(values):.4f} ± {np.nanstd(values, ddof=1) if len(values) > 1 else 0:.4f}")
+        iou_ci, pxap_ci = [], []
+        for r in group:
+            cam = _reference(r, reports)
+            if cam is not None and cam is not r:
+                found = versus_cam(r, cam)
+                iou_ci += [found["iou"]] if "iou" in found else []
+                pxap_ci += [found["pxap"]] if "pxap" in found else []
+        verdict = "; ".join(f"{what}: {_verdict(ci)}" for what, ci in (("IoU", iou_ci), ("PxAP", pxap_ci)) if ci) or "-"
+        rows.append(["-" if dial is None else f"{dial:g}", method, ", ".join(str(r["seed"]) for r in group)]
+                    + cells + [_intervals(iou_ci), _intervals(pxap_ci), verdict])
+    return tables.markdown(header, rows, [tables.RIGHT] + [tables.LEFT] * 2 + [tables.RIGHT] * len(keys)
+                           + [tables.LEFT] * 3)
+
+
+def _intervals(found: list[tuple[float, float, float]]) -> str:
+    """Each seed's (difference [low, high]), joined by "; ", or "-" when there is none."""
+    return "; ".join(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in found) or "-"
+
+
+def heads_table(reports: list[dict]) -> str:
+    """Markdown: for runs with several ``p`` heads (ACoL), where each head's map is >= 0.5."""
+    rows = [r for r in reports if r.get("heads")]
+    if not rows:
+        return ""
+    body = [[r["exp_id"], i, f"{shares['acc']:.4f}", f"{shares['on_part']:.4f}", f"{shares['on_body']:.4f}",
+             f"{shares['on_background']:.4f}"] for r in rows for i, shares in enumerate(r["heads"], start=1)]
+    return tables.markdown(["experiment", "head", "accuracy (head 2: on erased features)", "part ≥0.5", "body ≥0.5",
+                            "background ≥0.5"], body, [tables.LEFT] + [tables.RIGHT] * 5)
+
+
+def write_methods_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
+    """``methods.csv``, ``methods.md`` (the summary over seeds with intervals, then every run
+    with its diagnostics) and the figure ``methods_grid.png`` (the first seed's runs); returns
+    the markdown."""
+    if not reports:
+        raise CamlabError(f"no experiment under {CHECKPOINT_DIR}/ has a best.pth on a dataset with "
+                          f"boxes or masks; train one first (python main.py --mode CAM)")
+    protocols = sorted({r["protocol"] for r in reports})
+    seeds = sorted({r["seed"] for r in reports})
+    extractors = sorted({EXTRACTOR_NAMES[r.get("extractor", "cam")] for r in reports})
+    note = (f"Protocol: {', '.join(protocols)} (iou.py --protocol); maps: {', '.join(extractors)}. Mean IoU at each "
+            f"run's threshold chosen on the masks of the split that chooses (training masks on the embedded "
+            f"benchmark, val on wsol; the handout's IoU); PxAP, MaxBoxAccV2 (IoU 0.3/0.5/0.7, every contour) and top-1 / "
+            f"GT-known localisation (the 20% box) read the labelled class's map; "
+            f"{reports[0]['n_test']} test images.\n\n"
+            f"Seeds: {', '.join(map(str, seeds))}. Each measure is the mean ± sample std over seeds. Each seed's run "
+            f"is compared with the plain CAM run of the same seed on the same test images: a paired bootstrap "
+            f"({BOOTSTRAP_RESAMPLES} resamples of the test images, the same resample for both runs; 95% percentile "
+            f"interval) of the difference in mean IoU and in PxAP. A method beats CAM only where every seed's "
+            f"interval lies above 0. Diagnostics: accuracy on the test set drawn again with the part unpainted "
+            f"(body-only) and with the body unpainted (part-only); the share of part, body and background pixels "
+            f"where the labelled class's evaluation map is >= {MAP_LEVEL}.\n\n")
+    heads = heads_table(reports)
+    return _write_comparison(reports, Path(report_dir), "methods", note, "Every run",
+                             f"\n### Each ACoL head's map\n\n{heads}" if heads else "", lambda r: r["exp_id"])
+
+
+def _write_comparison(reports: list[dict], report_dir: Path, stem: str, note: str, rows_heading: str, extra: str,
+                      row_label, title: str = "") -> str:
+    """``<stem>.csv`` (every report), ``<stem>.md`` (``note``, the summary over seeds with
+    intervals against CAM, every report, ``extra``) and ``<stem>_grid.png`` (the first seed's
+    reports, one row each, labelled ``row_label(report)``); returns the markdown."""
+    csv_text, md = methods_table(reports)
+    text = note + summary_table(reports) + f"\n### {rows_heading}\n\n" + md + extra
+    atomic_write_text(report_dir / f"{stem}.csv", csv_text)
+    atomic_write_text(report_dir / f"{stem}.md", text)
+    first_seed = min(r["seed"] for r in reports)
+    first = [r for r in reports if r["seed"] == first_seed]
+    figures.plot_methods({row_label(r): r["examples"] for r in first}, report_dir / f"{stem}_grid.png", title)
+    return text
+
+
+def write_extractors_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
+    """``extractors.csv``, ``extractors.md`` (the summary over seeds with intervals against CAM,
+    then every (run, extractor)) and ``extractors_grid.png`` (rows: extractors; columns: the
+    first test images of the first seed's model); returns the markdown."""
+    if not reports:
+        raise CamlabError("no CAM run with masks to compare extractors on; train one first (python main.py --mode CAM)")
+    seeds = sorted({r["seed"] for r in reports})
+    runs = sorted({r["exp_id"] for r in reports})
+    note = (f"Extractors on one trained CAM model per seed ({', '.join(runs)}), protocol {reports[0]['protocol']}: "
+            f"each extractor's map of the labelled class (PxAP, MaxBoxAccV2, localisation) and of the predicted class "
+            f"(mean IoU at the threshold chosen on training masks, per extractor); {reports[0]['n_test']} test images. "
+            f"Seeds {', '.join(map(str, seeds))}: mean ± sample std; intervals are paired bootstraps "
+            f"({BOOTSTRAP_RESAMPLES} resamples) of each extractor minus camlab's CAM on the same model and images; "
+            f"\"better\" only where every seed's interval lies above 0. Body-only accuracy is the model's "
+            f"(the same for every extractor).\n\n")
+    return _write_comparison(reports, Path(report_dir), "extractors", note, "Every run and extractor", "",
+                             lambda r: r["method"], title=f"{runs[0]}: each extractor's map of the labelled class; "
+                                                          f"boxes: 20% rule (red), ground truth (green)")
