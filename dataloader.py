@@ -139,8 +139,10 @@ def _is_dial(value) -> bool:
 def _default_dials(root: Path, dataset: str = "lab") -> list[float]:
     """[the body-evidence setting] when ``root`` is where ``synthetic.default_root`` keeps one
     of embedded ``dataset``."""
+    if dataset not in synthetic.EMBEDDED:
+        return []
     name, base = root.name, synthetic.default_root(None, dataset)
-    if dataset not in synthetic.EMBEDDED or root.resolve().parent != base.resolve().parent:
+    if root.resolve().parent != base.resolve().parent:
         return []
     if name == base.name:
         return [synthetic.BODY_EVIDENCE]
@@ -230,11 +232,17 @@ def _lab_truth(root: Path, split: str, data: ImageSet, frame: tuple[int, int],
     return Truth(masks=stack_masks(masks, frame))
 
 
+def _example_lab(top: Path) -> tuple[Path, None]:
+    """The embedded benchmark at 32 px, 12 training and 6 test images, in the lab's layout."""
+    synthetic.generate_synthetic(top / "lab", n_train=12, n_test=6, size=32, progress=False)
+    return top / "lab", None
+
+
 LAB = formats.register(Format(
     "lab", "the handout's folder layout (the embedded synthetic set by default)", synthetic.SPLITS,
     {"train": ("train",), "fit": ("train",), "test": ("test",)}, _list_lab, _lab_truth,
     root_hint="it must hold train/, test/, train_cls.txt and test_cls.txt; leave --data_root out to use the "
-              "generated synthetic dataset"), first=True)
+              "generated synthetic dataset", example=_example_lab), first=True)
 
 
 # ---------------------------------------------------------------------------- ground truth

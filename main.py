@@ -14,7 +14,7 @@ from dataclasses import fields
 
 import model
 import train
-from camlab import ddp, formats, methods, synthetic
+from camlab import ddp, formats, methods, runs, runtime, synthetic
 from camlab.utils import DEVICES, CamlabError, OneLineParser, run_cli
 
 DEFAULTS = train.RunConfig()
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=DEFAULTS.seed)
     run.add_argument("--device", default=DEFAULTS.device, choices=DEVICES,
                      help="under torchrun, cuda means one GPU per process (NCCL), cpu the gloo backend")
-    run.add_argument("--precision", default=DEFAULTS.precision, choices=train.PRECISIONS,
+    run.add_argument("--precision", default=DEFAULTS.precision, choices=runtime.PRECISIONS,
                      help="auto: bfloat16 autocast on a GPU, fp32 on the CPU")
     run.add_argument("--overwrite", action="store_true", help="replace an existing checkpoints/<exp_id>/")
     run.add_argument("--resume", action="store_true",
@@ -113,7 +113,7 @@ def config_from_args(args: argparse.Namespace) -> train.RunConfig:
     values["exp_id"] = args.mode.lower() if args.exp_id is None else args.exp_id
     values["progress"] = not args.quiet
     values["delta"] = tuple(values["delta"])
-    values["options"] = {f.name: getattr(args, f.name) for f in methods.all_flags() if f.name not in names}
+    values["options"] = {f.name: getattr(args, f.name) for f in methods.get(args.mode).flags if f.name not in names}
     return train.RunConfig(**values).checked()
 
 
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> None:
     if cfg.resume and cfg.overwrite:
         raise CamlabError("--resume continues a run and --overwrite replaces it: choose one")
     if cfg.resume:
-        train.prepare_run_dir(cfg.run_dir(), overwrite=False, resume=True)  # is there a run to go on with?
+        runs.prepare_run_dir(cfg.run_dir(), overwrite=False, resume=True)  # is there a run to go on with?
     if cfg.method.teacher:
         train.teacher_checkpoint(cfg)
     with ddp.distributed(cfg.device):  # one process, or one of those torchrun started

@@ -7,13 +7,8 @@ registry.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import json
 import math
-import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -31,9 +26,11 @@ from camlab.ddp import SINGLE, World, current_world, data_parallel, gather_folds
 from camlab.heads import ACOL_DELTA, ACOL_WIDTH
 from camlab.images import ImageSet
 from camlab.meters import EpochMeter
+from camlab.runs import Progress, log_row, prepare_run_dir, write_log
+from camlab.runtime import autocast, random_states, restore_random_states, seed_everything
 from camlab.methods import Flag, Method, Objective, Step, classification_loss
 from camlab.transforms import TRANSFORMS, EquivarianceTransform, TransformSettings, parse_transform
-from camlab.utils import (CHECKPOINT_DIR, SEED_MAX, CamlabError, Range, atomic_write_text, check_ranges, reason,
+from camlab.utils import (CHECKPOINT_DIR, SEED_MAX, CamlabError, Range, atomic_write_text, check_range, check_ranges, reason,
                           resolve_device, safe_subdir)
 from model import CAMModel, ModelConfig, SEG_CAM_FORMS, check_input_size, load_checkpoint, normalize_cam, save_checkpoint, select_class
 
@@ -110,8 +107,11 @@ class RunConfig:
         the flag); a bad --recipe or --delta fails here too, before any data is read. The image
         size must give feature maps of 2×2 or more and a batch that fits in memory."""
         check_ranges(self, RANGES)
-        check_ranges(self, {f.name: f.range for f in methods.all_flags() if f.range and hasattr(self, f.name)})
         method = methods.get(self.mode)
+        for flag in (f for f in methods.all_flags() if f.range):  # every method's, as before there were several
+            if hasattr(self, flag.name) or flag in method.flags:
+                r = flag.range
+                check_range(f"--{flag.name}", self.option(flag.name), r.low, r.high, open_low=r.open_low, why=r.why)
         if self.body_evidence is None and self.dataset in synthetic.EMBEDDED and self.data_root is None:
             # recorded as the number it is, so that the run keeps its meaning if the default changes
             self.body_evidence = synthetic.BODY_EVIDENCE
@@ -184,35 +184,6 @@ def differing(cfg: RunConfig, saved_args: dict) -> list[str]:
     saved run predates counts as its default)."""
     saved = shaping(RunConfig.from_args(saved_args))
     return [k for k, v in shaping(cfg).items() if saved[k] != v]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def random_states() -> dict:
-    """Every global random state (python, numpy, torch CPU and CUDA), in types that
-    ``torch.load(weights_only=True)`` reads back. The data order, flips and transforms are drawn
-    from generators seeded by (seed, epoch) alone, so they need no saved state."""
-    np_state = np.random.get_state(legacy=False)
-    np_state["state"]["key"] = np_state["state"]["key"].tolist()
-    states = {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state()  # this process's GPU only (one per DDP rank)
-    return states
-
-
-def restore_random_states(states: dict) -> None:
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np_state = dict(states["numpy"])
-    np_state["state"] = {**np_state["state"], "key": np.asarray(np_state["state"]["key"], dtype=np.uint32)}
-    np.random.set_state(np_state)
-    torch.set_rng_state(states["torch"].cpu())
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state(states["cuda"].cpu())
 
 
 def cam_objective(model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
@@ -411,63 +382,6 @@ def run_epoch(model: CAMModel, data: ImageSet, indices: torch.Tensor, *,
     return meter.compute(world)
 
 
-PRECISIONS = ("auto", "fp32", "bf16")  # --precision; auto: bf16 on a GPU, fp32 on the CPU
-
-
-def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """bfloat16 autocast where it pays (tensor cores); fp32 on the CPU unless asked."""
-    if precision not in PRECISIONS:
-        raise CamlabError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
-    use = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
-
-
-# -------------------------------------------------------------------------------------- runs
-def _write_log(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
-def _log_row(epoch: int, train: dict, val: dict, lr: float) -> dict:
-    """One log.csv row. Wall time is kept out (in metrics.json), so that a resumed run's log
-    equals an uninterrupted one's."""
-    row = {"epoch": epoch}
-    row.update({f"train_{k}": round(v, 6) for k, v in train.items()})
-    row.update({f"val_{k}": round(v, 6) for k, v in val.items()})
-    row["lr"] = lr
-    return row
-
-
-def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool = False) -> None:
-    """Refuse to write over an earlier run's files unless told to; with ``overwrite`` the old
-    run is removed first, so no file of it (a fold, a cv.json) mixes with the new one; with
-    ``resume`` the run goes on in place."""
-    if resume:
-        if not run_dir.is_dir():
-            raise CamlabError(f"--resume: {run_dir} holds no run to continue; leave --resume out to start it")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise CamlabError(f"{run_dir} already holds a run; pass --resume to continue it, choose "
-                              f"another --exp_id, or pass --overwrite to replace it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-@dataclass
-class Progress:
-    """How far a run has come; saved in ``last.pth`` so that ``--resume`` goes on exactly."""
-
-    epoch: int = 0
-    best_acc: float = -1.0
-    best_epoch: int = 0
-    rows: list = field(default_factory=list)
-    seconds: list = field(default_factory=list)
-
-
 def _resume_from(path: Path, cfg: RunConfig, model: CAMModel, optimizer: torch.optim.Optimizer,
                  scheduler) -> Progress:
     """Load ``last.pth`` into the model, optimiser and scheduler, restore the random states,
@@ -520,7 +434,7 @@ def _save_epoch(run_dir: Path, cfg: RunConfig, model: CAMModel, optimizer: torch
         save_checkpoint(run_dir / "best.pth", model, **meta)
     save_checkpoint(run_dir / "last.pth", model, optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), random=random_states(), progress=asdict(state), **meta)
-    _write_log(run_dir / "log.csv", state.rows)
+    write_log(run_dir / "log.csv", state.rows)
     figures.plot_curves(state.rows, run_dir / "curves.png",
                           title=" ".join(dict.fromkeys([cfg.exp_id, run_dir.name])))  # "cv5 fold2"
 
@@ -555,7 +469,7 @@ def fit(cfg: RunConfig, train_set: ImageSet, train_idx: torch.Tensor,
             raise CamlabError(f"training loss became {train_m['loss']} in epoch {epoch}; "
                               f"try a lower --lr (the last good checkpoints are kept in {run_dir})")
         state.epoch = epoch
-        state.rows.append(_log_row(epoch, train_m, val_m, lr))
+        state.rows.append(log_row(epoch, train_m, val_m, lr))
         state.seconds.append(round(time.perf_counter() - t0, 2))
         chosen = val_m[selection_metric(cfg)]
         improved = chosen > state.best_acc

@@ -22,6 +22,7 @@ from camlab.images import ImageSet
 from camlab.utils import CamlabError
 
 ROLES = ("train", "fit", "test")
+IGNORE = 255  # the mask value of pixels that count nowhere (VOC's void, OpenImages' ignore regions)
 
 
 @dataclass
@@ -78,6 +79,9 @@ class Format:
     has_split: ``(root, split) -> bool`` for splits that may be absent (voc's train_aug).
     note: printed once per process when a split of it is loaded.
     download: ``(root, split) -> None`` fetches it (``--download``); None: it cannot be fetched.
+    example: ``folder -> (root, metadata or None)`` writes a tiny dataset of this format under
+      ``folder`` (a few 16-32 px images in every split, with ground truth where the format has
+      it): what the tests read every registered format from, and a template for users.
     """
 
     name: str
@@ -93,6 +97,7 @@ class Format:
     has_split: Callable[[Path, str], bool] | None = None
     note: str | None = None
     download: Callable[[Path, str], None] | None = None
+    example: Callable[[Path], "tuple[Path, Path | None]"] | None = None
 
     def __post_init__(self) -> None:
         if set(self.roles) != set(ROLES) or any(s not in self.splits for c in self.roles.values() for s in c):

@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision.datasets import folder as tv_folder
 
 from camlab import synthetic, utils
-from camlab.formats import (Format, Listing, Truth, check_names, check_num_classes, register, stack_masks,
+from camlab.formats import (IGNORE, Format, Listing, Truth, check_names, check_num_classes, register, stack_masks,
                             to_frame)
 from camlab.images import ImageSet, decode_each, decode_files, decode_image
 from camlab.utils import CamlabError, read_text
@@ -154,7 +154,7 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
                "train", "tvmonitor")  # VOC indices 1..20; label = index - 1
 
 
-VOC_IGNORE = 255
+VOC_IGNORE = IGNORE  # VOC's void
 
 
 VOC_NOTE = "voc: single-label use takes each image's largest class (by pixels)"
@@ -294,23 +294,87 @@ def _voc_truth(root: Path, split: str, data: ImageSet, frame: tuple[int, int],
     return Truth(masks=stack_masks(masks, frame), classes=stack_masks(indices, frame))
 
 
+# ------------------------------------------------------------------------------ the examples
+def _example_images(n: int, size: int = 16, seed: int = 0) -> tuple[list[np.ndarray], list[int]]:
+    """``n`` RGB images of three classes: a square of the class's colour on grey."""
+    rng, colours = np.random.default_rng(seed), ((220, 30, 30), (30, 200, 30), (30, 30, 220))
+    images, labels = [], []
+    for i in range(n):
+        image = np.full((size, size, 3), 128, np.uint8)
+        y, x = rng.integers(0, size // 2, 2)
+        image[y:y + size // 2, x:x + size // 2] = colours[i % 3]
+        images.append(image)
+        labels.append(i % 3)
+    return images, labels
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _example_cifar10(top: Path) -> tuple[Path, None]:
+    """The five training batches and the test batch, three images each, as CIFAR-10's pickles."""
+    root = top / "cifar10"
+    images, labels = _example_images(18, 32)
+    flat = np.stack([im.transpose(2, 0, 1).reshape(-1) for im in images])
+    for k, name in enumerate(_CIFAR_BATCHES["train"] + _CIFAR_BATCHES["test"]):
+        batch = {b"data": flat[3 * k:3 * k + 3], b"labels": labels[3 * k:3 * k + 3]}
+        _write(root / _CIFAR_DIR / name, pickle.dumps(batch, protocol=4))
+    _write(root / _CIFAR_DIR / "batches.meta", pickle.dumps({b"label_names": [b"red", b"green", b"blue"]}, protocol=4))
+    return root, None
+
+
+def _example_folder(top: Path) -> tuple[Path, None]:
+    root = top / "folder"
+    images, labels = _example_images(12)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        _write(root / ("train" if i < 9 else "test") / ("red", "green", "blue")[label] / f"{i:02d}.png",
+               utils.encode_png(image))
+    return root, None
+
+
+def _example_voc(top: Path) -> tuple[Path, None]:
+    """VOC's layout: JPEG images, palette masks (each square its class, 255 on its border)."""
+    root = top / "VOCdevkit" / "VOC2012"
+    images, labels = _example_images(9)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        index = np.where((image != 128).any(axis=2), [1, 8, 15][label], 0).astype(np.uint8)
+        index[0] = VOC_IGNORE
+        mask = Image.fromarray(index, mode="P")
+        mask.putpalette([0, 0, 0] * 256)
+        (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+        mask.save(root / "SegmentationClass" / f"2007_{i:06d}.png")
+        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "JPEGImages" / f"2007_{i:06d}.jpg", quality=95)
+    for split, ids in (("train", range(6)), ("val", range(6, 9))):
+        _write(root / _VOC_SETS / f"{split}.txt", "".join(f"2007_{i:06d}\n" for i in ids).encode())
+    return root, None
+
+
+def _example_multi(top: Path) -> tuple[Path, None]:
+    root = top / "multi"
+    synthetic.generate_multi(root, n_train=9, n_val=6, size=32, progress=False)
+    return root, None
+
+
 # ------------------------------------------------------------------------------- the records
 TWO_SPLITS = {"train": ("train",), "fit": ("train",), "test": ("test",)}
 
 CIFAR10 = register(Format(
     "cifar10", "the python-pickle CIFAR-10", ("train", "test"), TWO_SPLITS, _list_cifar10,
-    root_hint=CIFAR_HINT, download=_download_cifar10))
+    root_hint=CIFAR_HINT, download=_download_cifar10, example=_example_cifar10))
 FOLDER = register(Format("folder", "an ImageFolder tree", ("train", "test"), TWO_SPLITS, _list_folder,
-                         root_hint=FOLDER_HINT))
+                         root_hint=FOLDER_HINT, example=_example_folder))
 VOC = register(Format(
     "voc", "PASCAL VOC 2012 with its segmentation masks (single-label: each image's largest class)",
     ("train", "val", "train_aug"), {"train": ("train_aug", "train"), "fit": ("train",), "test": ("val",)},
     _list_voc, _voc_truth,
     root_hint="it must be VOCdevkit/VOC2012, holding JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/",
     multi_label=True, has_split=lambda root, split: split != "train_aug" or _voc_aug_list(root) is not None,
-    note=VOC_NOTE))
+    note=VOC_NOTE, example=_example_voc))
 MULTI = register(Format(  # the embedded multi-object set, written in VOC's layout
     "multi", "the embedded multi-object scenes, 1-3 classes per image, in VOC's layout", synthetic.MULTI_SPLITS,
     {"train": ("train",), "fit": ("train",), "test": ("val",)}, _list_voc, _voc_truth,
     root_hint="it must hold the multi-object set in VOC's layout; leave --data_root out to use the generated one",
-    multi_label=True))
+    multi_label=True, example=_example_multi))

@@ -14,9 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from camlab.formats import Format, Listing, Truth, check_names, check_num_classes, register, stack_masks, to_frame
+from camlab.formats import IGNORE, Format, Listing, Truth, check_names, check_num_classes, register, stack_masks, to_frame
 from camlab.images import ImageSet, decode_files, imread
-from camlab.readers import VOC_IGNORE
 from camlab.utils import CamlabError, read_text
 
 
@@ -257,13 +256,40 @@ def _wsol_truth(root: Path, split: str, data: ImageSet, frame: tuple[int, int],
             foreground |= to_frame(imread(root / rel, cv2.IMREAD_GRAYSCALE, "mask"), frame) > 0
         ignore = to_frame(imread(root / info.ignore[name], cv2.IMREAD_GRAYSCALE, "ignore mask"), frame) > 0
         out = foreground.astype(np.uint8)
-        out[ignore & ~foreground] = VOC_IGNORE
+        out[ignore & ~foreground] = IGNORE
         masks.append(out)
     return Truth(masks=stack_masks(masks, frame))
+
+
+def _example_wsol(top: Path) -> tuple[Path, Path]:
+    """A CUB-like tree: 16×16 images named by their class folder, a box around each square (val
+    and test; train's localization.txt is empty, as the real benchmark's), every metadata file."""
+    from camlab.readers import _example_images  # the readers' example images (same layer)
+    root, meta = top / "wsol" / "images", top / "wsol" / "metadata"
+    images, labels = _example_images(12)
+    splits = {"train": range(6), "val": range(6, 9), "test": range(9, 12)}
+    for split, ids in splits.items():
+        names = [f"{labels[i]:03d}.c/{i:02d}.png" for i in ids]
+        for i, name in zip(ids, names):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / name), images[i][:, :, ::-1])
+        boxes = [] if split == "train" else [f"{n},{_box_of(images[i])}" for i, n in zip(ids, names)]
+        files = {"image_ids.txt": names, "class_labels.txt": [f"{n},{labels[i]}" for i, n in zip(ids, names)],
+                 "image_sizes.txt": [] if split == "train" else [f"{n},16,16" for n in names],
+                 "localization.txt": boxes}
+        for file, lines in files.items():
+            (meta / split).mkdir(parents=True, exist_ok=True)
+            (meta / split / file).write_text("".join(f"{line}\n" for line in lines))
+    return root, meta
+
+
+def _box_of(image: np.ndarray) -> str:
+    ys, xs = np.nonzero((image != 128).any(axis=2))
+    return f"{xs.min()},{ys.min()},{xs.max()},{ys.max()}"
 
 
 WSOL = register(Format(
     "wsol", "wsolevaluation's metadata format (CUB, ILSVRC, OpenImages; needs --metadata)", ("train", "val", "test"),
     {"train": ("train",), "fit": ("val",), "test": ("test",)}, _list_wsol, _wsol_truth,
     root_hint="it must hold the images that --metadata's <split>/image_ids.txt names (e.g. wsolevaluation's dataset/CUB)",
-    needs_metadata=True, boxes_from_masks=False))
+    needs_metadata=True, boxes_from_masks=False, example=_example_wsol))

@@ -28,6 +28,7 @@ import train
 from camlab import tables, utils
 from camlab.images import ImageSet
 from camlab.methods import Objective
+from camlab.runtime import autocast
 from camlab.utils import CamlabError, reason
 from research.experiments import dataset_cams
 
@@ -159,7 +160,7 @@ def train_numerics(cfg: train.RunConfig, device: torch.device
     channels-last batches on a GPU), so that ``bound`` runs the same numerics as ``fast`` and
     the two differ only in the data path: (a maker of the context, the batches' layout)."""
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    return lambda: train.autocast(device, cfg.precision), layout
+    return lambda: autocast(device, cfg.precision), layout
 
 
 # ------------------------------------------------------------------------- measurement

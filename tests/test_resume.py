@@ -23,6 +23,7 @@ import train
 from camlab import methods
 from conftest import ROOT, write_lab_layout
 from camlab.utils import CamlabError
+from camlab.runtime import random_states, restore_random_states, seed_everything
 
 ARGS = ["--img_size", "32", "--batch_size", "8", "--weights", "none", "--device", "cpu", "--quiet",
         "--deterministic", "--epochs", "3"]
@@ -136,12 +137,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoints(tiny_lab, tmp
 
 
 def test_random_states_round_trip_through_a_safe_checkpoint(tmp_path) -> None:
-    train.seed_everything(3)
-    states = train.random_states()
+    seed_everything(3)
+    states = random_states()
     torch.save({"random": states}, tmp_path / "s.pth")
     draws = (random.random(), np.random.rand(), torch.rand(1).item())
-    train.seed_everything(99)
-    train.restore_random_states(torch.load(tmp_path / "s.pth", weights_only=True)["random"])
+    seed_everything(99)
+    restore_random_states(torch.load(tmp_path / "s.pth", weights_only=True)["random"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == draws
 
 
