@@ -276,3 +276,17 @@ def _write_cache(path: Path, payload: dict) -> None:
     except OSError as err:
         raise CamlabError(f"cannot write the data cache {path} ({err.strerror}); make its "
                           f"folder writable or disable the cache") from None
+
+
+# ------------------------------------------------------------------------------ the examples
+def example_images(n: int, size: int = 16, seed: int = 0) -> tuple[list[np.ndarray], list[int]]:
+    """``n`` RGB images of three classes: a square of the class's colour on grey."""
+    rng, colours = np.random.default_rng(seed), ((220, 30, 30), (30, 200, 30), (30, 30, 220))
+    images, labels = [], []
+    for i in range(n):
+        image = np.full((size, size, 3), 128, np.uint8)
+        y, x = rng.integers(0, size // 2, 2)
+        image[y:y + size // 2, x:x + size // 2] = colours[i % 3]
+        images.append(image)
+        labels.append(i % 3)
+    return images, labels

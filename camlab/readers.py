@@ -21,7 +21,7 @@ from torchvision.datasets import folder as tv_folder
 from camlab import synthetic, utils
 from camlab.formats import (IGNORE, Format, Listing, Truth, check_names, check_num_classes, register, stack_masks,
                             to_frame)
-from camlab.images import ImageSet, decode_each, decode_files, decode_image
+from camlab.images import ImageSet, decode_each, decode_files, decode_image, example_images
 from camlab.utils import CamlabError, read_text
 
 FOLDER_HINT = "it must hold train/<class>/<images> and test/<class>/<images>"
@@ -294,20 +294,6 @@ def _voc_truth(root: Path, split: str, data: ImageSet, frame: tuple[int, int],
     return Truth(masks=stack_masks(masks, frame), classes=stack_masks(indices, frame))
 
 
-# ------------------------------------------------------------------------------ the examples
-def _example_images(n: int, size: int = 16, seed: int = 0) -> tuple[list[np.ndarray], list[int]]:
-    """``n`` RGB images of three classes: a square of the class's colour on grey."""
-    rng, colours = np.random.default_rng(seed), ((220, 30, 30), (30, 200, 30), (30, 30, 220))
-    images, labels = [], []
-    for i in range(n):
-        image = np.full((size, size, 3), 128, np.uint8)
-        y, x = rng.integers(0, size // 2, 2)
-        image[y:y + size // 2, x:x + size // 2] = colours[i % 3]
-        images.append(image)
-        labels.append(i % 3)
-    return images, labels
-
-
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -316,7 +302,7 @@ def _write(path: Path, data: bytes) -> None:
 def _example_cifar10(top: Path) -> tuple[Path, None]:
     """The five training batches and the test batch, three images each, as CIFAR-10's pickles."""
     root = top / "cifar10"
-    images, labels = _example_images(18, 32)
+    images, labels = example_images(18, 32)
     flat = np.stack([im.transpose(2, 0, 1).reshape(-1) for im in images])
     for k, name in enumerate(_CIFAR_BATCHES["train"] + _CIFAR_BATCHES["test"]):
         batch = {b"data": flat[3 * k:3 * k + 3], b"labels": labels[3 * k:3 * k + 3]}
@@ -327,7 +313,7 @@ def _example_cifar10(top: Path) -> tuple[Path, None]:
 
 def _example_folder(top: Path) -> tuple[Path, None]:
     root = top / "folder"
-    images, labels = _example_images(12)
+    images, labels = example_images(12)
     for i, (image, label) in enumerate(zip(images, labels)):
         _write(root / ("train" if i < 9 else "test") / ("red", "green", "blue")[label] / f"{i:02d}.png",
                utils.encode_png(image))
@@ -337,7 +323,7 @@ def _example_folder(top: Path) -> tuple[Path, None]:
 def _example_voc(top: Path) -> tuple[Path, None]:
     """VOC's layout: JPEG images, palette masks (each square its class, 255 on its border)."""
     root = top / "VOCdevkit" / "VOC2012"
-    images, labels = _example_images(9)
+    images, labels = example_images(9)
     for i, (image, label) in enumerate(zip(images, labels)):
         index = np.where((image != 128).any(axis=2), [1, 8, 15][label], 0).astype(np.uint8)
         index[0] = VOC_IGNORE

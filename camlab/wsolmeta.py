@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from camlab.formats import IGNORE, Format, Listing, Truth, check_names, check_num_classes, register, stack_masks, to_frame
-from camlab.images import ImageSet, decode_files, imread
+from camlab.images import ImageSet, decode_files, example_images, imread
 from camlab.utils import CamlabError, read_text
 
 
@@ -264,9 +264,8 @@ def _wsol_truth(root: Path, split: str, data: ImageSet, frame: tuple[int, int],
 def _example_wsol(top: Path) -> tuple[Path, Path]:
     """A CUB-like tree: 16×16 images named by their class folder, a box around each square (val
     and test; train's localization.txt is empty, as the real benchmark's), every metadata file."""
-    from camlab.readers import _example_images  # the readers' example images (same layer)
     root, meta = top / "wsol" / "images", top / "wsol" / "metadata"
-    images, labels = _example_images(12)
+    images, labels = example_images(12)
     splits = {"train": range(6), "val": range(6, 9), "test": range(9, 12)}
     for split, ids in splits.items():
         names = [f"{labels[i]:03d}.c/{i:02d}.png" for i in ids]

@@ -112,5 +112,29 @@ def test_each_module_states_its_role_and_stays_small(module: str) -> None:
 def test_the_readme_layer_table_is_this_table() -> None:
     """README, "Layout": one row per layer, naming its modules in the order above."""
     text = (ROOT / "README.md").read_text()
+    text = text[text.index("\n## Layout"):]
+    text = text[:text.index("\n## ", 1)]
     rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", text, flags=re.M)
     assert {int(layer): tuple(m.strip(" `") for m in names.split(",")) for layer, names in rows} == LAYERS
+
+
+def test_the_package_installs_camlab_alone(tmp_path) -> None:
+    """``pip install .`` installs the package ``camlab`` with every module of camlab/ and nothing
+    else: no generic top-level names (model, train, utils) in site-packages. The wheel is built from
+    a copy of the checkout's packaging files, so the checkout is left as it was."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "camlab", src / "camlab", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("camlab-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"camlab"}
+    assert {n for n in names if n.startswith("camlab/")} == {
+        f"camlab/{p.name}" for p in (ROOT / "camlab").glob("*.py")}
