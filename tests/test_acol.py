@@ -12,12 +12,11 @@ from torch import nn
 
 import model
 import train
-from camlab.heads import HEAD_TYPES
-from model import CAMModel, ModelConfig
-from camlab.utils import CamlabError
 from camlab.cams import minmax, select_class
-from camlab.heads import ACOL_WIDTH
+from camlab.heads import ACOL_WIDTH, HEAD_TYPES
 from camlab.methods import acol_objective
+from camlab.utils import CamlabError
+from model import CAMModel, ModelConfig
 
 CONV = HEAD_TYPES["conv"]
 

@@ -15,7 +15,7 @@ import bench
 import model as model_lib
 import train
 from conftest import write_lab_layout
-from research.bench import BenchSettings, CPU_PEAK_GFLOPS, PIPELINES, TASKS, format_table, run_bench
+from research.bench import CPU_PEAK_GFLOPS, PIPELINES, TASKS, BenchSettings, format_table, run_bench
 
 SIZE, BATCH, N = 32, 4, 8
 ROUNDS = 2

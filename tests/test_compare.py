@@ -7,7 +7,16 @@ from torch import nn
 
 from camlab import synthetic as gen
 from camlab import utils
-from camlab.metrics import batch_iou, iou_curve, mean_statistic, paired_bootstrap, pixel_histograms, pxap, pxap_from_histograms, pxap_statistic
+from camlab.metrics import (
+    batch_iou,
+    iou_curve,
+    mean_statistic,
+    paired_bootstrap,
+    pixel_histograms,
+    pxap,
+    pxap_from_histograms,
+    pxap_statistic,
+)
 from research.wsol import map_shares, rendering_accuracy
 
 

@@ -18,9 +18,9 @@ import camlab.images
 import dataloader as dl
 from camlab import synthetic as gen
 from camlab import utils
-from camlab.utils import IMAGENET_MEAN, IMAGENET_STD, CamlabError
 from camlab.images import ImageSet, _read_cache, decode_image, read_mask
 from camlab.synthetic import SPLITS
+from camlab.utils import IMAGENET_MEAN, IMAGENET_STD, CamlabError
 
 QUIET = dict(cache_dir=None, progress=False)
 

@@ -30,8 +30,8 @@ def test_two_cpu_processes_train_one_model(tmp_path) -> None:
     two processes' scores are gathered, and the reported test mAP, F1 and exact match equal the
     best checkpoint's on the whole test split computed in one process. (Single-label DDP: the
     gradient-averaging and folds tests.)"""
-    from camlab import synthetic
     import train
+    from camlab import synthetic
     from model import load_checkpoint
     synthetic.generate_multi(tmp_path / "m", n_train=48, n_val=9, size=32, progress=False)
     proc = _torchrun(tmp_path, "--dataset", "multi", "--multi_label", "--data_root", str(tmp_path / "m"),

@@ -10,9 +10,9 @@ import torch
 from torchcam import methods
 
 import model
-from model import CAMModel
-from camlab.utils import CamlabError
 from camlab.extractors import EXTRACTORS
+from camlab.utils import CamlabError
+from model import CAMModel
 
 
 def _net(seed: int = 0) -> CAMModel:

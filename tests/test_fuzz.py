@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 import dataloader as dl
-from camlab import utils
 import iou
-from camlab.utils import CamlabError
+from camlab import utils
 from camlab.boxes import BOX_IOU_THRESHOLDS, PROTOCOLS, box_iou, cam_box, localization_accuracy, max_box_acc
 from camlab.images import decode_image, read_mask
 from camlab.metrics import batch_iou, iou_curve, pxap, threshold_masks
+from camlab.utils import CamlabError
 
 
 # ------------------------------------------------------------------------------ harness

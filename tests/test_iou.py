@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import iou as iou_mod
-from camlab.metrics import choose_threshold, iou_curve, threshold_masks
-from iou import experiment_table, format_table, iou, iou_table, write_report
-from camlab.images import read_mask_dir
 from camlab.cams import minmax
-from camlab.utils import CamlabError
 from camlab.figures import plot_iou_curves
+from camlab.images import read_mask_dir
+from camlab.metrics import choose_threshold, iou_curve, threshold_masks
+from camlab.utils import CamlabError
+from iou import experiment_table, format_table, iou, iou_table, write_report
 
 T, F = True, False
 

@@ -12,10 +12,10 @@ from torch import nn
 import main
 import model
 import train
-from model import CAMModel, ModelConfig
-from camlab.utils import CamlabError
 from camlab.cams import minmax, normalize_cam, select_class
 from camlab.methods import CseObjective, acol_objective, erased_class_loss, rest_cross_entropy
+from camlab.utils import CamlabError
+from model import CAMModel, ModelConfig
 from research.wsol import METHOD_COLUMNS, wsol_report
 
 RECIPES = ("p", "pp", "pn", "ppn", "pnp")
@@ -168,6 +168,7 @@ def test_old_checkpoints_with_an_fc_head_still_load(tmp_path) -> None:
 
 def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tmp_path, monkeypatch, capsys) -> None:
     import csv
+
     import iou
     monkeypatch.chdir(tmp_path)
     argv = ["--methods", "--seeds", "0", "1", "--epochs", "1", "--img_size", "32", "--batch_size", "8",

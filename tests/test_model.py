@@ -9,9 +9,9 @@ import torch
 import torchvision
 
 import model as M
-from model import CAMModel
 from camlab.cams import normalize_cam, select_class
 from camlab.utils import CamlabError
+from model import CAMModel
 
 
 @pytest.mark.parametrize("size,side", [(224, 28), (112, 14)])

@@ -12,15 +12,15 @@ import torch.nn.functional as F
 import dataloader
 import main
 import model
-from camlab import synthetic as gen
 import train
-from camlab.transforms import EquivarianceTransform, TransformSettings
 from camlab import crf
+from camlab import synthetic as gen
 from camlab.cams import minmax, target_map
 from camlab.images import ImageSet
 from camlab.meters import EpochMeter, mean_average_precision
 from camlab.methods import CseObjective, Step, classification_loss, sample_target
 from camlab.metrics import THRESHOLD_GRID
+from camlab.transforms import EquivarianceTransform, TransformSettings
 
 K = len(gen.PART_STYLES)
 
@@ -236,6 +236,7 @@ def test_multi_label_flags_fail_in_one_line(argv, says, capsys) -> None:
 # ------------------------------------------------------------------------ the semseg report
 def test_semseg_report_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     import csv
+
     import iou
     monkeypatch.chdir(tmp_path)
     gen.generate_multi(tmp_path / "m", n_train=24, n_val=8, size=32, progress=False)

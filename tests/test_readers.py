@@ -16,14 +16,13 @@ from PIL import Image
 
 import camlab.images
 import dataloader as dl
-from camlab.formats import FORMATS
 import main
-from camlab.utils import CamlabError
 from camlab.boxes import localization_accuracy, max_box_acc
-from camlab.formats import ROLES
+from camlab.formats import FORMATS, ROLES
 from camlab.images import ImageSet, read_mask
 from camlab.metrics import pxap
 from camlab.readers import VOC_CLASSES, VOC_NOTE, read_index_mask
+from camlab.utils import CamlabError
 from camlab.wsolmeta import WSOL_FILES
 from research.experiments import Experiment, protocol_cams
 from research.wsol import wsol_report

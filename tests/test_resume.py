@@ -21,9 +21,9 @@ import main
 import model
 import train
 from camlab import methods
-from conftest import ROOT, write_lab_layout
-from camlab.utils import CamlabError
 from camlab.runtime import random_states, restore_random_states, seed_everything
+from camlab.utils import CamlabError
+from conftest import ROOT, write_lab_layout
 
 ARGS = ["--img_size", "32", "--batch_size", "8", "--weights", "none", "--device", "cpu", "--quiet",
         "--deterministic", "--epochs", "3"]

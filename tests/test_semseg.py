@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 
 import iou
+from camlab import crf, figures
+from camlab.metrics import (
+    class_ious,
+    confusion_matrix,
+    image_confusions,
+    label_maps,
+    mean_iou,
+    miou_statistic,
+    paired_bootstrap,
+)
 from camlab.utils import CamlabError
-from camlab import figures
-from camlab import crf
-from camlab.metrics import class_ious, confusion_matrix, image_confusions, label_maps, mean_iou, miou_statistic, paired_bootstrap
 from research.semseg import error_shares
 
 # two 2×3 images, labels 0 (background), 1, 2; 255 = ignore

@@ -9,8 +9,8 @@ from scipy import stats
 
 import dataloader
 from camlab import synthetic as gen
-from camlab.utils import CamlabError
 from camlab.images import decode_image, read_mask
+from camlab.utils import CamlabError
 
 K = len(gen.PART_STYLES)
 DRAWS = 3000  # body looks per statistical test (balanced: 300 per class)

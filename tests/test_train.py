@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-import train
-from model import CAMModel
-from camlab.utils import CamlabError
 import model
+import train
 from camlab.images import ImageSet
 from camlab.meters import EpochMeter
 from camlab.methods import Step
+from camlab.utils import CamlabError
+from model import CAMModel
 
 
 def _colour_set(n: int = 16, size: int = 16) -> ImageSet:

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import train
-from model import CAMModel
 from camlab.transforms import TRANSFORMS, EquivarianceTransform
 from camlab.utils import CamlabError
+from model import CAMModel
 
 NAMES = list(TRANSFORMS) + ["rotate+hflip", "scale+rotate", "rot90+translate+vflip"]
 

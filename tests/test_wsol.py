@@ -9,11 +9,19 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from camlab.boxes import box_iou, cam_box, localization_accuracy, mask_box, max_box_acc
+from camlab.boxes import (
+    PROTOCOLS,
+    box_iou,
+    cam_box,
+    localization_accuracy,
+    mask_box,
+    max_box_acc,
+    threshold_boxes,
+    wsol_scoremaps,
+)
+from camlab.methods import rest_cross_entropy
 from camlab.metrics import pxap
 from camlab.utils import CamlabError
-from camlab.boxes import PROTOCOLS, threshold_boxes, wsol_scoremaps
-from camlab.methods import rest_cross_entropy
 
 T, F = True, False
 EXACT = dict(abs=1e-12)
