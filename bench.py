@@ -1,4 +1,4 @@
-"""Throughput benchmark: ``python bench.py --device cpu|cuda [--quick] --out report/bench.json``.
+"""The throughput benchmark's command line: ``python bench.py --device cpu|cuda [--quick] --out report/bench.json``.
 
 One run, one device, the same data, model, optimizer, batch size and resolution, three pipelines
 for each task:

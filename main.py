@@ -1,5 +1,6 @@
-"""camlab's command line: ``python main.py --mode CAM`` trains a CAM model (``--cv 5`` runs
-5-fold cross-validation instead). ``python main.py --help`` lists every flag.
+"""The lab's command line: ``python main.py --mode CAM`` trains a model (``--cv 5``: 5-fold cross-validation), every flag from the method and format registries.
+
+``python main.py --help`` lists every flag.
 ``torchrun --nproc_per_node N main.py ...`` trains one model on N processes (DDP), or with
 ``--cv`` spreads the folds over them.
 

@@ -1,6 +1,6 @@
-"""The CAM model: a torchvision backbone cut after a chosen stage and classifier heads (global
-average pooling and a linear layer, or ACoL's convolutional head), with the class activation maps
-computed in one place.
+"""The CAM model of the lab: a ResNet cut after a chosen stage (layer2) with GAP + linear classifier heads, its class activation maps in one place, the CAM forms and safe checkpoints.
+
+The heads (``camlab.heads``) are GAP and a linear layer, or ACoL's convolutional head.
 
 Zhou et al., "Learning Deep Features for Discriminative Localization" (CVPR 2016): with GAP before
 the classifier, the score of class c is ``S_c = sum_k w_ck * mean_xy f_k(x, y)``, so the map
@@ -9,7 +9,7 @@ the bias).
 
 Adding a backbone means one entry in ``BACKBONES``; heads read only ``features`` (N×C×h×w), so a
 multi-label head or the ACoL heads attach without another copy of the backbone. Adding a kind of
-head means one ``HeadType`` in ``HEAD_TYPES``: every kind gives class maps, and its scores are their
+head means one ``HeadType`` in ``camlab.heads.HEAD_TYPES``: every kind gives class maps, and its scores are their
 GAP (plus a bias), so erasing, fusion and the CAM forms read the maps alone.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The embedded benchmark: the synthetic body-plus-part dataset that camlab trains and scores on
-when no other data is given, and its generator. It is the benchmark's definition, not a reader:
-``dataloader.py`` reads what this writes (the handout's lab layout, with masks).
+"""The embedded benchmark: the synthetic body-plus-part dataset camlab trains and scores on when no other data is given, and its generator.
+
+It is the benchmark's definition, not a reader: ``dataloader.py`` reads what this writes (the handout's lab layout, with masks).
 
 ``python main.py`` generates it in ``data/synthetic`` on first use; ``generate_synthetic``
 writes it anywhere, deterministically from its seed.

@@ -1,7 +1,6 @@
-"""Small pieces every module of camlab shares: the project error type, constants defined once,
-safe output paths and atomic writes.
+"""The pieces every module shares: the project error type, constants defined once, range checks, safe output paths, atomic writes and the one-line command-line errors.
 
-Kept apart from the six role modules because each of them needs these and none owns them.
+Kept apart from the other modules because each of them needs these and none owns them.
 """
 from __future__ import annotations
 
