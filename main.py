@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--mode", default=DEFAULTS.mode, choices=list(methods.METHODS),
                      help="; ".join(f"{m.name}: {m.about}" for m in methods.METHODS.values()))
+    presets = {name: m for m in methods.METHODS.values() for name in m.presets}
+    run.add_argument("--preset", default=None, choices=list(presets),
+                     help="set several of a method's flags together, as a reference configures it (flags given "
+                          "explicitly win): " + "; ".join(f"{name} ({m.name}): " + ", ".join(
+                              f"--{k} {v}" for k, v in m.presets[name].items()) for name, m in presets.items()))
     run.add_argument("--exp_id", default=None,
                      help="experiment name: outputs go to checkpoints/<exp_id>/; None takes the mode in lower case")
     run.add_argument("--cv", type=int, default=DEFAULTS.cv,
@@ -108,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def apply_preset(args: argparse.Namespace, argv: list[str] | None) -> argparse.Namespace:
+    """``--preset``'s settings, over the flags not given explicitly in ``argv``."""
+    if args.preset is None:
+        return args
+    owner = next(m for m in methods.METHODS.values() if args.preset in m.presets)
+    if owner.name != args.mode:
+        raise CamlabError(f"--preset {args.preset} configures --mode {owner.name}, not --mode {args.mode}")
+    quiet = build_parser()
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(quiet.parse_args(argv))
+    for key, value in owner.presets[args.preset].items():
+        if key not in given:
+            setattr(args, key, value)
+    return args
+
+
 def config_from_args(args: argparse.Namespace) -> train.RunConfig:
     names = {f.name for f in fields(train.RunConfig)}
     values = {name: getattr(args, name) for name in names if hasattr(args, name)}
@@ -133,7 +155,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli("main.py", lambda: run(args))
+    return run_cli("main.py", lambda: run(apply_preset(args, argv)))
 
 
 if __name__ == "__main__":

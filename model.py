@@ -62,7 +62,11 @@ class ModelConfig:
     of a ``conv`` head. Configs saved before heads had a type load as ``linear``, what they were.
     ``erase_grow``: ACoL's erased region grown by this many feature cells in every direction (0:
     the paper's, exactly where the map is >= delta), for when a cell's neighbours still hold
-    what was erased.
+    what was erased. ``feature_pool``: what the features go through before the heads, a name in
+    ``FEATURE_POOLS`` (``avg3``: ACoL's 3×3 average pooling, stride 1, zero padding counted; ``none``).
+    ``head_init``: how the heads start, a name in ``HEAD_INITS`` (``xavier``: xavier-uniform
+    weights and zero biases, ACoL's; ``torch``: PyTorch's default). Configs saved before these
+    two existed load as ``none`` and ``torch``, what they were.
     """
 
     num_classes: int = 10
@@ -73,6 +77,8 @@ class ModelConfig:
     head: str = "linear"
     head_width: int = ACOL_WIDTH
     erase_grow: int = 0
+    feature_pool: str = "none"
+    head_init: str = "torch"
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -90,10 +96,22 @@ class ModelConfig:
             raise CamlabError(f"--acol_width must be at least 1, got {self.head_width}")
         if self.erase_grow < 0:
             raise CamlabError(f"--acol_grow must be at least 0, got {self.erase_grow}")
+        if self.feature_pool not in FEATURE_POOLS:
+            raise CamlabError(f"--acol_pool {self.feature_pool!r}: choose from {', '.join(FEATURE_POOLS)}")
+        if self.head_init not in HEAD_INITS:
+            raise CamlabError(f"--acol_init {self.head_init!r}: choose from {', '.join(HEAD_INITS)}")
         object.__setattr__(self, "deltas", _expand_deltas(tuple(self.deltas), len(self.recipe) - 1))
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# ModelConfig.feature_pool -> the module the features go through before the heads. ACoL's
+# references (xiaomengyc/ACoL vgg_v1.py, wsolevaluation wsol/vgg.py) smooth them with a 3×3
+# average pool, stride 1, padding 1, the zero padding counted (PyTorch's default).
+FEATURE_POOLS: dict[str, Callable[[], nn.Module]] = {
+    "none": nn.Identity, "avg3": lambda: nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=True)}
+HEAD_INITS = ("torch", "xavier")  # ModelConfig.head_init
 
 
 def _expand_deltas(deltas: tuple[float, ...], heads_after_first: int) -> tuple[float, ...]:
@@ -297,13 +315,21 @@ class CAMModel(nn.Module):
 
     def __init__(self, num_classes: int = 10, weights: str = "none", backbone: str = "resnet18",
                  cut: str = "layer2", recipe: str = "p", deltas: tuple[float, ...] = (ACOL_DELTA,),
-                 head: str = "linear", head_width: int = ACOL_WIDTH, erase_grow: int = 0) -> None:
+                 head: str = "linear", head_width: int = ACOL_WIDTH, erase_grow: int = 0,
+                 feature_pool: str = "none", head_init: str = "torch") -> None:
         super().__init__()
-        self.config = ModelConfig(num_classes, backbone, cut, recipe, tuple(deltas), head, head_width, erase_grow)
+        self.config = ModelConfig(num_classes, backbone, cut, recipe, tuple(deltas), head, head_width, erase_grow,
+                                  feature_pool, head_init)
         state, self.weights_used = resolve_weights(weights, backbone)
         self.backbone, self.feature_dim = build_backbone(self.config, state, weights)
+        self.pool = FEATURE_POOLS[feature_pool]()
         self.heads = nn.ModuleList(self.head_type.build(self.feature_dim, num_classes, head_width)
                                    for _ in recipe)
+        if head_init == "xavier":
+            for layer in self.heads.modules():
+                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                    nn.init.xavier_uniform_(layer.weight)
+                    nn.init.zeros_(layer.bias)
 
     @classmethod
     def from_config(cls, config: ModelConfig | dict, weights: str = "none") -> "CAMModel":
@@ -311,7 +337,7 @@ class CAMModel(nn.Module):
         ``weights`` for its backbone."""
         config = config if isinstance(config, ModelConfig) else ModelConfig(**config)
         return cls(config.num_classes, weights, config.backbone, config.cut, config.recipe, config.deltas,
-                   config.head, config.head_width, config.erase_grow)
+                   config.head, config.head_width, config.erase_grow, config.feature_pool, config.head_init)
 
     @property
     def head_type(self) -> HeadType:
@@ -323,8 +349,14 @@ class CAMModel(nn.Module):
         return self.heads[0]
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Float N×3×H×W -> feature maps N×C×h×w of the last kept stage."""
-        return self.backbone(images)
+        """Float N×3×H×W -> feature maps N×C×h×w of the last kept stage (through ACoL's feature
+        pool where the config asks for one)."""
+        return self.pool(self.backbone(images))
+
+    @property
+    def feature_layer(self) -> str:
+        """The name of the module whose output the heads read (what extractors hook)."""
+        return "pool" if self.config.feature_pool != "none" else "backbone"
 
     def forward_head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features N×C×h×w -> (first head's scores N×num_classes, gap N×C)."""
@@ -471,6 +503,23 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tup
     return model, ckpt
 
 
+def load_teacher(path: Path, classes: list[str], multi_label: bool, named: str,
+                 device: torch.device | str = "cpu") -> CAMModel:
+    """The best checkpoint at ``path`` as a frozen judge (CSE's ordinary classifier), refused in
+    one line (``named``: how the flag named it) unless it was trained on ``classes`` and with the
+    same label form (``multi_label``), since it must score images the way the run's loss reads them."""
+    teacher, ckpt = load_checkpoint(path, device)
+    if list(ckpt.get("classes", [])) != list(classes):
+        raise CamlabError(f"{named}: it was trained on other classes "
+                          f"({len(ckpt.get('classes', []))}) than this dataset's ({len(classes)})")
+    was_multi = bool(ckpt.get("args", {}).get("multi_label", False))
+    if was_multi != multi_label:
+        raise CamlabError(f"{named}: it was trained {'with' if was_multi else 'without'} "
+                          f"--multi_label and this run is {'with' if multi_label else 'without'}; "
+                          f"the ordinary classifier must score images the way this run's loss reads them")
+    return teacher
+
+
 def _upgrade_keys(state: dict) -> dict:
     """Checkpoints from before the ACoL heads named the one classifier ``fc``."""
     return {("heads.0." + k[3:] if k.startswith("fc.") else k): v for k, v in state.items()}
@@ -556,7 +605,7 @@ def open_extractor(net: CAMModel, name: str = DEFAULT_EXTRACTOR, img_size: int =
                 return feature_maps(net, inputs, "raw", classes)
         yield own
         return
-    with open_torchcam(_Scores(net), "net.backbone", name, img_size, score_batch, seed) as theirs:
+    with open_torchcam(_Scores(net), f"net.{net.feature_layer}", name, img_size, score_batch, seed) as theirs:
         yield theirs
 
 

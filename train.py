@@ -25,14 +25,15 @@ from camlab import figures, formats, methods, synthetic, tables
 from camlab.ddp import SINGLE, World, current_world, data_parallel, gather_folds
 from camlab.heads import ACOL_DELTA, ACOL_WIDTH
 from camlab.images import ImageSet
-from camlab.meters import EpochMeter
+from camlab.meters import EpochMeter, label_metrics, selection_metric
 from camlab.runs import Progress, log_row, prepare_run_dir, write_log
 from camlab.runtime import autocast, random_states, restore_random_states, seed_everything
 from camlab.methods import Flag, Method, Objective, Step, classification_loss
-from camlab.transforms import TRANSFORMS, EquivarianceTransform, TransformSettings, parse_transform
+from camlab.transforms import TRANSFORMS, EquivarianceTransform, TransformSettings, match_size, parse_transform
 from camlab.utils import (CHECKPOINT_DIR, SEED_MAX, CamlabError, Range, atomic_write_text, check_range, check_ranges, reason,
                           resolve_device, safe_subdir)
-from model import CAMModel, ModelConfig, SEG_CAM_FORMS, check_input_size, load_checkpoint, normalize_cam, save_checkpoint, select_class
+from model import (SEG_CAM_FORMS, CAMModel, ModelConfig, check_input_size, load_checkpoint, load_teacher,
+                   normalize_cam, save_checkpoint, select_class)
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -73,17 +74,21 @@ class RunConfig:
     shift: float = TransformSettings.shift
     cam: str = "lab"
     ser_weight: float = 1.0
+    ser_mean: str = "all"  # the class form's L_ser: SSENet's mean over every class's map, or the present ones
     # ACOL mode (classifier heads after the first see erased features)
     recipe: str = "pp"
     delta: tuple[float, ...] = (ACOL_DELTA,)
     acol_head: str = "conv"  # model.HEAD_TYPES; the paper's convolutional head
     acol_width: int = ACOL_WIDTH
     acol_grow: int = 0  # cells to grow the erased region by (0: the paper's)
+    acol_pool: str = "avg3"  # the references' 3×3 average pool of the features before the heads, or none
+    acol_init: str = "xavier"  # the references' xavier-uniform heads with zero biases, or torch's default
     # CSE mode (class-specific erasing judged by a frozen ordinary classifier)
     oc_exp: str | None = None
     erase_weight: float = 0.3
     erase_growth: float = 0.05
     area_weight: float = 0.0
+    erase_norm: str = "batch"  # OC-CSE's erasing mask: camlab.methods.ERASE_NORMS
     # the values of registered methods' flags that have no field above (camlab.methods.Flag)
     options: dict = field(default_factory=dict)
 
@@ -208,11 +213,21 @@ class SegObjective:
     (corners that a rotation drops would otherwise change the maximum). The ``lab`` form keeps
     the handout's definition: each branch weights its own GAP, which sees the padding that
     rotation and translation bring in, so for those two it is not exactly zero.
+
+    ``ser_mean`` (the ``class`` form only): ``all``, SSENet's (YudeWang/SSENet-pytorch,
+    ``train_cls_ser.py``): every class's map is normalised as ``ReLU(ReLU(x) - 1e-5) / (max + 1e-5)``,
+    absent classes are zero, and the squared error is averaged over every class's map, absent ones
+    counted, so ``L_ser`` is the mean over N × K × positions; ``present``, camlab's earlier form:
+    the mean over the label's map (or the present classes' maps) alone, K times larger for one
+    label per image. Under a transform that drops positions (rotation, translation) the mean runs
+    over the valid positions of every map in both.
     """
 
     def __init__(self, transform: EquivarianceTransform, cam_form: str = "lab",
-                 ser_weight: float = 1.0) -> None:
-        self.transform, self.cam_form, self.ser_weight = transform, cam_form, ser_weight
+                 ser_weight: float = 1.0, ser_mean: str = "all") -> None:
+        if ser_mean not in SER_MEANS:
+            raise CamlabError(f"--ser_mean {ser_mean!r}: choose from {', '.join(SER_MEANS)}")
+        self.transform, self.cam_form, self.ser_weight, self.ser_mean = transform, cam_form, ser_weight, ser_mean
 
     def __call__(self, model: CAMModel, images: torch.Tensor, labels: torch.Tensor,
                  generator: torch.Generator | None = None, epoch: int = 1) -> Step:
@@ -222,14 +237,19 @@ class SegObjective:
         cam_t = self._raw_map(model, features_t, gap_t, labels)
         target = self.transform.apply(self._raw_map(model, features, gap, labels), sampled)
         valid = self.transform.valid(sampled, features.shape[-1], images.device)
-        cam_t, target, valid = _same_size(cam_t, target, valid)
+        cam_t, target, valid = match_size(cam_t, target, valid)
         if self.cam_form == "class":
             each = valid.expand_as(cam_t).flatten(0, 1)  # one map per image and class
-            cam_t = normalize_cam(cam_t.flatten(0, 1), valid=each).view_as(cam_t)
-            target = normalize_cam(target.flatten(0, 1), valid=each).view_as(target)
+            shift = SSENET_SHIFT if self.ser_mean == "all" else 0.0
+            cam_t = normalize_cam(cam_t.flatten(0, 1), valid=each, shift=shift).view_as(cam_t)
+            target = normalize_cam(target.flatten(0, 1), valid=each, shift=shift).view_as(target)
             if labels.ndim == 2:  # every present class's map counts
-                valid = valid * labels.to(valid.dtype).view(*labels.shape, 1, 1)
+                present = valid * labels.to(valid.dtype).view(*labels.shape, 1, 1)
+                cam_t, target = cam_t * present, target * present
+                valid = valid if self.ser_mean == "all" else present
         ser = ser_loss(cam_t, target, valid)
+        if self.cam_form == "class" and self.ser_mean == "all" and labels.ndim == 1:
+            ser = ser / model.config.num_classes  # the K - 1 absent maps: zero error, counted
         ce = (classification_loss(scores, labels) + classification_loss(scores_t, labels)) / 2
         loss = ce + self.ser_weight * ser
         return Step(loss, scores, {"ce": ce.detach(), "ser": ser.detach()})
@@ -246,15 +266,8 @@ class SegObjective:
         return F.relu(select_class(model.class_cams(features), labels)).unsqueeze(1)
 
 
-def _same_size(cam_t: torch.Tensor, target: torch.Tensor, valid: torch.Tensor):
-    """The target and its validity mask resized to the transformed branch's map when rounding
-    made them differ (odd sizes under ``scale``)."""
-    if target.shape[-2:] == cam_t.shape[-2:]:
-        return cam_t, target, valid
-    size = cam_t.shape[-2:]
-    target = F.interpolate(target, size=size, mode="bilinear", align_corners=False)
-    valid = (F.interpolate(valid, size=size, mode="bilinear", align_corners=False) > 0.999).float()
-    return cam_t, target, valid
+SER_MEANS = ("all", "present")  # --ser_mean: SSENet's mean over every class's map, or the present ones
+SSENET_SHIFT = 1e-5  # SSENet's normalisation subtracts this after the ReLU: ReLU(ReLU(x) - 1e-5) / (max + 1e-5)
 
 
 def ser_loss(cam_t: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -266,7 +279,7 @@ def ser_loss(cam_t: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> 
 
 def _seg_objective(cfg: "RunConfig", classes: list[str], teacher: None) -> Objective:
     settings = TransformSettings(scale=cfg.scale, rot_deg=cfg.rot_deg, shift=cfg.shift)
-    return SegObjective(EquivarianceTransform(cfg.transform, settings), cfg.cam, cfg.ser_weight)
+    return SegObjective(EquivarianceTransform(cfg.transform, settings), cfg.cam, cfg.ser_weight, cfg.ser_mean)
 
 
 def _seg_check(cfg: "RunConfig") -> None:
@@ -298,8 +311,12 @@ SEG = methods.register(Method(
              range=Range(0, 0.5, "a fraction of the side; beyond half no image is left to compare")),
         Flag("cam", "lab: softmax-weighted sum of feature maps; class: fc weights of the label, ReLU, divided by "
              "its max (SSENet)", choices=SEG_CAM_FORMS),
-        Flag("ser_weight", "weight of the equivariance loss L_ser", float, range=Range(0, 1_000, "a loss weight"))),
-    check=_seg_check), first=True)
+        Flag("ser_weight", "weight of the equivariance loss L_ser", float, range=Range(0, 1_000, "a loss weight")),
+        Flag("ser_mean", "class form: all, SSENet's mean over every class's map (absent ones zero, counted); present: "
+             "over the label's (or present classes') maps alone, K times larger with one label", choices=SER_MEANS)),
+    check=_seg_check, predated={"ser_mean": "present"},
+    presets={"handout": dict(transform="scale", scale=0.5, cam="lab"),
+             "ssenet": dict(transform="scale", scale=0.3, cam="class", ser_mean="all")}), first=True)
 CAM = methods.register(Method("CAM", "classification (task 1)", lambda cfg, classes, teacher: cam_objective,
                               lambda cfg: "CAM"), first=True)
 
@@ -311,17 +328,8 @@ def teacher_model(cfg: "RunConfig", classes: list[str]) -> CAMModel | None:
     flag = cfg.method.teacher
     if flag is None:
         return None
-    exp_id = cfg.option(flag)
-    classifier, ckpt = load_checkpoint(teacher_checkpoint(cfg), resolve_device(cfg.device))
-    if list(ckpt.get("classes", [])) != list(classes):
-        raise CamlabError(f"--{flag} {exp_id}: it was trained on other classes "
-                          f"({len(ckpt.get('classes', []))}) than this dataset's ({len(classes)})")
-    oc_multi = bool(ckpt.get("args", {}).get("multi_label", False))
-    if oc_multi != cfg.multi_label:
-        raise CamlabError(f"--{flag} {exp_id}: it was trained {'with' if oc_multi else 'without'} "
-                          f"--multi_label and this run is {'with' if cfg.multi_label else 'without'}; "
-                          f"the ordinary classifier must score images the way this run's loss reads them")
-    return classifier
+    return load_teacher(teacher_checkpoint(cfg), classes, cfg.multi_label, f"--{flag} {cfg.option(flag)}",
+                        resolve_device(cfg.device))
 
 
 def teacher_checkpoint(cfg: "RunConfig") -> Path:
@@ -471,7 +479,7 @@ def fit(cfg: RunConfig, train_set: ImageSet, train_idx: torch.Tensor,
         state.epoch = epoch
         state.rows.append(log_row(epoch, train_m, val_m, lr))
         state.seconds.append(round(time.perf_counter() - t0, 2))
-        chosen = val_m[selection_metric(cfg)]
+        chosen = val_m[selection_metric(cfg.multi_label)]
         improved = chosen > state.best_acc
         if improved:
             state.best_acc, state.best_epoch = chosen, epoch
@@ -539,21 +547,6 @@ def _validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple
     return torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(va))
 
 
-def selection_metric(cfg: RunConfig) -> str:
-    """What the best epoch is chosen by on the validation part: accuracy, or under
-    --multi_label the mAP (exact match is too coarse on a small part)."""
-    return "map" if cfg.multi_label else "acc"
-
-
-def label_metrics(test: dict, cfg: RunConfig) -> dict:
-    """What metrics.json says about how ``test_acc`` was measured, and under --multi_label the
-    multi-label scores beside it (``test_map``, ``test_f1``)."""
-    if not cfg.multi_label:
-        return {"accuracy": "top-1", "best_val_by": "accuracy"}
-    return {"accuracy": "exact match of the predicted label set (sigmoid >= 0.5)", "best_val_by": "mAP",
-            "test_map": test["map"], "test_f1": test["f1"]}
-
-
 def _finish(run_dir: Path, cfg: RunConfig, result: dict, extra: dict) -> dict:
     metrics = {"test_acc": result["test_acc"], "best_epoch": result["best_epoch"],
                "best_val_acc": result["best_val_acc"], "weights": result["weights_used"],
@@ -606,7 +599,7 @@ def train(cfg: RunConfig) -> dict:
     model, result = fit(cfg, train_set, train_idx, val_idx, run_dir, device, cfg.seed, world=world)
     test = evaluate(model, test_set, cfg, world=world)
     result["test_acc"] = test["acc"]
-    extra = {**label_metrics(test, cfg), "device": str(device), "processes": world.size, "n_train": len(train_idx),
+    extra = {**label_metrics(test, cfg.multi_label), "device": str(device), "processes": world.size, "n_train": len(train_idx),
              "n_val": len(val_idx), "n_test": len(test_set), "seconds": round(time.perf_counter() - t0, 1),
              **benchmark_meta(cfg)}
     if not world.main:
@@ -667,7 +660,7 @@ def train_CV(cfg: RunConfig) -> dict:  # noqa: N802 - the handout's name
                                 fold_dir, device, cfg.seed + k, desc=f"fold {k}/{cfg.cv} ")
             test = evaluate(model, test_set, cfg)
             result["test_acc"] = test["acc"]
-            metrics = _finish(fold_dir, cfg, result, {**label_metrics(test, cfg), "fold": k, "n_train": len(tr), "n_val": len(va),
+            metrics = _finish(fold_dir, cfg, result, {**label_metrics(test, cfg.multi_label), "fold": k, "n_train": len(tr), "n_val": len(va),
                                                        **benchmark_meta(cfg)})
         folds.append({"fold": k, "val_acc": metrics["best_val_acc"], "test_acc": metrics["test_acc"],
                       "best_epoch": metrics["best_epoch"]})

@@ -29,17 +29,19 @@ def per_class(norm: Callable[[torch.Tensor], torch.Tensor], cams: torch.Tensor) 
     return norm(cams.flatten(0, 1)).view_as(cams)
 
 
-def normalize_cam(cam: torch.Tensor, eps: float = 1e-5,
-                  valid: torch.Tensor | None = None) -> torch.Tensor:
+def normalize_cam(cam: torch.Tensor, eps: float = 1e-5, valid: torch.Tensor | None = None,
+                  shift: float = 0.0) -> torch.Tensor:
     """ReLU, then divide each map by its own maximum (SSENet, OC-CSE): values in [0, 1].
 
     cam: float N×h×w (or N×1×h×w). ``valid`` (same shape, 0/1) restricts the maximum to the
     positions that count, e.g. those a rotation drew from inside the image. A map with no
-    positive value stays all zero (eps keeps it finite).
+    positive value stays all zero (eps keeps it finite). ``shift``: SSENet's form,
+    ``ReLU(ReLU(x) - shift) / (max ReLU(x) + eps)`` (its ``train_cls_ser.py`` uses 1e-5).
     """
     cam = F.relu(cam)
     peak = (cam if valid is None else cam * valid).flatten(1).amax(dim=1)
-    return cam / (peak.view(-1, *([1] * (cam.dim() - 1))) + eps)
+    top = F.relu(cam - shift) if shift else cam
+    return top / (peak.view(-1, *([1] * (cam.dim() - 1))) + eps)
 
 
 def minmax(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

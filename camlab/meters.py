@@ -79,3 +79,18 @@ def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     if not positive.size:
         return float("nan")
     return float(np.mean([average_precision_score(labels[:, k], scores[:, k]) for k in positive]))
+
+
+def selection_metric(multi_label: bool) -> str:
+    """What the best epoch is chosen by on the validation part: accuracy, or under
+    --multi_label the mAP (exact match is too coarse on a small part)."""
+    return "map" if multi_label else "acc"
+
+
+def label_metrics(test: dict, multi_label: bool) -> dict:
+    """What metrics.json says about how ``test_acc`` was measured, and under --multi_label the
+    multi-label scores beside it (``test_map``, ``test_f1``)."""
+    if not multi_label:
+        return {"accuracy": "top-1", "best_val_by": "accuracy"}
+    return {"accuracy": "exact match of the predicted label set (sigmoid >= 0.5)", "best_val_by": "mAP",
+            "test_map": test["map"], "test_f1": test["f1"]}

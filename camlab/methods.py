@@ -86,6 +86,7 @@ class Method:
     teacher: the flag naming a finished run whose best model the objective judges with.
     predated: settings whose default is not what this method's runs did before the setting
       existed (such a run reads back as what it ran).
+    presets: name -> settings that ``--preset name`` sets together (a reference's configuration).
     """
 
     name: str
@@ -98,6 +99,7 @@ class Method:
     model: Callable[[Any], dict] = _one_linear_head
     teacher: str | None = None
     predated: dict = field(default_factory=dict)
+    presets: dict = field(default_factory=dict)
     short_label: Callable[[Any], str] | None = None
 
     def table_label(self, cfg: Any, short: bool = False) -> str:
@@ -184,13 +186,38 @@ def sample_target(labels: torch.Tensor, generator: torch.Generator | None = None
     return (present.cumsum(dim=1) <= rank.view(-1, 1)).sum(dim=1)
 
 
+# --erase_norm -> how the target's map becomes the erasing mask (N×1×H×W in [0, 1] at the image size)
+ERASE_NORMS = {
+    "batch": "the reference's: the raw map upsampled (bilinear), ReLU, divided by one max over the batch (+1e-5)",
+    "image": "the same, each image divided by its own max",
+    "feature": "camlab's earlier: ReLU and each image's max on the feature map, then upsampled",
+}
+ERASE_EPS = 1e-5  # KAIST-vilab/OC-CSE models/model_cse.py: mask / (mask.max() + 1e-5)
+
+
+def erasing_mask(raw: torch.Tensor, size: tuple[int, int], norm: str = "batch") -> torch.Tensor:
+    """OC-CSE's erasing mask from each image's raw (pre-ReLU) target map ``raw`` N×h×w, at the
+    image ``size`` (H, W): N×1×H×W in [0, 1] (see :data:`ERASE_NORMS`). The reference
+    (``models/model_cse.py``) upsamples bilinearly (``align_corners=False``), takes the ReLU, and
+    divides by ``mask.max() + 1e-5``: one max over the whole batch, so only the image holding the
+    batch's peak reaches 1."""
+    if norm not in ERASE_NORMS:
+        raise CamlabError(f"--erase_norm {norm!r}: choose from {', '.join(ERASE_NORMS)}")
+    if norm == "feature":
+        return F.interpolate(normalize_cam(raw).unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+    mask = F.relu(F.interpolate(raw.unsqueeze(1), size=size, mode="bilinear", align_corners=False))
+    peak = mask.amax() if norm == "batch" else mask.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+    return mask / (peak + ERASE_EPS)
+
+
 class CseObjective:
     """Class-specific adversarial erasing after OC-CSE (Kweon et al., ICCV 2021). A target class
     is chosen per image: the label (one label per image), or one drawn uniformly among the
     present classes (multi-hot labels, :func:`sample_target`: OC-CSE as published). The trained
-    network's CAM of the target (ReLU, divided by its max, upsampled to the image) erases the
-    image softly, ``image * (1 - mask)``, and a frozen ordinary classifier (eval mode, no
-    parameter updates, gradients flowing through it to the mask) judges it.
+    network's CAM of the target (:func:`erasing_mask`: upsampled to the image, ReLU, divided by
+    the batch's max, as the reference) erases the image softly, ``image * (1 - mask)``, and a
+    frozen ordinary classifier (eval mode, no parameter updates, gradients flowing through it to
+    the mask) judges it.
 
     Multi-label (OC-CSE)::
 
@@ -208,16 +235,18 @@ class CseObjective:
     """
 
     def __init__(self, classifier: nn.Module, erase_weight: float = 0.3, erase_growth: float = 0.05,
-                 area_weight: float = 0.0) -> None:
+                 area_weight: float = 0.0, erase_norm: str = "batch") -> None:
+        if erase_norm not in ERASE_NORMS:
+            raise CamlabError(f"--erase_norm {erase_norm!r}: choose from {', '.join(ERASE_NORMS)}")
         self.classifier = classifier.eval().requires_grad_(False)
         self.erase_weight, self.erase_growth, self.area_weight = erase_weight, erase_growth, area_weight
+        self.erase_norm = erase_norm
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  generator: torch.Generator | None = None, epoch: int = 1) -> Step:
         scores, features, _ = model(images)
         target = labels if labels.ndim == 1 else sample_target(labels, generator)
-        mask = normalize_cam(select_class(model.class_cams(features), target)).unsqueeze(1)
-        mask = F.interpolate(mask, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        mask = erasing_mask(select_class(model.class_cams(features), target), images.shape[-2:], self.erase_norm)
         erased_scores, _, _ = self.classifier(images * (1 - mask))
         if labels.ndim == 1:
             erase = erased_class_loss(erased_scores, labels)
@@ -242,7 +271,7 @@ def _acol_check(cfg: Any) -> None:
 
 def _acol_model(cfg: Any) -> dict:
     return dict(recipe=cfg.recipe, deltas=tuple(cfg.delta), head=cfg.acol_head, head_width=cfg.acol_width,
-                erase_grow=cfg.acol_grow)
+                erase_grow=cfg.acol_grow, feature_pool=cfg.acol_pool, head_init=cfg.acol_init)
 
 
 def _acol_label(cfg: Any) -> str:
@@ -264,12 +293,18 @@ ACOL = register(Method(
         Flag("acol_width", "hidden channels of each conv head's two 3x3 convolutions (the default is the paper's)",
              int, range=Range(1, 4096, f"hidden channels of each ACoL conv head; the paper's is {ACOL_WIDTH}")),
         Flag("acol_grow", "grow the erased region by this many feature cells (0: the paper's, where the map >= delta)",
-             int, range=Range(0, 64, "feature cells to grow ACoL's erased region by"))),
-    check=_acol_check, model=_acol_model, predated={"acol_head": "linear"}))
+             int, range=Range(0, 64, "feature cells to grow ACoL's erased region by")),
+        Flag("acol_pool", "avg3: the references' 3x3 average pool (stride 1) of the features before the heads; none",
+             choices=("avg3", "none")),
+        Flag("acol_init", "xavier: the references' xavier-uniform heads with zero biases; torch: PyTorch's default",
+             choices=("xavier", "torch"))),
+    check=_acol_check, model=_acol_model,
+    predated={"acol_head": "linear", "acol_pool": "none", "acol_init": "torch"}))
 
 CSE = register(Method(
     "CSE", "class-specific erasing judged by a frozen CAM classifier",
-    lambda cfg, classes, teacher: CseObjective(teacher, cfg.erase_weight, cfg.erase_growth, cfg.area_weight),
+    lambda cfg, classes, teacher: CseObjective(teacher, cfg.erase_weight, cfg.erase_growth, cfg.area_weight,
+                                               cfg.erase_norm),
     lambda cfg: f"CSE (area weight {cfg.area_weight:g})", group="CSE mode (class-specific adversarial erasing)",
     flags=(
         Flag("oc_exp", "exp_id of a finished CAM run: the frozen ordinary classifier"),
@@ -277,5 +312,7 @@ CSE = register(Method(
         Flag("erase_growth", "added to the erasing weight every epoch (OC-CSE: 0.3 + 0.05 epoch)", float,
              range=Range(0, 1_000, "added to a loss weight per epoch")),
         Flag("area_weight", "weight of the mask-area term that keeps erasing masks to the object", float,
-             range=Range(0, 1_000, "a loss weight"))),
-    teacher="oc_exp", short_label=lambda cfg: "OC-CSE" if cfg.multi_label else "CSE"))
+             range=Range(0, 1_000, "a loss weight")),
+        Flag("erase_norm", "the erasing mask: " + "; ".join(f"{k}: {v}" for k, v in ERASE_NORMS.items()),
+             choices=tuple(ERASE_NORMS))),
+    teacher="oc_exp", predated={"erase_norm": "feature"}, short_label=lambda cfg: "OC-CSE" if cfg.multi_label else "CSE"))

@@ -149,3 +149,14 @@ def parse_transform(name: str) -> list[str]:
         raise CamlabError(f"--transform {name!r}: unknown {', '.join(map(repr, unknown)) or 'name'}; "
                           f"choose from {', '.join(TRANSFORMS)}, or join several with '+'")
     return parts
+
+
+def match_size(cam_t: torch.Tensor, target: torch.Tensor, valid: torch.Tensor):
+    """The target and its validity mask resized to the transformed branch's map when rounding
+    made them differ (odd sizes under ``scale``)."""
+    if target.shape[-2:] == cam_t.shape[-2:]:
+        return cam_t, target, valid
+    size = cam_t.shape[-2:]
+    target = F.interpolate(target, size=size, mode="bilinear", align_corners=False)
+    valid = (F.interpolate(valid, size=size, mode="bilinear", align_corners=False) > 0.999).float()
+    return cam_t, target, valid

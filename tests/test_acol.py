@@ -159,8 +159,9 @@ def test_acol_runs_use_conv_heads_and_others_linear() -> None:
 def test_acol_runs_saved_before_conv_heads_read_back_as_linear() -> None:
     old_acol = {"mode": "ACOL", "recipe": "pp", "delta": [0.6], "lr": 1e-3}
     assert train.RunConfig.from_args(old_acol).acol_head == "linear"
-    assert train.differing(train.RunConfig(mode="ACOL"), old_acol) == ["acol_head"]
-    assert train.differing(train.RunConfig(mode="ACOL", acol_head="linear"), old_acol) == []
+    assert train.differing(train.RunConfig(mode="ACOL"), old_acol) == ["acol_head", "acol_pool", "acol_init"]
+    old_settings = dict(acol_head="linear", acol_pool="none", acol_init="torch")
+    assert train.differing(train.RunConfig(mode="ACOL", **old_settings), old_acol) == []
     # a CAM run's heads never depended on the setting: an old one still matches a new one
     assert train.differing(train.RunConfig(mode="CAM"), {"mode": "CAM"}) == []
     saved = json.loads(json.dumps({"args": asdict(train.RunConfig(mode="ACOL"))}))["args"]

@@ -181,10 +181,13 @@ def test_both_oc_cse_terms_by_hand() -> None:
     target = sample_target(labels, torch.Generator().manual_seed(2))
     with torch.no_grad():
         scores, features, _ = net(images)
-        cams = net.class_cams(features)[torch.arange(3), target].relu()
-        mask = cams / (cams.flatten(1).amax(1).view(-1, 1, 1) + 1e-5)
-        mask = F.interpolate(mask[:, None], size=(32, 32), mode="bilinear", align_corners=False)
+        # the reference's mask (KAIST-vilab/OC-CSE models/model_cse.py): the raw map upsampled
+        # bilinearly, then ReLU, then divided by ONE max over the batch plus 1e-5
+        raw = net.class_cams(features)[torch.arange(3), target]
+        mask = F.interpolate(raw[:, None], size=(32, 32), mode="bilinear", align_corners=False).relu()
+        mask = mask / (mask.max() + 1e-5)
         erased_scores = oc(images * (1 - mask))[0]
+    assert mask.flatten(1).amax(1).min() < 0.999 and mask.max() == pytest.approx(1, abs=1e-4)
     remain = labels.clone()
     remain[torch.arange(3), target] = 0  # the target must go, the other present classes stay
     assert (remain.sum(1) == labels.sum(1) - 1).all()
