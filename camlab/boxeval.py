@@ -26,33 +26,40 @@ How it is fast
 components of the kept set only grow and merge. One pass over the pixels gives the whole
 history at once:
 
-1. every pixel points to the largest of its closed 8-neighbourhood in the order (value, raster
-   index); pointer jumping takes each pixel to the root of its chain. A pixel is kept at every
-   level its chain's pixels are (the chain only climbs), so a *basin* (the pixels of one root)
-   lies in one component at every level where any of its pixels is kept;
+1. every pixel points to the greatest of its closed 8-neighbourhood in the order (value,
+   largest neighbour value, raster index); pointer jumping takes each pixel to the root of its
+   chain. A pixel is kept at every level its chain's pixels are (the chain only climbs), so a
+   *basin* (the pixels of one root) lies in one component at every level where any of its
+   pixels is kept;
 2. two basins join at the levels below the largest ``min(s_p, s_q)`` over 8-adjacent pixels
    p, q between them. Basins that join at their own peak value (the many roots a quantised
    plateau leaves) are folded into their neighbour first, vectorised; the rest - one per
    regional maximum - are merged in decreasing order (Kruskal) into the component tree;
 3. per basin and level the bounding box comes from the largest value of the basin in each row
-   and column, the contour area from 2×2 windows: ``cv2.contourArea`` of an outer contour, the
-   polygon through the centres of its boundary pixels, is (number of windows wholly inside) +
-   ½ (windows with three of four pixels inside) when the component has no hole;
-4. holes are counted per level with the Euler number, χ = V − E₄ − E_diag + (2·full windows +
-   three-pixel windows), which for 8-connected foreground is components − holes. At a level
-   with a hole (rare in smooth maps) the evaluator runs cv2 itself for that level, so hole
-   boxes and their effect on areas and nesting are exactly cv2's;
-5. without holes every contour is an outer one and findContours lists them in reverse raster
-   order of their first pixel, so a tie of largest areas goes to the component whose first
-   pixel is latest: the one starting on the lowest row; a tie there too is left to cv2.
+   and column (a component's box is its outer contour's boundingRect);
+4. holes are counted per level with the Euler number, χ = V − E₄ − E_diag + T − F (pixels,
+   4- and diagonal pairs, triangles and full 2×2 squares), which for 8-connected foreground is
+   components − holes. Where a needed level has a hole, the same tree is built for the
+   background (4-connected, from 255 − s): its components that do not reach the image border
+   are the holes, and a hole's contour (the inner border) has the hole's box grown by one;
+5. ``cv2.contourArea`` of an outer contour, the polygon through the centres of its boundary
+   pixels, is (2×2 windows wholly inside) + ½ (windows with three pixels inside) of the
+   component with its holes filled; the hole-filled kept sets are those of one map, o_p =
+   max(s_p, the level at which p's background component reaches the border), whose tree gives
+   the areas. Parents precede children in findContours' list and enclose them, so the largest
+   contour is a top-level one; those are listed in reverse raster order of their first pixels,
+   so of equal areas the one starting on the lowest row wins, and a tie on one row is left to
+   cv2 for that level.
 
-A map with more than :data:`MAX_BASINS` regional maxima (noise) is evaluated level by level
-with cv2, still once per distinct level rather than once per threshold.
+Every one of these facts was checked against cv2 on thousands of random binary images, and the
+whole evaluator against the per-threshold path (tests/test_boxeval.py). A map with more than
+:data:`MAX_BASINS` regional maxima (noise) is evaluated level by level with cv2, still once per
+distinct level rather than once per threshold.
 """
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -120,9 +127,10 @@ def _cv2_boxes(scores: np.ndarray, level: int, multi_contour: bool) -> np.ndarra
 
 # -------------------------------------------------------------------- the fast path, per map
 _NONE = 255  # the uint8 label of pixels in no basin (MAX_BASINS < 255)
-_RAW_BASINS = 1 << 14
-_MAX_PIXELS = 1 << 22  # float32 histogram counts (4 per pixel at most) stay exact below 2**24  # more roots than this before folding plateaus: noise, left to cv2
+_RAW_BASINS = 1 << 14  # more roots than this before folding plateaus: noise, left to cv2
+_MAX_PIXELS = 1 << 22  # float32 histogram counts (4 per pixel at most) stay exact below 2**24
 _3X3 = np.ones((3, 3), np.uint8)
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
 def _hist(values: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
@@ -161,22 +169,23 @@ def _jump(parent: np.ndarray) -> np.ndarray:
         parent, buffer = buffer, parent
 
 
-def _basins(s: np.ndarray, lmin: int):
+def _basins(s: np.ndarray, lmin: int, kernel: np.ndarray = _3X3):
     """Steepest-ascent basins of the pixels above ``lmin``: (basin id per pixel, int32, -1 for
     the others; peak value per basin, int64). Each pixel points to the greatest pixel of its
-    closed 8-neighbourhood in the order (value, largest neighbour value, raster index); the
-    second key sends the pixels of a plateau towards its higher rim, which leaves fewer roots.
-    The keys are exact integers in float64 so that cv2.dilate finds the greatest."""
+    closed 8-neighbourhood (``kernel`` _CROSS: 4-neighbourhood) in the order (value, largest
+    neighbour value, raster index); the second key sends the pixels of a plateau towards its
+    higher rim, which leaves fewer roots. The keys are exact integers in float64 so that
+    cv2.dilate finds the greatest."""
     h, w = s.shape
     n = h * w
     bits = max(1, int(n - 1).bit_length())
     idx_f, idx = _aranges(n)
     key = np.left_shift(s, 8, dtype=np.uint16)
-    key |= cv2.dilate(s, _3X3)
+    key |= cv2.dilate(s, kernel)
     key = key.astype(np.float64)
     key *= float(1 << bits)
     key += idx_f.reshape(h, w)
-    best = cv2.dilate(key, _3X3).reshape(-1)  # the border counts as -inf
+    best = cv2.dilate(key, kernel).reshape(-1)  # the border counts as -inf
     parent = best.astype(np.intp)
     parent &= (1 << bits) - 1
     active = (s > lmin).reshape(-1)
@@ -293,33 +302,37 @@ def _last_above(ext: np.ndarray) -> np.ndarray:
     return ext.shape[1] - 1 - _first_above(ext[:, ::-1])
 
 
-def _fast_table(s: np.ndarray, levels: np.ndarray, multi_contour: bool):
-    """Boxes of one uint8 map at ``levels`` (sorted, distinct, each in [0, max - 1]).
+class _Tree(NamedTuple):
+    """The component tree of a uint8 map's kept sets {m > L}, L >= lmin, over basins."""
+    lab: np.ndarray     # uint8 H×W basin label, _NONE outside every basin (m <= lmin)
+    peak: np.ndarray    # int64 k: the basin's largest value (alive at L < peak)
+    rep: np.ndarray     # intp k×256: the component (a basin id) of basin b at level L
+    alive: np.ndarray   # bool k×256
+    pairs: np.ndarray | None  # float32 256×1 histogram of the pair minima (8-connected trees)
 
-    Returns (boxes M×4 int64, owner M: the position in ``levels`` each box belongs to,
-    positions left to cv2), or None when the map has too many regional maxima."""
-    h, w = s.shape
-    if h * w >= _MAX_PIXELS:
-        return None
-    lmin = int(levels[0])
-    basin, peak = _basins(s, lmin)
+
+def _tree(m: np.ndarray, lmin: int, eight: bool) -> _Tree | None:
+    """The component tree of ``m`` (8- or 4-connected), or None past MAX_BASINS basins."""
+    h, w = m.shape
+    basin, peak = _basins(m, lmin, _3X3 if eight else _CROSS)
     k = len(peak)
     if k > _RAW_BASINS:
         return None
     b2 = basin.reshape(h, w)
-
-    # Basin adjacency, and the pixel and pair counts of the Euler number (V - E4 - Ediag).
-    plus = _hist(s)  # the Euler number's histograms: pixels, and below the pairs
-    minus = None
-    flat_s = s.reshape(-1)
+    flat_m = m.reshape(-1)
+    pairs = None
     lo_e, hi_e, w_e = [], [], []
-    for (ya, xa, yb, xb), step in zip(_DIRECTIONS, (1, w, w + 1, w - 1)):
-        minus = _hist(np.minimum(s[ya, xa], s[yb, xb]), minus)
-        cross = np.flatnonzero(b2[ya, xa] != b2[yb, xb])  # positions in the (h', w') view
-        width = w - 1 if step != w else w
-        first = cross // width * w + cross % width + (1 if step == w - 1 else 0)  # flat index of a
+    # per direction: (the view's width, the column of its first pixel a, the flat step to b)
+    layout = ((w - 1, 0, 1), (w, 0, w), (w - 1, 0, w + 1), (w - 1, 1, w - 1))
+    for (ya, xa, yb, xb), (width, shift, step) in zip(_DIRECTIONS[:4 if eight else 2], layout):
+        if eight:
+            pairs = _hist(np.minimum(m[ya, xa], m[yb, xb]), pairs)
+        if width == 0 or h == 1 and step != 1:
+            continue
+        cross = np.flatnonzero(b2[ya, xa] != b2[yb, xb])  # positions in the view
+        first = cross // width * w + cross % width + shift  # flat index of a
         a, b = basin.take(first), basin.take(first + step)
-        weight = np.minimum(flat_s.take(first), flat_s.take(first + step))
+        weight = np.minimum(flat_m.take(first), flat_m.take(first + step))
         keep = weight > lmin  # both pixels above lmin (no pair with a pixel outside the basins)
         a, b = a[keep], b[keep]
         lo_e.append(np.minimum(a, b))
@@ -338,71 +351,184 @@ def _fast_table(s: np.ndarray, levels: np.ndarray, multi_contour: bool):
     peak = peak.take(roots)
     newid = newid.astype(np.intp)
     rep = _components(newid.take(lo), newid.take(hi), wt, kk)
-    alive = peak[:, None] > np.arange(_NLEV)[None, :]
+    return _Tree(lab, peak, rep, peak[:, None] > np.arange(_NLEV)[None, :], pairs)
 
-    # Per basin and level: the bounding box, from the largest value per row and per column.
-    rowext = _extents(lab, s, kk)
-    colext = _extents(np.ascontiguousarray(lab.T), np.ascontiguousarray(s.T), kk)
-    ymin, ymax = _first_above(rowext), _last_above(rowext)
-    xmin, xmax = _first_above(colext), _last_above(colext)
 
-    # 2×2 windows: the two smallest values a <= b. [L < a] + [L < b] is twice a window's share
-    # of a hole-free contour's area (1 inside, ½ with three pixels kept); 2[L < a] + [L < b] is
-    # its triangles less its full squares, the last term of the Euler number.
-    p0, p1, p2, p3 = s[:-1, :-1], s[:-1, 1:], s[1:, :-1], s[1:, 1:]
-    m1, m2 = np.minimum(p0, p1), np.minimum(p2, p3)
-    wa = np.minimum(m1, m2)
-    wb = np.minimum(np.maximum(m1, m2), np.minimum(np.maximum(p0, p1), np.maximum(p2, p3)))
-    plus = _hist(wb, plus)
-    euler = plus.astype(np.int64) - minus.astype(np.int64) + 2 * _hist(wa).astype(np.int64)
-    chi = _suffix(euler.reshape(-1))
-    area = None
-    if not multi_contour and kk > 1:
-        # A window with three pixels kept lies in the component of any of them; p0 is one
-        # unless it is the smallest, and then p1 is.
-        bw = np.where(p0 >= wb, lab[:-1, :-1], lab[:-1, 1:])
-        mask = (wb > lmin).view(np.uint8)
-        shape, ranges = [kk, _NLEV], [0, kk, 0, _NLEV]
-        area = (cv2.calcHist([bw, wa], [0, 1], mask, shape, ranges)
-                + cv2.calcHist([bw, wb], [0, 1], mask, shape, ranges)).astype(np.int64)
-        area = _suffix(area)
+class _Groups(NamedTuple):
+    """Per component (representative basin r, level L), flattened as r * 256 + L."""
+    g: np.ndarray       # group of each alive (basin, level)
+    exists: np.ndarray  # bool k×256
+    x0: np.ndarray      # bounding box of the kept pixels (int64 k*256 each)
+    y0: np.ndarray
+    x1: np.ndarray
+    y1: np.ndarray
 
-    # Components per (representative, level) over the alive basins.
+
+def _groups(tree: _Tree, m: np.ndarray) -> _Groups:
+    """Bounding boxes of every component at every level: per basin from the largest value of
+    the basin in each row and column, then over the basins of each component."""
+    h, w = m.shape
+    kk = len(tree.peak)
+    rowext = _extents(tree.lab, m, kk)
+    colext = _extents(np.ascontiguousarray(tree.lab.T), np.ascontiguousarray(m.T), kk)
+    alive = tree.alive
     size = kk * _NLEV
-    g = (rep * _NLEV + np.arange(_NLEV))[alive]
-    count = np.bincount(g, minlength=size)
-    cx0 = np.full(size, w, np.int64)
-    np.minimum.at(cx0, g, xmin[alive])
-    cy0 = np.full(size, h, np.int64)
-    np.minimum.at(cy0, g, ymin[alive])
-    cx1 = np.full(size, -1, np.int64)
-    np.maximum.at(cx1, g, xmax[alive])
-    cy1 = np.full(size, -1, np.int64)
-    np.maximum.at(cy1, g, ymax[alive])
-    exists = (count > 0).reshape(kk, _NLEV)
-    holes = chi != exists.sum(axis=0)  # χ = components - holes
+    g = (tree.rep * _NLEV + np.arange(_NLEV))[alive]
+    x0 = np.full(size, w, np.int64)
+    np.minimum.at(x0, g, _first_above(colext)[alive])
+    y0 = np.full(size, h, np.int64)
+    np.minimum.at(y0, g, _first_above(rowext)[alive])
+    x1 = np.full(size, -1, np.int64)
+    np.maximum.at(x1, g, _last_above(colext)[alive])
+    y1 = np.full(size, -1, np.int64)
+    np.maximum.at(y1, g, _last_above(rowext)[alive])
+    exists = (np.bincount(g, minlength=size) > 0).reshape(kk, _NLEV)
+    return _Groups(g, exists, x0, y0, x1, y1)
 
-    decided = np.zeros(_NLEV, bool)
-    decided[levels] = True
-    decided &= ~holes
-    cells = exists & decided[None, :]
-    if area is not None:
-        carea = np.zeros(size, np.int64)
-        np.add.at(carea, g, area[alive])
-        carea = np.where(cells.reshape(-1), carea, -1).reshape(kk, _NLEV)
-        tied = carea == carea.max(axis=0)[None, :]
-        # findContours lists outer contours in reverse raster order of their first pixels: of
-        # equal areas the one starting on the lowest row comes first; one row: left to cv2.
-        start = np.where(tied, cy0.reshape(kk, _NLEV), -1)
-        cells = tied & (start == start.max(axis=0)[None, :])
-        decided &= cells.sum(axis=0) <= 1
-        cells &= decided[None, :]
+
+def _windows(m: np.ndarray):
+    """The two smallest values a <= b of every 2×2 window, and its top-left pixel's views."""
+    p0, p1, p2, p3 = m[:-1, :-1], m[:-1, 1:], m[1:, :-1], m[1:, 1:]
+    m1, m2 = np.minimum(p0, p1), np.minimum(p2, p3)
+    return np.minimum(m1, m2), np.minimum(np.maximum(m1, m2), np.minimum(np.maximum(p0, p1), np.maximum(p2, p3)))
+
+
+def _holes(m: np.ndarray, tree: _Tree, groups: _Groups, wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    """Holes per level (int64 256) of the 8-connected kept sets: components - χ, with the Euler
+    number χ = V - E4 - Ediag + T - F (pixels, 4- and diagonal pairs, triangles and full 2×2
+    squares of kept pixels); a window adds 2[L < a] + [L < b] to T - F."""
+    plus = _hist(wb, _hist(m))
+    euler = plus.astype(np.int64) - tree.pairs.astype(np.int64) + 2 * _hist(wa).astype(np.int64)
+    return groups.exists.sum(axis=0) - _suffix(euler.reshape(-1))
+
+
+def _component_boxes(groups: _Groups, cells: np.ndarray, h: int, w: int, pad: int = 0):
+    """(boxes, levels) of the components marked in ``cells`` (bool k×256): boundingRect's
+    (x, y, x + w, y + h) clipped to (W - 1, H - 1); ``pad`` 1 grows a hole to its border."""
     flat = np.flatnonzero(cells.reshape(-1))
-    boxes = np.stack([cx0[flat], cy0[flat], np.minimum(cx1[flat] + 1, w - 1),
-                      np.minimum(cy1[flat] + 1, h - 1)], axis=1)
-    pos = np.searchsorted(levels, flat % _NLEV)
-    undecided = np.flatnonzero(~decided[levels])
-    return boxes, pos, undecided
+    boxes = np.stack([groups.x0[flat] - pad, groups.y0[flat] - pad, np.minimum(groups.x1[flat] + 1 + pad, w - 1),
+                      np.minimum(groups.y1[flat] + 1 + pad, h - 1)], axis=1)
+    return boxes, flat % _NLEV
+
+
+def _dual(s: np.ndarray, lmax: int):
+    """The background's 4-connected component tree: components of {s <= L} = {255 - s > 254 - L}
+    for L <= lmax, and per component and dual level M = 254 - L whether it reaches the image
+    border (else it is a hole). -> (tree, groups, touches bool k×256) or None."""
+    t = 255 - s
+    tree = _tree(t, 254 - lmax, False)
+    if tree is None:
+        return None
+    groups = _groups(tree, t)
+    kk = len(tree.peak)
+    border = np.zeros(t.shape, bool)
+    border[[0, -1], :] = True
+    border[:, [0, -1]] = True
+    on = border & (tree.lab != _NONE)
+    reach = np.full(kk, -1, np.int64)  # per basin the largest value on the border
+    np.maximum.at(reach, tree.lab[on].astype(np.intp), t[on].astype(np.int64))
+    far = np.full(kk * _NLEV, -1, np.int64)
+    np.maximum.at(far, groups.g, np.broadcast_to(reach[:, None], tree.alive.shape)[tree.alive])
+    touches = far.reshape(kk, _NLEV) > np.arange(_NLEV)[None, :]
+    return tree, groups, touches
+
+
+def _filled(s: np.ndarray, lmax: int, dual) -> np.ndarray:
+    """The map whose kept sets are those of ``s`` with every hole filled, at levels <= lmax:
+    a background pixel p stays kept until the level o_p = max(s_p, the first level at which
+    its background component reaches the border), capped at lmax + 1."""
+    tree, groups, touches = dual
+    kk = len(tree.peak)
+    rep_touch = touches.reshape(-1)[tree.rep * _NLEV + np.arange(_NLEV)] & tree.alive  # per basin, M
+    # the first level L = 254 - M at which the basin's component reaches the border
+    top_m = np.where(rep_touch.any(axis=1), _NLEV - 1 - np.argmax(rep_touch[:, ::-1], axis=1), -1)
+    first = np.where(top_m >= 0, np.minimum(254 - top_m, lmax + 1), lmax + 1)
+    inside = tree.lab != _NONE
+    o = s.copy()
+    level = first.astype(np.uint8)[tree.lab[inside].astype(np.intp)]
+    o[inside] = np.maximum(s[inside], level)
+    return o
+
+
+def _largest(m: np.ndarray, tree: _Tree, groups: _Groups, wa: np.ndarray, wb: np.ndarray,
+             lmin: int, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of the components in ``cells`` (bool k×256; hole-free levels), per level the one of
+    largest contourArea, as findContours and ``max(contours, key=cv2.contourArea)`` choose it
+    -> (winner cells, bool 256: the level is decided). The area of a hole-free component's
+    contour, the polygon through its boundary pixels' centres, is the number of its 2×2 windows
+    plus half the number with three pixels in it: per window [L < a] + [L < b] half-units."""
+    kk = len(tree.peak)
+    if kk == 1:
+        return cells, np.ones(_NLEV, bool)
+    # A window with three pixels kept lies in the component of any of them; its top-left pixel
+    # is one unless it is the smallest, and then the top-right one is.
+    bw = np.where(m[:-1, :-1] >= wb, tree.lab[:-1, :-1], tree.lab[:-1, 1:])
+    mask = (wb > lmin).view(np.uint8)
+    shape, ranges = [kk, _NLEV], [0, kk, 0, _NLEV]
+    halves = (cv2.calcHist([bw, wa], [0, 1], mask, shape, ranges)
+              + cv2.calcHist([bw, wb], [0, 1], mask, shape, ranges)).astype(np.int64)
+    area = np.zeros(kk * _NLEV, np.int64)
+    np.add.at(area, groups.g, _suffix(halves)[tree.alive])
+    area = np.where(cells.reshape(-1), area, -1).reshape(kk, _NLEV)
+    tied = area == area.max(axis=0)[None, :]
+    # findContours lists outer contours in reverse raster order of their first pixels: of equal
+    # areas the one starting on the lowest row comes first; two on one row are left to cv2.
+    start = np.where(tied, groups.y0.reshape(kk, _NLEV), -1)
+    winners = tied & (start == start.max(axis=0)[None, :])
+    return winners, winners.sum(axis=0) <= 1
+
+
+def _fast_table(s: np.ndarray, levels: np.ndarray, multi_contour: bool):
+    """Boxes of one uint8 map at ``levels`` (sorted, distinct, each in [0, max - 1]).
+
+    Returns (boxes M×4 int64, owner M: the position in ``levels`` each box belongs to,
+    positions left to cv2), or None when the map has too many regional maxima."""
+    h, w = s.shape
+    if h * w >= _MAX_PIXELS:
+        return None
+    lmin, lmax = int(levels[0]), int(levels[-1])
+    need = np.zeros(_NLEV, bool)
+    need[levels] = True
+    tree = _tree(s, lmin, True)
+    if tree is None:
+        return None
+    groups = _groups(tree, s)
+    wa, wb = _windows(s)
+    holes = _holes(s, tree, groups, wa, wb)
+    decided = need & (holes == 0)
+    dual = _dual(s, lmax) if (need & (holes != 0)).any() else None
+    if multi_contour:
+        boxes, at = [], []
+        if dual is not None:  # the holes' contours: their boundingRects grow the hole by 1
+            dtree, dgroups, touches = dual
+            dneed = np.zeros(_NLEV, bool)
+            dneed[:_NLEV - 1] = need[_NLEV - 2::-1]  # dual level M = 254 - L
+            inner = dgroups.exists & ~touches & dneed[None, :]
+            found = np.zeros(_NLEV, np.int64)
+            found[:_NLEV - 1] = inner.sum(axis=0)[_NLEV - 2::-1]  # holes per L
+            decided |= need & (holes != 0) & (holes == found)  # the two counts agree (always)
+            hb, hm = _component_boxes(dgroups, inner, h, w, pad=1)
+            boxes.append(hb)
+            at.append(_NLEV - 2 - hm)
+        cb, cl = _component_boxes(groups, groups.exists & need[None, :], h, w)
+        boxes.append(cb)
+        at.append(cl)
+        boxes, at = np.concatenate(boxes), np.concatenate(at)
+        keep = decided[at]
+        boxes, at = boxes[keep], at[keep]
+    else:
+        m, mtree, mgroups = s, tree, groups
+        if dual is not None:  # the largest contour is an outer one of the holes-filled map
+            o = _filled(s, lmax, dual)
+            otree = _tree(o, lmin, True)
+            if otree is not None:
+                m, mtree, mgroups = o, otree, _groups(otree, o)
+                wa, wb = _windows(o)
+                decided = need & (_holes(o, otree, mgroups, wa, wb) == 0)
+        winners, unique = _largest(m, mtree, mgroups, wa, wb, lmin, mgroups.exists & decided[None, :])
+        decided &= unique
+        boxes, at = _component_boxes(mgroups, winners & decided[None, :], h, w)
+    return boxes, np.searchsorted(levels, at), np.flatnonzero(~decided[levels])
 
 
 def _table(scores: np.ndarray, levels: np.ndarray, multi_contour: bool):
