@@ -244,7 +244,7 @@ def _fold(lo: np.ndarray, hi: np.ndarray, wt: np.ndarray, peak: np.ndarray):
 
 
 def _components(lo: np.ndarray, hi: np.ndarray, wt: np.ndarray, k: int) -> np.ndarray:
-    """Kruskal over the basin edges in decreasing weight: rep[b, L] is the component (a basin
+    """Kruskal over the basin edges in decreasing weight: rep[L, b] is the component (a basin
     id) of basin b at level L, where edges of weight above L join."""
     uf = list(range(k))
 
@@ -254,7 +254,7 @@ def _components(lo: np.ndarray, hi: np.ndarray, wt: np.ndarray, k: int) -> np.nd
             x = uf[x]
         return x
 
-    rep = np.empty((k, _NLEV), np.intp)
+    rep = np.empty((_NLEV, k), np.intp)
     label = np.arange(k)
     upper = _NLEV
     for e in np.argsort(-wt, kind="stable"):
@@ -262,16 +262,16 @@ def _components(lo: np.ndarray, hi: np.ndarray, wt: np.ndarray, k: int) -> np.nd
         if a == b:
             continue
         we = int(wt[e])
-        rep[:, we:upper] = label[:, None]
+        rep[we:upper] = label
         upper = we
         uf[b] = a
         label[label == b] = a
-    rep[:, :upper] = label[:, None]
+    rep[:upper] = label
     return rep
 
 
 def _extents(basin: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
-    """k×rows: the largest value of each basin in each row of the H×W maps (uint8 labels,
+    """rows×k: the largest value of each basin in each row of the H×W maps (uint8 labels,
     _NONE for no basin; -1 where none), from the runs of equal label along the rows."""
     rows, cols = s.shape
     flat = basin.reshape(-1)
@@ -284,30 +284,38 @@ def _extents(basin: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
     owner = flat.take(start)
     keep = owner != _NONE
     ext = np.full(k * rows, -1, np.int64)
-    np.maximum.at(ext, owner[keep].astype(np.intp) * rows + start[keep] // cols, top[keep])
-    return ext.reshape(k, rows)
+    np.maximum.at(ext, start[keep] // cols * k + owner[keep], top[keep])
+    return ext.reshape(rows, k)
 
 
 def _first_above(ext: np.ndarray) -> np.ndarray:
-    """ext: k×rows largest value per row -> k×256 first row with a value above L (rows where
+    """ext: rows×k largest value per row -> 256×k first row with a value above L (rows where
     none): the number of leading rows whose running maximum is at most L."""
-    k = len(ext)
-    prefix = np.maximum.accumulate(ext, axis=1) + 1 + (np.arange(k) * (_NLEV + 1))[:, None]
-    counts = np.bincount(prefix.reshape(-1), minlength=k * (_NLEV + 1)).reshape(k, _NLEV + 1)
-    return np.cumsum(counts, axis=1)[:, 1:]
+    k = ext.shape[1]
+    prefix = ext.astype(np.int16)  # the running maximum down the rows, by doubling (a scan:
+    step = 1                       # several times faster than np.maximum.accumulate)
+    while step < len(prefix):
+        prefix[step:] = np.maximum(prefix[step:], prefix[:-step])
+        step *= 2
+    keys = prefix.astype(np.intp)
+    keys += 1
+    keys *= k
+    keys += np.arange(k)
+    counts = np.bincount(keys.reshape(-1), minlength=(_NLEV + 1) * k).reshape(_NLEV + 1, k)
+    return np.cumsum(counts, axis=0)[1:]
 
 
 def _last_above(ext: np.ndarray) -> np.ndarray:
-    """k×256 last row with a value above L (-1 where none)."""
-    return ext.shape[1] - 1 - _first_above(ext[:, ::-1])
+    """256×k last row with a value above L (-1 where none)."""
+    return len(ext) - 1 - _first_above(ext[::-1])
 
 
 class _Tree(NamedTuple):
     """The component tree of a uint8 map's kept sets {m > L}, L >= lmin, over basins."""
     lab: np.ndarray     # uint8 H×W basin label, _NONE outside every basin (m <= lmin)
     peak: np.ndarray    # int64 k: the basin's largest value (alive at L < peak)
-    rep: np.ndarray     # intp k×256: the component (a basin id) of basin b at level L
-    alive: np.ndarray   # bool k×256
+    rep: np.ndarray     # intp 256×k: the component (a basin id) of basin b at level L
+    alive: np.ndarray   # bool 256×k
     pairs: np.ndarray | None  # float32 256×1 histogram of the pair minima (8-connected trees)
 
 
@@ -351,13 +359,13 @@ def _tree(m: np.ndarray, lmin: int, eight: bool) -> _Tree | None:
     peak = peak.take(roots)
     newid = newid.astype(np.intp)
     rep = _components(newid.take(lo), newid.take(hi), wt, kk)
-    return _Tree(lab, peak, rep, peak[:, None] > np.arange(_NLEV)[None, :], pairs)
+    return _Tree(lab, peak, rep, np.arange(_NLEV)[:, None] < peak[None, :], pairs)
 
 
 class _Groups(NamedTuple):
-    """Per component (representative basin r, level L), flattened as r * 256 + L."""
-    g: np.ndarray       # group of each alive (basin, level)
-    exists: np.ndarray  # bool k×256
+    """Per component (level L, representative basin r), flattened as L * k + r."""
+    g: np.ndarray       # group of each alive (level, basin)
+    exists: np.ndarray  # bool 256×k
     x0: np.ndarray      # bounding box of the kept pixels (int64 k*256 each)
     y0: np.ndarray
     x1: np.ndarray
@@ -373,7 +381,7 @@ def _groups(tree: _Tree, m: np.ndarray) -> _Groups:
     colext = _extents(np.ascontiguousarray(tree.lab.T), np.ascontiguousarray(m.T), kk)
     alive = tree.alive
     size = kk * _NLEV
-    g = (tree.rep * _NLEV + np.arange(_NLEV))[alive]
+    g = (tree.rep + (np.arange(_NLEV) * kk)[:, None])[alive]
     x0 = np.full(size, w, np.int64)
     np.minimum.at(x0, g, _first_above(colext)[alive])
     y0 = np.full(size, h, np.int64)
@@ -382,7 +390,7 @@ def _groups(tree: _Tree, m: np.ndarray) -> _Groups:
     np.maximum.at(x1, g, _last_above(colext)[alive])
     y1 = np.full(size, -1, np.int64)
     np.maximum.at(y1, g, _last_above(rowext)[alive])
-    exists = (np.bincount(g, minlength=size) > 0).reshape(kk, _NLEV)
+    exists = (np.bincount(g, minlength=size) > 0).reshape(_NLEV, kk)
     return _Groups(g, exists, x0, y0, x1, y1)
 
 
@@ -399,22 +407,22 @@ def _holes(m: np.ndarray, tree: _Tree, groups: _Groups, wa: np.ndarray, wb: np.n
     squares of kept pixels); a window adds 2[L < a] + [L < b] to T - F."""
     plus = _hist(wb, _hist(m))
     euler = plus.astype(np.int64) - tree.pairs.astype(np.int64) + 2 * _hist(wa).astype(np.int64)
-    return groups.exists.sum(axis=0) - _suffix(euler.reshape(-1))
+    return groups.exists.sum(axis=1) - _suffix(euler.reshape(-1))
 
 
 def _component_boxes(groups: _Groups, cells: np.ndarray, h: int, w: int, pad: int = 0):
-    """(boxes, levels) of the components marked in ``cells`` (bool k×256): boundingRect's
+    """(boxes, levels) of the components marked in ``cells`` (bool 256×k): boundingRect's
     (x, y, x + w, y + h) clipped to (W - 1, H - 1); ``pad`` 1 grows a hole to its border."""
     flat = np.flatnonzero(cells.reshape(-1))
     boxes = np.stack([groups.x0[flat] - pad, groups.y0[flat] - pad, np.minimum(groups.x1[flat] + 1 + pad, w - 1),
                       np.minimum(groups.y1[flat] + 1 + pad, h - 1)], axis=1)
-    return boxes, flat % _NLEV
+    return boxes, flat // cells.shape[1]
 
 
 def _dual(s: np.ndarray, lmax: int):
     """The background's 4-connected component tree: components of {s <= L} = {255 - s > 254 - L}
     for L <= lmax, and per component and dual level M = 254 - L whether it reaches the image
-    border (else it is a hole). -> (tree, groups, touches bool k×256) or None."""
+    border (else it is a hole). -> (tree, groups, touches bool 256×k) or None."""
     t = 255 - s
     tree = _tree(t, 254 - lmax, False)
     if tree is None:
@@ -427,9 +435,9 @@ def _dual(s: np.ndarray, lmax: int):
     on = border & (tree.lab != _NONE)
     reach = np.full(kk, -1, np.int64)  # per basin the largest value on the border
     np.maximum.at(reach, tree.lab[on].astype(np.intp), t[on].astype(np.int64))
-    far = np.full(kk * _NLEV, -1, np.int64)
-    np.maximum.at(far, groups.g, np.broadcast_to(reach[:, None], tree.alive.shape)[tree.alive])
-    touches = far.reshape(kk, _NLEV) > np.arange(_NLEV)[None, :]
+    far = np.full(_NLEV * kk, -1, np.int64)
+    np.maximum.at(far, groups.g, np.broadcast_to(reach, tree.alive.shape)[tree.alive])
+    touches = far.reshape(_NLEV, kk) > np.arange(_NLEV)[:, None]
     return tree, groups, touches
 
 
@@ -439,9 +447,9 @@ def _filled(s: np.ndarray, lmax: int, dual) -> np.ndarray:
     its background component reaches the border), capped at lmax + 1."""
     tree, groups, touches = dual
     kk = len(tree.peak)
-    rep_touch = touches.reshape(-1)[tree.rep * _NLEV + np.arange(_NLEV)] & tree.alive  # per basin, M
+    rep_touch = touches.reshape(-1)[tree.rep + (np.arange(_NLEV) * kk)[:, None]] & tree.alive  # M × basin
     # the first level L = 254 - M at which the basin's component reaches the border
-    top_m = np.where(rep_touch.any(axis=1), _NLEV - 1 - np.argmax(rep_touch[:, ::-1], axis=1), -1)
+    top_m = np.where(rep_touch.any(axis=0), _NLEV - 1 - np.argmax(rep_touch[::-1], axis=0), -1)
     first = np.where(top_m >= 0, np.minimum(254 - top_m, lmax + 1), lmax + 1)
     inside = tree.lab != _NONE
     o = s.copy()
@@ -452,7 +460,7 @@ def _filled(s: np.ndarray, lmax: int, dual) -> np.ndarray:
 
 def _largest(m: np.ndarray, tree: _Tree, groups: _Groups, wa: np.ndarray, wb: np.ndarray,
              lmin: int, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Of the components in ``cells`` (bool k×256; hole-free levels), per level the one of
+    """Of the components in ``cells`` (bool 256×k; hole-free levels), per level the one of
     largest contourArea, as findContours and ``max(contours, key=cv2.contourArea)`` choose it
     -> (winner cells, bool 256: the level is decided). The area of a hole-free component's
     contour, the polygon through its boundary pixels' centres, is the number of its 2×2 windows
@@ -466,16 +474,18 @@ def _largest(m: np.ndarray, tree: _Tree, groups: _Groups, wa: np.ndarray, wb: np
     mask = (wb > lmin).view(np.uint8)
     shape, ranges = [kk, _NLEV], [0, kk, 0, _NLEV]
     halves = (cv2.calcHist([bw, wa], [0, 1], mask, shape, ranges)
-              + cv2.calcHist([bw, wb], [0, 1], mask, shape, ranges)).astype(np.int64)
-    area = np.zeros(kk * _NLEV, np.int64)
-    np.add.at(area, groups.g, _suffix(halves)[tree.alive])
-    area = np.where(cells.reshape(-1), area, -1).reshape(kk, _NLEV)
-    tied = area == area.max(axis=0)[None, :]
+              + cv2.calcHist([bw, wb], [0, 1], mask, shape, ranges)).T.astype(np.int64)  # value × basin
+    above = np.zeros_like(halves)  # Σ_{v > L}, level × basin
+    above[:-1] = np.cumsum(halves[:0:-1], axis=0)[::-1]
+    area = np.zeros(_NLEV * kk, np.int64)
+    np.add.at(area, groups.g, above[tree.alive])
+    area = np.where(cells.reshape(-1), area, -1).reshape(_NLEV, kk)
+    tied = area == area.max(axis=1)[:, None]
     # findContours lists outer contours in reverse raster order of their first pixels: of equal
     # areas the one starting on the lowest row comes first; two on one row are left to cv2.
-    start = np.where(tied, groups.y0.reshape(kk, _NLEV), -1)
-    winners = tied & (start == start.max(axis=0)[None, :])
-    return winners, winners.sum(axis=0) <= 1
+    start = np.where(tied, groups.y0.reshape(_NLEV, kk), -1)
+    winners = tied & (start == start.max(axis=1)[:, None])
+    return winners, winners.sum(axis=1) <= 1
 
 
 def _fast_table(s: np.ndarray, levels: np.ndarray, multi_contour: bool):
@@ -503,14 +513,14 @@ def _fast_table(s: np.ndarray, levels: np.ndarray, multi_contour: bool):
             dtree, dgroups, touches = dual
             dneed = np.zeros(_NLEV, bool)
             dneed[:_NLEV - 1] = need[_NLEV - 2::-1]  # dual level M = 254 - L
-            inner = dgroups.exists & ~touches & dneed[None, :]
+            inner = dgroups.exists & ~touches & dneed[:, None]
             found = np.zeros(_NLEV, np.int64)
-            found[:_NLEV - 1] = inner.sum(axis=0)[_NLEV - 2::-1]  # holes per L
+            found[:_NLEV - 1] = inner.sum(axis=1)[_NLEV - 2::-1]  # holes per L
             decided |= need & (holes != 0) & (holes == found)  # the two counts agree (always)
             hb, hm = _component_boxes(dgroups, inner, h, w, pad=1)
             boxes.append(hb)
             at.append(_NLEV - 2 - hm)
-        cb, cl = _component_boxes(groups, groups.exists & need[None, :], h, w)
+        cb, cl = _component_boxes(groups, groups.exists & need[:, None], h, w)
         boxes.append(cb)
         at.append(cl)
         boxes, at = np.concatenate(boxes), np.concatenate(at)
@@ -525,9 +535,9 @@ def _fast_table(s: np.ndarray, levels: np.ndarray, multi_contour: bool):
                 m, mtree, mgroups = o, otree, _groups(otree, o)
                 wa, wb = _windows(o)
                 decided = need & (_holes(o, otree, mgroups, wa, wb) == 0)
-        winners, unique = _largest(m, mtree, mgroups, wa, wb, lmin, mgroups.exists & decided[None, :])
+        winners, unique = _largest(m, mtree, mgroups, wa, wb, lmin, mgroups.exists & decided[:, None])
         decided &= unique
-        boxes, at = _component_boxes(mgroups, winners & decided[None, :], h, w)
+        boxes, at = _component_boxes(mgroups, winners & decided[:, None], h, w)
     return boxes, np.searchsorted(levels, at), np.flatnonzero(~decided[levels])
 
 
@@ -674,7 +684,7 @@ def blob_maps(n_maps: int, size: int | tuple[int, int] = 224, seed: int = 0):
 
 
 def bench_wsol_eval(n_maps: int = 16, size: int = 224, intervals: Sequence[float] = (0.01, 0.001),
-                    seed: int = 0, repeats: int = 1, reference=None) -> list[dict]:
+                    seed: int = 0, repeats: int = 1, reference=None, timer=time.perf_counter) -> list[dict]:
     """maps/s of :func:`max_box_acc` and of the reference path (``iou.max_box_acc`` under
     ``protocol="wsolevaluation"``: cv2 per map and threshold) on the same :func:`blob_maps`,
     for each interval and both contour settings, each the best of ``repeats`` timed runs (the
@@ -682,8 +692,10 @@ def bench_wsol_eval(n_maps: int = 16, size: int = 224, intervals: Sequence[float
     equal to the reference's.
 
     reference: a callable like ``iou.max_box_acc`` without the protocol argument; by default
-    ``iou``'s (imported here, so that camlab itself never needs it). -> one dict per (interval,
-    multi_contour): n_maps, size, both paths' maps/s, their ratio and the MaxBoxAccV2."""
+    ``iou``'s (imported here, so that camlab itself never needs it). timer: wall clock by
+    default; ``time.process_time`` counts this process's CPU time only (steadier on a shared
+    machine). -> one dict per (interval, multi_contour): n_maps, size, both paths' maps/s,
+    their ratio and the MaxBoxAccV2."""
     if reference is None:
         import iou  # the repository's module; not a dependency of camlab
 
@@ -695,12 +707,12 @@ def bench_wsol_eval(n_maps: int = 16, size: int = 224, intervals: Sequence[float
         for multi in (True, False):
             fast_s = ref_s = float("inf")
             for _ in range(max(1, repeats)):
-                start = time.perf_counter()
+                start = timer()
                 fast = max_box_acc(cams, gts, multi_contour=multi, interval=interval)
-                fast_s = min(fast_s, time.perf_counter() - start)
-                start = time.perf_counter()
+                fast_s = min(fast_s, timer() - start)
+                start = timer()
                 ref = reference(cams, gts, multi_contour=multi, interval=interval)
-                ref_s = min(ref_s, time.perf_counter() - start)
+                ref_s = min(ref_s, timer() - start)
                 if fast != ref:
                     raise AssertionError(f"boxeval and the reference disagree: {fast} != {ref}")
             rows.append({"interval": interval, "multi_contour": multi, "n_maps": n_maps, "size": size,
@@ -719,8 +731,10 @@ if __name__ == "__main__":
     parser.add_argument("--n_maps", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cpu", action="store_true", help="time CPU time (process_time), not the wall clock")
     args = parser.parse_args()
-    for row in bench_wsol_eval(args.n_maps, args.size, repeats=args.repeats):
+    timer = time.process_time if args.cpu else time.perf_counter
+    for row in bench_wsol_eval(args.n_maps, args.size, repeats=args.repeats, timer=timer):
         print(f"interval {row['interval']:<6} multi_contour {row['multi_contour']!s:<5}  "
               f"boxeval {row['fast_maps_per_s']:8.1f} maps/s  reference {row['reference_maps_per_s']:6.1f} maps/s  "
               f"x{row['ratio']:.1f}  MaxBoxAccV2 {row['max_box_acc_v2']:.4f}")

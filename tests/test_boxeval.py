@@ -201,7 +201,9 @@ def _boxes(rng, shape, n):
 def test_random_maps_equal_the_reference(shape) -> None:
     rng = np.random.default_rng(sum(shape))
     for kind, cam in _maps(rng, shape).items():
-        assert_same(cam, _boxes(rng, shape, int(rng.integers(1, 4))))
+        # the reference's findContours is slow on noise: its 1,000 thresholds on small maps only
+        grids = GRIDS[:1] if kind in ("noise", "few_levels") and cam.size > 1000 else GRIDS
+        assert_same(cam, _boxes(rng, shape, int(rng.integers(1, 4))), grids)
 
 
 def test_224_maps_equal_the_reference() -> None:
