@@ -68,7 +68,7 @@ from camlab.utils import CamlabError
 
 BOX_IOU_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)  # the δ of MaxBoxAccV2 (Choe et al.)
 CAM_CURVE_INTERVAL = 0.01  # CAM thresholds: arange(0, 1, interval)
-MAX_BASINS = 192  # more regional maxima than this: the map is evaluated with cv2, level by level
+MAX_BASINS = 254  # more regional maxima than this: the map is evaluated with cv2, level by level
 _NLEV = 256  # levels L = 0 .. 255 of uint8 scores (a level at or above the max keeps nothing)
 
 
@@ -126,8 +126,8 @@ def _cv2_boxes(scores: np.ndarray, level: int, multi_contour: bool) -> np.ndarra
 
 
 # -------------------------------------------------------------------- the fast path, per map
-_NONE = 255  # the uint8 label of pixels in no basin (MAX_BASINS < 255)
-_RAW_BASINS = 1 << 14  # more roots than this before folding plateaus: noise, left to cv2
+_NONE = 255  # the uint8 label of pixels in no basin (MAX_BASINS <= 254)
+_RAW_BASINS = 8 * MAX_BASINS  # more roots than this before folding plateaus: noise, left to cv2 at once
 _MAX_PIXELS = 1 << 22  # float32 histogram counts (4 per pixel at most) stay exact below 2**24
 _3X3 = np.ones((3, 3), np.uint8)
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))

@@ -255,6 +255,49 @@ def test_smooth_maps_never_need_cv2(monkeypatch) -> None:
     assert calls == []
 
 
+@pytest.mark.parametrize("limit", [1, 2, 4])
+def test_maps_past_the_basin_limit_fall_back_to_cv2_exactly(monkeypatch, limit) -> None:
+    """With few basins allowed, the map's tree, the background's tree (holes) or the filled
+    map's tree is refused in turn; the levels it would decide go to cv2, with equal results."""
+    monkeypatch.setattr(boxeval, "MAX_BASINS", limit)
+    rng = np.random.default_rng(limit)
+    maps = list(iou.wsol_scoremaps(rng.normal(size=(4, 4, 4)).astype(np.float32), (30, 40)))
+    for x in (2, 6):  # a ring (one maximum) around a hole, on a plateau, and a lower square
+        ring = np.full((30, 40), 0.4)
+        ring[5:20, x:x + 15] = 1.0
+        ring[8:17, x + 3:x + 12] = 0.2
+        ring[22:27, 30:36] = 0.6
+        if x == 6:  # two holes, of different depths: three background maxima
+            ring[8:17, x + 6:x + 8] = 1.0
+            ring[8:17, x + 3:x + 6] = 0.1
+        maps.append(ring)
+    for cam in maps:
+        assert_same(cam, _boxes(rng, cam.shape, 2))
+
+
+def test_a_refused_filled_map_tree_falls_back_to_cv2_exactly(monkeypatch) -> None:
+    """The largest-contour mode with holes builds a third tree, of the hole-filled map; when
+    that one is refused, the levels with holes go to cv2."""
+    real_tree, real_fast = boxeval._tree, boxeval._fast_table
+    seen = []
+
+    def fast(*args):
+        seen.clear()
+        return real_fast(*args)
+
+    def tree(m, lmin, eight):
+        seen.append(eight)
+        return None if seen.count(True) == 2 else real_tree(m, lmin, eight)
+
+    monkeypatch.setattr(boxeval, "_fast_table", fast)
+    monkeypatch.setattr(boxeval, "_tree", tree)
+    cam = np.ones((9, 9))
+    cam[3:6, 3:6] = 0.2
+    cam[0, 0] = 0.5
+    assert_same(cam, [(2, 2, 7, 7)])
+    assert_same(cam, [(0, 0, 8, 8)])
+
+
 def test_bench_reports_both_paths() -> None:
     rows = boxeval.bench_wsol_eval(n_maps=2, size=24, intervals=(0.01,))
     assert [(r["interval"], r["multi_contour"]) for r in rows] == [(0.01, True), (0.01, False)]
