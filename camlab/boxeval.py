@@ -395,7 +395,7 @@ def _groups(tree: _Tree, m: np.ndarray) -> _Groups:
 
 
 def _windows(m: np.ndarray):
-    """The two smallest values a <= b of every 2×2 window, and its top-left pixel's views."""
+    """The two smallest values a <= b of every 2×2 window ((H-1)×(W-1) each)."""
     p0, p1, p2, p3 = m[:-1, :-1], m[:-1, 1:], m[1:, :-1], m[1:, 1:]
     m1, m2 = np.minimum(p0, p1), np.minimum(p2, p3)
     return np.minimum(m1, m2), np.minimum(np.maximum(m1, m2), np.minimum(np.maximum(p0, p1), np.maximum(p2, p3)))
