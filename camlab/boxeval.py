@@ -605,7 +605,7 @@ def _quantised(cam: np.ndarray) -> np.ndarray:
     if not np.isfinite(cam).all():
         raise CamlabError("the CAM holds NaN or infinite values; min-max normalise it to [0, 1] "
                           "first (model.minmax)")
-    return (cam * 255).astype(np.uint8)
+    return np.ascontiguousarray((cam * 255).astype(np.uint8))
 
 
 # --------------------------------------------------------------------------- public API
@@ -652,7 +652,7 @@ def max_box_acc(cams: np.ndarray, gt_boxes: Sequence[Sequence[Sequence[int]]],
                           "items (need as many of each, and at least one)")
     thresholds = np.arange(0, 1, interval)
     gts = [_gt_array(b) for b in gt_boxes]
-    scores = (cams * 255).astype(np.uint8)  # as each map alone: the same element-wise products
+    scores = np.ascontiguousarray((cams * 255).astype(np.uint8))  # as each map alone: the same products
     ious = np.stack([_map_ious(s, g, thresholds, multi_contour) for s, g in zip(scores, gts)])
     acc: dict[float | str, float] = {d: float((ious >= d).mean(axis=0).max()) for d in iou_thresholds}
     acc["mean"] = float(np.mean(list(acc.values())))
