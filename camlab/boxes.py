@@ -13,6 +13,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from camlab import boxeval
 from camlab.metrics import CAM_CURVE_INTERVAL, as_batch, as_bool, check_count, check_interval, check_unit_range
 from camlab.utils import CamlabError
 
@@ -222,9 +223,13 @@ def _threshold_ious(cam: np.ndarray, gt_boxes: Sequence[Sequence[int]], threshol
                      for tau in thresholds])
 
 
+EVALUATORS = ("fast", "reference")  # max_box_acc's paths: camlab.boxeval's, or cv2 per map and threshold
+
+
 def max_box_acc(cams: np.ndarray, gt_boxes: Sequence[Sequence[Sequence[int]]],
                 iou_thresholds: Sequence[float] = BOX_IOU_THRESHOLDS, multi_contour: bool = True,
-                interval: float = CAM_CURVE_INTERVAL, protocol: str = DEFAULT_PROTOCOL) -> dict[float | str, float]:
+                interval: float = CAM_CURVE_INTERVAL, protocol: str = DEFAULT_PROTOCOL,
+                evaluator: str = "fast") -> dict[float | str, float]:
     """MaxBoxAcc per IoU threshold δ and their mean, MaxBoxAccV2 (Choe et al., CVPR 2020), as
     ``BoxEvaluator`` of clovaai/wsolevaluation (evaluation.py) defines them, as fractions:
 
@@ -238,18 +243,57 @@ def max_box_acc(cams: np.ndarray, gt_boxes: Sequence[Sequence[Sequence[int]]],
 
     cams: float N×H×W in [0, 1]; gt_boxes: per image, a list of boxes (x0, y0, x1, y1) in the
     protocol's convention (see :func:`mask_box`); an image without boxes never counts as right.
-    Returns {δ: MaxBoxAcc(δ), ..., "mean": ..}.
+    ``evaluator``: ``fast`` (``camlab.boxeval``: one pass per map, whatever the number of
+    thresholds; the wsolevaluation protocol) or ``reference`` (cv2 per map and threshold, as
+    wsolevaluation runs it; the only path for the ``camlab`` protocol). Both give the same
+    numbers, exactly. Returns {δ: MaxBoxAcc(δ), ..., "mean": ..}.
     """
     check_interval("max_box_acc", interval)
     cams = as_batch(check_unit_range(cams))
     if cams.ndim != 3 or 0 in cams.shape[1:]:
         raise CamlabError(f"max_box_acc: CAMs must be non-empty H×W or N×H×W maps, got shape {cams.shape}")
     check_count("max_box_acc: CAMs and ground-truth box lists", len(cams), len(gt_boxes))
-    thresholds, rule = np.arange(0, 1, interval), get_protocol(protocol)
-    ious = np.stack([_threshold_ious(c, b, thresholds, multi_contour, rule) for c, b in zip(cams, gt_boxes)])
-    acc: dict[float | str, float] = {d: float((ious >= d).mean(axis=0).max()) for d in iou_thresholds}
-    acc["mean"] = float(np.mean(list(acc.values())))
-    return acc
+    meter = BoxAccuracy(iou_thresholds, multi_contour, interval, protocol, evaluator)
+    for cam, boxes in zip(cams, gt_boxes):
+        meter.update(cam, boxes)
+    return meter.compute()
+
+
+class BoxAccuracy:
+    """:func:`max_box_acc` as an accumulator: ``update(cam, gt_boxes)`` one map at a time (a map
+    is read, scored and dropped, so a split of any size needs the memory of one map), then
+    ``compute()``. It keeps, per CAM threshold and IoU threshold δ, how many maps had a box right."""
+
+    def __init__(self, iou_thresholds: Sequence[float] = BOX_IOU_THRESHOLDS, multi_contour: bool = True,
+                 interval: float = CAM_CURVE_INTERVAL, protocol: str = DEFAULT_PROTOCOL,
+                 evaluator: str = "fast") -> None:
+        check_interval("max_box_acc", interval)
+        if evaluator not in EVALUATORS:
+            raise CamlabError(f"max_box_acc: evaluator must be one of {', '.join(EVALUATORS)}, got {evaluator!r}")
+        self.rule, self.thresholds = get_protocol(protocol), np.arange(0, 1, interval)
+        self.fast = evaluator == "fast" and self.rule.name == "wsolevaluation"
+        self.iou_thresholds, self.multi_contour = tuple(iou_thresholds), multi_contour
+        self.hits = np.zeros((len(self.iou_thresholds), len(self.thresholds)), np.int64)
+        self.count = 0
+
+    def best_ious(self, cam: np.ndarray, gt_boxes: Sequence[Sequence[int]]) -> np.ndarray:
+        """Best IoU of the map's boxes with its ground-truth boxes at each CAM threshold -> float64 T."""
+        if self.fast:
+            return boxeval.threshold_best_ious(cam, gt_boxes, self.thresholds, self.multi_contour)
+        return _threshold_ious(cam, gt_boxes, self.thresholds, self.multi_contour, self.rule)
+
+    def update(self, cam: np.ndarray, gt_boxes: Sequence[Sequence[int]]) -> None:
+        ious = self.best_ious(cam, gt_boxes)
+        self.hits += ious[None, :] >= np.asarray(self.iou_thresholds)[:, None]
+        self.count += 1
+
+    def compute(self) -> dict[float | str, float]:
+        if not self.count:
+            raise CamlabError("max_box_acc: no map was scored")
+        acc: dict[float | str, float] = {d: float((self.hits[i] / self.count).max())
+                                         for i, d in enumerate(self.iou_thresholds)}
+        acc["mean"] = float(np.mean(list(acc.values())))
+        return acc
 
 
 def localization_accuracy(cams: np.ndarray, pred_classes: Sequence[int] | np.ndarray,

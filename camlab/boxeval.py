@@ -1,8 +1,10 @@
-"""Exact WSOL box evaluation (MaxBoxAcc, MaxBoxAccV2) at a cost that does not grow with the
-number of CAM thresholds.
+"""Exact WSOL box evaluation at a cost that does not grow with the number of CAM thresholds: every map's best box IoU at every threshold, as wsolevaluation's BoxEvaluator finds it, from one pass over its pixels.
+
+``camlab.boxes.max_box_acc`` runs it for the wsolevaluation protocol (and keeps the per-threshold
+cv2 path as ``evaluator="reference"``).
 
 What it computes is exactly what clovaai/wsolevaluation's ``BoxEvaluator`` (evaluation.py)
-computes, and what ``iou.max_box_acc(..., protocol="wsolevaluation")`` computes by running
+computes, and what the reference path (``camlab.boxes.max_box_acc(..., evaluator="reference")``) computes by running
 ``cv2.threshold`` and ``cv2.findContours`` once per map and threshold: every per-threshold best
 IoU is the same float64, so every MaxBoxAcc is the same number.
 
@@ -58,16 +60,14 @@ distinct level rather than once per threshold.
 """
 from __future__ import annotations
 
-import time
 from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
 
+from camlab.metrics import check_unit_range
 from camlab.utils import CamlabError
 
-BOX_IOU_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)  # the δ of MaxBoxAccV2 (Choe et al.)
-CAM_CURVE_INTERVAL = 0.01  # CAM thresholds: arange(0, 1, interval)
 MAX_BASINS = 254  # more regional maxima than this: the map is evaluated with cv2, level by level
 _NLEV = 256  # levels L = 0 .. 255 of uint8 scores (a level at or above the max keeps nothing)
 
@@ -75,19 +75,12 @@ _NLEV = 256  # levels L = 0 .. 255 of uint8 scores (a level at or above the max 
 # ------------------------------------------------------------------------- input checks
 def _check_maps(cams: np.ndarray, what: str) -> np.ndarray:
     """Maps as given (bool as float32), refusing NaN, infinities and values outside [0, 1]."""
-    cams = np.asarray(cams)
-    cams = cams.astype(np.float32) if cams.dtype == np.bool_ else cams
-    if cams.size and not np.isfinite(cams).all():
-        raise CamlabError(f"{what}: the CAMs hold NaN or infinite values; min-max normalise them "
-                          "to [0, 1] first (model.minmax)")
-    if cams.size and not (cams.min() >= 0 and cams.max() <= 1):
-        raise CamlabError("CAMs must be min-max normalised to [0, 1] first (model.minmax)")
-    return cams
+    return check_unit_range(cams, f"{what}: the CAMs")
 
 
 def _gt_array(boxes: np.ndarray | Sequence) -> np.ndarray:
     """Ground-truth boxes as float64 G×4, fractions truncated, with the checks and messages of
-    ``iou._as_boxes`` and ``iou._box_ious``."""
+    ``camlab.boxes._as_boxes`` and ``_box_ious``."""
     try:
         array = np.asarray(boxes, dtype=np.float64)
     except (TypeError, ValueError):
@@ -568,7 +561,7 @@ def _table(scores: np.ndarray, levels: np.ndarray, multi_contour: bool):
 
 def _best_ious(boxes: np.ndarray, owner: np.ndarray, n: int, gt: np.ndarray) -> np.ndarray:
     """Per owner (0 .. n-1) the best IoU of its boxes with the ground-truth boxes, computed as
-    ``iou._box_ious`` does (float64, inclusive areas); 0.0 without ground truth."""
+    ``camlab.boxes._box_ious`` does (float64, inclusive areas); 0.0 without ground truth."""
     if not len(gt):
         return np.zeros(n)
     a = boxes.astype(np.float64)[:, None, :]
@@ -611,8 +604,8 @@ def _quantised(cam: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- public API
 def threshold_boxes_all(cam: np.ndarray, thresholds: np.ndarray, multi_contour: bool) -> list[np.ndarray]:
     """The wsolevaluation boxes (K×4 int64, in no particular order) of one map at each CAM
-    threshold: the same set as ``iou.threshold_boxes(cam, τ, multi_contour,
-    iou.PROTOCOLS["wsolevaluation"])`` gives, τ by τ."""
+    threshold: the same set as ````camlab.boxes.threshold_boxes`` (the wsolevaluation
+    protocol)`` gives, τ by τ."""
     scores = _quantised(cam)
     levels, where = _distinct(_levels(thresholds, scores.max()))
     boxes, owner = _table(scores, levels, multi_contour)
@@ -625,116 +618,8 @@ def threshold_boxes_all(cam: np.ndarray, thresholds: np.ndarray, multi_contour: 
 
 def threshold_best_ious(cam: np.ndarray, gt_boxes, thresholds: np.ndarray, multi_contour: bool) -> np.ndarray:
     """Best IoU of the map's boxes with its ground-truth boxes at each CAM threshold -> float64 T,
-    exactly ``iou._threshold_ious(cam, gt_boxes, thresholds, multi_contour,
-    iou.PROTOCOLS["wsolevaluation"])``, at the cost of at most 256 distinct levels. 0.0 at every
+    exactly ``camlab.boxes' reference ``_threshold_ious`` under the
+    wsolevaluation protocol``, at the cost of at most 256 distinct levels. 0.0 at every
     threshold when ``gt_boxes`` is empty."""
     gt = _gt_array(gt_boxes)
     return _map_ious(_quantised(cam), gt, thresholds, multi_contour)
-
-
-def max_box_acc(cams: np.ndarray, gt_boxes: Sequence[Sequence[Sequence[int]]],
-                iou_thresholds: Sequence[float] = BOX_IOU_THRESHOLDS, multi_contour: bool = True,
-                interval: float = CAM_CURVE_INTERVAL) -> dict[float | str, float]:
-    """MaxBoxAcc per IoU threshold δ and their mean (MaxBoxAccV2), as fractions, equal to
-    ``iou.max_box_acc(cams, gt_boxes, iou_thresholds, multi_contour, interval,
-    protocol="wsolevaluation")``: τ over arange(0, 1, interval), one τ for the whole set chosen
-    per δ. cams: float N×H×W (or H×W) in [0, 1]; gt_boxes: per image a list of boxes
-    (x0, y0, x1, y1) with wsolevaluation's ends (``iou.mask_box``); an image without boxes
-    never counts as right. Returns {δ: MaxBoxAcc(δ), ..., "mean": ...}."""
-    if not 0 < interval <= 1:  # also refuses NaN
-        raise CamlabError(f"max_box_acc: interval must lie in (0, 1], got {interval}")
-    cams = _check_maps(cams, "max_box_acc")
-    cams = cams[None] if cams.ndim == 2 else cams
-    if cams.ndim != 3 or 0 in cams.shape[1:]:
-        raise CamlabError(f"max_box_acc: CAMs must be non-empty H×W or N×H×W maps, got shape {cams.shape}")
-    if len(cams) != len(gt_boxes) or not len(cams):
-        raise CamlabError(f"max_box_acc: CAMs and ground-truth box lists: got {len(cams)}, {len(gt_boxes)} "
-                          "items (need as many of each, and at least one)")
-    thresholds = np.arange(0, 1, interval)
-    gts = [_gt_array(b) for b in gt_boxes]
-    scores = np.ascontiguousarray((cams * 255).astype(np.uint8))  # as each map alone: the same products
-    ious = np.stack([_map_ious(s, g, thresholds, multi_contour) for s, g in zip(scores, gts)])
-    acc: dict[float | str, float] = {d: float((ious >= d).mean(axis=0).max()) for d in iou_thresholds}
-    acc["mean"] = float(np.mean(list(acc.values())))
-    return acc
-
-
-# ------------------------------------------------------------------------------ benchmark
-def blob_maps(n_maps: int, size: int | tuple[int, int] = 224, seed: int = 0):
-    """Smooth CAM-like maps and their ground truth: each map the sum of 1-3 anisotropic
-    Gaussian blobs of random place, spread and weight, min-max normalised (float32 H×W in
-    [0, 1]); its boxes those of 1-3 of its blobs (centre ± 1.5 spreads, clipped to the image).
-    -> (float32 N×H×W, per map a list of boxes)."""
-    rng = np.random.default_rng(seed)
-    h, w = (size, size) if np.isscalar(size) else size
-    yy, xx = np.mgrid[:h, :w]
-    cams, gts = np.zeros((n_maps, h, w), np.float32), []
-    for i in range(n_maps):
-        m, boxes = np.zeros((h, w)), []
-        for _ in range(int(rng.integers(1, 4))):
-            cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-            sx, sy = rng.uniform(w / 16, w / 4), rng.uniform(h / 16, h / 4)
-            m += rng.uniform(0.3, 1) * np.exp(-((xx - cx) ** 2 / (2 * sx ** 2) + (yy - cy) ** 2 / (2 * sy ** 2)))
-            boxes.append((int(max(0, cx - 1.5 * sx)), int(max(0, cy - 1.5 * sy)),
-                          int(min(w - 1, cx + 1.5 * sx)), int(min(h - 1, cy + 1.5 * sy))))
-        m -= m.min()
-        cams[i] = m / m.max() if m.max() > 0 else m
-        gts.append(boxes[:int(rng.integers(1, len(boxes) + 1))])
-    return cams, gts
-
-
-def bench_wsol_eval(n_maps: int = 16, size: int = 224, intervals: Sequence[float] = (0.01, 0.001),
-                    seed: int = 0, repeats: int = 1, reference=None, timer=time.perf_counter) -> list[dict]:
-    """maps/s of :func:`max_box_acc` and of the reference path (``iou.max_box_acc`` under
-    ``protocol="wsolevaluation"``: cv2 per map and threshold) on the same :func:`blob_maps`,
-    for each interval and both contour settings, each the best of ``repeats`` timed runs (the
-    two paths alternate, so that a busy machine slows both alike); every result is checked
-    equal to the reference's.
-
-    reference: a callable like ``iou.max_box_acc`` without the protocol argument; by default
-    ``iou``'s (imported here, so that camlab itself never needs it). timer: wall clock by
-    default; ``time.process_time`` counts this process's CPU time only (steadier on a shared
-    machine). -> one dict per (interval, multi_contour): n_maps, size, both paths' maps/s,
-    their ratio and the MaxBoxAccV2."""
-    if reference is None:
-        import iou  # the repository's module; not a dependency of camlab
-
-        def reference(*args, **kwargs):
-            return iou.max_box_acc(*args, protocol="wsolevaluation", **kwargs)
-    cams, gts = blob_maps(n_maps, size, seed)
-    rows = []
-    for interval in intervals:
-        for multi in (True, False):
-            fast_s = ref_s = float("inf")
-            for _ in range(max(1, repeats)):
-                start = timer()
-                fast = max_box_acc(cams, gts, multi_contour=multi, interval=interval)
-                fast_s = min(fast_s, timer() - start)
-                start = timer()
-                ref = reference(cams, gts, multi_contour=multi, interval=interval)
-                ref_s = min(ref_s, timer() - start)
-                if fast != ref:
-                    raise AssertionError(f"boxeval and the reference disagree: {fast} != {ref}")
-            rows.append({"interval": interval, "multi_contour": multi, "n_maps": n_maps, "size": size,
-                         "fast_maps_per_s": n_maps / fast_s, "reference_maps_per_s": n_maps / ref_s,
-                         "ratio": ref_s / fast_s, "max_box_acc_v2": fast["mean"]})
-    return rows
-
-
-if __name__ == "__main__":
-    import argparse
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for iou
-    parser = argparse.ArgumentParser(description="boxeval against the per-threshold cv2 path")
-    parser.add_argument("--n_maps", type=int, default=16)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cpu", action="store_true", help="time CPU time (process_time), not the wall clock")
-    args = parser.parse_args()
-    timer = time.process_time if args.cpu else time.perf_counter
-    for row in bench_wsol_eval(args.n_maps, args.size, repeats=args.repeats, timer=timer):
-        print(f"interval {row['interval']:<6} multi_contour {row['multi_contour']!s:<5}  "
-              f"boxeval {row['fast_maps_per_s']:8.1f} maps/s  reference {row['reference_maps_per_s']:6.1f} maps/s  "
-              f"x{row['ratio']:.1f}  MaxBoxAccV2 {row['max_box_acc_v2']:.4f}")

@@ -56,12 +56,19 @@ def as_batch(masks: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- CAMs to masks
-def check_unit_range(cams: np.ndarray) -> np.ndarray:
-    """Float CAMs in [0, 1] (bool maps read as 0 and 1)."""
+def check_unit_range(cams: np.ndarray, what: str = "the maps") -> np.ndarray:
+    """Float CAMs in [0, 1] (bool maps read as 0 and 1); NaN, infinities and values outside
+    [0, 1] are a one-line CamlabError saying which (``what`` names the maps)."""
     cams = np.asarray(cams)
     cams = cams.astype(np.float32) if cams.dtype == np.bool_ else cams
-    if cams.size and not (np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1):
-        raise CamlabError("CAMs must be min-max normalised to [0, 1] first (model.minmax)")
+    if not cams.size:
+        return cams
+    if not np.isfinite(cams).all():
+        bad = "NaN" if np.isnan(cams).any() else "infinite values"
+        raise CamlabError(f"{what} hold {bad}: a score map must be finite, in [0, 1]")
+    if not (cams.min() >= 0 and cams.max() <= 1):
+        raise CamlabError(f"{what} must lie in [0, 1] (min-max normalise them first), "
+                          f"found values from {float(cams.min()):.4g} to {float(cams.max()):.4g}")
     return cams
 
 

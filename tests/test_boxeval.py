@@ -1,20 +1,21 @@
 """camlab.boxeval: the level-collapsed WSOL box evaluator gives exactly (==) the per-threshold
-best IoUs and MaxBoxAcc values of iou's wsolevaluation path (cv2 per map and threshold)."""
+best IoUs and MaxBoxAcc values of the reference path (camlab.boxes under the wsolevaluation
+protocol, cv2 per map and threshold)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-import iou
-from camlab import boxeval
+from camlab import boxeval, boxes
+from research.evalbench import bench_wsol_eval, blob_maps
 from camlab.utils import CamlabError
 
-WSOL = iou.PROTOCOLS["wsolevaluation"]
+WSOL = boxes.PROTOCOLS["wsolevaluation"]
 GRIDS = (np.arange(0, 1, 0.01), np.arange(0, 1, 0.001))
 
 
 def reference_ious(cam, gt, thresholds, multi):
-    return iou._threshold_ious(cam, gt, thresholds, multi, WSOL)
+    return boxes._threshold_ious(cam, gt, thresholds, multi, WSOL)
 
 
 def assert_same(cam, gt, grids=GRIDS) -> None:
@@ -32,7 +33,7 @@ def boxes_at(cam, tau, multi):
 
 
 def reference_boxes(cam, tau, multi):
-    return sorted(map(tuple, iou.threshold_boxes(cam, tau, multi, WSOL).tolist()))
+    return sorted(map(tuple, boxes.threshold_boxes(cam, tau, multi, WSOL).tolist()))
 
 
 # ---------------------------------------------------------------------------- hand cases
@@ -141,17 +142,17 @@ def test_nan_and_bad_inputs_are_refused() -> None:
     cam = np.zeros((4, 4))
     cam[1, 1] = np.nan
     with pytest.raises(CamlabError, match="NaN"):
-        boxeval.max_box_acc(cam[None], [[(0, 0, 1, 1)]])
+        boxes.max_box_acc(cam[None], [[(0, 0, 1, 1)]])
     with pytest.raises(CamlabError, match="NaN"):
         boxeval.threshold_best_ious(cam, [(0, 0, 1, 1)], GRIDS[0], True)
     with pytest.raises(CamlabError, match=r"\[0, 1\]"):
-        boxeval.max_box_acc(np.full((1, 4, 4), 1.5), [[(0, 0, 1, 1)]])
+        boxes.max_box_acc(np.full((1, 4, 4), 1.5), [[(0, 0, 1, 1)]])
     with pytest.raises(CamlabError, match="interval"):
-        boxeval.max_box_acc(np.zeros((1, 4, 4)), [[(0, 0, 1, 1)]], interval=0)
+        boxes.max_box_acc(np.zeros((1, 4, 4)), [[(0, 0, 1, 1)]], interval=0)
     with pytest.raises(CamlabError, match="as many"):
-        boxeval.max_box_acc(np.zeros((2, 4, 4)), [[(0, 0, 1, 1)]])
+        boxes.max_box_acc(np.zeros((2, 4, 4)), [[(0, 0, 1, 1)]])
     with pytest.raises(CamlabError, match="x0 <= x1"):
-        boxeval.max_box_acc(np.zeros((1, 4, 4)), [[(3, 0, 1, 1)]])
+        boxes.max_box_acc(np.zeros((1, 4, 4)), [[(3, 0, 1, 1)]])
     with pytest.raises(CamlabError, match="H×W"):
         boxeval.threshold_best_ious(np.zeros((2, 3, 3)), [(0, 0, 1, 1)], GRIDS[0], True)
 
@@ -160,11 +161,11 @@ def test_no_ground_truth_scores_zero_everywhere() -> None:
     cam = np.random.default_rng(0).random((6, 7))
     for multi in (True, False):
         assert boxeval.threshold_best_ious(cam, [], GRIDS[0], multi).tolist() == [0.0] * 100
-    assert boxeval.max_box_acc(cam[None], [[]]) == iou.max_box_acc(cam[None], [[]])
+    assert boxes.max_box_acc(cam[None], [[]]) == boxes.max_box_acc(cam[None], [[]], evaluator="reference")
 
 
 def test_thresholds_outside_0_1_and_in_float32() -> None:
-    cam = boxeval.blob_maps(1, (20, 30), seed=3)[0][0]
+    cam = blob_maps(1, (20, 30), seed=3)[0][0]
     gt = [(5, 5, 20, 15)]
     for thresholds in (np.array([-0.5, -1e-9, 0.0, 0.999999, 1.0, 1.7]), np.arange(0, 1, 0.01, dtype=np.float32),
                        [0.1, 0.25, 0.5]):
@@ -177,7 +178,7 @@ def test_thresholds_outside_0_1_and_in_float32() -> None:
 def _maps(rng, shape):
     h, w = shape
     yy, xx = np.mgrid[:h, :w]
-    blobs = boxeval.blob_maps(1, shape, seed=int(rng.integers(1 << 30)))[0][0]
+    blobs = blob_maps(1, shape, seed=int(rng.integers(1 << 30)))[0][0]
     rings = (np.cos(np.hypot(yy - rng.uniform(0, h), xx - rng.uniform(0, w)) / rng.uniform(0.8, 3)) + 1) / 2
     return {"blobs": blobs,
             "noise": rng.random(shape).astype(np.float32),
@@ -207,39 +208,39 @@ def test_random_maps_equal_the_reference(shape) -> None:
 
 
 def test_224_maps_equal_the_reference() -> None:
-    cams, gts = boxeval.blob_maps(3, 224, seed=7)
+    cams, gts = blob_maps(3, 224, seed=7)
     for cam, gt in zip(cams, gts):
         assert_same(cam, gt)
     stripes = _maps(np.random.default_rng(1), (224, 224))["stripes"]
     assert_same(stripes, [(10, 20, 120, 200)], grids=GRIDS[:1])
     # an upsampled low-resolution map, as wsolevaluation evaluates them: holes at many levels
-    lowres = iou.wsol_scoremaps(np.random.default_rng(2).normal(size=(1, 14, 14)).astype(np.float32), (224, 224))[0]
+    lowres = boxes.wsol_scoremaps(np.random.default_rng(2).normal(size=(1, 14, 14)).astype(np.float32), (224, 224))[0]
     assert_same(lowres, [(30, 40, 90, 120), (120, 10, 200, 60)])
 
 
 def test_boxes_per_threshold_equal_the_reference() -> None:
     rng = np.random.default_rng(5)
     thresholds = np.arange(0, 1, 0.01)
-    for cam in list(_maps(rng, (23, 31)).values()) + [boxeval.blob_maps(1, (40, 60), seed=2)[0][0]]:
+    for cam in list(_maps(rng, (23, 31)).values()) + [blob_maps(1, (40, 60), seed=2)[0][0]]:
         for multi in (True, False):
             got = boxeval.threshold_boxes_all(cam, thresholds, multi)
-            for tau, boxes in zip(thresholds, got):
-                assert sorted(map(tuple, boxes.tolist())) == reference_boxes(cam, tau, multi)
+            for tau, found in zip(thresholds, got):
+                assert sorted(map(tuple, found.tolist())) == reference_boxes(cam, tau, multi)
 
 
 @pytest.mark.parametrize("interval", [0.01, 0.001])
 def test_max_box_acc_equals_the_reference(interval) -> None:
-    cams, gts = boxeval.blob_maps(6, (37, 53), seed=11)
+    cams, gts = blob_maps(6, (37, 53), seed=11)
     rng = np.random.default_rng(0)
     noisy = np.clip(cams + rng.normal(0, 0.02, cams.shape), 0, 1).astype(np.float32)
     gts[1] = []  # an image without boxes never counts as right
     for maps in (cams, noisy) if interval < 0.01 else (cams, noisy, cams.astype(np.float64)):
         for multi in (True, False):
-            got = boxeval.max_box_acc(maps, gts, multi_contour=multi, interval=interval)
-            want = iou.max_box_acc(maps, gts, multi_contour=multi, interval=interval, protocol="wsolevaluation")
+            got = boxes.max_box_acc(maps, gts, multi_contour=multi, interval=interval)
+            want = boxes.max_box_acc(maps, gts, multi_contour=multi, interval=interval, evaluator="reference")
             assert got == want and list(got) == [0.3, 0.5, 0.7, "mean"]
-    one = boxeval.max_box_acc(cams[0], gts[:1], iou_thresholds=(0.25,), interval=interval)
-    assert one == iou.max_box_acc(cams[0], gts[:1], iou_thresholds=(0.25,), interval=interval)
+    one = boxes.max_box_acc(cams[0], gts[:1], iou_thresholds=(0.25,), interval=interval)
+    assert one == boxes.max_box_acc(cams[0], gts[:1], iou_thresholds=(0.25,), interval=interval, evaluator="reference")
 
 
 def test_smooth_maps_never_need_cv2(monkeypatch) -> None:
@@ -248,9 +249,9 @@ def test_smooth_maps_never_need_cv2(monkeypatch) -> None:
     calls = []
     real = boxeval._cv2_boxes
     monkeypatch.setattr(boxeval, "_cv2_boxes", lambda *a: calls.append(a[1]) or real(*a))
-    cams, gts = boxeval.blob_maps(6, 96, seed=1)
+    cams, gts = blob_maps(6, 96, seed=1)
     rng = np.random.default_rng(0)
-    lowres = iou.wsol_scoremaps(rng.normal(size=(4, 7, 7)).astype(np.float32), (96, 96))
+    lowres = boxes.wsol_scoremaps(rng.normal(size=(4, 7, 7)).astype(np.float32), (96, 96))
     for multi in (True, False):
         for cam, gt in zip(list(cams) + list(lowres), gts + gts[:4]):
             got = boxeval.threshold_best_ious(cam, gt, GRIDS[1], multi)
@@ -264,7 +265,7 @@ def test_maps_past_the_basin_limit_fall_back_to_cv2_exactly(monkeypatch, limit) 
     map's tree is refused in turn; the levels it would decide go to cv2, with equal results."""
     monkeypatch.setattr(boxeval, "MAX_BASINS", limit)
     rng = np.random.default_rng(limit)
-    maps = list(iou.wsol_scoremaps(rng.normal(size=(4, 4, 4)).astype(np.float32), (30, 40)))
+    maps = list(boxes.wsol_scoremaps(rng.normal(size=(4, 4, 4)).astype(np.float32), (30, 40)))
     for x in (2, 6):  # a ring (one maximum) around a hole, on a plateau, and a lower square
         ring = np.full((30, 40), 0.4)
         ring[5:20, x:x + 15] = 1.0
@@ -302,6 +303,6 @@ def test_a_refused_filled_map_tree_falls_back_to_cv2_exactly(monkeypatch) -> Non
 
 
 def test_bench_reports_both_paths() -> None:
-    rows = boxeval.bench_wsol_eval(n_maps=2, size=24, intervals=(0.01,))
+    rows = bench_wsol_eval(n_maps=2, size=24, intervals=(0.01,))
     assert [(r["interval"], r["multi_contour"]) for r in rows] == [(0.01, True), (0.01, False)]
     assert all(r["fast_maps_per_s"] > 0 and r["reference_maps_per_s"] > 0 and r["ratio"] > 0 for r in rows)

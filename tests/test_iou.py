@@ -100,8 +100,11 @@ def test_threshold_boundary_counts_as_foreground() -> None:
 
 
 def test_threshold_refuses_unnormalised_cams() -> None:
-    with pytest.raises(CamlabError, match="model.minmax"):
+    with pytest.raises(CamlabError, match=r"must lie in \[0, 1\] \(min-max normalise them first\), found values "
+                                          r"from 0 to 2$"):
         threshold_masks(np.array([[0.0, 2.0]]), 0.5)
+    with pytest.raises(CamlabError, match="hold NaN"):
+        threshold_masks(np.array([[0.0, np.nan]]), 0.5)
 
 
 # ------------------------------------------------------------- iou_curve, choose_threshold
