@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="untimed batches per pipeline (0: default)")
     p.add_argument("--rounds", type=int, default=0,
                    help="timed epochs per pipeline, interleaved with the others'; the best counts (0: default)")
+    p.add_argument("--wsol_maps", type=int, default=0,
+                   help="maps per round of the wsol_eval task (0: default, 32; --quick 8)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -85,7 +87,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     return BenchSettings(device=args.device, img_size=args.img_size, batch_size=args.batch_size,
                          workers=args.workers, n_train=args.n_train, n_infer=args.n_infer,
                          warmup_batches=args.warmup_batches, rounds=args.rounds, quick=args.quick,
-                         tasks=tuple(dict.fromkeys(args.tasks)), compile=args.compile,
+                         tasks=tuple(dict.fromkeys(args.tasks)), compile=args.compile, wsol_maps=args.wsol_maps,
                          peak_gflops=args.peak_gflops, data_root=args.data_root, seed=args.seed)
 
 

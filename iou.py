@@ -36,12 +36,13 @@ import numpy as np
 import model
 import train
 import visualize
-from camlab import tables
+from camlab import formats, scoremaps, tables
 from camlab.boxes import DEFAULT_PROTOCOL, PROTOCOLS
 from camlab.crf import CRF_VARIANTS
 from camlab.extractors import DEFAULT_EXTRACTOR, EXTRACTORS
 from camlab.images import read_mask, read_mask_dir
 from camlab.metrics import THRESHOLD_GRID, as_bool, batch_iou
+from camlab.scoremaps import WSOL_INTERVAL
 from camlab.utils import (DEFAULT_DATA_ROOT, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, REPORT_DIR, VISUALIZE_DIR,
                           CamlabError, OneLineParser, SEED_MAX, atomic_write_text, check_range, run_cli)
 from research import comparisons
@@ -231,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--extractor", default=DEFAULT_EXTRACTOR, choices=list(EXTRACTORS),
                         help="with --wsol: the map every measure reads: camlab's CAM, or one of torchcam's "
                              "gradient- and score-based extractors")
+    parser.add_argument("--cam_curve_interval", type=float, default=WSOL_INTERVAL,
+                        help="the CAM threshold step of PxAP and MaxBoxAcc (--wsol, --methods, --extractors, --sweep, "
+                             "--scoremaps): arange(0, 1, step), wsolevaluation's default")
+    maps = parser.add_argument_group("score maps that any method brings (with --wsol; wsolevaluation's evaluation.py)")
+    maps.add_argument("--scoremaps", type=Path, default=None, metavar="DIR",
+                      help="score DIR/<image_id>.npy (one float map in [0, 1] per image, as wsolevaluation's "
+                           "inference.py writes them) against --metadata -> report/scoremaps.{json,md}")
+    maps.add_argument("--metadata", type=Path, default=None,
+                      help="the metadata folder of one dataset (wsolevaluation/metadata/CUB, ILSVRC or OpenImages)")
+    maps.add_argument("--split", default="test", choices=("val", "test"), help="the split the maps are of")
+    maps.add_argument("--pred", type=Path, default=None,
+                      help="<image id>,<predicted class> per line: adds top-1 localisation")
     ab = parser.add_argument_group("comparisons (train, or reuse finished runs with the same settings, then compare)")
     ab.add_argument("--ablation", action="store_true",
                     help="CAM and SEG with scale, rotate, hflip and rotate+hflip -> report/ablation.md")
@@ -250,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--runs", nargs="+", default=None, metavar="EXP_ID",
                     help="with --semseg: score these finished runs (trained on --dataset multi or voc) instead of "
                          "training the comparison")
-    ab.add_argument("--dataset", default="multi", choices=("multi", "voc"),
-                    help="--semseg's dataset (voc: pass --data_root VOCdevkit/VOC2012)")
+    ab.add_argument("--dataset", default="multi", choices=formats.multi_label_formats(),
+                    help="--semseg's dataset, one whose images know every class present (voc: pass --data_root "
+                         "VOCdevkit/VOC2012)")
     ab.add_argument("--sweep", nargs="+", metavar=("KNOB", "VALUE"), default=None,
                     help="every method of --methods at each VALUE of the embedded benchmark's KNOB "
                          "(body_evidence) -> report/sweep.{csv,md,png}; e.g. --sweep body_evidence 0 0.25 0.5 0.75 1")
@@ -266,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("epochs", "img_size", "seed", "batch_size"):
         ab.add_argument(f"--{flag}", type=int, default=getattr(train.RunConfig, flag))
     ab.add_argument("--weights", default=train.RunConfig.weights)
-    ab.add_argument("--data_root", default=None)
+    ab.add_argument("--data_root", default=None,
+                    help="the comparisons' dataset folder; with --scoremaps, the folder OpenImages' mask paths are "
+                         "relative to")
     return parser
 
 
@@ -281,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{'--crf' if args.crf is not None else '--runs'} applies to --semseg")
     if args.sweep is not None:
         args.sweep_values = _sweep_values(parser, args.sweep)
+    if args.scoremaps is not None and (not args.wsol or args.metadata is None):
+        parser.error("--scoremaps is scored with --wsol against --metadata: iou.py --wsol --scoremaps DIR --metadata "
+                     "metadata/CUB")
     if args.extractor != DEFAULT_EXTRACTOR and not args.wsol:
         parser.error("--extractor applies to --wsol (visualize.py takes it too); --extractors compares them all")
 
@@ -290,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
             check_range("--seeds", seed, 0, SEED_MAX, why="a random seed")
         if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
             raise CamlabError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is named twice")
-        if args.ablation or args.methods or args.wsol or args.sweep is not None or args.extractors is not None \
+        if args.scoremaps is not None:
+            scoremaps.run(argparse.Namespace(**{**vars(args), "data_root": args.data_root and Path(args.data_root)}),
+                          REPORT_DIR / "scoremaps")
+        elif args.ablation or args.methods or args.wsol or args.sweep is not None or args.extractors is not None \
                 or args.semseg:
             command = (ablation_command if args.ablation else comparisons.methods_command if args.methods
                        else comparisons.semseg_command if args.semseg

@@ -181,7 +181,7 @@ def box_iou(a: Sequence[int], b: Sequence[int]) -> float:
     return float(ious[0, 0])
 
 
-def _best_iou(boxes: np.ndarray | Sequence, gt_boxes: Sequence[Sequence[int]]) -> float:
+def best_iou(boxes: np.ndarray | Sequence, gt_boxes: Sequence[Sequence[int]]) -> float:
     """Best IoU of any of ``boxes`` with any ground-truth box; 0.0 when either list is empty."""
     ious = _box_ious(boxes, gt_boxes)
     return float(ious.max()) if ious.size else 0.0
@@ -219,7 +219,7 @@ def threshold_boxes(cam: np.ndarray, tau: float, multi_contour: bool, protocol: 
 def _threshold_ious(cam: np.ndarray, gt_boxes: Sequence[Sequence[int]], thresholds: np.ndarray,
                     multi_contour: bool, protocol: Protocol) -> np.ndarray:
     """Best IoU of the map's boxes with its ground-truth boxes at each CAM threshold -> float64 T."""
-    return np.array([_best_iou(threshold_boxes(cam, tau, multi_contour, protocol), gt_boxes)
+    return np.array([best_iou(threshold_boxes(cam, tau, multi_contour, protocol), gt_boxes)
                      for tau in thresholds])
 
 
@@ -319,5 +319,5 @@ def localization_accuracy(cams: np.ndarray, pred_classes: Sequence[int] | np.nda
     check_count("localization_accuracy: CAMs, predictions, labels and box lists",
                  len(cams), len(pred), len(labels), len(gt_boxes))
     rule = get_protocol(protocol)
-    hit = np.array([_best_iou(rule.box_at(c, fraction), b) >= iou_threshold for c, b in zip(cams, gt_boxes)])
+    hit = np.array([best_iou(rule.box_at(c, fraction), b) >= iou_threshold for c, b in zip(cams, gt_boxes)])
     return {"top1_loc": float(np.mean(hit & (pred == labels))), "gt_known_loc": float(np.mean(hit))}

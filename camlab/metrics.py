@@ -19,7 +19,7 @@ from camlab.utils import CamlabError
 
 # Candidate thresholds for choose_threshold: 0.05, 0.10, ..., 0.95 (rounded, so 0.15 prints as 0.15).
 THRESHOLD_GRID: tuple[float, ...] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2).tolist())
-CAM_CURVE_INTERVAL = 0.01  # CAM thresholds of PxAP and MaxBoxAcc: arange(0, 1, interval)
+CAM_CURVE_INTERVAL = 0.001  # CAM thresholds of PxAP and MaxBoxAcc: arange(0, 1, interval); wsolevaluation config.py's default
 
 
 # ------------------------------------------------------------------------------ IoU itself

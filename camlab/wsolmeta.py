@@ -242,23 +242,35 @@ def _wsol_truth(root: Path, split: str, data: ImageSet, frame: tuple[int, int],
     if info.kind is None:
         return None
     check_names(data.names, info.ids, metadata / split / "image_ids.txt")
+    found = [image_truth(info, root, name, frame) for name in data.names]
+    if info.kind == "boxes":
+        return Truth(boxes=found)
+    return Truth(masks=stack_masks(found, frame))
+
+
+def read_split(root: Path | str, metadata: Path | str, split: str, check_files: bool = False) -> "_WsolSplit":
+    """One split's metadata, every line checked (a bad one is a one-line error naming the file and
+    line); ``check_files``: every listed image and mask must exist under ``root``."""
+    return _wsol_split(Path(root), Path(metadata), split, check_files)
+
+
+def image_truth(info: "_WsolSplit", root: Path, name: str, frame: tuple[int, int]) -> np.ndarray:
+    """The ground truth of image ``name`` in a frame of ``frame`` (H, W), as wsolevaluation reads
+    it: its boxes (int64 K×4, ``resize_bbox``: each coordinate times the frame over the original
+    size, then ``int``), or its mask (uint8 H×W: the union of the instance masks resized by nearest
+    neighbour, 1; ignore, 255; background, 0)."""
     height, width = frame
     if info.kind == "boxes":
-        def rescale(box: tuple[int, int, int, int], size: tuple[int, int]) -> list[int]:
-            (x0, y0, x1, y1), (w, h) = box, size  # evaluation.resize_bbox: float product, then int()
-            return [int(x0 * width / w), int(y0 * height / h), int(x1 * width / w), int(y1 * height / h)]
-        return Truth(boxes=[np.array([rescale(b, info.sizes[n]) for b in info.boxes[n]], np.int64).reshape(-1, 4)
-                            for n in data.names])
-    masks = []
-    for name in data.names:
-        foreground = np.zeros(frame, bool)
-        for rel in info.masks[name]:  # evaluation.get_mask: nearest resize, > 0.5, union
-            foreground |= to_frame(imread(root / rel, cv2.IMREAD_GRAYSCALE, "mask"), frame) > 0
-        ignore = to_frame(imread(root / info.ignore[name], cv2.IMREAD_GRAYSCALE, "ignore mask"), frame) > 0
-        out = foreground.astype(np.uint8)
-        out[ignore & ~foreground] = IGNORE
-        masks.append(out)
-    return Truth(masks=stack_masks(masks, frame))
+        w, h = info.sizes[name]
+        return np.array([[int(x0 * width / w), int(y0 * height / h), int(x1 * width / w), int(y1 * height / h)]
+                         for x0, y0, x1, y1 in info.boxes[name]], np.int64).reshape(-1, 4)
+    foreground = np.zeros(frame, bool)
+    for rel in info.masks[name]:  # evaluation.get_mask: nearest resize, > 0.5, union
+        foreground |= to_frame(imread(root / rel, cv2.IMREAD_GRAYSCALE, "mask"), frame) > 0
+    ignore = to_frame(imread(root / info.ignore[name], cv2.IMREAD_GRAYSCALE, "ignore mask"), frame) > 0
+    out = foreground.astype(np.uint8)
+    out[ignore & ~foreground] = IGNORE
+    return out
 
 
 def _example_wsol(top: Path) -> tuple[Path, Path]:

@@ -30,9 +30,12 @@ from camlab.images import ImageSet
 from camlab.methods import Objective
 from camlab.runtime import autocast
 from camlab.utils import CamlabError, reason
+from research.evalbench import bench_wsol_eval
 from research.experiments import dataset_cams
 
-TASKS = ("cam_train", "seg_train", "cam_infer")
+MODEL_TASKS = ("cam_train", "seg_train", "cam_infer")
+TASKS = MODEL_TASKS + ("wsol_eval",)  # wsol_eval: the WSOL evaluator against its reference path (research.evalbench)
+WSOL_MAPS = {True: 8, False: 32}  # maps per wsol_eval round, --quick or not
 PIPELINES = ("naive", "fast", "bound")
 TASK_MODE = {"cam_train": "CAM", "seg_train": "SEG", "cam_infer": "CAM"}
 
@@ -61,6 +64,7 @@ class BenchSettings:
     rounds: int = 0           # timed epochs per pipeline, interleaved; the best counts (0: default)
     quick: bool = False
     tasks: tuple[str, ...] = TASKS
+    wsol_maps: int = 0        # maps per round of wsol_eval (0: the default)
     compile: bool = False
     peak_gflops: float | None = None
     data_root: str | None = None
@@ -86,6 +90,7 @@ BENCH_RANGES: dict[str, utils.Range] = {
     "n_infer": utils.Range(0, 1_000_000, "0: the default"),
     "warmup_batches": utils.Range(0, 10_000, "0: the default"),
     "rounds": utils.Range(0, 1_000, "0: the default"),
+    "wsol_maps": utils.Range(0, 1_000_000, "0: the default"),
 }
 
 
@@ -100,7 +105,7 @@ def resolve_settings(s: BenchSettings, device: torch.device) -> BenchSettings:
         raise CamlabError(f"--tasks: choose from {', '.join(TASKS)}, got {list(s.tasks)}")
     defaults = _DEFAULT_COUNTS[device.type if device.type in _DEFAULT_COUNTS else "cpu"][s.quick]
     n_train, n_infer, warm, rounds = defaults
-    s = replace(s, n_train=s.n_train or n_train, n_infer=s.n_infer or n_infer,
+    s = replace(s, n_train=s.n_train or n_train, n_infer=s.n_infer or n_infer, wsol_maps=s.wsol_maps or WSOL_MAPS[s.quick],
                 warmup_batches=s.warmup_batches or warm, rounds=s.rounds or rounds,
                 notes=list(s.notes))
     # whole batches only: a smaller last batch would time a different shape (and recompile)
@@ -598,13 +603,16 @@ def run_bench(s: BenchSettings, data: BenchData | None = None) -> dict:
     """Every chosen task on one device; the result is what ``--out`` receives."""
     device = utils.resolve_device(s.device)
     s = resolve_settings(s, device)
-    if data is None:
+    models = [t for t in s.tasks if t in MODEL_TASKS]
+    if data is None and models:
         data = load_bench_data(s, device)
     settings = asdict(s)
+    if models:
+        settings.update(n_train_split=len(data.train), n_test_split=len(data.test),
+                        stored_size=list(data.train.images.shape[-2:]))
     settings.update(device=str(device), tasks=list(s.tasks), threads=torch.get_num_threads(),
                     precision=getattr(run_config(s, "CAM"), "precision", "fp32"),
-                    load_avg_1m_start=_load_average(), n_train_split=len(data.train), n_test_split=len(data.test),
-                    stored_size=list(data.train.images.shape[-2:]), infer_form=INFER_FORM,
+                    load_avg_1m_start=_load_average(), infer_form=INFER_FORM,
                     memory="over a pipeline's build, warm-up and rounds, while all pipelines of "
                            "the task are alive: cuda: torch.cuda.max_memory_allocated (all live "
                            "tensors) and its rise above the window's start (the pipeline's own "
@@ -612,7 +620,10 @@ def run_bench(s: BenchSettings, data: BenchData | None = None) -> dict:
                            f"{RSS_SAMPLE_S * 1000:.0f} ms; DataLoader workers not included)")
     result = {"device": _device_name(device), "torch": torch.__version__, "settings": settings}
     cudnn_flag = torch.backends.cudnn.benchmark  # each pipeline sets its own; restored after
-    for task in s.tasks:
+    if "wsol_eval" in s.tasks:
+        print(f"[wsol_eval] {s.wsol_maps} maps at {s.img_size} px, steps 0.01 and 0.001, best of {s.rounds}", flush=True)
+        result["wsol_eval"] = bench_wsol_eval(s.wsol_maps, s.img_size, (0.01, 0.001), s.seed, s.rounds)
+    for task in models:
         print(f"[{task}] counting FLOPs; {', '.join(_pipelines(task, s.compile))}: "
               f"{s.rounds} rounds of {s.n_infer if task == 'cam_infer' else s.n_train} images",
               flush=True)
@@ -653,7 +664,7 @@ def format_table(result: dict) -> str:
     header = ["task", "naive img/s", "fast img/s", "bound img/s", "fast/naive", "fast/bound", "GFLOP/img",
               "fast GFLOP/s (% of peak)", "peak mem MB (naive/fast/bound)"]
     rows = []
-    for task in TASKS:
+    for task in MODEL_TASKS:
         if task not in result:
             continue
         r = result[task]
@@ -668,4 +679,12 @@ def format_table(result: dict) -> str:
                          _fmt(b.get("img_per_s"), ".1f"), _fmt(_ratio(f, n), ".2f"), _fmt(r[over], ".2f"),
                          f"{r['gflop_per_image']:.2f}", f"{_fmt(f.get('gflops_per_s'), '.1f')}{pct}",
                          "/".join(_fmt(_mem(e), ".0f") for e in (n, f, b))])
-    return tables.markdown(header, rows, [tables.LEFT] + [tables.RIGHT] * 8)
+    text = tables.markdown(header, rows, [tables.LEFT] + [tables.RIGHT] * 8) if rows else ""
+    if "wsol_eval" in result:
+        evals = [[f"{r['interval']:g}", "every contour" if r["multi_contour"] else "largest contour",
+                  r["n_maps"], f"{r['size']}×{r['size']}", f"{r['fast_maps_per_s']:.1f}",
+                  f"{r['reference_maps_per_s']:.1f}", f"{r['ratio']:.1f}×"] for r in result["wsol_eval"]]
+        text += ("\n" if text else "") + tables.markdown(
+            ["CAM threshold step", "boxes", "maps", "map size", "fast maps/s", "reference maps/s", "fast/reference"],
+            evals, [tables.RIGHT, tables.LEFT] + [tables.RIGHT] * 5)
+    return text

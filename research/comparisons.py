@@ -17,6 +17,7 @@ from camlab import figures, synthetic
 from camlab.boxes import DEFAULT_PROTOCOL
 from camlab.crf import CRF_VARIANTS
 from camlab.extractors import EXTRACTOR_NAMES, EXTRACTORS
+from camlab.metrics import CAM_CURVE_INTERVAL
 from camlab.utils import REPORT_DIR, CamlabError, atomic_write_text
 from research.experiments import Experiment, finished_experiments
 from research.semseg import semseg_variants, write_semseg_report
@@ -67,27 +68,29 @@ def trained(cfg: "train.RunConfig") -> dict:
 
 
 def method_reports(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
-                   protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,)) -> list[dict]:
+                   protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
+                   interval: float = CAM_CURVE_INTERVAL) -> list[dict]:
     """Train (or reuse) every METHODS run at every seed (``<prefix>_<name>_s<seed>``), then
     score each with :func:`wsol_report`."""
     configs = [cfg for seed in seeds
                for cfg in table_runs(dataclasses.replace(base, seed=seed), prefix, METHODS, "class", f"_s{seed}")]
     for cfg in configs:
         trained(cfg)
-    reports = [wsol_report(cfg.exp_id, n_threshold, cfg.device, protocol) for cfg in configs]
+    reports = [wsol_report(cfg.exp_id, n_threshold, cfg.device, protocol, interval=interval) for cfg in configs]
     return [r for r in reports if r is not None]
 
 
 def run_methods(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
-                protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,)) -> str:
+                protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
+                interval: float = CAM_CURVE_INTERVAL) -> str:
     """:func:`method_reports` into ``report/methods.{csv,md}`` and ``report/methods_grid.png``."""
-    return write_methods_report(method_reports(base, prefix, n_threshold, protocol, seeds))
+    return write_methods_report(method_reports(base, prefix, n_threshold, protocol, seeds, interval))
 
 
 # ---------------------------------------------------------------------- extractors compared
 def extractor_reports(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
                       protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
-                      extractors: Sequence[str] = tuple(EXTRACTORS)) -> list[dict]:
+                      extractors: Sequence[str] = tuple(EXTRACTORS), interval: float = CAM_CURVE_INTERVAL) -> list[dict]:
     """Every extractor on the plain CAM run of the methods comparison at each seed
     (``<prefix>_cam_s<seed>``, trained when missing): one :func:`wsol_report` per (seed,
     extractor), its ``method`` the extractor's name, so that the methods tables and their
@@ -100,7 +103,8 @@ def extractor_reports(base: "train.RunConfig", prefix: str = "methods", n_thresh
         exp = Experiment.load(cfg.exp_id, cfg.device)  # one model, test split and masks for every extractor
         model_measures: dict = {}
         for name in dict.fromkeys(("cam", *extractors)):  # CAM first: every other is compared with it
-            report = wsol_report(exp, n_threshold, cfg.device, protocol, extractor=name, diagnose=name == "cam")
+            report = wsol_report(exp, n_threshold, cfg.device, protocol, extractor=name, diagnose=name == "cam",
+                                 interval=interval)
             if report is None:
                 continue
             if name == "cam":
@@ -118,14 +122,14 @@ def sweep_prefix(prefix: str, value: float) -> str:
 
 def run_sweep(base: "train.RunConfig", values: Sequence[float], prefix: str = "methods",
               n_threshold: int = 500, protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
-              report_dir: Path = REPORT_DIR) -> str:
+              report_dir: Path = REPORT_DIR, interval: float = CAM_CURVE_INTERVAL) -> str:
     """Every method at every body-evidence setting in ``values`` (each its own embedded
     dataset, generated on first use) into ``report/sweep.{csv,md}`` and ``sweep.png``: mean IoU
     and PxAP against the setting, one line per method, mean over seeds with the seeds' spread."""
     reports = []
     for value in values:
         cfg = dataclasses.replace(base, body_evidence=float(value), data_root=None)
-        reports += method_reports(cfg, sweep_prefix(prefix, value), n_threshold, protocol, seeds)
+        reports += method_reports(cfg, sweep_prefix(prefix, value), n_threshold, protocol, seeds, interval)
     csv_text, _ = methods_table(reports)
     atomic_write_text(Path(report_dir) / "sweep.csv", csv_text)
     curves: dict[str, dict[str, list]] = {}
@@ -138,7 +142,8 @@ def run_sweep(base: "train.RunConfig", values: Sequence[float], prefix: str = "m
     figures.plot_sweep(series, Path(report_dir) / "sweep.png",
                          title=f"the body-evidence sweep ({protocol} protocol; seeds {', '.join(map(str, seeds))})")
     text = (f"Body-evidence sweep: every method at each setting of the embedded benchmark's dial (the share of "
-            f"bodies whose stripes carry their class's period and hue); protocol {protocol}; seeds "
+            f"bodies whose stripes carry their class's period and hue); protocol {protocol}, CAM threshold step "
+            f"{interval:g}; seeds "
             f"{', '.join(map(str, seeds))}; intervals as in methods.md.\n\n" + summary_table(reports))
     atomic_write_text(Path(report_dir) / "sweep.md", text)
     return text
@@ -199,7 +204,7 @@ def methods_command(args) -> None:
     """``python iou.py --methods [--seeds ...]``."""
     seeds = args.seeds or [args.seed]
     print(timed("methods", lambda: run_methods(base_run(args), run_prefix(args, "methods"), args.n_threshold,
-                                                args.protocol, seeds)), end="")
+                                                args.protocol, seeds, args.cam_curve_interval)), end="")
 
 
 def sweep_command(args) -> None:
@@ -207,7 +212,7 @@ def sweep_command(args) -> None:
     seeds = args.seeds or [args.seed]
     values = args.sweep_values
     print(timed("sweep", lambda: run_sweep(base_run(args), values, args.prefix or "methods", args.n_threshold,
-                                            args.protocol, seeds)), end="")
+                                            args.protocol, seeds, interval=args.cam_curve_interval)), end="")
 
 
 def extractors_command(args) -> None:
@@ -215,14 +220,15 @@ def extractors_command(args) -> None:
     seeds = args.seeds or [args.seed]
     print(timed("extractors", lambda: write_extractors_report(extractor_reports(
         base_run(args), run_prefix(args, "methods"), args.n_threshold, args.protocol, seeds,
-        args.extractors or tuple(EXTRACTORS)))), end="")
+        args.extractors or tuple(EXTRACTORS), args.cam_curve_interval))), end="")
 
 
 def wsol_command(args) -> None:
     """``python iou.py --wsol``: every finished run on a dataset with boxes or masks."""
     reports = []
     for exp_id in finished_experiments():
-        report = wsol_report(exp_id, args.n_threshold, args.device, args.protocol, args.extractor)
+        report = wsol_report(exp_id, args.n_threshold, args.device, args.protocol, args.extractor,
+                             interval=args.cam_curve_interval)
         if report is None:
             print(f"skipping {exp_id}: its test split has no boxes or masks")
         else:

@@ -15,7 +15,7 @@ from camlab.boxes import BOX_FRACTION, DEFAULT_PROTOCOL, Box, get_protocol, loca
 from camlab.cams import minmax, select_class
 from camlab.extractors import DEFAULT_EXTRACTOR, EXTRACTOR_NAMES
 from camlab.images import ImageSet
-from camlab.metrics import (BOOTSTRAP_RESAMPLES, mean_statistic, paired_bootstrap, pixel_histograms,
+from camlab.metrics import (BOOTSTRAP_RESAMPLES, CAM_CURVE_INTERVAL, mean_statistic, paired_bootstrap, pixel_histograms,
                             pxap_from_histograms, pxap_statistic)
 from camlab.utils import CHECKPOINT_DIR, REPORT_DIR, CamlabError, atomic_write_text
 from research.experiments import Experiment, _batched, _localization, mask_parts
@@ -38,7 +38,7 @@ BASELINE_MODE = "CAM"  # every comparison is against the lab's CAM (camlab.metho
 
 def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str = "auto",
                 protocol: str = DEFAULT_PROTOCOL, extractor: str = DEFAULT_EXTRACTOR,
-                diagnose: bool = True) -> dict | None:
+                diagnose: bool = True, interval: float = CAM_CURVE_INTERVAL) -> dict | None:
     """Every measure of the methods table for ``exp_id`` on its test split, as fractions; None
     when the test split has no ground truth (cifar10, folder, a lab tree without test_masks/).
     Measures that need what the dataset lacks are left out: boxes only (wsol's CUB and ILSVRC)
@@ -70,13 +70,13 @@ def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str 
     per_image = {"iou": report.pop("test_ious")} if "test_ious" in report else {}
     method = exp.cfg.method.label(exp.cfg) + ("" if extractor == DEFAULT_EXTRACTOR
                                       else f" · {EXTRACTOR_NAMES[extractor]}")
-    report.update(test_acc=float(np.mean(preds == labels)), method=method, mode=exp.cfg.mode, protocol=protocol, extractor=extractor,
+    report.update(test_acc=float(np.mean(preds == labels)), method=method, mode=exp.cfg.mode, protocol=protocol, cam_curve_interval=interval, extractor=extractor,
                   seed=exp.cfg.seed, data_root=str(exp.root.resolve()), metadata=exp.cfg.metadata, n_test=len(test_set),
                   body_evidence=(meta or {}).get("body_evidence"))
     masks = None
     if truth.masks is not None:
         masks, valid = mask_parts(truth.masks)
-        fg, bg = pixel_histograms(cams, masks, valid=valid)
+        fg, bg = pixel_histograms(cams, masks, interval, valid=valid)
         report.update(pxap=pxap_from_histograms(fg.sum(0), bg.sum(0)),
                       mean_mask_area=float(masks.mean() if valid is None else masks[valid].mean()))
         per_image.update(fg=fg, bg=bg)
@@ -84,7 +84,7 @@ def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str 
     if boxes is None and masks is not None and formats.get(exp.cfg.dataset).boxes_from_masks:
         boxes = [[box] if (box := mask_box(m, protocol)) is not None else [] for m in masks]
     if boxes is not None:
-        report.update(max_box_acc_v2=max_box_acc(cams, boxes, protocol=protocol)["mean"],
+        report.update(max_box_acc_v2=max_box_acc(cams, boxes, interval=interval, protocol=protocol)["mean"],
                       **localization_accuracy(cams, preds, labels, boxes, protocol=protocol))
     report["per_image"] = per_image
     if meta is not None and meta.get("version") == synthetic.SYNTHETIC_VERSION and masks is not None:
@@ -287,6 +287,11 @@ def heads_table(reports: list[dict]) -> str:
                             "background ≥0.5"], body, [tables.LEFT] + [tables.RIGHT] * 5)
 
 
+def _steps(reports: list[dict]) -> str:
+    """The CAM threshold steps the reports were scored at (one, unless tables were mixed)."""
+    return ", ".join(f"{v:g}" for v in sorted({r.get("cam_curve_interval", 0.01) for r in reports}))
+
+
 def write_methods_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
     """``methods.csv``, ``methods.md`` (the summary over seeds with intervals, then every run
     with its diagnostics) and the figure ``methods_grid.png`` (the first seed's runs); returns
@@ -297,7 +302,8 @@ def write_methods_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> 
     protocols = sorted({r["protocol"] for r in reports})
     seeds = sorted({r["seed"] for r in reports})
     extractors = sorted({EXTRACTOR_NAMES[r.get("extractor", "cam")] for r in reports})
-    note = (f"Protocol: {', '.join(protocols)} (iou.py --protocol); maps: {', '.join(extractors)}. Mean IoU at each "
+    note = (f"Protocol: {', '.join(protocols)} (iou.py --protocol), CAM threshold step {_steps(reports)} "
+            f"(--cam_curve_interval); maps: {', '.join(extractors)}. Mean IoU at each "
             f"run's threshold chosen on the masks of the split that chooses (training masks on the embedded "
             f"benchmark, val on wsol; the handout's IoU); PxAP, MaxBoxAccV2 (IoU 0.3/0.5/0.7, every contour) and top-1 / "
             f"GT-known localisation (the 20% box) read the labelled class's map; "
@@ -337,7 +343,8 @@ def write_extractors_report(reports: list[dict], report_dir: Path = REPORT_DIR) 
         raise CamlabError("no CAM run with masks to compare extractors on; train one first (python main.py --mode CAM)")
     seeds = sorted({r["seed"] for r in reports})
     runs = sorted({r["exp_id"] for r in reports})
-    note = (f"Extractors on one trained CAM model per seed ({', '.join(runs)}), protocol {reports[0]['protocol']}: "
+    note = (f"Extractors on one trained CAM model per seed ({', '.join(runs)}), protocol {reports[0]['protocol']}, "
+            f"CAM threshold step {_steps(reports)}: "
             f"each extractor's map of the labelled class (PxAP, MaxBoxAccV2, localisation) and of the predicted class "
             f"(mean IoU at the threshold chosen on training masks, per extractor); {reports[0]['n_test']} test images. "
             f"Seeds {', '.join(map(str, seeds))}: mean ± sample std; intervals are paired bootstraps "

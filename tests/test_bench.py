@@ -15,7 +15,7 @@ import bench
 import model as model_lib
 import train
 from conftest import write_lab_layout
-from research.bench import CPU_PEAK_GFLOPS, PIPELINES, TASKS, BenchSettings, format_table, run_bench
+from research.bench import MODEL_TASKS, CPU_PEAK_GFLOPS, PIPELINES, TASKS, BenchSettings, format_table, run_bench
 
 SIZE, BATCH, N = 32, 4, 8
 ROUNDS = 2
@@ -56,7 +56,11 @@ def test_json_shape(result: dict) -> None:
     assert result["settings"]["img_size"] == SIZE and result["settings"]["batch_size"] == BATCH
     assert result["settings"]["peak_gflops"] == CPU_PEAK_GFLOPS
     json.dumps(result, allow_nan=False)  # plain JSON, no NaN or infinities
-    for task in TASKS:
+    rows = result["wsol_eval"]  # the WSOL evaluator against its reference path, both steps and contour settings
+    assert [(r["interval"], r["multi_contour"]) for r in rows] == [(0.01, True), (0.01, False), (0.001, True),
+                                                                  (0.001, False)]
+    assert all(r["size"] == SIZE and _positive(r["fast_maps_per_s"]) and _positive(r["ratio"]) for r in rows)
+    for task in MODEL_TASKS:
         r = result[task]
         for name in PIPELINES:
             entry = r[name]
@@ -69,7 +73,9 @@ def test_json_shape(result: dict) -> None:
 
 
 def test_arithmetic_of_the_fields(result: dict) -> None:
-    for task in TASKS:
+    for r in result["wsol_eval"]:
+        assert r["ratio"] == pytest.approx(r["fast_maps_per_s"] / r["reference_maps_per_s"])
+    for task in MODEL_TASKS:
         r = result[task]
         assert r["fast_over_naive"] == pytest.approx(r["fast"]["img_per_s"] / r["naive"]["img_per_s"])
         assert r["fast_over_bound"] == pytest.approx(r["fast"]["img_per_s"] / r["bound"]["img_per_s"])
@@ -122,10 +128,15 @@ def test_flops_per_image_match_an_independent_count(result: dict) -> None:
 
 def test_table_has_a_row_per_task(result: dict) -> None:
     table = format_table(result)
-    lines = table.splitlines()
+    models, evaluator = table.split("\n\n")
+    lines = models.splitlines()
     assert lines[0].startswith("| task | naive img/s | fast img/s | bound img/s | fast/naive | fast/bound")
-    assert [line.split("|")[1].strip() for line in lines[2:]] == list(TASKS)
+    assert [line.split("|")[1].strip() for line in lines[2:]] == list(MODEL_TASKS)
     assert f"{result['cam_train']['fast_over_naive']:.2f}" in lines[2]
+    rows = evaluator.splitlines()
+    assert rows[0] == "| CAM threshold step | boxes | maps | map size | fast maps/s | reference maps/s | fast/reference |"
+    assert [r.split(" | ")[:2] for r in rows[2:]] == [["| 0.01", "every contour"], ["| 0.01", "largest contour"],
+                                                      ["| 0.001", "every contour"], ["| 0.001", "largest contour"]]
 
 
 def test_cli_writes_json_and_keeps_an_existing_file(tiny_root: Path, tmp_path: Path, monkeypatch,

@@ -52,8 +52,9 @@ def test_pxap_from_per_image_histograms_is_pxap_and_resamples_like_copies() -> N
     rng = np.random.default_rng(1)
     cams, masks = rng.uniform(size=(6, 8, 8)), rng.uniform(size=(6, 8, 8)) < 0.3
     cams[0, 0, 0], cams[1, 0, 0] = 1.0, 0.0
-    fg, bg = pixel_histograms(cams, masks)
-    assert fg.shape == bg.shape == (6, 102) and fg.sum() == masks.sum() and bg.sum() == (~masks).sum()
+    fg, bg = pixel_histograms(cams, masks)  # the default step 0.001: 1,000 bin edges below 1, then [1, 2), [2, 3]
+    assert fg.shape == bg.shape == (6, 1002) and fg.sum() == masks.sum() and bg.sum() == (~masks).sum()
+    assert pixel_histograms(cams, masks, 0.01)[0].shape == (6, 102)
     stat = pxap_statistic(fg, bg)
     assert stat(np.ones((1, 6)))[0] == pytest.approx(pxap(cams, masks), abs=1e-12)
     # weights (2, 0, 1, 1, 0, 2): image 0 twice, image 1 left out, ... = pxap of that set of copies

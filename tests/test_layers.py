@@ -19,7 +19,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "camlab.extractors", "camlab.images", "camlab.metrics", "camlab.runtime", "camlab.runs"),
     2: ("camlab.boxeval", "camlab.crf", "camlab.formats", "camlab.methods"),
     3: ("camlab.boxes", "camlab.readers", "camlab.wsolmeta", "camlab.ddp"),
-    4: ("camlab.meters", "research.evalbench"),
+    4: ("camlab.meters", "camlab.scoremaps", "research.evalbench"),
     5: ("dataloader", "model"),
     6: ("train",),
     7: ("visualize", "research.experiments"),
