@@ -259,7 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--crf", nargs="*", default=None, choices=CRF_VARIANTS, metavar="VARIANT",
                     help="with --semseg: score every run after dense-CRF refinement too: affinitynet (AffinityNet's "
                          "settings in pixels, made for ~500 px images) and/or scaled (their spatial widths scaled to "
-                         "the image); no value: both")
+                         "the image), each with the references' (1 - max)^alpha background, alpha chosen on training "
+                         "masks; -const: with camlab's earlier constant background; no value: affinitynet and scaled")
+    ab.add_argument("--no_msf", action="store_true",
+                    help="with --semseg: the maps of one scale (the run's --img_size), not OC-CSE's multi-scale "
+                         "inference with flips (scales 0.5, 1, 1.5, 2)")
     ab.add_argument("--runs", nargs="+", default=None, metavar="EXP_ID",
                     help="with --semseg: score these finished runs (trained on --dataset multi or voc) instead of "
                          "training the comparison")

@@ -58,3 +58,22 @@ def class_form(raw: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
     with torch.inference_mode():
         cams = F.interpolate(raw.relu().unsqueeze(1), size=out_size, mode="bilinear", align_corners=False)[:, 0]
         return minmax(cams)
+
+
+# Multi-scale inference with flips (KAIST-vilab/OC-CSE tools/utils.py and models/model_cse.py
+# infer_msf; jiwoon-ahn/psa infer_cls.py uses the same four scales): each scale of the image and
+# its mirror image, each map upsampled to the image, ReLU, summed, then divided by its max.
+MSF_SCALES = (0.5, 1.0, 1.5, 2.0)
+MSF_EPS = 1e-5
+
+
+def msf_sum(total: torch.Tensor | None, cams: torch.Tensor, flipped: bool) -> torch.Tensor:
+    """Add one input's class maps (N×K×H×W, already upsampled to the image) to the running sum:
+    ReLU, mirrored back when the input was the mirror image."""
+    cams = F.relu(cams.flip(-1) if flipped else cams)
+    return cams if total is None else total + cams
+
+
+def msf_normalise(total: torch.Tensor) -> torch.Tensor:
+    """The summed maps divided, per image and class, by their max + 1e-5 (OC-CSE's ``norm_cam``)."""
+    return total / (total.amax(dim=(-2, -1), keepdim=True) + MSF_EPS)

@@ -27,19 +27,28 @@ def choose_background_threshold(cams: np.ndarray, present: np.ndarray, gts: np.n
 def segment(cams: np.ndarray, present: np.ndarray, threshold: float, images: np.ndarray | None = None,
             crf: str = "affinitynet") -> np.ndarray:
     """Label maps (int64 N×H×W: 0 background, k + 1 class k) from per-class maps N×K×H×W in
-    [0, 1] and the classes present: :func:`label_maps`, or with ``images`` (uint8 N×H×W×3 RGB)
-    the argmax of the dense CRF (:func:`crf_refine` with :func:`crf_settings` of ``crf``) whose
-    unary is the background score (``threshold``) and the present classes' maps, scaled to sum to
-    1 per pixel (AffinityNet feeds the scores unscaled; the per-pixel scale adds the same energy
-    to every label, so the CRF's answer is the same)."""
+    [0, 1] and the classes present: :func:`label_maps` (a constant background score
+    ``threshold``), or with ``images`` (uint8 N×H×W×3 RGB) the argmax of the dense CRF
+    (:func:`crf_refine` with :func:`crf_settings` of ``crf``) on the background score and the
+    present classes' maps. The background score is the reference's ``(1 - max_c cam)^α`` with
+    α = ``threshold`` (jiwoon-ahn/psa ``infer_cls.py``, KAIST-vilab/OC-CSE ``tools/imutils.py``;
+    the max over the present classes, the scores fed to the CRF as they are), or for a
+    ``-const`` variant the constant ``threshold`` with the scores scaled to sum to 1 per pixel
+    (camlab's earlier form)."""
     if images is None:
         return label_maps(cams, present, threshold)
     cams, present = check_unit_range(cams), np.asarray(present, bool)
+    power = crf_background(crf) == "power"
     out = np.zeros((len(cams), *cams.shape[2:]), np.int64)
     for i, (image, maps, here) in enumerate(zip(images, cams, present)):
         classes = np.flatnonzero(here)
-        scores = np.concatenate([np.full((1, *maps.shape[1:]), threshold), maps[classes]]).clip(1e-5, None)
-        refined = crf_refine(image, scores / scores.sum(axis=0, keepdims=True), crf_settings(crf, image.shape[:2]))
+        if power:
+            background = (1 - maps[classes].max(axis=0, initial=0)) ** threshold
+            scores = np.concatenate([background[None], maps[classes]])
+        else:
+            scores = np.concatenate([np.full((1, *maps.shape[1:]), threshold), maps[classes]]).clip(1e-5, None)
+            scores = scores / scores.sum(axis=0, keepdims=True)
+        refined = crf_refine(image, scores, crf_settings(crf, image.shape[:2]))
         out[i] = np.concatenate([[0], classes + 1])[refined.argmax(axis=0)]
     return out
 
@@ -63,15 +72,37 @@ CRF_THRESHOLD_GRID: tuple[float, ...] = THRESHOLD_GRID[::2]
 CRF_REFERENCE_SIDE = 500
 
 
-CRF_VARIANTS = ("affinitynet", "scaled")
+# --crf variants: the spatial widths (AffinityNet's in px, or scaled to the image) and the
+# background score (the references' (1 - max)^α, or with "-const" camlab's earlier constant)
+CRF_VARIANTS = ("affinitynet", "scaled", "affinitynet-const", "scaled-const")
+CRF_DEFAULT_VARIANTS = ("affinitynet", "scaled")  # --crf without a value
+# The background powers α tried under a (1 - max)^α variant, chosen on training masks: psa's low
+# and high α (4, 32), OC-CSE's (6, 10, 24) and the steps between.
+CRF_ALPHA_GRID: tuple[float, ...] = (1, 2, 4, 6, 8, 10, 12, 16, 24, 32)
+
+
+def crf_background(variant: str) -> str:
+    """``power`` (the reference's (1 - max)^α) or ``constant`` (a ``-const`` variant)."""
+    if variant not in CRF_VARIANTS:
+        raise CamlabError(f"unknown CRF variant {variant!r}; choose one of {', '.join(CRF_VARIANTS)}")
+    return "constant" if variant.endswith("-const") else "power"
+
+
+def background_grid(variant: str) -> tuple[float, ...]:
+    """The background values a CRF variant chooses among: α for a power background, thresholds
+    (every other value of THRESHOLD_GRID) for a constant one."""
+    return CRF_ALPHA_GRID if crf_background(variant) == "power" else CRF_THRESHOLD_GRID
 
 
 def crf_settings(variant: str, shape: tuple[int, int]) -> dict:
     """The pairwise settings of CRF ``variant`` for an image of ``shape`` (H, W): AffinityNet's
     as they are (``affinitynet``), or with the spatial widths scaled to the image (``scaled``)."""
-    if variant == "affinitynet":
+    spatial = variant.removesuffix("-const")
+    if variant not in CRF_VARIANTS:
+        raise CamlabError(f"unknown CRF variant {variant!r}; choose one of {', '.join(CRF_VARIANTS)}")
+    if spatial == "affinitynet":
         return dict(CRF_SETTINGS)
-    if variant == "scaled":
+    if spatial == "scaled":
         factor = max(shape) / CRF_REFERENCE_SIDE
         return {**CRF_SETTINGS, "gaussian_sxy": CRF_SETTINGS["gaussian_sxy"] * factor,
                 "bilateral_sxy": CRF_SETTINGS["bilateral_sxy"] * factor}
@@ -80,7 +111,8 @@ def crf_settings(variant: str, shape: tuple[int, int]) -> dict:
 
 def crf_refine(image: np.ndarray, probs: np.ndarray, settings: dict | None = None) -> np.ndarray:
     """Dense-CRF marginals of one image: ``image`` uint8 H×W×3 (RGB), ``probs`` C×H×W per-pixel
-    class probabilities (the unary is their negative log, pydensecrf's ``unary_from_softmax``)
+    scores of the labels (the unary is ``-log(clip(score, 1e-5, 1))``, pydensecrf's
+    ``unary_from_softmax``, as AffinityNet's ``crf_inference`` feeds it; they need not sum to 1)
     -> float32 C×H×W, each pixel summing to 1. ``settings`` defaults to CRF_SETTINGS. Uses the
     ``pydensecrf2`` package (imported as ``pydensecrf``)."""
     from pydensecrf import densecrf, utils as crf_utils  # only --crf needs it

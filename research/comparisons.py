@@ -15,7 +15,7 @@ from typing import Sequence
 import train
 from camlab import figures, synthetic
 from camlab.boxes import DEFAULT_PROTOCOL
-from camlab.crf import CRF_VARIANTS
+from camlab.crf import CRF_DEFAULT_VARIANTS
 from camlab.extractors import EXTRACTOR_NAMES, EXTRACTORS
 from camlab.metrics import CAM_CURVE_INTERVAL
 from camlab.utils import REPORT_DIR, CamlabError, atomic_write_text
@@ -163,7 +163,8 @@ SEMSEG: tuple[tuple[str, dict], ...] = (
 
 
 def semseg_reports(base: "train.RunConfig", prefix: str = "semseg", n_threshold: int = 500,
-                   seeds: Sequence[int] = (0,), crf: Sequence[str | None] = (None, *CRF_VARIANTS)) -> list[dict]:
+                   seeds: Sequence[int] = (0,), crf: Sequence[str | None] = (None, *CRF_DEFAULT_VARIANTS),
+                   msf: bool = True) -> list[dict]:
     """Train (or reuse) every SEMSEG run at every seed on ``base``'s dataset (the multi-object
     set by default), then score each without and with dense CRF."""
     configs = [cfg for seed in seeds
@@ -171,7 +172,7 @@ def semseg_reports(base: "train.RunConfig", prefix: str = "semseg", n_threshold:
     reports = []
     for cfg in configs:
         trained(cfg)
-        reports += semseg_variants(Experiment.load(cfg.exp_id, cfg.device), n_threshold, crf)
+        reports += semseg_variants(Experiment.load(cfg.exp_id, cfg.device), n_threshold, crf, msf)
     return reports
 
 
@@ -238,14 +239,16 @@ def wsol_command(args) -> None:
 
 def semseg_command(args) -> None:
     """``python iou.py --semseg [--crf] [--seeds ...] [--runs EXP ...]``."""
-    crf = (None, *(args.crf or CRF_VARIANTS)) if args.crf is not None else (None,)
+    crf = (None, *(args.crf or CRF_DEFAULT_VARIANTS)) if args.crf is not None else (None,)
+    msf = not args.no_msf
     if args.runs:
         def work() -> str:
             return write_semseg_report([report for exp_id in args.runs for report in
-                                        semseg_variants(Experiment.load(exp_id, args.device), args.n_threshold, crf)])
+                                        semseg_variants(Experiment.load(exp_id, args.device), args.n_threshold, crf,
+                                                        msf)])
     else:
         seeds = args.seeds or [args.seed]
         base = base_run(args, args.dataset)
         work = lambda: write_semseg_report(semseg_reports(base, run_prefix(args, "semseg"), args.n_threshold,  # noqa: E731
-                                                          seeds, crf))
+                                                          seeds, crf, msf))
     print(timed("semseg", work), end="")

@@ -18,7 +18,7 @@ import model
 import train
 from camlab import figures, synthetic, tables
 from camlab.boxes import get_protocol, wsol_scoremaps
-from camlab.cams import class_form, normalize_cam
+from camlab.cams import MSF_SCALES, class_form, msf_normalise, msf_sum
 from camlab.extractors import DEFAULT_EXTRACTOR, check_extractor_form
 from camlab.formats import Truth
 from camlab.images import ImageSet
@@ -158,23 +158,23 @@ class Experiment:
         preds, raw = self.raw_maps(data, extractor)
         return preds, wsol_scoremaps(raw, tuple(data.images.shape[-2:]))
 
-    def class_maps(self, data: ImageSet) -> np.ndarray:
+    def class_maps(self, data: ImageSet, msf: bool = True) -> np.ndarray:
         """:func:`class_maps` of ``data``, computed once per set of images."""
-        key = (tuple(data.names), "every class")
+        key = (tuple(data.names), "every class", msf)
         if key not in self._raw:
-            self._raw[key] = class_maps(self, data)
+            self._raw[key] = class_maps(self, data, msf=msf)
         return self._raw[key]
 
-    def semseg_fit(self, n: int) -> tuple[ImageSet, Truth, np.ndarray]:
+    def semseg_fit(self, n: int, msf: bool = True) -> tuple[ImageSet, Truth, np.ndarray]:
         """``n`` images of the split that chooses thresholds, their class masks and class maps,
         read once however many CRF variants choose a threshold on them."""
-        key = ("semseg fit", n)
+        key = ("semseg fit", n, msf)
         if key not in self._raw:
             data = self.split("fit", n)
             truth = self.truth("fit", data)
             if truth is None or truth.classes is None:
                 raise CamlabError(f"{self.exp_id}: the split that chooses thresholds has no class masks")
-            self._raw[key] = (data, truth, self.class_maps(data))
+            self._raw[key] = (data, truth, self.class_maps(data, msf))
         return self._raw[key]
 
     def raw_maps(self, data: ImageSet, extractor: str) -> tuple[np.ndarray, np.ndarray]:
@@ -286,19 +286,28 @@ def finished_experiments(checkpoint_dir: Path = CHECKPOINT_DIR) -> list[str]:
 
 
 # ------------------------------------------------------- semantic segmentation (several labels)
-def class_maps(exp: Experiment, data: ImageSet, batch_size: int = 64) -> np.ndarray:
+def class_maps(exp: Experiment, data: ImageSet, batch_size: int = 64, msf: bool = True) -> np.ndarray:
     """float32 N×K×H×W in [0, 1]: every class's map (``CAMModel.every_class_cam``, ACoL's heads
-    erasing by the present classes) upsampled bilinearly to the stored frame, then ReLU'd and
-    divided by its own maximum (OC-CSE's and SSENet's normalisation), per image and class. The
-    maps of absent classes are computed too; :func:`iou.segment` reads only the present ones."""
+    erasing by the present classes) upsampled bilinearly to the stored frame, ReLU'd and divided by
+    its own maximum (OC-CSE's and SSENet's normalisation), per image and class. With ``msf``
+    (OC-CSE's inference, ``camlab.cams.MSF_SCALES``): the maps of the image at 0.5, 1, 1.5 and 2
+    times the run's ``img_size`` and of their mirror images, each upsampled to the frame and
+    ReLU'd, summed, then divided by the max. The maps of absent classes are computed too;
+    ``camlab.crf.segment`` reads only the present ones."""
     out_size, net, maps = tuple(data.images.shape[-2:]), exp.net, []
     present = _present(data)
+    views = [(s, f) for s in MSF_SCALES for f in (False, True)] if msf else [(1.0, False)]
     with torch.inference_mode():
         for idx in torch.arange(len(data), device=data.images.device).split(batch_size):
-            inputs = dataloader.to_model_input(data.images[idx], exp.cfg.img_size)
-            cams = net.every_class_cam(net.forward_features(inputs), present[idx].to(inputs.device).float())
-            cams = torch.nn.functional.interpolate(cams.float(), size=out_size, mode="bilinear", align_corners=False)
-            maps.append(normalize_cam(cams.flatten(0, 1)).clamp(0, 1).view_as(cams).cpu())
+            total = None
+            for scale, flipped in views:
+                flip = torch.full((len(idx),), flipped, device=data.images.device) if flipped else None
+                inputs = dataloader.to_model_input(data.images[idx], max(1, round(exp.cfg.img_size * scale)), flip)
+                cams = net.every_class_cam(net.forward_features(inputs), present[idx].to(inputs.device).float())
+                cams = torch.nn.functional.interpolate(cams.float(), size=out_size, mode="bilinear",
+                                                       align_corners=False)
+                total = msf_sum(total, cams, flipped)
+            maps.append(msf_normalise(total).clamp(0, 1).cpu())
     return torch.cat(maps).numpy()
 
 

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from camlab import figures, tables
-from camlab.crf import CRF_REFERENCE_SIDE, CRF_THRESHOLD_GRID, choose_background_threshold, segment
+from camlab.crf import CRF_ALPHA_GRID, CRF_REFERENCE_SIDE, background_grid, choose_background_threshold, crf_background, segment
 from camlab.metrics import BOOTSTRAP_RESAMPLES, THRESHOLD_GRID, class_ious, image_confusions, miou_statistic, paired_bootstrap
 from camlab.utils import CHECKPOINT_DIR, REPORT_DIR, CamlabError, atomic_write_text, safe_subdir
 from research.experiments import Experiment, _present, _rgb
@@ -19,16 +19,20 @@ from research.wsol import BASELINE_MODE, _cell, _intervals, _verdict
 
 
 # --crf variant -> how the tables name it (None: no CRF)
-CRF_NAMES = {None: "no", "affinitynet": "AffinityNet's (px)", "scaled": "scaled to the image"}
+CRF_NAMES = {None: "no", "affinitynet": "AffinityNet's (px), (1 − max)^α background",
+             "scaled": "scaled to the image, (1 − max)^α background",
+             "affinitynet-const": "AffinityNet's (px), constant background",
+             "scaled-const": "scaled to the image, constant background"}
 
 
 def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: str | None = None, device: str = "auto",
-                  n_examples: int = 6) -> dict:
+                  n_examples: int = 6, msf: bool = True) -> dict:
     """Semantic segmentation of ``exp``'s test split from its class maps and the images' labels
     (the classes present, as weakly supervised segmentation scores pseudo-masks): a label map by
-    a background threshold (:func:`iou.segment`; with ``crf``, a variant of ``iou.CRF_VARIANTS``,
-    after dense CRF), the threshold
-    chosen on ``n_threshold`` images of the split that chooses (training masks; never test), then
+    a background threshold (``camlab.crf.segment``; with ``crf``, a variant of
+    ``camlab.crf.CRF_VARIANTS``, after dense CRF on the background score (1 - max)^α, or a constant
+    one), the threshold or α chosen on ``n_threshold`` images of the split that chooses (training
+    masks; never test), the maps multi-scale with flips (``msf``, OC-CSE's inference), then
     the VOC protocol's confusion matrix over the test split (255 ignored): mIoU over background
     and classes, per-class IoU, and the per-image confusions the paired bootstrap resamples."""
     exp = exp if isinstance(exp, Experiment) else Experiment.load(exp, device)
@@ -37,13 +41,13 @@ def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: str | No
     test_set, truth = exp.test
     if truth is None or truth.classes is None:
         raise CamlabError(f"{exp.exp_id}: its test split has no class masks (--dataset multi or voc)")
-    fit_set, fit_truth, fit_maps = exp.semseg_fit(n_threshold)
-    grid = CRF_THRESHOLD_GRID if crf else THRESHOLD_GRID
+    fit_set, fit_truth, fit_maps = exp.semseg_fit(n_threshold, msf)
+    grid = background_grid(crf) if crf else THRESHOLD_GRID
     fit_images = _rgb(fit_set) if crf else None
     threshold, fit_miou = choose_background_threshold(fit_maps, _present(fit_set).cpu().numpy(),
                                                       fit_truth.classes, grid, fit_images, crf or "affinitynet")
     present = _present(test_set).cpu().numpy()
-    maps, images = exp.class_maps(test_set), _rgb(test_set)
+    maps, images = exp.class_maps(test_set, msf), _rgb(test_set)
     labels = segment(maps, present, threshold, images if crf else None, crf or "affinitynet")
     num_classes = len(test_set.classes) + 1
     confusions = image_confusions(labels, truth.classes, num_classes)
@@ -53,7 +57,8 @@ def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: str | No
     metrics = json.loads((safe_subdir(CHECKPOINT_DIR, exp.exp_id) / "metrics.json").read_text())
     return {**{k: metrics.get(k) for k in ("test_acc", "test_map", "test_f1")},
             "exp_id": exp.exp_id, "method": semseg_method(cfg), "mode": cfg.mode, "crf": crf, "seed": cfg.seed,
-            "multi_label": cfg.multi_label, "threshold": threshold, "fit_miou": fit_miou,
+            "multi_label": cfg.multi_label, "threshold": threshold, "fit_miou": fit_miou, "msf": msf,
+            "background": crf_background(crf) if crf else "constant",
             "miou": float(np.nanmean(ious)), "class_ious": ious.tolist(), "classes": ["background", *test_set.classes],
             **error_shares(pooled),
             "n_test": len(test_set), "n_threshold_images": len(fit_set), "data_root": str(exp.root.resolve()),
@@ -87,16 +92,22 @@ def semseg_method(cfg) -> str:
     return f"{name} ({'multi-label' if cfg.multi_label else 'single-label'})"
 
 
-def semseg_variants(exp: Experiment, n_threshold: int, crf: Sequence[str | None]) -> list[dict]:
+def semseg_variants(exp: Experiment, n_threshold: int, crf: Sequence[str | None], msf: bool = True) -> list[dict]:
     """:func:`semseg_report` of ``exp`` under each CRF setting of ``crf`` (None: without CRF),
     each mIoU printed as it is found."""
     reports = []
     for refine in crf:
-        report = semseg_report(exp, n_threshold, refine)
+        report = semseg_report(exp, n_threshold, refine, msf=msf)
         reports.append(report)
         print(f"{exp.exp_id}{f' + CRF {refine}' if refine else ''}: mIoU {report['miou']:.4f} "
-              f"(background threshold {report['threshold']:.2f})", file=sys.stderr)
+              f"(background {background_text(report)})", file=sys.stderr)
     return reports
+
+
+def background_text(report: dict) -> str:
+    """The chosen background: ``α=4`` for a (1 - max)^α score, the threshold otherwise."""
+    value = report["threshold"]
+    return f"α={value:g}" if report.get("background") == "power" else f"{value:.2f}"
 
 
 def _semseg_reference(report: dict, reports: list[dict]) -> dict | None:
@@ -141,10 +152,10 @@ def semseg_tables(reports: list[dict]) -> tuple[str, str]:
         key = "test_map" if group[0]["multi_label"] else "test_acc"
         accuracy = [r.get(key) for r in group if r.get(key) is not None]
         rows.append([method, CRF_NAMES[crf], ", ".join(str(r["seed"]) for r in group),
-                     f"{mious.mean():.4f} ± {spread:.4f}", ", ".join(f"{r['threshold']:.2f}" for r in group),
+                     f"{mious.mean():.4f} ± {spread:.4f}", ", ".join(background_text(r) for r in group),
                      f"{np.mean(accuracy):.4f}", _intervals(versus), _verdict(versus) if versus else "-",
                      _intervals(from_crf), _verdict(from_crf) if from_crf else "-"])
-    header = ["method", "CRF", "seeds", "mIoU", "background thr.", "classification (mAP / top-1)",
+    header = ["method", "CRF", "seeds", "mIoU", "background (threshold, or α of (1 − max)^α)", "classification (mAP / top-1)",
               "ΔmIoU vs CAM of its label form, 95% CI per seed", "vs CAM", "ΔmIoU from CRF, 95% CI per seed",
               "CRF helps?"]
     align = [tables.LEFT] * 3 + [tables.RIGHT, tables.LEFT, tables.RIGHT] + [tables.LEFT] * 4
@@ -192,13 +203,18 @@ def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> s
     seeds = sorted({r["seed"] for r in reports})
     csv_text, summary = semseg_tables(reports)
     first = reports[0]
-    note = (f"Semantic segmentation of the {first['n_test']} test images from each run's class maps and the "
-            f"images' labels: each pixel takes the argmax of the background score (a threshold) and the present "
-            f"classes' maps (ReLU, divided by the max); with CRF, the argmax of the dense CRF on those scores, with "
-            f"AffinityNet's pairwise settings as they are (in pixels of ~500 px VOC images) or with their spatial "
-            f"widths scaled to the image (x {max(first['examples']['images'].shape[1:3])}/{CRF_REFERENCE_SIDE}). The "
-            f"threshold is chosen on {first['n_threshold_images']} training "
-            f"images' masks ({len(THRESHOLD_GRID)} values from 0.05 to 0.95, or every other one with CRF); test masks "
+    maps = ("multi-scale with flips (OC-CSE's inference: the image at 0.5, 1, 1.5 and 2 times the run's size and "
+            "mirrored, each map upsampled, ReLU, summed, divided by its max)" if first.get("msf")
+            else "of one scale (ReLU, upsampled, divided by the max)")
+    note = (f"Semantic segmentation of the {first['n_test']} test images from each run's class maps, {maps}, and the "
+            f"images' labels: without CRF each pixel takes the argmax of a constant background score (a threshold) "
+            f"and the present classes' maps; with CRF, the argmax of the dense CRF with AffinityNet's pairwise "
+            f"settings as they are (in pixels of ~500 px VOC images) or with their spatial widths scaled to the image "
+            f"(x {max(first['examples']['images'].shape[1:3])}/{CRF_REFERENCE_SIDE}), on the background score "
+            f"(1 − max_c cam)^α of the references (psa, OC-CSE) or, in a \"constant background\" variant, a "
+            f"threshold. The threshold or α is chosen on {first['n_threshold_images']} training "
+            f"images' masks (thresholds: {len(THRESHOLD_GRID)} values from 0.05 to 0.95, every other one with CRF; "
+            f"α: {', '.join(f'{a:g}' for a in CRF_ALPHA_GRID)}); test masks "
             f"choose nothing. mIoU over background and {len(first['classes']) - 1} classes from one confusion matrix "
             f"over the split (the VOC protocol; 255 ignored). Seeds {', '.join(map(str, seeds))}: mean ± sample std. "
             f"Intervals: paired bootstrap ({BOOTSTRAP_RESAMPLES} resamples of the test images, the same resample for "

@@ -256,7 +256,7 @@ def test_semseg_report_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     for r in rows:
         ious = [float(v) for k, v in r.items() if k.startswith("iou_") and v != "-"]
         assert float(r["miou"]) == pytest.approx(np.mean(ious), abs=2e-4)  # mIoU: the mean over the classes that occur
-        grid = THRESHOLD_GRID if r["crf"] == "none" else crf.CRF_THRESHOLD_GRID
+        grid = THRESHOLD_GRID if r["crf"] == "none" else crf.background_grid(r["crf"])  # α for (1 - max)^α
         assert float(r["threshold"]) in grid
     md = (tmp_path / "report/semseg.md").read_text()
     assert "CAM (multi-label)" in md and "CAM (single-label)" in md and "IoU per class" in md and "Where the errors are" in md
