@@ -256,14 +256,14 @@ class SegObjective:
 
     def _raw_map(self, model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
                  labels: torch.Tensor) -> torch.Tensor:
-        """N×1×h×w: the lab form, or the labelled class's map after ReLU (not yet scaled); for
-        multi-hot labels the class form is every class's map, N×K×h×w (the loss counts the
-        present ones)."""
+        """N×1×h×w: the lab form, or the labelled class's map (not yet scaled); for multi-hot
+        labels the class form is every class's map, N×K×h×w (the loss counts the present ones).
+        SSENet's form (``ser_mean`` all) transforms the raw map and takes the ReLU after, as its
+        reference branch interpolates the raw map; camlab's earlier form takes it before."""
         if self.cam_form == "lab":
             return model.lab_cam(features, gap).unsqueeze(1)
-        if labels.ndim == 2:
-            return F.relu(model.class_cams(features))
-        return F.relu(select_class(model.class_cams(features), labels)).unsqueeze(1)
+        maps = model.class_cams(features) if labels.ndim == 2 else select_class(model.class_cams(features), labels)[:, None]
+        return maps if self.ser_mean == "all" else F.relu(maps)
 
 
 SER_MEANS = ("all", "present")  # --ser_mean: SSENet's mean over every class's map, or the present ones
