@@ -28,7 +28,8 @@ from torch.utils.data import DistributedSampler
 
 from camlab import formats, readers, synthetic, utils, wsolmeta  # noqa: F401 - readers and wsolmeta register their formats
 from camlab.formats import FORMATS, Format, Listing, Truth, check_num_classes, stack_masks, to_frame
-from camlab.images import ImageSet, cache_key, cached, decode_files, note_once, read_mask, warn_skipped, CACHE_VERSION
+from camlab.images import (CACHE_VERSION, MAX_PIXELS, DecodeOptions, ImageSet, cache_key, cached, decode_files,
+                           note_once, read_mask, warn_skipped)
 from camlab.utils import CamlabError, read_text
 
 split_for = formats.split_for
@@ -58,7 +59,7 @@ def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 22
                num_classes: int | None = None, download: bool = False,
                cache_dir: Path | None = utils.DATA_DIR / "cache",
                progress: bool = True, skip_bad: bool = False,
-               metadata: Path | str | None = None) -> ImageSet:
+               metadata: Path | str | None = None, max_pixels: int = MAX_PIXELS) -> ImageSet:
     """Read split ``split`` of ``dataset`` (a registered format, ``camlab.formats.FORMATS``)
     stored at ``root``: one of the format's splits (``train`` or ``test`` for lab, cifar10 and
     folder; ``train``, ``val`` or ``test`` for wsol; ``train``, ``val`` or ``train_aug`` for voc).
@@ -98,11 +99,54 @@ def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 22
     if metadata is not None:  # appended, so that the other datasets' keys stay what they were
         settings.append(f"metadata={Path(metadata).resolve()}")
     key = cache_key(settings, listing.files)
-    data = cached(cache_dir, key, lambda: listing.decode(img_size, progress, skip_bad))
+    data = cached(cache_dir, key, lambda: listing.decode(DecodeOptions(img_size, progress, skip_bad, max_pixels)))
     warn_skipped(data.skipped, listing.image_dir or root / split)
     if fmt.note:
         note_once(fmt.note)
     return data
+
+
+def settle_body_evidence(dataset: str, data_root: str | None, body_evidence: float | None) -> float | None:
+    """The embedded benchmark's dial as a run records it: the given value (checked to lie in
+    [0, 1]), the generator's default when the default root is used, None for other data; refused
+    for a dataset that is not embedded."""
+    if body_evidence is None and dataset in synthetic.EMBEDDED and data_root is None:
+        return synthetic.BODY_EVIDENCE
+    if body_evidence is not None:
+        synthetic.check_body_evidence(body_evidence)
+        if dataset not in synthetic.EMBEDDED:
+            raise CamlabError(f"--body_evidence sets an embedded benchmark (--dataset {' or '.join(synthetic.EMBEDDED)}), "
+                              f"not --dataset {dataset}")
+    return body_evidence
+
+
+def benchmark_record(dataset: str, root: Path, body_evidence: float | None = None) -> dict:
+    """``{"benchmark": {version, body_evidence, seed, size}}`` of the embedded benchmark at
+    ``root`` (empty for other data), refused in one line when ``root`` was generated at another
+    body-evidence setting than ``body_evidence``."""
+    meta = synthetic.read_meta(root, dataset) if dataset in synthetic.EMBEDDED else None
+    if meta is None:
+        return {}
+    if body_evidence is not None and meta.get("body_evidence") != body_evidence:
+        raise CamlabError(f"--body_evidence {body_evidence:g}, but {root} was generated at "
+                          f"{meta.get('body_evidence')}; leave out --data_root to use (or generate) "
+                          f"{synthetic.default_root(body_evidence, dataset)}")
+    return {"benchmark": {k: meta.get(k) for k in ("version", "body_evidence", "seed", "size")}}
+
+
+def check_classes(dataset: str, root: Path, num_classes: int, who: str, metadata: Path | str | None = None) -> None:
+    """Refuse, in one line, a model of ``num_classes`` classes on data that declares another
+    number (read from the annotation files alone, nothing decoded); data that cannot be listed
+    is left to the reader's own errors."""
+    fmt = formats.get(dataset)
+    try:
+        listing = fmt.read(Path(root), formats.split_for(dataset, "test", root), None,
+                           None if metadata is None else Path(metadata))
+    except CamlabError:
+        return
+    if listing.classes is not None and len(listing.classes) != num_classes:
+        raise CamlabError(f"{who} {num_classes} classes, but {root} declares {len(listing.classes)}; "
+                          f"score it on the data it was trained on (--data_root)")
 
 
 def _ensure_root(fmt: Format, root: Path, progress: bool) -> None:
@@ -165,9 +209,9 @@ def _list_lab(root: Path, split: str, num_classes: int | None,
     names = [name for name, _ in entries]
     files = [ann_path] + ([meta_path] if meta_path.exists() else []) + [root / split / n for n in names]
 
-    def decode(img_size: int, progress: bool, skip_bad: bool) -> ImageSet:
-        return decode_files(root / split, names, labels, classes, img_size, progress, skip_bad)
-    return Listing(files, decode)
+    def decode(options: DecodeOptions) -> ImageSet:
+        return decode_files(root / split, names, labels, classes, options)
+    return Listing(files, decode, classes=list(classes))
 
 
 def _lab_classes(meta_path: Path, num_classes: int | None) -> list[str]:
@@ -207,12 +251,10 @@ def _parse_annotations(ann_path: Path, image_dir: Path, num_classes: int) -> lis
 
 
 def _parse_line(line: str, num_classes: int, where: str) -> tuple[str, int]:
-    fields = line.split()
+    """``<file name> <label>``, split at the last run of spaces: a file name may hold spaces."""
+    fields = line.strip().rsplit(None, 1)
     if len(fields) == 1:
         raise CamlabError(f"{where}: missing label after {fields[0]!r}")
-    if len(fields) != 2:
-        raise CamlabError(f"{where}: malformed line {line.strip()!r} "
-                          f"(expected '<file name> <label>')")
     name, text = fields
     try:
         label = int(text)

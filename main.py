@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--skip_bad", action="store_true",
                       help="leave out images that cannot be decoded (each is listed) instead of stopping")
     data.add_argument("--img_size", type=int, default=DEFAULTS.img_size, help="training/eval resolution")
+    data.add_argument("--max_pixels", type=int, default=DEFAULTS.max_pixels,
+                      help="an image whose header declares more pixels is refused before it is decoded")
 
     net = p.add_argument_group("model")
     net.add_argument("--weights", default=DEFAULTS.weights,

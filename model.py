@@ -500,6 +500,10 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tup
     except (KeyError, TypeError, RuntimeError) as err:
         raise CamlabError(f"checkpoint {path} is damaged: its weights do not fit its model "
                           f"settings ({reason(err)})") from None
+    bad = next((k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CamlabError(f"checkpoint {path} holds NaN or infinite weights ({bad}): the run diverged before it was "
+                          f"saved, so it cannot be scored, visualised or resumed; retrain it (a lower --lr)")
     return model, ckpt
 
 

@@ -7,6 +7,7 @@ registry.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -21,12 +22,13 @@ from sklearn.model_selection import KFold, train_test_split
 from tqdm import tqdm
 
 import dataloader
-from camlab import figures, formats, methods, synthetic, tables
+from camlab import figures, formats, methods, synthetic
 from camlab.ddp import SINGLE, World, current_world, data_parallel, gather_folds
 from camlab.heads import ACOL_DELTA, ACOL_WIDTH
-from camlab.images import ImageSet
+from camlab.images import MAX_PIXELS, ImageSet
 from camlab.meters import EpochMeter, label_metrics, selection_metric
-from camlab.runs import Progress, log_row, prepare_run_dir, write_log
+from camlab.runs import (Progress, RunLock, check_writable, cv_summary, cv_table, log_row, prepare_run_dir, read_metrics,
+                         write_log)
 from camlab.runtime import autocast, random_states, restore_random_states, seed_everything
 from camlab.methods import Flag, Method, Objective, Step, classification_loss
 from camlab.transforms import TRANSFORMS, EquivarianceTransform, TransformSettings, match_size, parse_transform
@@ -64,6 +66,7 @@ class RunConfig:
     resume: bool = False
     deterministic: bool = False
     skip_bad: bool = False
+    max_pixels: int = MAX_PIXELS  # an image declaring more pixels is refused from its header
     progress: bool = True
     # several labels per image (voc, multi): BCE on the multi-hot labels, OC-CSE in CSE mode
     multi_label: bool = False
@@ -117,14 +120,8 @@ class RunConfig:
             if hasattr(self, flag.name) or flag in method.flags:
                 r = flag.range
                 check_range(f"--{flag.name}", self.option(flag.name), r.low, r.high, open_low=r.open_low, why=r.why)
-        if self.body_evidence is None and self.dataset in synthetic.EMBEDDED and self.data_root is None:
-            # recorded as the number it is, so that the run keeps its meaning if the default changes
-            self.body_evidence = synthetic.BODY_EVIDENCE
-        if self.body_evidence is not None:
-            synthetic.check_body_evidence(self.body_evidence)
-            if self.dataset not in synthetic.EMBEDDED:
-                raise CamlabError(f"--body_evidence sets an embedded benchmark (--dataset lab or multi), "
-                                  f"not --dataset {self.dataset}")
+        # recorded as the number it is, so that the run keeps its meaning if the default changes
+        self.body_evidence = dataloader.settle_body_evidence(self.dataset, self.data_root, self.body_evidence)
         if self.multi_label and not formats.get(self.dataset).multi_label:
             raise CamlabError(f"--multi_label needs a dataset that labels every class in an image "
                               f"({' or '.join(formats.multi_label_formats())}), not --dataset {self.dataset}")
@@ -167,12 +164,14 @@ RANGES: dict[str, Range] = {
     "cv": Range(0, 1_000, "0: a single run"),
     "lr": Range(0, 1, "Adam's learning rate", open_low=True),
     "val_fraction": Range(0, 0.9, "the share of training images held out", open_low=True),
+    "max_pixels": Range(1, 1 << 40, "pixels an image may declare"),
 }  # the methods' own flags bring their ranges (camlab.methods.Flag.range)
 
 
 # Settings that change where or how verbosely a run goes, not what it computes: the rest must
 # agree for --resume to continue a run and for a comparison to reuse one.
-NOT_SHAPING = ("exp_id", "device", "precision", "overwrite", "resume", "deterministic", "progress", "download")
+NOT_SHAPING = ("exp_id", "device", "precision", "overwrite", "resume", "deterministic", "progress", "download",
+               "max_pixels")
 
 
 def shaping(cfg: RunConfig) -> dict:
@@ -510,24 +509,18 @@ def load_data(cfg: RunConfig, device: torch.device) -> tuple[ImageSet, ImageSet]
     trains on train_aug when it is there and reports on val), on ``device``."""
     root = cfg.data_path()
     kw = dict(img_size=cfg.img_size, download=cfg.download, progress=cfg.progress, skip_bad=cfg.skip_bad,
-              metadata=cfg.metadata)
+              metadata=cfg.metadata, max_pixels=cfg.max_pixels)
     train_set = dataloader.load_split(cfg.dataset, root, dataloader.split_for(cfg.dataset, "train", root), **kw)
     test_set = dataloader.load_split(cfg.dataset, root, dataloader.split_for(cfg.dataset, "test", root), **kw)
-    meta = synthetic.read_meta(root, cfg.dataset) if cfg.dataset in synthetic.EMBEDDED else None
-    if cfg.body_evidence is not None and meta is not None and meta.get("body_evidence") != cfg.body_evidence:
-        raise CamlabError(f"--body_evidence {cfg.body_evidence:g}, but {root} was generated at "
-                          f"{meta.get('body_evidence')}; leave out --data_root to use (or generate) "
-                          f"{synthetic.default_root(cfg.body_evidence, cfg.dataset)}")
+    dataloader.benchmark_record(cfg.dataset, root, cfg.body_evidence)  # the setting the data was made at
     if cfg.multi_label and train_set.present is None:
         raise CamlabError(f"--multi_label: {root} gives no per-image class lists")
     return train_set.to(device), test_set.to(device)
 
 
 def benchmark_meta(cfg: RunConfig) -> dict:
-    """What a run's metrics record of the embedded benchmark it ran on (generator version, body
-    evidence, seed); empty for any other dataset."""
-    meta = synthetic.read_meta(cfg.data_path(), cfg.dataset) if cfg.dataset in synthetic.EMBEDDED else None
-    return {} if meta is None else {"benchmark": {k: meta.get(k) for k in ("version", "body_evidence", "seed", "size")}}
+    """What a run's metrics record of the embedded benchmark it ran on; empty for other data."""
+    return dataloader.benchmark_record(cfg.dataset, cfg.data_path(), cfg.body_evidence)
 
 
 def _validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -576,6 +569,7 @@ def _prepare(cfg: RunConfig, run_dir: Path, device: torch.device,
     if world.main:
         data = load_data(cfg, device)
         prepare_run_dir(run_dir, cfg.overwrite, cfg.resume)
+        check_writable(run_dir)  # a read-only or full disk fails here, not after the first epoch
     world.barrier()
     return data if world.main else load_data(cfg, device)
 
@@ -585,13 +579,24 @@ def _finished(run_dir: Path, cfg: RunConfig) -> dict | None:
     path = run_dir / "metrics.json"
     if not cfg.resume or not path.is_file():
         return None
-    metrics = json.loads(path.read_text())
-    return None if differing(cfg, metrics.get("args", {})) else metrics
+    metrics = read_metrics(path)
+    return None if differing(cfg, metrics["args"]) else metrics
+
+
+def _writing(cfg: RunConfig) -> contextlib.AbstractContextManager:
+    """The run folder locked for as long as this process writes it (the main process only)."""
+    return RunLock(cfg.run_dir()) if current_world().main else contextlib.nullcontext()
 
 
 def train(cfg: RunConfig) -> dict:
     """The lab's ``train()``: fit on the training split minus a validation part, pick the best
-    epoch on that part, then report the best checkpoint's test accuracy in ``metrics.json``."""
+    epoch on that part, then report the best checkpoint's test accuracy in ``metrics.json``.
+    The run folder is locked while it is written (a second process on it is refused)."""
+    with _writing(cfg):
+        return _train(cfg)
+
+
+def _train(cfg: RunConfig) -> dict:
     t0 = time.perf_counter()
     run_dir, device, world = _start(cfg)
     train_set, test_set = _prepare(cfg, run_dir, device, world)
@@ -630,6 +635,9 @@ def load_run(exp_id: str, device: torch.device | str = "cpu", data_root: str | N
     net, ckpt = load_checkpoint(safe_subdir(CHECKPOINT_DIR, exp_id) / "best.pth", device)
     cfg = RunConfig.from_args(ckpt.get("args", {}))
     root = dataloader.resolve_root(cfg.dataset, data_root, cfg.body_evidence) if data_root else cfg.data_path()
+    if not root.exists() and not (cfg.dataset in synthetic.EMBEDDED and data_root is None and cfg.data_root is None):
+        raise CamlabError(f"{exp_id}'s data root {root} no longer exists (moved or deleted?); pass --data_root")
+    dataloader.check_classes(cfg.dataset, root, net.config.num_classes, f"{exp_id} was trained on", cfg.metadata)
     return FinishedRun(exp_id, net.eval(), cfg, ckpt, root)
 
 
@@ -644,6 +652,11 @@ def train_CV(cfg: RunConfig) -> dict:  # noqa: N802 - the handout's name
     """k-fold cross-validation over the training split: per fold the best epoch is chosen on
     that fold's validation part; the best model of each fold is then scored on the test split.
     Writes ``cv.json`` (``folds``, ``mean``, ``std``) and ``cv.md`` beside the fold folders."""
+    with _writing(cfg):
+        return _train_cv(cfg)
+
+
+def _train_cv(cfg: RunConfig) -> dict:
     run_dir, device, world = _start(cfg)
     train_set, test_set = _prepare(cfg, run_dir, device, world)
     folds = []
@@ -675,17 +688,3 @@ def train_CV(cfg: RunConfig) -> dict:  # noqa: N802 - the handout's name
     return summary
 
 
-def cv_summary(folds: list[dict]) -> dict:
-    """Mean and (population) standard deviation of each fold metric."""
-    keys = ("val_acc", "test_acc")
-    return {"folds": folds,
-            "mean": {k: float(np.mean([f[k] for f in folds])) for k in keys},
-            "std": {k: float(np.std([f[k] for f in folds])) for k in keys}}
-
-
-def cv_table(summary: dict) -> str:
-    """A Markdown table: one row per fold, then mean ± std."""
-    rows = [[f["fold"], f["best_epoch"], f"{f['val_acc']:.4f}", f"{f['test_acc']:.4f}"] for f in summary["folds"]]
-    m, s = summary["mean"], summary["std"]
-    rows.append(["mean ± std", "", f"{m['val_acc']:.4f} ± {s['val_acc']:.4f}", f"{m['test_acc']:.4f} ± {s['test_acc']:.4f}"])
-    return tables.markdown(["fold", "best epoch", "val acc", "test acc"], rows, [tables.RIGHT] * 4)

@@ -18,7 +18,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from camlab.images import ImageSet
+from camlab.images import DecodeOptions, ImageSet
 from camlab.utils import CamlabError
 
 ROLES = ("train", "fit", "test")
@@ -30,13 +30,15 @@ class Listing:
     """What a reader found before decoding anything.
 
     files: every file the split's content depends on (their stats form the cache key).
-    decode: ``decode(img_size, progress, skip_bad) -> ImageSet`` does the expensive part.
+    decode: ``decode(options) -> ImageSet`` does the expensive part (``camlab.images.DecodeOptions``).
     image_dir: the folder the names are relative to, when not ``<root>/<split>``.
+    classes: the class names the files declare (known before decoding), when the reader knows them.
     """
 
     files: list[Path]
-    decode: Callable[[int, bool, bool], ImageSet]
+    decode: Callable[["DecodeOptions"], ImageSet]
     image_dir: Path | None = None
+    classes: list[str] | None = None
 
 
 @dataclass

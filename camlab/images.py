@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,7 @@ from typing import Callable
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from camlab import utils
@@ -99,33 +101,55 @@ def warn_skipped(skipped: list[str], folder: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- decoding
+MAX_PIXELS = 50_000_000  # an image or mask declaring more is refused from its header (--max_pixels)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How a split is decoded: the size of mixed-size images (``img_size``), a progress bar, whether
+    an undecodable file is left out (``skip_bad``), and the largest image accepted (``max_pixels``,
+    read from each file's header before any decoding)."""
+
+    img_size: int = 224
+    progress: bool = True
+    skip_bad: bool = False
+    max_pixels: int = MAX_PIXELS
+
+
+class NotSkippable(CamlabError):
+    """A file that ``skip_bad`` must not leave out: it is not damaged (an image over the size limit,
+    a decoder out of memory), so leaving it out would quietly change the data."""
+
+
 def decode_files(folder: Path, names: list[str], labels: list[int], classes: list[str],
-                  img_size: int, progress: bool, skip_bad: bool) -> ImageSet:
+                 options: DecodeOptions) -> ImageSet:
     """Decode every image ``folder/<name>`` once, sized as :func:`_add_image` says (see
     :func:`decode_each` for what ``skip_bad`` does)."""
-    images, kept, skipped = decode_each(folder, names, lambda i: decode_image(folder / names[i]),
-                                         img_size, progress, skip_bad)
+    images, kept, skipped = decode_each(folder, names, lambda i: decode_image(folder / names[i], options.max_pixels),
+                                        options)
     return ImageSet(images, torch.tensor([labels[i] for i in kept], dtype=torch.int64),
                     [names[i] for i in kept], list(classes), skipped)
 
 
-def decode_each(folder: Path, names: list[str], load: Callable[[int], np.ndarray], img_size: int,
-                 progress: bool, skip_bad: bool) -> tuple[torch.Tensor, list[int], list[str]]:
+def decode_each(folder: Path, names: list[str], load: Callable[[int], np.ndarray],
+                options: DecodeOptions) -> tuple[torch.Tensor, list[int], list[str]]:
     """``(uint8 N×3×H×W images, the indices kept, the names skipped)``: ``load(i)`` decodes
     image ``i`` (named ``names[i]``, relative to ``folder``) as RGB H×W×3.
 
     A CamlabError from ``load`` (a file that cannot be decoded) stops the split, unless
     ``skip_bad``: then that image is left out (the caller drops its label and name too, so the
     lists stay aligned) and its name listed. Leaving out every image is still an error: an empty
-    split would only fail later, with a message that no longer says why.
+    split would only fail later, with a message that no longer says why. A :class:`NotSkippable`
+    error (an image over ``max_pixels``, a decoder out of memory) always stops it.
     """
+    img_size, skip_bad = options.img_size, options.skip_bad
     arrays, kept, skipped, first_error = [], [], [], None
     for index, name in enumerate(tqdm(names, desc=f"decoding {folder.name}", unit="img",
-                                      disable=None if progress else True, leave=False)):
+                                      disable=None if options.progress else True, leave=False)):
         try:
             image = load(index)
         except CamlabError as err:
-            if not skip_bad:
+            if not skip_bad or isinstance(err, NotSkippable):
                 raise
             skipped.append(name)
             first_error = first_error or err
@@ -151,22 +175,68 @@ def _add_image(arrays: list[np.ndarray], image: np.ndarray, img_size: int) -> No
     arrays.append(image)
 
 
-def decode_image(path: Path | str) -> np.ndarray:
+def decode_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """The image at ``path`` as uint8 H×W×3 RGB; grey is repeated, alpha dropped, 16 bits
     scaled to 8. Read through ``np.fromfile`` so that any path the OS accepts works."""
-    return _to_rgb8(imread(path, cv2.IMREAD_UNCHANGED, "image"), path)
+    return _to_rgb8(imread(path, cv2.IMREAD_UNCHANGED, "image", max_pixels), path)
 
 
-def imread(path: Path | str, flags: int, what: str) -> np.ndarray:
+def declared_size(path: Path | str) -> tuple[int, int] | None:
+    """``(width, height)`` from an image file's header, nothing decoded (PIL reads the header
+    alone); None when PIL does not know the format (cv2 may still)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's warnings on odd headers (bombs, corrupt EXIF): cv2 decides
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is what we want to see
+            try:
+                with Image.open(path) as image:
+                    return image.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def _sound(path: Path | str) -> bool:
+    """Whether PIL finds the file whole (its header and checksums), without decoding the pixels."""
+    try:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("ignore")
+            image.verify()
+        return True
+    except Exception:  # PIL reports damage in many types
+        return False
+
+
+def imread(path: Path | str, flags: int, what: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """cv2's decoder on the file's bytes; a missing, unreadable or undecodable file is a
-    CamlabError naming it (one line: cv2's own messages span several)."""
+    CamlabError naming it (one line: cv2's own messages span several). A file whose header
+    declares more than ``max_pixels`` is refused before decoding, and a decoder that runs out of
+    memory is said to (a :class:`NotSkippable` error, never taken for a damaged file)."""
+    size = declared_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise NotSkippable(f"{what} {path} declares {size[0]}×{size[1]} pixels ({size[0] * size[1] / 1e6:,.0f} "
+                           f"megapixels), over the limit of {max_pixels / 1e6:g} (--max_pixels); not decoded")
     try:
         image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), flags)
+    except MemoryError:
+        raise NotSkippable(f"out of memory decoding {what} {path} ({_dims(size)}): not a damaged file; "
+                           f"free memory or lower --max_pixels") from None
     except (OSError, ValueError, cv2.error) as err:
+        if "memory" in str(err).lower() or "allocate" in str(err).lower():
+            raise NotSkippable(f"out of memory decoding {what} {path} ({_dims(size)}): not a damaged file; "
+                               f"free memory or lower --max_pixels") from None
         raise CamlabError(f"cannot read {what} {path}: {utils.reason(err)}") from None
     if image is None:
+        if size is not None and _sound(path):
+            raise NotSkippable(f"the decoder failed on {what} {path} ({_dims(size)}) although its header and "
+                               f"checksums are sound: most likely out of memory, not a damaged file")
         raise CamlabError(f"cannot read {what} {path}: not a decodable image file")
     return image
+
+
+def _dims(size: tuple[int, int] | None) -> str:
+    return "of unknown size" if size is None else f"{size[0]}×{size[1]}"
 
 
 def _to_rgb8(image: np.ndarray, path: Path | str) -> np.ndarray:
@@ -271,11 +341,12 @@ def _read_cache(path: Path) -> ImageSet | None:
 
 
 def _write_cache(path: Path, payload: dict) -> None:
+    """The decoded split saved for the next run; the cache only saves time, so a write that fails
+    (a full or read-only disk) is a warning and the run goes on with the split in memory."""
     try:
         utils.atomic_write(path, lambda f: torch.save(payload, f))
-    except OSError as err:
-        raise CamlabError(f"cannot write the data cache {path} ({err.strerror}); make its "
-                          f"folder writable or disable the cache") from None
+    except CamlabError as err:
+        print(f"warning: the data cache was not written ({err}); decoding again next time", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------ the examples

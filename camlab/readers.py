@@ -21,7 +21,7 @@ from torchvision.datasets import folder as tv_folder
 from camlab import synthetic, utils
 from camlab.formats import (IGNORE, Format, Listing, Truth, check_names, check_num_classes, register, stack_masks,
                             to_frame)
-from camlab.images import ImageSet, decode_each, decode_files, decode_image, example_images
+from camlab.images import DecodeOptions, ImageSet, decode_each, decode_files, decode_image, example_images
 from camlab.utils import CamlabError, read_text
 
 FOLDER_HINT = "it must hold train/<class>/<images> and test/<class>/<images>"
@@ -47,9 +47,9 @@ def _list_folder(root: Path, split: str, num_classes: int | None,
     labels = [label for _, label in samples]
     names = [p.relative_to(root / split).as_posix() for p in paths]
 
-    def decode(img_size: int, progress: bool, skip_bad: bool) -> ImageSet:
-        return decode_files(root / split, names, labels, classes, img_size, progress, skip_bad)
-    return Listing(paths, decode)
+    def decode(options: DecodeOptions) -> ImageSet:
+        return decode_files(root / split, names, labels, classes, options)
+    return Listing(paths, decode, classes=list(classes))
 
 
 def _folder_classes(split_dir: Path) -> list[str]:
@@ -82,7 +82,7 @@ def _list_cifar10(root: Path, split: str, num_classes: int | None,
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in label_names]
     check_num_classes(num_classes, len(classes), files[-1])
     # skip_bad does not apply: the batches are arrays, not separately decoded image files
-    return Listing(files, lambda img_size, progress, skip_bad: _decode_cifar10(files[:-1], classes))
+    return Listing(files, lambda options: _decode_cifar10(files[:-1], classes), classes=list(classes))
 
 
 def _decode_cifar10(batch_files: list[Path], classes: list[str]) -> ImageSet:
@@ -226,12 +226,11 @@ def _list_voc(root: Path, split: str, num_classes: int | None,
     files = [list_path] + [p for name, mask in entries for p in (root / name, mask)]
     if (root / "meta.json").exists():
         files.append(root / "meta.json")
-    return Listing(files, lambda img_size, progress, skip_bad: _decode_voc(root, entries, classes, img_size,
-                                                                            progress, skip_bad), image_dir=root)
+    return Listing(files, lambda options: _decode_voc(root, entries, classes, options), image_dir=root,
+                   classes=list(classes))
 
 
-def _decode_voc(root: Path, entries: list[tuple[str, Path]], classes: list[str], img_size: int, progress: bool,
-                skip_bad: bool) -> ImageSet:
+def _decode_voc(root: Path, entries: list[tuple[str, Path]], classes: list[str], options: DecodeOptions) -> ImageSet:
     """The images with their labels (the class with the most pixels; ties go to the lower VOC
     index) and every present class. An undecodable image or mask, a mask of another size than
     its image, or one without an object class is an error naming it (skipped with skip_bad)."""
@@ -239,7 +238,7 @@ def _decode_voc(root: Path, entries: list[tuple[str, Path]], classes: list[str],
 
     def load(index: int) -> np.ndarray:
         name, mask_path = entries[index]
-        image = decode_image(root / name)
+        image = decode_image(root / name, options.max_pixels)
         mask = read_index_mask(mask_path)
         if mask.shape != image.shape[:2]:
             raise CamlabError(f"mask {mask_path} is {mask.shape[1]}×{mask.shape[0]}, but its image "
@@ -247,7 +246,7 @@ def _decode_voc(root: Path, entries: list[tuple[str, Path]], classes: list[str],
         counts[index] = _voc_class_pixels(mask, mask_path, len(classes))
         return image
     names = [name for name, _ in entries]
-    images, kept, skipped = decode_each(root, names, load, img_size, progress, skip_bad)
+    images, kept, skipped = decode_each(root, names, load, options)
     pixels = np.stack([counts[i] for i in kept]) if kept else np.zeros((0, len(classes)), np.int64)
     return ImageSet(images, torch.from_numpy(pixels.argmax(axis=1).astype(np.int64)), [names[i] for i in kept],
                     list(classes), skipped, present=torch.from_numpy(pixels > 0))

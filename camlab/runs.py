@@ -1,14 +1,25 @@
-"""A run's folder on disk: made or refused before any work (never written over unless asked), the per-epoch log, and the progress a resumed run goes on from.
+"""A run's folder on disk: made or refused before any work (never written over unless asked), locked while a process writes it, its metrics read back, the per-epoch log, and the progress a resumed run goes on from.
 """
 from __future__ import annotations
 
-import io
 import csv
+import io
+import json
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from camlab.utils import CamlabError, atomic_write_text
+import numpy as np
+
+from camlab import tables
+from camlab.utils import CamlabError, atomic_write_text, os_fault
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
 
 
 # -------------------------------------------------------------------------------------- runs
@@ -34,16 +45,115 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool = False) -> Non
     """Refuse to write over an earlier run's files unless told to; with ``overwrite`` the old
     run is removed first, so no file of it (a fold, a cv.json) mixes with the new one; with
     ``resume`` the run goes on in place."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CamlabError(f"{run_dir} is a file, not a run folder; move it away or choose another --exp_id")
     if resume:
         if not run_dir.is_dir():
             raise CamlabError(f"--resume: {run_dir} holds no run to continue; leave --resume out to start it")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise CamlabError(f"{run_dir} already holds a run; pass --resume to continue it, choose "
-                              f"another --exp_id, or pass --overwrite to replace it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if not overwrite:
+                raise CamlabError(f"{run_dir} already holds a run; pass --resume to continue it, choose "
+                                  f"another --exp_id, or pass --overwrite to replace it")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CamlabError(f"cannot make the run folder {run_dir}: {os_fault(err)}") from None
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse a folder that cannot take a file (a read-only or full disk, no permission) before
+    any work, so that a run does not train an epoch to fail at its first checkpoint."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".writable.", suffix=".tmp") as probe:
+            probe.write(b"camlab")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        raise CamlabError(f"cannot write in {folder}: {os_fault(err)}") from None
+
+
+def lock_path(run_dir: Path) -> Path:
+    """Where a run's lock lives: beside its folder (``checkpoints/.<exp_id>.lock``), so that
+    ``--overwrite`` can remove the folder while the lock is held."""
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder for as long as a process writes it (``fcntl.flock`` on
+    :func:`lock_path`, which holds the holder's PID). The kernel releases it however the process
+    ends, so a killed run leaves no stale lock: the next process takes it. A second process on
+    the same run is refused in one line naming the holder's PID."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.path, self.file = Path(run_dir), lock_path(Path(run_dir)), None
+
+    def __enter__(self) -> "RunLock":
+        if fcntl is None:
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a+", encoding="utf-8")
+        except OSError as err:
+            raise CamlabError(f"cannot lock the run {self.run_dir}: {self.path}: {os_fault(err)}") from None
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _pid_in(self.file)
+            self.file.close()
+            self.file = None
+            raise CamlabError(f"{self.run_dir} is being written by another process (PID {holder}); wait for it to "
+                              f"finish, or choose another --exp_id") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)  # the file stays: removing it would race a newcomer
+            self.file.close()
+            self.file = None
+
+
+def _pid_in(file) -> str:
+    file.seek(0)
+    text = file.read().strip()
+    return text if text.isdigit() else "unknown"
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """The PID of the process writing ``run_dir`` now (as text), or None when none is."""
+    path = lock_path(Path(run_dir))
+    if fcntl is None or not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _pid_in(file)
+            fcntl.flock(file, fcntl.LOCK_UN)
+    except OSError:
+        return None
+    return None
+
+
+def read_metrics(path: Path) -> dict:
+    """A finished run's ``metrics.json``, refused in one line naming the file when it is not the
+    JSON object camlab writes (a test accuracy and the run's settings)."""
+    try:
+        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise CamlabError(f"cannot read {path}: {os_fault(err)}") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CamlabError(f"{path} is not readable JSON ({' '.join(str(err).split())[:80]}); it is not the "
+                          f"metrics.json camlab writes") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("args"), dict) or "test_acc" not in metrics:
+        raise CamlabError(f"{path} is not the metrics.json camlab writes (no test_acc and args)")
+    return metrics
 
 
 @dataclass
@@ -55,3 +165,19 @@ class Progress:
     best_epoch: int = 0
     rows: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
+
+
+def cv_summary(folds: list[dict]) -> dict:
+    """Mean and (population) standard deviation of each fold metric."""
+    keys = ("val_acc", "test_acc")
+    return {"folds": folds,
+            "mean": {k: float(np.mean([f[k] for f in folds])) for k in keys},
+            "std": {k: float(np.std([f[k] for f in folds])) for k in keys}}
+
+
+def cv_table(summary: dict) -> str:
+    """A Markdown table: one row per fold, then mean ± std."""
+    rows = [[f["fold"], f["best_epoch"], f"{f['val_acc']:.4f}", f"{f['test_acc']:.4f}"] for f in summary["folds"]]
+    m, s = summary["mean"], summary["std"]
+    rows.append(["mean ± std", "", f"{m['val_acc']:.4f} ± {s['val_acc']:.4f}", f"{m['test_acc']:.4f} ± {s['test_acc']:.4f}"])
+    return tables.markdown(["fold", "best epoch", "val acc", "test acc"], rows, [tables.RIGHT] * 4)

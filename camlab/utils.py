@@ -5,6 +5,7 @@ Kept apart from the other modules because each of them needs these and none owns
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -36,12 +37,24 @@ DEFAULT_THRESHOLD = 0.15
 PRED_SUFFIX = "_seg.png"  # visualize/<exp_id>/<stem>_seg.png holds the predicted mask
 
 
+def printable(text: str) -> str:
+    """``text`` with every control or line-breaking character escaped (``\\x00``, ``\\n``,
+    ``\\u2028``), so that a name read from a file can neither break a one-line message nor reach the
+    terminal raw."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 class CamlabError(Exception):
     """A problem with the user's input or environment: reported as one line, exit code 2.
 
     The message must name what is wrong (the file and line, the flag) and, where there is one,
     what to do instead. Anything else that escapes is a bug in camlab and keeps its traceback.
+    The message is kept on one line: control and line-breaking characters in it (from a file
+    name, say) are escaped.
     """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(printable(str(message)), *args)
 
 
 def safe_subdir(base: Path | str, name: str, flag: str = "--exp_id") -> Path:
@@ -64,21 +77,53 @@ def atomic_write(path: Path | str, write: Callable[[Any], None], mode: str = "wb
 
     ``write`` receives an open file in the same folder; it is flushed and fsynced, then renamed
     over ``path`` with ``os.replace`` (atomic on POSIX and Windows within one file system).
+    A fault of the file system (a full or read-only disk, a folder that is a file, a symbolic-link
+    loop, no permission; torch.save's writer reports a full disk as a RuntimeError) is a one-line
+    CamlabError naming ``path``; the old file, if any, is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would have
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) or (isinstance(err, RuntimeError) and _write_failed(err)):
+            raise CamlabError(f"cannot write {path}: {os_fault(err)}; what was written before is kept") from None
         raise
+
+
+def _write_failed(err: RuntimeError) -> bool:
+    """torch.save's zip writer turns a failed write (a full disk) into a RuntimeError."""
+    text = str(err)
+    return "file write failed" in text or "PytorchStreamWriter" in text or "inline_container" in text
+
+
+# errno -> what it means for the user, in a message's words
+_FAULTS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+           errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+           errno.EPERM: "the operation is not permitted", errno.ENOTDIR: "a part of the path is a file, not a folder",
+           errno.EISDIR: "it is a folder, not a file", errno.ELOOP: "a symbolic-link loop",
+           errno.ENAMETOOLONG: "the name is too long", errno.ENOENT: "no such file or folder",
+           errno.EEXIST: "it exists already"}
+
+
+def os_fault(err: BaseException) -> str:
+    """A file-system error as a few words: what it means (no space left on the device, ...)."""
+    if isinstance(err, OSError) and err.errno in _FAULTS:
+        return _FAULTS[err.errno]
+    if isinstance(err, RuntimeError) and _write_failed(err):
+        return "the write failed (is the disk full?)"
+    if isinstance(err, RuntimeError) and "Symlink loop" in str(err):
+        return "a symbolic-link loop"
+    return reason(err, 160)
 
 
 def _umask() -> int:
@@ -105,6 +150,7 @@ def reason(err: BaseException, limit: int = 200) -> str:
     """An exception as one short line for an error message (library messages can span many)."""
     text = " ".join(str(err).split())
     return text[:limit] if text else type(err).__name__
+
 
 
 DEVICES = ("auto", "cpu", "cuda")  # --device choices; see resolve_device
@@ -168,9 +214,16 @@ def run_cli(prog: str, body: Callable[[], Any]) -> int:
     try:
         body()
     except CamlabError as err:
-        print(f"{prog}: error: {reason(err, limit=2000)}", file=sys.stderr)
+        print(f"{prog}: error: {printable(reason(err, limit=2000))}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file-system fault on a path no check named: still one line, naming it
+        where = err.filename if err.filename is not None else "a file"
+        print(printable(f"{prog}: error: cannot use {where}: {os_fault(err)}"), file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and ("Symlink loop" in str(err) or _write_failed(err)):
+            print(printable(f"{prog}: error: {os_fault(err)} ({reason(err, 160)})"), file=sys.stderr)
+            return 2
         if not _out_of_memory(err):
             raise
         print(f"{prog}: error: out of memory ({reason(err, 160)}); lower --img_size or --batch_size",

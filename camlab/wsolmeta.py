@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from camlab.formats import IGNORE, Format, Listing, Truth, check_names, check_num_classes, register, stack_masks, to_frame
-from camlab.images import ImageSet, decode_files, example_images, imread
+from camlab.images import DecodeOptions, ImageSet, decode_files, example_images, imread
 from camlab.utils import CamlabError, read_text
 
 
@@ -62,9 +62,9 @@ def _list_wsol(root: Path, split: str, num_classes: int | None,
     info = _wsol_split(root, metadata, split, check_files=True)
     check_num_classes(num_classes, len(info.classes), metadata / "train" / "class_labels.txt")
 
-    def decode(img_size: int, progress: bool, skip_bad: bool) -> ImageSet:
-        return decode_files(root, info.ids, info.labels, info.classes, img_size, progress, skip_bad)
-    return Listing(info.files + [root / i for i in info.ids], decode, image_dir=root)
+    def decode(options: DecodeOptions) -> ImageSet:
+        return decode_files(root, info.ids, info.labels, info.classes, options)
+    return Listing(info.files + [root / i for i in info.ids], decode, image_dir=root, classes=list(info.classes))
 
 
 def _csv_lines(path: Path) -> list[tuple[int, list[str]]]:

@@ -116,7 +116,8 @@ class Experiment:
         """The split that plays ``role`` (``dataloader.split_for``: ``fit`` chooses thresholds,
         ``test`` is reported), or ``n`` images of it drawn at random (seed 0)."""
         data = dataloader.load_split(self.cfg.dataset, self.root, self._split_name(role), img_size=self.cfg.img_size,
-                                     progress=False, skip_bad=self.cfg.skip_bad, metadata=self.cfg.metadata)
+                                     progress=False, skip_bad=self.cfg.skip_bad, metadata=self.cfg.metadata,
+                                     max_pixels=self.cfg.max_pixels)
         return (data if n is None else _subset(data, n)).to(self.device)
 
     def truth(self, role: str, data: ImageSet) -> "Truth | None":

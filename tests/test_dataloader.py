@@ -365,7 +365,7 @@ def test_undecodable_image_is_named(tmp_path):
     ("01.png 12", r"line 2: label 12 is out of range \[0, 10\)"),
     ("01.png -1", r"line 2: label -1 is out of range"),
     ("01.png", r"line 2: missing label"),
-    ("01.png 1 2", r"line 2: malformed line"),
+    ("01.png 1 2", r"line 2: image .*01\.png 1 is missing"),  # split at the last space: the name is "01.png 1"
     ("missing.png 1", r"line 2: image .*missing\.png is missing"),
 ])
 def test_annotation_errors_name_file_and_line(tmp_path, line, message, skip_bad):
@@ -383,7 +383,7 @@ def test_line_numbers_are_the_editors(tmp_path):
     root = write_lab(tmp_path, "train", [solid(0), solid(1)], [], lines=[])
     text = "\ufeff00.png 0\r\n01.png\x0c1\r\n\r\n01.png\u20281 x\r\n"
     (root / "train_cls.txt").write_bytes(text.encode("utf-8"))
-    with pytest.raises(CamlabError, match=r"train_cls\.txt, line 4: malformed line"):
+    with pytest.raises(CamlabError, match=r"train_cls\.txt, line 4: label 'x' is not an integer"):
         dl.load_split("lab", root, "train", **QUIET)
     (root / "train_cls.txt").write_bytes(text.rsplit("\r\n", 2)[0].encode("utf-8"))
     assert dl.load_split("lab", root, "train", **QUIET).names == ["00.png", "01.png"]
@@ -448,7 +448,7 @@ def test_skip_bad_is_part_of_the_cache_key_and_its_warning_outlives_the_cache(tm
     first = dl.load_split("lab", root, "train", cache_dir=cache, progress=False, skip_bad=True)
     assert capsys.readouterr().err.count("warning: skipped 1 unreadable image in") == 1
 
-    def fail(path):
+    def fail(path, max_pixels=None):
         raise AssertionError(f"decoded {path} although it is cached")
     monkeypatch.setattr(camlab.images, "decode_image", fail)
     again = dl.load_split("lab", root, "train", cache_dir=cache, progress=False, skip_bad=True)
@@ -475,7 +475,7 @@ def test_cache_is_read_back_and_rebuilt_when_a_file_changes(tmp_path, monkeypatc
     first = dl.load_split("lab", root, "train", cache_dir=cache, progress=False)
     assert len(list(cache.glob("*.pt"))) == 1
 
-    def fail(path):
+    def fail(path, max_pixels=None):
         raise AssertionError(f"decoded {path} although it is cached")
     monkeypatch.setattr(camlab.images, "decode_image", fail)
     again = dl.load_split("lab", root, "train", cache_dir=cache, progress=False)

@@ -223,7 +223,7 @@ def _expected(lines: list[str], image_dir: Path) -> tuple[str, Any]:
     ("line", n) an error at line n; ("empty", None) no image listed; ("ok", [(name, label)])."""
     entries = []
     for number, line in enumerate(lines, start=1):
-        fields = line.split()
+        fields = line.strip().rsplit(None, 1)  # the last field is the label; a name may hold spaces
         if not fields:
             continue
         try:

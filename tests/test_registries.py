@@ -121,8 +121,8 @@ def _toy_read(root: Path, split: str, num_classes: int | None, metadata: Path | 
     rows = [line.split(",") for line in (root / f"{split}.csv").read_text().split()]
     names, labels = [n for n, _ in rows], [int(y) for _, y in rows]
     return Listing([root / f"{split}.csv", *(root / "images" / n for n in names)],
-                   lambda size, progress, skip_bad: decode_files(root / "images", names, labels, ["a", "b"], size,
-                                                                 progress, skip_bad), image_dir=root / "images")
+                   lambda options: decode_files(root / "images", names, labels, ["a", "b"], options),
+                   image_dir=root / "images")
 
 
 def _toy_example(top: Path) -> tuple[Path, None]:

@@ -12,6 +12,7 @@ from camlab.meters import EpochMeter
 from camlab.methods import Step
 from camlab.utils import CamlabError
 from model import CAMModel
+from camlab.runs import cv_summary, cv_table
 
 
 def _colour_set(n: int = 16, size: int = 16) -> ImageSet:
@@ -102,10 +103,10 @@ def test_kfold_folds_are_disjoint_and_cover() -> None:
 def test_cv_summary_by_hand() -> None:
     folds = [{"fold": 1, "val_acc": 0.5, "test_acc": 0.6, "best_epoch": 1},
              {"fold": 2, "val_acc": 0.7, "test_acc": 0.8, "best_epoch": 2}]
-    s = train.cv_summary(folds)
+    s = cv_summary(folds)
     assert s["mean"] == pytest.approx({"val_acc": 0.6, "test_acc": 0.7})
     assert s["std"] == pytest.approx({"val_acc": 0.1, "test_acc": 0.1})
-    assert "| mean ± std | | 0.6000 ± 0.1000 | 0.7000 ± 0.1000 |" in train.cv_table(s)
+    assert "| mean ± std | | 0.6000 ± 0.1000 | 0.7000 ± 0.1000 |" in cv_table(s)
 
 
 def test_validation_split_is_stratified_and_disjoint() -> None:

@@ -41,10 +41,15 @@ def test_failed_write_keeps_the_old_file(tmp_path) -> None:
 
 
 def test_run_cli_turns_errors_into_one_line(capsys) -> None:
-    def body():
-        raise CamlabError("bad\ninput   here")
+    def body():  # a library's message spanning lines, wrapped as camlab wraps them
+        raise CamlabError(f"cannot read x: {reason(ValueError('bad' + chr(10) + 'input   here'))}")
     assert run_cli("x.py", body) == 2
-    assert capsys.readouterr().err == "x.py: error: bad input here\n"
+    assert capsys.readouterr().err == "x.py: error: cannot read x: bad input here\n"
+
+    def named():  # a file name with a NUL, a line break and an escape sequence from a file
+        raise CamlabError("image a" + chr(0) + "b" + chr(10) + "c" + chr(27) + "[2J.png is missing")
+    assert run_cli("x.py", named) == 2
+    assert capsys.readouterr().err == "x.py: error: image a\\x00b\\nc\\x1b[2J.png is missing\n"
     assert run_cli("x.py", lambda: None) == 0
     assert reason(ValueError("")) == "ValueError"
 
