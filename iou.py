@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     maps.add_argument("--split", default="test", choices=("val", "test"), help="the split the maps are of")
     maps.add_argument("--pred", type=Path, default=None,
                       help="<image id>,<predicted class> per line: adds top-1 localisation")
+    maps.add_argument("--strict_boxes", action="store_true",
+                      help="with --wsol: refuse metadata boxes outside their image or of zero area (by default: one "
+                           "warning naming the first, and they are scored as given, as wsolevaluation does)")
     ab = parser.add_argument_group("comparisons (train, or reuse finished runs with the same settings, then compare)")
     ab.add_argument("--ablation", action="store_true",
                     help="CAM and SEG with scale, rotate, hflip and rotate+hflip -> report/ablation.md")
@@ -279,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--body_evidence", type=float, default=None,
                     help="the embedded benchmark's body-evidence setting for --ablation and --methods "
                          "(default: the generator's default)")
+    ab.add_argument("--retrain_damaged", action="store_true",
+                    help="train again a comparison's run whose metrics.json is not the one camlab writes (by default: "
+                         "one line naming it)")
     ab.add_argument("--prefix", default=None,
                     help="the runs are checkpoints/<prefix>_<name>/ (default: ablation or methods)")
     for flag in ("epochs", "img_size", "seed", "batch_size"):

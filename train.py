@@ -25,10 +25,10 @@ import dataloader
 from camlab import figures, formats, methods, synthetic
 from camlab.ddp import SINGLE, World, current_world, data_parallel, gather_folds
 from camlab.heads import ACOL_DELTA, ACOL_WIDTH
-from camlab.images import MAX_PIXELS, ImageSet
+from camlab.images import MAX_PIXELS, ImageSet, note_once
 from camlab.meters import EpochMeter, label_metrics, selection_metric
-from camlab.runs import (Progress, RunLock, check_writable, cv_summary, cv_table, log_row, prepare_run_dir, read_metrics,
-                         write_log)
+from camlab.runs import (Progress, RunLock, check_writable, cv_summary, cv_table, lock_holder, log_row, prepare_run_dir,
+                         read_metrics, write_log)
 from camlab.runtime import autocast, random_states, restore_random_states, seed_everything
 from camlab.methods import Flag, Method, Objective, Step, classification_loss
 from camlab.transforms import TRANSFORMS, EquivarianceTransform, TransformSettings, match_size, parse_transform
@@ -297,7 +297,9 @@ def _transform_name(name: str) -> str:
 
 # The lab's methods: task 1 (CAM) and task 2 (SEG, the equivariance loss); they lead --mode.
 SEG = methods.register(Method(
-    "SEG", "plus the equivariance loss (task 2)", _seg_objective, lambda cfg: f"SEG {cfg.transform}",
+    "SEG", "plus the equivariance loss (task 2)", _seg_objective,
+    lambda cfg: f"SEG {cfg.transform}" + (" (L_ser over the present maps)" if cfg.cam == "class" and cfg.ser_mean == "present"
+                                          else ""),
     group="SEG mode (equivariance loss)",
     flags=(
         Flag("transform", f"one of {', '.join(TRANSFORMS)}, or several joined with '+' (applied left to right, "
@@ -638,6 +640,8 @@ def load_run(exp_id: str, device: torch.device | str = "cpu", data_root: str | N
     if not root.exists() and not (cfg.dataset in synthetic.EMBEDDED and data_root is None and cfg.data_root is None):
         raise CamlabError(f"{exp_id}'s data root {root} no longer exists (moved or deleted?); pass --data_root")
     dataloader.check_classes(cfg.dataset, root, net.config.num_classes, f"{exp_id} was trained on", cfg.metadata)
+    if (holder := lock_holder(cfg.run_dir())) is not None:
+        note_once(f"{cfg.run_dir()} is being written by process {holder}; reading its last complete best.pth")
     return FinishedRun(exp_id, net.eval(), cfg, ckpt, root)
 
 

@@ -56,6 +56,14 @@ class Truth:
     boxes: list[np.ndarray] | None = None
     masks: np.ndarray | None = None
     classes: np.ndarray | None = None
+    box_faults: int = 0  # boxes outside their image or of zero area in the annotations (wsol)
+    first_fault: str = ""
+
+    def check_boxes(self, strict: bool, source: str = "the ground truth") -> None:
+        """``--strict_boxes``: refuse boxes outside their image or of zero area, in one line."""
+        if strict and self.box_faults:
+            raise CamlabError(f"{source}: {self.box_faults} boxes outside their image or of zero area (the first: "
+                              f"{self.first_fault}); --strict_boxes refuses them")
 
 
 # (root, split, num_classes or None, metadata folder or None) -> Listing

@@ -85,11 +85,11 @@ class ImageSet:
 _NOTED: set[str] = set()
 
 
-def note_once(note: str) -> None:
-    """``note`` on stderr, the first time this process meets it."""
+def note_once(note: str, kind: str = "note") -> None:
+    """``note`` on stderr (``note: ...`` or ``warning: ...``), the first time this process meets it."""
     if note not in _NOTED:
         _NOTED.add(note)
-        print(f"note: {note}", file=sys.stderr)
+        print(f"{kind}: {utils.printable(note)}", file=sys.stderr)
 
 
 def warn_skipped(skipped: list[str], folder: Path) -> None:

@@ -278,7 +278,10 @@ def _acol_label(cfg: Any) -> str:
     """ACoL pn conv δ=0.9: the recipe, the heads (with their width when not the paper's), δ."""
     head = cfg.acol_head if cfg.acol_head != "conv" or cfg.acol_width == ACOL_WIDTH else f"conv{cfg.acol_width}"
     grow = f" grow {cfg.acol_grow}" if cfg.acol_grow else ""
-    return f"ACoL {cfg.recipe} {head} δ={','.join(f'{d:g}' for d in cfg.delta)}{grow}"
+    departs = [name for name, off in (("no feature pool", cfg.acol_pool == "none"), ("torch init", cfg.acol_init == "torch"))
+               if off]  # camlab's earlier choices, where a run keeps them
+    return f"ACoL {cfg.recipe} {head} δ={','.join(f'{d:g}' for d in cfg.delta)}{grow}" + \
+        (f" ({', '.join(departs)})" if departs else "")
 
 
 ACOL = register(Method(
@@ -305,7 +308,8 @@ CSE = register(Method(
     "CSE", "class-specific erasing judged by a frozen CAM classifier",
     lambda cfg, classes, teacher: CseObjective(teacher, cfg.erase_weight, cfg.erase_growth, cfg.area_weight,
                                                cfg.erase_norm),
-    lambda cfg: f"CSE (area weight {cfg.area_weight:g})", group="CSE mode (class-specific adversarial erasing)",
+    lambda cfg: f"CSE (area weight {cfg.area_weight:g}" + (f", {cfg.erase_norm} mask)" if cfg.erase_norm != "batch" else ")"),
+    group="CSE mode (class-specific adversarial erasing)",
     flags=(
         Flag("oc_exp", "exp_id of a finished CAM run: the frozen ordinary classifier"),
         Flag("erase_weight", "weight of the erasing loss in epoch 1", float, range=Range(0, 1_000, "a loss weight")),

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,14 +119,20 @@ class RunLock:
             self.file = None
 
 
-def _pid_in(file) -> str:
-    file.seek(0)
-    text = file.read().strip()
-    return text if text.isdigit() else "unknown"
+def _pid_in(file, wait_s: float = 2.0) -> str:
+    """The holder's PID from the lock file; a holder that has just taken the lock may not have
+    written it yet, so this waits up to ``wait_s`` for it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        file.seek(0)
+        text = file.read().strip()
+        if text.isdigit() or time.monotonic() > deadline:
+            return text if text.isdigit() else "unknown"
+        time.sleep(0.02)
 
 
 def lock_holder(run_dir: Path) -> str | None:
-    """The PID of the process writing ``run_dir`` now (as text), or None when none is."""
+    """The PID of another process writing ``run_dir`` now (as text), or None when none is."""
     path = lock_path(Path(run_dir))
     if fcntl is None or not path.is_file():
         return None
@@ -134,7 +141,8 @@ def lock_holder(run_dir: Path) -> str | None:
             try:
                 fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                return _pid_in(file)
+                holder = _pid_in(file)
+                return None if holder == str(os.getpid()) else holder  # this process's own lock
             fcntl.flock(file, fcntl.LOCK_UN)
     except OSError:
         return None

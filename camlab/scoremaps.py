@@ -74,7 +74,8 @@ def read_predictions(path: Path, ids: Sequence[str]) -> dict[str, int]:
 
 def evaluate(scoremaps: Path | str, metadata: Path | str, split: str = "test", data_root: Path | str | None = None,
              interval: float = WSOL_INTERVAL, predictions: Path | str | None = None,
-             iou_thresholds: Sequence[float] = BOX_IOU_THRESHOLDS, progress: bool = True) -> dict:
+             iou_thresholds: Sequence[float] = BOX_IOU_THRESHOLDS, progress: bool = True,
+             strict_boxes: bool = False) -> dict:
     """Every measure of the split's score maps (see the module's docstring): ``max_box_acc_v2``
     (every contour, each δ and their mean), ``max_box_acc`` (wsolevaluation's V1: the largest
     contour, δ = 0.5) for boxes; ``pxap`` for masks; with ``predictions`` the top-1 and GT-known
@@ -86,6 +87,9 @@ def evaluate(scoremaps: Path | str, metadata: Path | str, split: str = "test", d
     info = read_split(Path(data_root or "."), metadata, split)
     if info.kind is None:
         raise CamlabError(f"{metadata / split / 'localization.txt'} holds no boxes or masks to score against")
+    if strict_boxes and info.box_faults:
+        raise CamlabError(f"{metadata / split / 'localization.txt'}: {info.box_faults} boxes outside their image or of "
+                          f"zero area (the first: {info.first_fault}); --strict_boxes refuses them")
     if info.kind == "masks" and data_root is None:
         raise CamlabError("these metadata score masks: pass --data_root, the folder their mask paths are relative to")
     preds = read_predictions(Path(predictions), info.ids) if predictions is not None else None
@@ -110,6 +114,7 @@ def evaluate(scoremaps: Path | str, metadata: Path | str, split: str = "test", d
         correct += bool(preds is not None and preds[image_id] == label and hit)
     n = len(info.ids)
     report = {"split": split, "n_images": n, "cam_curve_interval": interval, "kind": info.kind,
+              "box_faults": info.box_faults,
               "scoremaps": str(scoremaps), "metadata": str(metadata)}
     if info.kind == "boxes":
         report.update(max_box_acc_v2={str(k): v for k, v in v2.compute().items()},
@@ -148,11 +153,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", type=Path, default=None, help="<image id>,<predicted class> per line: adds top-1 loc")
     p.add_argument("--cam_curve_interval", type=float, default=WSOL_INTERVAL,
                    help="CAM threshold step (wsolevaluation's default)")
+    p.add_argument("--strict_boxes", action="store_true",
+                   help="refuse boxes outside their image or of zero area (by default: one warning, scored as given)")
 
 
 def run(args: argparse.Namespace, out: Path) -> dict:
     """Score, print the table, write ``<out>.json`` and ``<out>.md``."""
-    report = evaluate(args.scoremaps, args.metadata, args.split, args.data_root, args.cam_curve_interval, args.pred)
+    report = evaluate(args.scoremaps, args.metadata, args.split, args.data_root, args.cam_curve_interval, args.pred,
+                      strict_boxes=args.strict_boxes)
     text = report_table(report)
     atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     atomic_write_text(out.with_suffix(".md"), text)

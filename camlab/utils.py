@@ -67,7 +67,11 @@ def safe_subdir(base: Path | str, name: str, flag: str = "--exp_id") -> Path:
         raise CamlabError(f"{flag} {name!r} is not a plain folder name (no '/', '..' or empty)")
     base = Path(base)
     path = base / name
-    if path.resolve().parent != base.resolve():
+    try:
+        inside = path.resolve().parent == base.resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: Python 3.11's "Symlink loop"
+        raise CamlabError(f"{flag} {name!r}: {path} cannot be resolved ({os_fault(err)})") from None
+    if not inside:
         raise CamlabError(f"{flag} {name!r} would write outside {base}/")
     return path
 

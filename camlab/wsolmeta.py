@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from camlab.formats import IGNORE, Format, Listing, Truth, check_names, check_num_classes, register, stack_masks, to_frame
-from camlab.images import DecodeOptions, ImageSet, decode_files, example_images, imread
+from camlab.images import DecodeOptions, ImageSet, decode_files, example_images, imread, note_once
 from camlab.utils import CamlabError, read_text
 
 
@@ -54,6 +54,8 @@ class _WsolSplit:
     masks: dict[str, list[str]]
     ignore: dict[str, str]
     files: list[Path]
+    box_faults: int = 0  # boxes outside their image or of zero area (scored as given, as wsolevaluation does)
+    first_fault: str = ""
 
 
 def _list_wsol(root: Path, split: str, num_classes: int | None,
@@ -159,11 +161,16 @@ def _wsol_split(root: Path, metadata: Path, split: str, check_files: bool) -> _W
         sizes[fields[0]] = (_field_int(fields[1], where, "width", 1), _field_int(fields[2], where, "height", 1))
         size_line[fields[0]] = no
 
-    kind, boxes, masks, ignore = _wsol_localization(root, paths["localization.txt"], first, ids_path,
-                                                    sizes, sizes_path, check_files)
+    kind, boxes, masks, ignore, faults = _wsol_localization(root, paths["localization.txt"], first, ids_path,
+                                                            sizes, sizes_path, check_files)
     ids = list(first)
+    if faults:
+        note_once(f"{paths['localization.txt']}: {len(faults)} box{'es' if len(faults) > 1 else ''} outside "
+                  f"{'their images' if len(faults) > 1 else 'its image'} or of zero area (the first: {faults[0]}); "
+                  f"scored as given, as wsolevaluation does (--strict_boxes refuses them)", "warning")
     return _WsolSplit(ids, [labels[i][0] for i in ids], classes, sizes, kind, boxes, masks, ignore,
-                      list(paths.values()) + ([] if split == "train" else [train_labels_path]))
+                      list(paths.values()) + ([] if split == "train" else [train_labels_path]), len(faults),
+                      faults[0] if faults else "")
 
 
 def _wsol_localization(root: Path, path: Path, first: dict[str, int], ids_path: Path,
@@ -175,6 +182,7 @@ def _wsol_localization(root: Path, path: Path, first: dict[str, int], ids_path: 
     boxes: dict[str, list[tuple[int, int, int, int]]] = {}
     masks: dict[str, list[str]] = {}
     ignore: dict[str, str] = {}
+    faults: list[str] = []
     kind, kind_line = None, 0
     for no, fields in _csv_lines(path):
         where = f"{path}, line {no}"
@@ -202,7 +210,12 @@ def _wsol_localization(root: Path, path: Path, first: dict[str, int], ids_path: 
                                   f"(expected {_BOX_FORM})")
             if image_id not in sizes:
                 raise CamlabError(f"{where}: image {image_id!r} has no size in {sizes_path}")
-            boxes.setdefault(image_id, []).append((x0, y0, x1, y1))
+            (w, h), box = sizes[image_id], (x0, y0, x1, y1)
+            if x1 > w or y1 > h:
+                faults.append(f"line {no}, box {box} outside the {w}×{h} image")
+            elif x1 == x0 or y1 == y0:
+                faults.append(f"line {no}, box {box} of zero area")
+            boxes.setdefault(image_id, []).append(box)
             continue
         mask_path, ignore_path = fields[1], fields[2]
         if not mask_path:
@@ -224,7 +237,7 @@ def _wsol_localization(root: Path, path: Path, first: dict[str, int], ids_path: 
         for image_id, no in first.items():
             if image_id not in found:
                 raise CamlabError(f"{path}: no {_ONE[kind]} for image {image_id!r} ({ids_path}, line {no})")
-    return kind, boxes, masks, ignore
+    return kind, boxes, masks, ignore, faults
 
 
 def _is_int(text: str) -> bool:
@@ -244,7 +257,7 @@ def _wsol_truth(root: Path, split: str, data: ImageSet, frame: tuple[int, int],
     check_names(data.names, info.ids, metadata / split / "image_ids.txt")
     found = [image_truth(info, root, name, frame) for name in data.names]
     if info.kind == "boxes":
-        return Truth(boxes=found)
+        return Truth(boxes=found, box_faults=info.box_faults, first_fault=info.first_fault)
     return Truth(masks=stack_masks(found, frame))
 
 

@@ -6,7 +6,6 @@ it stopped. Reports are written to ``report/``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from camlab.boxes import DEFAULT_PROTOCOL
 from camlab.crf import CRF_DEFAULT_VARIANTS
 from camlab.extractors import EXTRACTOR_NAMES, EXTRACTORS
 from camlab.metrics import CAM_CURVE_INTERVAL
+from camlab.runs import read_metrics
 from camlab.utils import REPORT_DIR, CamlabError, atomic_write_text
 from research.experiments import Experiment, finished_experiments
 from research.semseg import semseg_variants, write_semseg_report
@@ -54,12 +54,20 @@ def table_runs(base: "train.RunConfig", prefix: str, table: tuple[tuple[str, dic
 def trained(cfg: "train.RunConfig") -> dict:
     """The run's metrics: reused when ``checkpoints/<exp_id>`` holds a finished run with the
     same settings (so an interrupted ablation continues where it stopped), trained otherwise (a
-    run interrupted before its metrics.json is retrained); other settings there are an error."""
+    run interrupted before its metrics.json is retrained); other settings there are an error, and
+    so is a metrics.json that is not camlab's, unless ``cfg.overwrite`` (``--retrain_damaged``)
+    asks to train that run again."""
     path = cfg.run_dir() / "metrics.json"
     if not path.is_file():  # never trained, or interrupted before it finished: (re)train it
         return train.train(dataclasses.replace(cfg, overwrite=True))
-    metrics = json.loads(path.read_text())
-    differ = train.differing(cfg, metrics.get("args", {}))
+    try:
+        metrics = read_metrics(path)
+    except CamlabError as err:
+        if not cfg.overwrite:
+            raise CamlabError(f"{err}; pass --retrain_damaged to train that run again") from None
+        print(f"retraining {cfg.run_dir()}: {err}", file=sys.stderr)
+        return train.train(dataclasses.replace(cfg, overwrite=True))
+    differ = train.differing(cfg, metrics["args"])
     if differ:
         raise CamlabError(f"{cfg.run_dir()} holds a run with other settings ({', '.join(differ)}); "
                           f"move it away or use another --prefix")
@@ -190,7 +198,8 @@ def run_prefix(args, default: str) -> str:
 def base_run(args, dataset: str = "lab") -> "train.RunConfig":
     return train.RunConfig(epochs=args.epochs, img_size=args.img_size, seed=args.seed,
                            batch_size=args.batch_size, weights=args.weights, data_root=args.data_root,
-                           device=args.device, body_evidence=args.body_evidence, dataset=dataset).checked()
+                           device=args.device, body_evidence=args.body_evidence, dataset=dataset,
+                           overwrite=getattr(args, "retrain_damaged", False)).checked()
 
 
 def timed(what: str, work) -> str:
@@ -229,7 +238,7 @@ def wsol_command(args) -> None:
     reports = []
     for exp_id in finished_experiments():
         report = wsol_report(exp_id, args.n_threshold, args.device, args.protocol, args.extractor,
-                             interval=args.cam_curve_interval)
+                             interval=args.cam_curve_interval, strict_boxes=args.strict_boxes)
         if report is None:
             print(f"skipping {exp_id}: its test split has no boxes or masks")
         else:

@@ -2,7 +2,6 @@
 """
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from camlab import figures, tables
 from camlab.crf import CRF_ALPHA_GRID, CRF_REFERENCE_SIDE, background_grid, choose_background_threshold, crf_background, segment
 from camlab.metrics import BOOTSTRAP_RESAMPLES, THRESHOLD_GRID, class_ious, image_confusions, miou_statistic, paired_bootstrap
+from camlab.runs import read_metrics
 from camlab.utils import CHECKPOINT_DIR, REPORT_DIR, CamlabError, atomic_write_text, safe_subdir
 from research.experiments import Experiment, _present, _rgb
 from research.wsol import BASELINE_MODE, _cell, _intervals, _verdict
@@ -54,7 +54,7 @@ def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: str | No
     pooled = confusions.sum(axis=0)
     ious = class_ious(pooled)
     cfg = exp.cfg
-    metrics = json.loads((safe_subdir(CHECKPOINT_DIR, exp.exp_id) / "metrics.json").read_text())
+    metrics = read_metrics(safe_subdir(CHECKPOINT_DIR, exp.exp_id) / "metrics.json")
     return {**{k: metrics.get(k) for k in ("test_acc", "test_map", "test_f1")},
             "exp_id": exp.exp_id, "method": semseg_method(cfg), "mode": cfg.mode, "crf": crf, "seed": cfg.seed,
             "multi_label": cfg.multi_label, "threshold": threshold, "fit_miou": fit_miou, "msf": msf,

@@ -38,7 +38,7 @@ BASELINE_MODE = "CAM"  # every comparison is against the lab's CAM (camlab.metho
 
 def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str = "auto",
                 protocol: str = DEFAULT_PROTOCOL, extractor: str = DEFAULT_EXTRACTOR,
-                diagnose: bool = True, interval: float = CAM_CURVE_INTERVAL) -> dict | None:
+                diagnose: bool = True, interval: float = CAM_CURVE_INTERVAL, strict_boxes: bool = False) -> dict | None:
     """Every measure of the methods table for ``exp_id`` on its test split, as fractions; None
     when the test split has no ground truth (cifar10, folder, a lab tree without test_masks/).
     Measures that need what the dataset lacks are left out: boxes only (wsol's CUB and ILSVRC)
@@ -63,6 +63,7 @@ def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str 
     test_set, truth = exp.test
     if truth is None:
         return None
+    truth.check_boxes(strict_boxes, f"{exp.exp_id}'s test split")
     report = _localization(exp, "class", n_threshold, extractor) or {"exp_id": exp.exp_id}
     preds, cams = exp.protocol_cams(test_set, protocol, extractor)
     labels = test_set.labels.cpu().numpy()
@@ -70,7 +71,7 @@ def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str 
     per_image = {"iou": report.pop("test_ious")} if "test_ious" in report else {}
     method = exp.cfg.method.label(exp.cfg) + ("" if extractor == DEFAULT_EXTRACTOR
                                       else f" · {EXTRACTOR_NAMES[extractor]}")
-    report.update(test_acc=float(np.mean(preds == labels)), method=method, mode=exp.cfg.mode, protocol=protocol, cam_curve_interval=interval, extractor=extractor,
+    report.update(test_acc=float(np.mean(preds == labels)), method=method, mode=exp.cfg.mode, protocol=protocol, cam_curve_interval=interval, box_faults=truth.box_faults, extractor=extractor,
                   seed=exp.cfg.seed, data_root=str(exp.root.resolve()), metadata=exp.cfg.metadata, n_test=len(test_set),
                   body_evidence=(meta or {}).get("body_evidence"))
     masks = None
