@@ -156,6 +156,8 @@ def _ensure_root(fmt: Format, root: Path, progress: bool) -> None:
     match what the code redraws)."""
     dataset = fmt.name
     embedded = dataset in synthetic.EMBEDDED
+    if root.is_symlink() and not root.exists():
+        raise CamlabError(f"data root '{root}' is a symbolic link that leads nowhere (a loop, or to a missing folder)")
     if root.exists():
         meta = synthetic.read_meta(root, dataset) if embedded else None
         if meta is not None and meta.get("version") != synthetic.SYNTHETIC_VERSION:
