@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from camlab.images import DecodeOptions, ImageSet
-from camlab.utils import CamlabError
+from camlab.utils import CamlabError, add_to_registry
 
 ROLES = ("train", "fit", "test")
 IGNORE = 255  # the mask value of pixels that count nowhere (VOC's void, OpenImages' ignore regions)
@@ -120,12 +120,7 @@ FORMATS: dict[str, Format] = {}
 def register(fmt: Format, first: bool = False) -> Format:
     """Add ``fmt`` to :data:`FORMATS` (its name must be new) and return it; ``first`` lists it
     before the others (the default format, first in ``--help``)."""
-    if fmt.name in FORMATS:
-        raise ValueError(f"a dataset format named {fmt.name!r} is registered already")
-    others = dict(FORMATS)
-    FORMATS.clear()
-    FORMATS.update({fmt.name: fmt, **others} if first else {**others, fmt.name: fmt})
-    return fmt
+    return add_to_registry(FORMATS, fmt.name, fmt, "dataset format", first)
 
 
 def get(name: str) -> Format:

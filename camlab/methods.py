@@ -19,7 +19,7 @@ from torch import nn
 
 from camlab.cams import normalize_cam, select_class
 from camlab.heads import ACOL_WIDTH, HEAD_KINDS, HEAD_TYPES
-from camlab.utils import CamlabError, Range
+from camlab.utils import CamlabError, Range, add_to_registry
 
 
 # -------------------------------------------------------------------------------- objectives
@@ -112,12 +112,7 @@ METHODS: dict[str, Method] = {}
 def register(method: Method, first: bool = False) -> Method:
     """Add ``method`` to :data:`METHODS` (its name must be new) and return it; ``first`` lists it
     before the others in ``--mode``."""
-    if method.name in METHODS:
-        raise ValueError(f"a method named {method.name!r} is registered already")
-    others = dict(METHODS)
-    METHODS.clear()
-    METHODS.update({method.name: method, **others} if first else {**others, method.name: method})
-    return method
+    return add_to_registry(METHODS, method.name, method, "method", first)
 
 
 def get(name: str) -> Method:

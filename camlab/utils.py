@@ -57,6 +57,17 @@ class CamlabError(Exception):
         super().__init__(printable(str(message)), *args)
 
 
+def add_to_registry(table: dict, name: str, entry: Any, what: str, first: bool = False) -> Any:
+    """Add ``entry`` under the new ``name`` to a registry ``table`` (in place, keeping its order;
+    ``first``: before the others, as the default choice is listed) and return it."""
+    if name in table:
+        raise ValueError(f"a {what} named {name!r} is registered already")
+    others = dict(table)
+    table.clear()
+    table.update({name: entry, **others} if first else {**others, name: entry})
+    return entry
+
+
 def safe_subdir(base: Path | str, name: str, flag: str = "--exp_id") -> Path:
     """``base/name`` after checking that ``name`` is one plain folder name inside ``base``.
 
