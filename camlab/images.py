@@ -142,8 +142,8 @@ def decode_each(folder: Path, names: list[str], load: Callable[[int], np.ndarray
     split would only fail later, with a message that no longer says why. A :class:`NotSkippable`
     error (an image over ``max_pixels``, a decoder out of memory) always stops it.
     """
-    img_size, skip_bad = options.img_size, options.skip_bad
-    arrays, kept, skipped, first_error = [], [], [], None
+    skip_bad = options.skip_bad
+    stack, kept, skipped, first_error = _Stack(len(names), options.img_size), [], [], None
     for index, name in enumerate(tqdm(names, desc=f"decoding {folder.name}", unit="img",
                                       disable=None if options.progress else True, leave=False)):
         try:
@@ -154,25 +154,46 @@ def decode_each(folder: Path, names: list[str], load: Callable[[int], np.ndarray
             skipped.append(name)
             first_error = first_error or err
             continue
-        _add_image(arrays, image, img_size)
+        stack.add(image)
         kept.append(index)
     if first_error is not None and not kept:
         raise CamlabError(f"no image in {folder} can be decoded: all {len(skipped)} were skipped "
                           f"(the first: {utils.reason(first_error, limit=500)})")
-    images = np.stack(arrays) if arrays else np.zeros((0, img_size, img_size, 3), np.uint8)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), kept, skipped
+    return stack.result(), kept, skipped
 
 
-def _add_image(arrays: list[np.ndarray], image: np.ndarray, img_size: int) -> None:
-    """Append ``image`` to ``arrays`` (in place) so that all share one size: their own while
-    they agree, else ``img_size``×``img_size`` (from the first image of another size on, the
-    earlier ones are resized too). Resizing as they come, not at the end, keeps only stored-size
-    arrays in memory when a folder holds large photos."""
-    if arrays and image.shape != arrays[0].shape:
-        if arrays[0].shape != (img_size, img_size, 3):
-            arrays[:] = [_resize(a, img_size) for a in arrays]
-        image = _resize(image, img_size)
-    arrays.append(image)
+class _Stack:
+    """The decoded images written straight into one preallocated uint8 N×3×H×W tensor, so that a
+    split's decoding peaks at about the tensor's size (not at the per-image arrays, their stack
+    and its channels-first copy at once). All share one size: their own while they agree, else
+    ``img_size``×``img_size`` (from the first image of another size on; the earlier ones are
+    resized into a tensor of that size once). Resizing as they come keeps only stored-size images
+    in memory when a folder holds large photos."""
+
+    def __init__(self, capacity: int, img_size: int) -> None:
+        self.capacity, self.img_size, self.out, self.count = capacity, img_size, None, 0
+
+    def add(self, image: np.ndarray) -> None:
+        """One H×W×3 uint8 image, in the next slot."""
+        size = (self.img_size, self.img_size)
+        if self.out is None:
+            self.out = torch.empty((self.capacity, 3, *image.shape[:2]), dtype=torch.uint8)
+        elif tuple(image.shape[:2]) != tuple(self.out.shape[-2:]):
+            if tuple(self.out.shape[-2:]) != size:
+                resized = torch.empty((self.capacity, 3, *size), dtype=torch.uint8)
+                for k in range(self.count):
+                    earlier = np.ascontiguousarray(self.out[k].permute(1, 2, 0).numpy())
+                    resized[k] = torch.from_numpy(_resize(earlier, self.img_size)).permute(2, 0, 1)
+                self.out = resized
+            image = _resize(image, self.img_size)
+        self.out[self.count] = torch.from_numpy(image).permute(2, 0, 1)
+        self.count += 1
+
+    def result(self) -> torch.Tensor:
+        """The images added, N×3×H×W (a copy only when images were left out: no unused rows kept)."""
+        if self.out is None:
+            return torch.zeros((0, 3, self.img_size, self.img_size), dtype=torch.uint8)
+        return self.out if self.count == self.capacity else self.out[:self.count].clone()
 
 
 def decode_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
