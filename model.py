@@ -139,13 +139,21 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(old)
 
 
+_UNAVAILABLE: set[tuple[str, str]] = set()  # (backbone, hub cache) this process could not get weights for
+
+
 def _imagenet_state_dict(backbone: str) -> dict | None:
-    """torchvision's ImageNet weights from the torch hub cache, else a download; None if neither."""
+    """torchvision's ImageNet weights from the torch hub cache, else a download; None if neither.
+    One attempt per process and backbone: a run of 5 folds does not try (and warn) 5 times."""
+    attempt = (backbone, torch.hub.get_dir())
+    if attempt in _UNAVAILABLE:
+        return None
     weights = BACKBONES[backbone][1]
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             return weights.get_state_dict(progress=False, weights_only=True)
     except Exception as err:  # URLError, timeouts, a corrupt cache file: all mean "not available"
+        _UNAVAILABLE.add(attempt)
         print(f"warning: ImageNet weights for {backbone} could not be loaded ({reason(err, 160)}); "
               f"training from random init instead", file=sys.stderr)
         return None

@@ -33,7 +33,7 @@ from camlab.runtime import autocast, random_states, restore_random_states, seed_
 from camlab.methods import Flag, Method, Objective, Step, classification_loss
 from camlab.transforms import TRANSFORMS, EquivarianceTransform, TransformSettings, match_size, parse_transform
 from camlab.utils import (CHECKPOINT_DIR, SEED_MAX, CamlabError, Range, atomic_write_text, check_range, check_ranges, reason,
-                          resolve_device, safe_subdir)
+                          heartbeat, resolve_device, safe_subdir)
 from model import (SEG_CAM_FORMS, CAMModel, ModelConfig, check_input_size, load_checkpoint, load_teacher,
                    normalize_cam, save_checkpoint, select_class)
 
@@ -375,7 +375,9 @@ def run_epoch(model: CAMModel, data: ImageSet, indices: torch.Tensor, *,
     generator = torch.Generator().manual_seed(dataloader.epoch_seed(seed, epoch, stream=1 + world.rank))
     batches = dataloader.batch_indices(indices, batch_size, training, seed, epoch, world.rank, world.size)
     with torch.inference_mode(not training), autocast(device, precision):
-        for idx in tqdm(batches, desc=desc, leave=False, disable=None if progress and world.main else True):
+        shown = progress and world.main
+        lines = heartbeat(batches, [len(b) for b in batches], desc) if shown else batches
+        for idx in tqdm(lines, desc=desc, leave=False, total=len(batches), disable=None if shown else True):
             idx = idx.to(device, non_blocking=True)
             flip = (torch.rand(len(idx), generator=generator) < 0.5).to(device) if training else None
             images = dataloader.to_model_input(data.images[idx], img_size, flip)

@@ -85,10 +85,12 @@ class RunLock:
     """An exclusive lock on a run folder for as long as a process writes it (``fcntl.flock`` on
     :func:`lock_path`, which holds the holder's PID). The kernel releases it however the process
     ends, so a killed run leaves no stale lock: the next process takes it. A second process on
-    the same run is refused in one line naming the holder's PID."""
+    the same run is refused in one line naming the holder's PID. A run folder this lock saw made
+    and that is still empty when the holder stops (Ctrl-C in the first epoch) is taken away."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir, self.path, self.file = Path(run_dir), lock_path(Path(run_dir)), None
+        self.new = not self.run_dir.exists()
 
     def __enter__(self) -> "RunLock":
         if fcntl is None:
@@ -112,7 +114,9 @@ class RunLock:
         self.file.flush()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and self.new and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+            self.run_dir.rmdir()
         if self.file is not None:
             fcntl.flock(self.file, fcntl.LOCK_UN)  # the file stays: removing it would race a newcomer
             self.file.close()

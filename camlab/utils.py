@@ -5,13 +5,15 @@ Kept apart from the other modules because each of them needs these and none owns
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import math
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -172,10 +174,41 @@ DEVICES = ("auto", "cpu", "cuda")  # --device choices; see resolve_device
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag gives one line (not usage + error) and exit code 2."""
+    """argparse, but a bad flag gives one line (not usage + error) and exit code 2; an unknown
+    flag names the closest known one (``--img-size``: did you mean --img_size?)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        hint = ""
+        if message.startswith("unrecognized arguments: "):
+            known = {o.replace("-", "_"): o for action in self._actions for o in action.option_strings}
+            for word in message.split(": ", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=", 1)[0].replace("-", "_"), list(known), 1, 0.75)
+                if word.startswith("--") and close:
+                    hint = f"; did you mean {known[close[0]]}?"
+                    break
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see --help)\n")
+
+
+def heartbeat(items: Iterable, sizes: Sequence[int], desc: str, every_s: float = 30.0, stream: Any = None,
+              clock: Callable[[], float] = time.monotonic) -> Iterator:
+    """``items`` as they come; when ``stream`` (stdout) is not a terminal (a log file, nohup, a
+    notebook), a progress line every ``every_s`` seconds: how many of the ``sizes``' images are
+    done, the rate and about how long is left. A terminal has the progress bar instead."""
+    stream = stream if stream is not None else sys.stdout
+    if getattr(stream, "isatty", lambda: False)():
+        yield from items
+        return
+    total, done = sum(sizes), 0
+    start = last = clock()
+    for item, size in zip(items, sizes):
+        yield item
+        done, now = done + size, clock()
+        if now - last >= every_s and done < total:
+            rate = done / max(now - start, 1e-9)
+            left = (total - done) / rate
+            when = f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
+            print(f"{desc}: {done}/{total} images, {rate:.1f} img/s, about {when} left", file=stream, flush=True)
+            last = now
 
 
 SEED_MAX = 2**32 - 1  # numpy's seeds lie in [0, 2**32)

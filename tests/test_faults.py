@@ -316,3 +316,23 @@ def test_wsol_boxes_outside_their_image_warn_once_and_strict_refuses(tmp_path, c
     assert scoremaps.evaluate(maps, meta, "test", progress=False)["box_faults"] == 2
     with pytest.raises(CamlabError, match="2 boxes outside their image or of zero area .* --strict_boxes refuses them"):
         scoremaps.evaluate(maps, meta, "test", progress=False, strict_boxes=True)
+
+
+def test_an_interrupted_run_takes_away_only_the_empty_folder_it_made(tmp_path) -> None:
+    run = tmp_path / "checkpoints" / "stopped"
+    with pytest.raises(KeyboardInterrupt), RunLock(run):
+        run.mkdir()
+        raise KeyboardInterrupt  # Ctrl-C before the first checkpoint
+    assert not run.exists()
+    with pytest.raises(KeyboardInterrupt), RunLock(run):
+        run.mkdir()
+        (run / "epoch.pth").write_bytes(b"x")
+        raise KeyboardInterrupt
+    assert (run / "epoch.pth").exists()  # something was written: kept
+    (run / "epoch.pth").unlink()
+    with pytest.raises(KeyboardInterrupt), RunLock(run):
+        raise KeyboardInterrupt
+    assert run.is_dir()  # the folder was there before: not ours to remove
+    with RunLock(tmp_path / "checkpoints" / "ok"):
+        (tmp_path / "checkpoints" / "ok").mkdir()
+    assert (tmp_path / "checkpoints" / "ok").is_dir()  # a normal end keeps it

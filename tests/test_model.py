@@ -142,6 +142,10 @@ def test_imagenet_unreachable_falls_back_to_random_init(tmp_path, monkeypatch, c
     assert net.weights_used == M.RANDOM_INIT
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "warning: ImageNet weights" in err and "random init" in err
+    # the next fold of the same run neither tries again nor warns again
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried twice"))
+    assert CAMModel(weights="imagenet").weights_used == M.RANDOM_INIT
+    assert capsys.readouterr().err == ""
 
 
 def test_unknown_backbone_is_a_user_error() -> None:

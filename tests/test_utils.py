@@ -86,3 +86,47 @@ def test_run_cli_turns_an_allocation_failure_into_one_line(capsys) -> None:
         raise RuntimeError("a bug")
     with pytest.raises(RuntimeError, match="a bug"):  # anything else keeps its traceback
         utils.run_cli("main.py", other)
+
+
+def test_unknown_flag_names_the_closest_known_one(capsys) -> None:
+    parser = utils.OneLineParser(prog="main.py")
+    parser.add_argument("--img_size", type=int)
+    parser.add_argument("--epochs", type=int)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--img-size", "32"])
+    line = capsys.readouterr().err
+    assert exit_info.value.code == 2 and line.count("\n") == 1
+    assert "unrecognized arguments: --img-size 32; did you mean --img_size? (see --help)" in line
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--zzz"])
+    assert "did you mean" not in capsys.readouterr().err  # nothing close: no guess
+
+
+class _Log:
+    """A stream that is not a terminal, recording what was printed."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> None:
+        self.lines += [t for t in text.split("\n") if t]
+
+    def flush(self) -> None:
+        pass
+
+
+def test_heartbeat_prints_a_line_every_interval_when_not_a_terminal() -> None:
+    times = iter([0.0, 10.0, 31.0, 40.0, 62.0, 70.0])  # start, then one reading per batch
+    log = _Log()
+    items = list(utils.heartbeat(range(5), [4, 4, 4, 4, 4], "train", every_s=30, stream=log, clock=lambda: next(times)))
+    assert items == [0, 1, 2, 3, 4]
+    # at 31 s: 8 of 20 images, 8/31 img/s, 12 left -> 46.5 s; at 62 s: 16 done, 0.258 img/s, 4 left -> 15.5 s
+    assert log.lines == ["train: 8/20 images, 0.3 img/s, about 46 s left",
+                         "train: 16/20 images, 0.3 img/s, about 16 s left"]
+    terminal = _Log()
+    terminal.isatty = lambda: True  # a terminal has the progress bar: no lines
+    assert list(utils.heartbeat(range(3), [1, 1, 1], "x", every_s=0, stream=terminal)) == [0, 1, 2]
+    assert terminal.lines == []
