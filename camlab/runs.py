@@ -118,20 +118,36 @@ class RunLock:
         if exc_type is not None and self.new and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
             self.run_dir.rmdir()
         if self.file is not None:
+            self.file.seek(0)
+            self.file.truncate()  # no PID left behind for a newcomer's rival to read as the holder's
+            self.file.flush()
             fcntl.flock(self.file, fcntl.LOCK_UN)  # the file stays: removing it would race a newcomer
             self.file.close()
             self.file = None
 
 
-def _pid_in(file, wait_s: float = 2.0) -> str:
-    """The holder's PID from the lock file; a holder that has just taken the lock may not have
-    written it yet, so this waits up to ``wait_s`` for it."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or a number no process has: not ours to judge)
+    return True
+
+
+def _pid_in(file, wait_s: float = 5.0) -> str:
+    """The holder's PID from the lock file. A holder that has just taken the lock may not have
+    written it yet: the file is then empty (a holder empties it on release) or holds the PID of a
+    killed holder, which no live process has; this waits up to ``wait_s`` for a live one."""
     deadline = time.monotonic() + wait_s
     while True:
         file.seek(0)
         text = file.read().strip()
-        if text.isdigit() or time.monotonic() > deadline:
-            return text if text.isdigit() else "unknown"
+        if text.isdigit() and _alive(int(text)):
+            return text
+        if time.monotonic() > deadline:
+            return "unknown"
         time.sleep(0.02)
 
 

@@ -30,7 +30,7 @@ import main
 import train
 import visualize
 from camlab.formats import FORMATS
-from camlab.runs import RunLock, lock_holder
+from camlab.runs import RunLock, lock_holder, lock_path
 from camlab.utils import CamlabError
 from conftest import ROOT, write_lab_layout
 from research.comparisons import trained
@@ -174,6 +174,44 @@ def test_two_processes_on_one_run_one_is_refused_naming_the_other(tmp_path) -> N
         assert [g[0] for g in got] == ["held", "refused"], (attempt, got)
         assert f"(PID {got[0][1]})" in got[1][1] and "is being written by another process" in got[1][1]
     assert lock_holder(run) is None  # both gone: nobody holds it
+
+
+def _late_writer(path: str, locked, pid_written) -> None:
+    """Takes the lock the way RunLock does, but waits before writing its PID."""
+    import fcntl
+    with open(path, "a+", encoding="utf-8") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        locked.set()
+        time.sleep(0.5)
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        pid_written.set()
+        time.sleep(1.0)
+
+
+def test_a_rival_never_names_a_dead_holders_pid(tmp_path) -> None:
+    """Between a newcomer's flock and its PID write, the file may still hold a killed holder's
+    PID: the refused rival waits for a live one rather than naming the dead one."""
+    ctx = multiprocessing.get_context("fork")
+    run = tmp_path / "checkpoints" / "late"
+    run.parent.mkdir(parents=True)
+    dead = ctx.Process(target=os._exit, args=(0,))
+    dead.start()
+    dead.join()
+    lock_path(run).write_text(f"{dead.pid}\n")  # what a SIGKILLed holder leaves
+    locked, pid_written = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_late_writer, args=(str(lock_path(run)), locked, pid_written))
+    holder.start()
+    assert locked.wait(20)
+    with pytest.raises(CamlabError) as refused:
+        RunLock(run).__enter__()
+    assert pid_written.is_set() and f"(PID {holder.pid})" in str(refused.value), str(refused.value)
+    holder.join(20)
+    with RunLock(run):
+        pass
+    assert lock_path(run).read_text() == ""  # a clean release leaves no PID behind
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path) -> None:
