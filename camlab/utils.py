@@ -134,6 +134,10 @@ _FAULTS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk 
 
 def os_fault(err: BaseException) -> str:
     """A file-system error as a few words: what it means (no space left on the device, ...)."""
+    name = getattr(err, "filename", None)
+    if isinstance(err, OSError) and err.errno in (errno.EEXIST, errno.ENOENT) and isinstance(name, str) \
+            and os.path.islink(name) and not os.path.exists(name):
+        return f"it is a symbolic link that leads nowhere (to {printable(os.readlink(name))})"
     if isinstance(err, OSError) and err.errno in _FAULTS:
         return _FAULTS[err.errno]
     if isinstance(err, RuntimeError) and _write_failed(err):

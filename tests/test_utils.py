@@ -130,3 +130,14 @@ def test_heartbeat_prints_a_line_every_interval_when_not_a_terminal() -> None:
     terminal.isatty = lambda: True  # a terminal has the progress bar: no lines
     assert list(utils.heartbeat(range(3), [1, 1, 1], "x", every_s=0, stream=terminal)) == [0, 1, 2]
     assert terminal.lines == []
+
+
+def test_a_dangling_symlink_is_named_as_such(tmp_path) -> None:
+    link = tmp_path / "data"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(OSError) as failed:
+        os.mkdir(link)
+    assert utils.os_fault(failed.value) == f"it is a symbolic link that leads nowhere (to {tmp_path / 'gone'})"
+    with pytest.raises(OSError) as failed:
+        os.mkdir(tmp_path)
+    assert utils.os_fault(failed.value) == "it exists already"  # a real folder keeps the plain words
