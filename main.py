@@ -16,7 +16,7 @@ from dataclasses import fields
 import model
 import train
 from camlab import ddp, formats, methods, runs, runtime, synthetic
-from camlab.utils import DEVICES, CamlabError, OneLineParser, run_cli
+from camlab.utils import CHECKPOINT_DIR, DEVICES, CamlabError, OneLineParser, run_cli, safe_subdir
 
 DEFAULTS = train.RunConfig()
 
@@ -48,6 +48,13 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
                                choices=list(flag.choices) if flag.choices else None, help=flag.help)
 
 
+def _zero_or_one(text: str) -> bool:
+    """The course skeleton's ``--resume 1`` / ``--resume 0``."""
+    if text not in ("0", "1"):
+        raise argparse.ArgumentTypeError(f"give no value, or 1 (resume) or 0 (do not), not {text!r}")
+    return text == "1"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="main.py", description="Train class activation map (CAM) models.",
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -69,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", default=DEFAULTS.precision, choices=runtime.PRECISIONS,
                      help="auto: bfloat16 autocast on a GPU, fp32 on the CPU")
     run.add_argument("--overwrite", action="store_true", help="replace an existing checkpoints/<exp_id>/")
-    run.add_argument("--resume", action="store_true",
-                     help="continue checkpoints/<exp_id>/ from its last.pth (same settings), exactly as if never stopped")
+    run.add_argument("--resume", nargs="?", const=True, default=False, type=_zero_or_one, metavar="1",
+                     help="continue checkpoints/<exp_id>/ from its last.pth (same settings), exactly as if never "
+                          "stopped (the course skeleton's --resume 1 and --resume 0 are read too)")
+    run.add_argument("--export_skeleton", action="store_true",
+                     help="train nothing: write a finished run's best weights as the course skeleton saves a run, "
+                          "checkpoints/<exp_id>_checkpoint.pth with model_state_dict (docs/lab.md)")
     run.add_argument("--deterministic", action="store_true",
                      help="deterministic kernels wherever torch has them (exact repeats; slower on a GPU)")
     run.add_argument("--quiet", action="store_true", help="no progress bars (one line per epoch stays)")
@@ -142,7 +153,17 @@ def config_from_args(args: argparse.Namespace) -> train.RunConfig:
     return train.RunConfig(**values).checked()
 
 
+def export_skeleton(args: argparse.Namespace) -> None:
+    """``--export_skeleton``: checkpoints/<exp_id>/best.pth -> checkpoints/<exp_id>_checkpoint.pth."""
+    exp_id = args.mode.lower() if args.exp_id is None else args.exp_id
+    run_dir = safe_subdir(CHECKPOINT_DIR, exp_id)
+    out = model.export_skeleton(run_dir, CHECKPOINT_DIR / f"{exp_id}_checkpoint.pth", overwrite=args.overwrite)
+    print(f"wrote {out} (model_state_dict: the weights of {run_dir / 'best.pth'}, under the skeleton's names)")
+
+
 def run(args: argparse.Namespace) -> None:
+    if args.export_skeleton:
+        return export_skeleton(args)
     cfg = config_from_args(args)
     cfg.run_dir()  # refuse an --exp_id that escapes checkpoints/ before any work
     if cfg.resume and cfg.overwrite:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from camlab import skeleton
 from camlab.cams import class_form, minmax, normalize_cam, per_class, select_class, target_map
 from camlab.extractors import DEFAULT_EXTRACTOR, EXTRACTORS, check_extractor, check_extractor_form, open_torchcam
 from camlab.heads import ACOL_DELTA, ACOL_WIDTH, HEAD_KINDS, HEAD_TYPES, HeadType
@@ -532,6 +533,24 @@ def load_teacher(path: Path, classes: list[str], multi_label: bool, named: str,
     return teacher
 
 
+def export_skeleton(run_dir: Path, out: Path, overwrite: bool = False) -> Path:
+    """Write ``run_dir``'s best weights as the course skeleton saves a run (``camlab.skeleton``):
+    ``out`` (``checkpoints/{exp_id}_checkpoint.pth``) with ``model_state_dict`` under its names, the
+    last epoch's ``optimizer_state_dict`` (from ``last.pth``, where its resume() looks for one) and
+    ``epoch``; loadable with ``torch.load(weights_only=True)``. An existing ``out`` is kept unless
+    ``overwrite``."""
+    net, ckpt = load_checkpoint(run_dir / "best.pth")
+    skeleton.check_exportable(net.config.to_dict())
+    if out.exists() and not overwrite:
+        raise CamlabError(f"{out} exists already; pass --overwrite to replace it")
+    last = run_dir / "last.pth"
+    optimizer = (safe_load(last, "cpu", f"checkpoint {last} cannot be read safely").get("optimizer")
+                 if last.is_file() else None)
+    payload = skeleton.checkpoint_payload(net.state_dict(), optimizer, ckpt.get("epoch"))
+    atomic_write(out, lambda f: torch.save(payload, f))
+    return out
+
+
 def _upgrade_keys(state: dict) -> dict:
     """Checkpoints from before the ACoL heads named the one classifier ``fc``."""
     return {("heads.0." + k[3:] if k.startswith("fc.") else k): v for k, v in state.items()}
@@ -541,6 +560,18 @@ def _upgrade_keys(state: dict) -> dict:
 def _lab_form(model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
               classes: torch.Tensor) -> torch.Tensor:
     return model.lab_cam(features, gap)
+
+
+def _lab_fc_form(model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
+                 classes: torch.Tensor) -> torch.Tensor:
+    """The other ``returnCAM`` of students' copies of the course skeleton: the softmax taken over
+    the predicted (or given) class's classifier weights ``w_c`` (C of them) instead of the pooled
+    coefficients, ``sum_k softmax(w_c)_k f_k``. Needs a linear head."""
+    if not isinstance(model.fc, nn.Linear):
+        raise CamlabError("--cam lab_fc weights the feature maps by a linear classifier's weights; "
+                          f"this run's head is {model.config.head!r}")
+    weights = model.fc.weight[classes].softmax(dim=1)  # N×C
+    return torch.einsum("nk,nkhw->nhw", weights, features)
 
 
 def _class_form(model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
@@ -556,8 +587,10 @@ def _raw_form(model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
 # name -> (model, features N×C×h×w, gap N×C, classes int64 N) -> one map per image, N×h×w.
 # "lab": the handout's class-agnostic softmax-weighted sum; "class": the map of the given class,
 # ReLU, divided by its max (SSENet's form; the paper's CAM up to that scaling; ACoL's fused map);
-# "raw": that map before the ReLU and scaling, what wsolevaluation min-max normalises.
-CAM_FORMS: dict[str, Callable[..., torch.Tensor]] = {"lab": _lab_form, "class": _class_form, "raw": _raw_form}
+# "raw": that map before the ReLU and scaling, what wsolevaluation min-max normalises; "lab_fc":
+# the skeleton variant whose softmax is over the class's classifier weights (docs/lab.md).
+CAM_FORMS: dict[str, Callable[..., torch.Tensor]] = {"lab": _lab_form, "class": _class_form, "raw": _raw_form,
+                                                     "lab_fc": _lab_fc_form}
 SEG_CAM_FORMS = ("lab", "class")  # the forms SEG's equivariance loss compares (main.py --cam)
 
 

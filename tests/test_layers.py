@@ -16,7 +16,8 @@ from conftest import ROOT
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("camlab", "camlab.utils", "camlab.tables", "research"),
     1: ("camlab.synthetic", "camlab.transforms", "camlab.figures", "camlab.cams", "camlab.heads",
-        "camlab.extractors", "camlab.images", "camlab.metrics", "camlab.runtime", "camlab.runs"),
+        "camlab.extractors", "camlab.images", "camlab.metrics", "camlab.runtime", "camlab.runs",
+        "camlab.skeleton"),
     2: ("camlab.boxeval", "camlab.crf", "camlab.formats", "camlab.methods"),
     3: ("camlab.boxes", "camlab.readers", "camlab.wsolmeta", "camlab.ddp"),
     4: ("camlab.meters", "camlab.scoremaps", "research.evalbench"),
