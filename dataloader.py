@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
 from camlab import formats, readers, synthetic, utils, wsolmeta  # noqa: F401 - readers and wsolmeta register their formats
-from camlab.formats import FORMATS, Format, Listing, Truth, check_num_classes, stack_masks, to_frame
+from camlab.formats import CIFAR10_CLASSES, FORMATS, Format, Listing, Truth, check_num_classes, stack_masks, to_frame
 from camlab.images import (CACHE_VERSION, MAX_PIXELS, DecodeOptions, ImageSet, cache_key, cached, decode_files,
                            note_once, read_mask, warn_skipped)
 from camlab.utils import CamlabError, read_text
@@ -216,10 +216,20 @@ def _list_lab(root: Path, split: str, num_classes: int | None,
     return Listing(files, decode, classes=list(classes))
 
 
+def annotations(root: Path, split: str, num_classes: int) -> list[tuple[str, int]]:
+    """``(file name, label)`` of each line of ``root/<split>_cls.txt`` (the lab layout); [] when
+    there is no such file."""
+    path = Path(root) / f"{split}_cls.txt"
+    return _parse_annotations(path, Path(root) / split, num_classes) if path.is_file() else []
+
+
 def _lab_classes(meta_path: Path, num_classes: int | None) -> list[str]:
-    """Class names from ``meta.json`` when there is one, else ``"0"``, ``"1"``, ..."""
+    """Class names from ``meta.json`` when there is one; else CIFAR-10's for ten classes (the
+    course's ``cifar-10-cam-seg-data`` has no meta.json and labels 0-9 in CIFAR-10's order), and
+    ``"0"``, ``"1"``, ... for another count."""
     if not meta_path.exists():
-        return [str(i) for i in range(10 if num_classes is None else num_classes)]
+        n = 10 if num_classes is None else num_classes
+        return list(CIFAR10_CLASSES) if n == len(CIFAR10_CLASSES) else [str(i) for i in range(n)]
     try:
         classes = json.loads(meta_path.read_text(encoding="utf-8"))["classes"]
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -21,10 +21,17 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from camlab.utils import CamlabError, atomic_write, encode_png  # noqa: E402
 
 
+FIG_FORMATS = ("png", "pdf", "svg")  # what a report figure can be written as (vector: pdf, svg)
+
+
 def save_figure(fig: plt.Figure, path: Path) -> None:
-    """Write a figure as PNG atomically, then free it."""
+    """Write a figure atomically in the format its suffix names (``FIG_FORMATS``), then free it."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    if fmt not in FIG_FORMATS:
+        plt.close(fig)
+        raise CamlabError(f"cannot write a figure as {path}: choose a .png, .pdf or .svg name")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format=fmt, dpi=120, bbox_inches="tight")
     plt.close(fig)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
@@ -76,12 +83,20 @@ def plot_iou_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path
 
 
 # ------------------------------------------------------------------------- CAM overlays, masks
-def heatmap_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The CAM in OpenCV's JET colour map blended over the image.
+# --cmap: OpenCV's colour maps for the overlays. jet is the CAM paper's and the course skeleton's;
+# viridis, cividis and inferno are perceptually uniform (equal steps of the map look equal).
+COLOUR_MAPS = {"jet": cv2.COLORMAP_JET, "viridis": cv2.COLORMAP_VIRIDIS, "cividis": cv2.COLORMAP_CIVIDIS,
+               "inferno": cv2.COLORMAP_INFERNO}
+
+
+def heatmap_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """The CAM in one of OpenCV's colour maps (``COLOUR_MAPS``) blended over the image.
 
     image: uint8 H×W×3 RGB; cam: float H×W in [0, 1]. Returns uint8 H×W×3 RGB.
     """
-    heat = cv2.applyColorMap(np.round(cam * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    if cmap not in COLOUR_MAPS:
+        raise CamlabError(f"--cmap {cmap!r}: choose from {', '.join(COLOUR_MAPS)}")
+    heat = cv2.applyColorMap(np.round(cam * 255).astype(np.uint8), COLOUR_MAPS[cmap])
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     return cv2.addWeighted(heat, alpha, image, 1 - alpha, 0)
 
@@ -214,8 +229,42 @@ def plot_grid(rows: list[dict], path: Path, title: str = "") -> None:
                           vmax=1 if binary else None)
             if c == 0:
                 ax.set_ylabel(heads[r], fontsize=9)
-        axes[0, c].set_title(row.get("caption", row["name"]), fontsize=7)
+        axes[0, c].set_title(row.get("caption", row["name"]), fontsize=7,
+                             color="firebrick" if row.get("wrong") else "black")
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_compare(images: list[dict], runs: dict[str, list[dict]], path: Path, title: str = "") -> None:
+    """The handout's Fig. 3 for any runs: one column per image; rows: the image, its ground truth,
+    then for each run its CAM over the image and its mask.
+
+    images: dicts with ``image`` (uint8 H×W×3), ``gt`` (bool H×W or None), ``caption``;
+    runs: run label -> per image, dicts with ``overlay`` (uint8 H×W×3), ``mask`` (bool H×W) and
+    ``caption`` (the run's prediction).
+    """
+    rows = [("image", None, "image"), ("ground truth", None, "gt")]
+    rows += [(f"{name}\n{kind}", name, key) for name in runs for kind, key in (("CAM", "overlay"), ("mask", "mask"))]
+    cols = len(images)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.45 * cols + 0.4, 1.45 * len(rows) + 0.4), squeeze=False)
+    for r, (label, run, key) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            cell = images[c] if run is None else runs[run][c]
+            value = cell.get(key)
+            if value is not None:
+                binary = key in ("mask", "gt")
+                ax.imshow(value, cmap="gray" if binary else None, vmin=0 if binary else None, vmax=1 if binary else None)
+            if run is not None and key == "overlay":
+                ax.set_title(cell["caption"], fontsize=6, color="firebrick" if cell.get("wrong") else "black")
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    for c in range(cols):
+        axes[0, c].set_title(images[c]["caption"], fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)

@@ -24,6 +24,10 @@ from camlab.utils import CamlabError, add_to_registry
 ROLES = ("train", "fit", "test")
 IGNORE = 255  # the mask value of pixels that count nowhere (VOC's void, OpenImages' ignore regions)
 
+# CIFAR-10's class names in its label order (its batches.meta), for a lab-layout folder without
+# meta.json: the course's cifar-10-cam-seg-data.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
 
 @dataclass
 class Listing:

@@ -12,8 +12,10 @@ import torch
 import dataloader
 import iou
 import main
+import train
 import visualize
 from camlab import figures
+from conftest import write_lab_layout
 from research.experiments import Experiment, dataset_cams, localization_report
 
 FAST = ["--img_size", "32", "--weights", "none", "--batch_size", "8", "--quiet", "--epochs", "1"]
@@ -36,16 +38,17 @@ def test_overlay_by_hand() -> None:
 
 
 def test_visualize_writes_overlays_masks_and_grid(trained, tiny_lab) -> None:
-    out = visualize.visualize_run("tiny", threshold=0.4, form="class", device="cpu")
     stems = ["000", "001", "002"]
-    for stem in stems:
-        overlay = cv2.imread(str(out / f"{stem}.png"))
-        mask = cv2.imread(str(out / f"{stem}_seg.png"), cv2.IMREAD_GRAYSCALE)
-        assert overlay.shape == (16, 16, 3) and mask.shape == (16, 16)
-        assert set(np.unique(mask).tolist()) <= {0, 255} and mask.max() == 255  # the CAM max is kept
-    assert (out / "grid.png").read_bytes()[:4] == b"\x89PNG"
-    settings = json.loads((out / "settings.json").read_text())
-    assert settings["threshold"] == 0.4 and settings["images"] == stems
+    for fig_size, side in ((visualize.FIG_SIZE, 224), (0, 16)):  # the report size, then the images' own
+        out = visualize.visualize_run("tiny", threshold=0.4, form="class", device="cpu", fig_size=fig_size)
+        for stem in stems:
+            overlay = cv2.imread(str(out / f"{stem}.png"))
+            mask = cv2.imread(str(out / f"{stem}_seg.png"), cv2.IMREAD_GRAYSCALE)
+            assert overlay.shape == (side, side, 3) and mask.shape == (side, side)
+            assert set(np.unique(mask).tolist()) <= {0, 255} and mask.max() == 255  # the CAM max is kept
+        assert (out / "grid.png").read_bytes()[:4] == b"\x89PNG"
+        settings = json.loads((out / "settings.json").read_text())
+        assert settings["threshold"] == 0.4 and settings["images"] == stems and settings["fig_size"] == side
 
 
 def test_iou_csv_agrees_with_the_mask_files(trained, tiny_lab) -> None:
@@ -54,8 +57,9 @@ def test_iou_csv_agrees_with_the_mask_files(trained, tiny_lab) -> None:
     rows = list(csv.reader(open(trained / "report" / "iou.csv")))
     assert rows[0] == ["image", "tiny"]
     for stem, value in rows[1:4]:
-        pred = cv2.imread(str(trained / "visualize" / "tiny" / f"{stem}_seg.png"), 0) > 127
-        gt = cv2.imread(str(tiny_lab / "test_seg" / f"{stem}.png"), 0) > 127
+        pred = cv2.imread(str(trained / "visualize" / "tiny" / f"{stem}_seg.png"), 0)  # 224×224
+        gt = cv2.imread(str(tiny_lab / "test_seg" / f"{stem}.png"), 0) > 127  # 16×16: scored at its size
+        pred = cv2.resize(pred, gt.shape[::-1], interpolation=cv2.INTER_NEAREST) > 127
         assert float(value) == pytest.approx((pred & gt).sum() / (pred | gt).sum(), abs=5e-5)
     assert rows[4][0] == "mean"
     assert float(rows[4][1]) == pytest.approx(np.mean([float(r[1]) for r in rows[1:4]]), abs=1e-4)
@@ -140,3 +144,66 @@ def test_an_extractors_maps_are_computed_once_and_agree_with_the_direct_path(tra
     assert set(exp._raw) == {(tuple(data.names), "gradcam"), (tuple(data.names), "layercam")}
     preds, _ = exp.raw_maps(data, "gradcam")
     assert (preds != data.labels.numpy()).any()  # the recomputation was exercised
+
+
+# ----------------------------------------------------------- report figures (the student's path)
+def test_viridis_overlay_by_hand() -> None:
+    # matplotlib's viridis: 0 -> #440154, 1 -> #FDE725; alpha 1 shows the colour map alone
+    out = figures.heatmap_overlay(np.zeros((1, 2, 3), np.uint8), np.array([[0.0, 1.0]]), alpha=1.0, cmap="viridis")
+    assert out.tolist() == [[[68, 1, 84], [253, 231, 37]]]
+    with pytest.raises(figures.CamlabError, match="--cmap"):
+        figures.heatmap_overlay(np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1)), cmap="rainbow")
+
+
+def test_threshold_takes_a_share_or_the_skeleton_preset() -> None:
+    assert visualize.threshold_arg("0.3") == 0.3 and visualize.threshold_arg("skeleton") == "skeleton"
+    for bad in ("1.5", "half"):
+        with pytest.raises(visualize.argparse.ArgumentTypeError):
+            visualize.threshold_arg(bad)
+
+
+def test_default_form_is_the_one_the_run_was_trained_with() -> None:
+    assert visualize.trained_form(train.RunConfig(mode="SEG", cam="lab")) == "lab"
+    assert visualize.trained_form(train.RunConfig(mode="SEG", cam="class")) == "class"
+    assert visualize.trained_form(train.RunConfig(mode="CAM", cam="lab")) == "class"  # CAM reads no --cam
+
+
+def test_captions_name_the_true_and_predicted_class_and_mark_a_wrong_one() -> None:
+    right = {"true": "bird", "pred": "bird (0.91)", "wrong": False}
+    wrong = {"true": "bird", "pred": "cat (0.59)", "wrong": True}
+    assert visualize._caption("00002", right) == "00002\ntrue bird\npred bird (0.91)"
+    assert visualize._caption("00002", wrong) == "00002\ntrue bird\npred cat (0.59) ✗"
+    assert visualize._caption("x", {"true": None, "pred": "cat (0.59)", "wrong": False}) == "x\npred cat (0.59)"
+
+
+def test_a_folder_without_meta_json_and_ten_classes_has_cifars_names(tmp_path) -> None:
+    assert dataloader._lab_classes(tmp_path / "meta.json", None)[2] == "bird"
+    assert dataloader._lab_classes(tmp_path / "meta.json", 3) == ["0", "1", "2"]
+
+
+def test_skeleton_preset_renders_as_the_skeleton(trained, tiny_lab) -> None:
+    out = visualize.visualize_run("tiny", threshold="skeleton", form="lab", device="cpu", fig_size=0)
+    run = train.load_run("tiny", "cpu")
+    _, images = visualize._source_images(tiny_lab)
+    inputs = dataloader.to_model_input(torch.from_numpy(images).permute(0, 3, 1, 2), run.cfg.img_size)
+    with torch.no_grad():
+        _, features, gap = run.net(inputs)
+    for i, stem in enumerate(["000", "001", "002"]):
+        w = gap[i].softmax(dim=0)  # the skeleton's returnCAM, written out
+        cam = (w[:, None, None] * features[i]).sum(0).numpy()
+        cam = cam - cam.min()
+        skel = cv2.resize(np.uint8(255 * (cam / cam.max())), (224, 224))
+        _, expected = cv2.threshold(skel, 175, 255, cv2.THRESH_BINARY)
+        assert np.array_equal(cv2.imread(str(out / f"{stem}_seg.png"), 0), expected)  # 224 whatever --fig_size
+    assert json.loads((out / "settings.json").read_text())["threshold"] == "skeleton"
+
+
+def test_compare_draws_each_run_and_refuses_mixed_data(trained, tiny_lab, tmp_path, capsys) -> None:
+    assert main.main(["--data_root", str(tiny_lab), "--exp_id", "tiny_seg", "--mode", "SEG", *FAST]) == 0
+    assert visualize.main(["--compare", "tiny", "tiny_seg", "--device", "cpu", "--fig_format", "pdf"]) == 0
+    path = trained / "report" / "compare_tiny_tiny_seg.pdf"
+    assert "report/compare_tiny_tiny_seg.pdf" in capsys.readouterr().out and path.read_bytes()[:4] == b"%PDF"
+    other = write_lab_layout(tmp_path / "other", seed=1)
+    assert main.main(["--data_root", str(other), "--exp_id", "elsewhere", *FAST]) == 0
+    assert visualize.main(["--compare", "tiny", "elsewhere", "--device", "cpu"]) == 2
+    assert "read different data" in capsys.readouterr().err
