@@ -44,7 +44,7 @@ from camlab.images import read_mask, read_mask_dir
 from camlab.metrics import THRESHOLD_GRID, as_bool, batch_iou
 from camlab.scoremaps import WSOL_INTERVAL
 from camlab.utils import (DEFAULT_DATA_ROOT, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, REPORT_DIR, VISUALIZE_DIR,
-                          CamlabError, OneLineParser, SEED_MAX, atomic_write_text, check_range, run_cli)
+                          CamlabError, OneLineParser, SEED_MAX, atomic_write_text, check_range, run_cli, safe_subdir)
 from research import comparisons
 from research.comparisons import base_run, run_prefix, table_runs, trained
 from research.experiments import localization_report, whole_test_reports, write_full_report
@@ -103,18 +103,32 @@ def iou_table(pred_dir: Path | str, gt_dir: Path | str) -> dict[str, float]:
     return _table_for(Path(pred_dir), _read_gts(gt_dir))
 
 
-def experiment_table(visualize_dir: Path | str,
-                     gt_dir: Path | str) -> tuple[list[str], list[str], np.ndarray]:
-    """IoU of every experiment folder under ``visualize_dir`` that holds ``*_seg.png`` files.
-
-    Returns (stems sorted, experiment names sorted, float64 matrix stems×experiments).
-    """
-    visualize_dir = Path(visualize_dir)
+def _visualised(visualize_dir: Path, names: Sequence[str] | None = None) -> list[Path]:
+    """The experiment folders under ``visualize_dir`` that hold ``*_seg.png`` masks: all of them
+    (sorted), or those ``names`` (``--runs``), each of which must have masks."""
     if not visualize_dir.is_dir():
         raise CamlabError(f"{visualize_dir} does not exist: run visualize.py first")
+    if names is not None:
+        folders = [safe_subdir(visualize_dir, name, "--runs") for name in dict.fromkeys(names)]
+        missing = next((d for d in folders if not (d.is_dir() and any(d.glob(f"*{PRED_SUFFIX}")))), None)
+        if missing is not None:
+            raise CamlabError(f"--runs {missing.name}: no masks in {missing}/; run python visualize.py --exp_id "
+                              f"{missing.name} first")
+        return folders
     runs = sorted(d for d in visualize_dir.iterdir() if d.is_dir() and any(d.glob(f"*{PRED_SUFFIX}")))
     if not runs:
         raise CamlabError(f"no experiment folder with *{PRED_SUFFIX} masks under {visualize_dir}")
+    return runs
+
+
+def experiment_table(visualize_dir: Path | str, gt_dir: Path | str,
+                     names: Sequence[str] | None = None) -> tuple[list[str], list[str], np.ndarray]:
+    """IoU of every experiment folder under ``visualize_dir`` that holds ``*_seg.png`` files (or
+    of the folders ``names``, in that order).
+
+    Returns (stems sorted, experiment names, float64 matrix stems×experiments).
+    """
+    runs = _visualised(Path(visualize_dir), names)
     gts = _read_gts(gt_dir)
     tables = [_table_for(run, gts) for run in runs]
     matrix = np.array([[t[stem] for t in tables] for stem in gts], dtype=np.float64)
@@ -268,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --semseg: the maps of one scale (the run's --img_size), not OC-CSE's multi-scale "
                          "inference with flips (scales 0.5, 1, 1.5, 2)")
     ab.add_argument("--runs", nargs="+", default=None, metavar="EXP_ID",
-                    help="with --semseg: score these finished runs (trained on --dataset multi or voc) instead of "
+                    help="the IoU table of these visualised runs only (visualize/<exp_id>/), in this order; with "
+                         "--semseg: score these finished runs (trained on --dataset multi or voc) instead of "
                          "training the comparison")
     ab.add_argument("--dataset", default="multi", choices=formats.multi_label_formats(),
                     help="--semseg's dataset, one whose images know every class present (voc: pass --data_root "
@@ -303,8 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     if sum((args.ablation, args.methods, args.wsol, args.sweep is not None, args.extractors is not None,
             args.semseg)) > 1:
         parser.error("choose one of --ablation, --methods, --sweep, --extractors, --semseg and --wsol")
-    if (args.crf is not None or args.runs is not None) and not args.semseg:
-        parser.error(f"{'--crf' if args.crf is not None else '--runs'} applies to --semseg")
+    if args.crf is not None and not args.semseg:
+        parser.error("--crf applies to --semseg")
+    if args.runs is not None and (args.ablation or args.methods or args.wsol or args.sweep is not None
+                                  or args.extractors is not None):
+        parser.error("--runs chooses the runs of the IoU table (python iou.py --runs a b) or of --semseg")
     if args.sweep is not None:
         args.sweep_values = _sweep_values(parser, args.sweep)
     if args.scoremaps is not None and (not args.wsol or args.metadata is None):
@@ -358,27 +376,49 @@ def _sweep_values(parser: argparse.ArgumentParser, words: list[str]) -> list[flo
     return found
 
 
-def _default_gt_dir() -> Path:
-    """``test_seg/`` of the one data root every visualised experiment records."""
-    roots = set()
-    for settings in sorted(VISUALIZE_DIR.glob("*/settings.json")):
-        try:
-            roots.add(json.loads(settings.read_text())["data_root"])
-        except (OSError, ValueError, KeyError):
-            continue
+def _settings(folder: Path) -> dict:
+    """What visualize.py recorded for the masks in ``folder`` ({} when nothing readable)."""
+    try:
+        found = json.loads((folder / "settings.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _default_gt_dir(names: Sequence[str] | None = None) -> Path:
+    """``test_seg/`` of the one data root every visualised experiment (of ``names``) records."""
+    roots = {}
+    for folder in _visualised(VISUALIZE_DIR, names):
+        if "data_root" in (found := _settings(folder)):
+            roots.setdefault(found["data_root"], []).append(folder.name)
     if len(roots) > 1:
-        raise CamlabError(f"experiments under {VISUALIZE_DIR}/ come from different data roots "
-                          f"({', '.join(sorted(roots))}); pass --gt_dir")
-    return Path(roots.pop()) / "test_seg" if roots else DEFAULT_DATA_ROOT / "test_seg"
+        listed = "; ".join(f"{root}: {', '.join(runs)}" for root, runs in sorted(roots.items()))
+        raise CamlabError(f"experiments under {VISUALIZE_DIR}/ come from different data roots ({listed}); "
+                          "choose runs of one with --runs, or pass --gt_dir")
+    return Path(roots.popitem()[0]) / "test_seg" if roots else DEFAULT_DATA_ROOT / "test_seg"
+
+
+def settings_table(experiments: Sequence[str], visualize_dir: Path = VISUALIZE_DIR) -> str:
+    """Markdown: how each experiment's masks were made (visualize.py's settings.json): CAM form,
+    extractor, threshold, the side the masks were written at, and the checkpoint."""
+    rows = []
+    for name in experiments:
+        found = _settings(visualize_dir / name)
+        threshold = found.get("threshold", "-")
+        rows.append([name, str(found.get("cam", "-")), str(found.get("extractor", "-")),
+                     f"{threshold:g}" if isinstance(threshold, float) else str(threshold),
+                     str(found.get("fig_size", "-")), str(found.get("checkpoint", "-"))])
+    header = ["experiment", "CAM form", "extractor", "threshold", "mask side (px)", "checkpoint"]
+    return tables.markdown(header, rows, [tables.LEFT] * 3 + [tables.RIGHT] * 2 + [tables.LEFT])
 
 
 def _report(args: argparse.Namespace) -> None:
-    stems, experiments, matrix = experiment_table(VISUALIZE_DIR, args.gt_dir or _default_gt_dir())
+    stems, experiments, matrix = experiment_table(VISUALIZE_DIR, args.gt_dir or _default_gt_dir(args.runs), args.runs)
     reports = [] if args.no_full else whole_test_reports(experiments, args.cam, args.n_threshold, args.device)
-    extra = ""
+    extra = "\nHow each experiment's masks were made (visualize.py):\n\n" + settings_table(experiments)
     if reports:
-        extra = ("\n## Whole test set\n\nThreshold chosen per experiment on training masks.\n\n"
-                 + write_full_report(reports))
+        extra += ("\n## Whole test set\n\nThreshold chosen per experiment on training masks.\n\n"
+                  + write_full_report(reports))
     write_report(stems, experiments, matrix, extra_md=extra)
     print(format_table(stems, experiments, matrix)[1] + extra, end="")
 

@@ -207,3 +207,17 @@ def test_compare_draws_each_run_and_refuses_mixed_data(trained, tiny_lab, tmp_pa
     assert main.main(["--data_root", str(other), "--exp_id", "elsewhere", *FAST]) == 0
     assert visualize.main(["--compare", "tiny", "elsewhere", "--device", "cpu"]) == 2
     assert "read different data" in capsys.readouterr().err
+    # iou.py over both: refused with the roots and their runs named; --runs scores the chosen one
+    for exp_id in ("tiny", "elsewhere"):
+        assert visualize.main(["--exp_id", exp_id, "--device", "cpu", "--threshold", "0.3"]) == 0
+    capsys.readouterr()
+    assert iou.main(["--no_full"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tiny_lab}: tiny" in err and f"{other}: elsewhere" in err and "--runs" in err
+    assert iou.main(["--no_full", "--runs", "tiny"]) == 0
+    rows = list(csv.reader(open(trained / "report" / "iou.csv")))
+    assert rows[0] == ["image", "tiny"]
+    md = (trained / "report" / "iou.md").read_text()
+    assert "| tiny | class | cam | 0.3 | 224 | checkpoints/tiny/best.pth |" in md  # how the masks were made
+    assert iou.main(["--no_full", "--runs", "nothere"]) == 2
+    assert "--runs nothere: no masks in visualize/nothere/" in capsys.readouterr().err
