@@ -207,8 +207,9 @@ def ablation_table(rows: list[dict], base: "train.RunConfig", form: str, shared:
     head = (f"Settings: seed {base.seed}, {base.epochs} epochs, img_size {base.img_size}, batch {base.batch_size}, "
             f"lr {base.lr}, weights {base.weights} (used: {used}), ser_weight {base.ser_weight}; the {form} CAM is both "
             f"what SEG's L_ser regularises and what every run is scored on. Shared threshold {shared:.2f}: "
-            f"the CAM run's best on training masks. Own threshold: each run's best on training masks. "
-            f"Test masks choose nothing.\n\n")
+            + ("the CAM run's best on training masks. Own threshold: each run's best on training masks. "
+               if rows and rows[0]["full"] else "the default, since this data has no training masks to choose one. ")
+            + "Test masks choose nothing.\n\n")
     body = [[r["run"], r["mode"], r["transform"], f"{r['test_acc']:.4f}", f"{r['ten']:.4f}"]
             + ([f"{r['full']['shared_iou']:.4f}", f"{r['full']['test_iou']:.4f}", f"{r['full']['threshold']:.2f}"]
                if r["full"] else ["-", "-", "-"]) for r in rows]

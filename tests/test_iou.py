@@ -280,3 +280,14 @@ def test_plot_writes_png(tmp_path: Path) -> None:
     plot_iou_curves(curves, path, chosen={"cam": 0.5, "seg": 0.5})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["iou_curve.png"]  # no temporary file left
+
+
+def test_ablation_table_says_when_no_training_masks_chose_the_threshold() -> None:
+    import train
+    rows = [{"run": "ablation_cam", "mode": "CAM", "transform": "-", "test_acc": 0.5, "weights": "random init",
+             "ten": 0.25, "full": None}]
+    text = iou_mod.ablation_table(rows, train.RunConfig(), "class", 0.15)
+    assert "Shared threshold 0.15: the default, since this data has no training masks" in text
+    assert "| ablation_cam | CAM | - | 0.5000 | 0.2500 | - | - | - |" in text
+    rows[0]["full"] = {"shared_iou": 0.3, "test_iou": 0.31, "threshold": 0.2}
+    assert "the CAM run's best on training masks" in iou_mod.ablation_table(rows, train.RunConfig(), "class", 0.2)
