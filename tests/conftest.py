@@ -50,3 +50,31 @@ def write_lab_layout(root: Path, n_train: int = 24, n_test: int = 9, size: int =
 @pytest.fixture
 def tiny_lab(tmp_path: Path) -> Path:
     return write_lab_layout(tmp_path / "tiny")
+
+
+def write_course_layout(root: Path, n_train: int = 30, n_test: int = 10, seed: int = 0) -> Path:
+    """A stand-in of the course's ``cifar-10-cam-seg-data``: 32×32 RGB images of ten classes
+    (class c a square of its own colour), ``train_cls.txt`` / ``test_cls.txt`` with labels 0-9,
+    ten ``test_seg_source/`` images and their masks as RGB 0/255 PNGs in ``test_seg/``, and no
+    meta.json (so its classes read as CIFAR-10's)."""
+    rng = np.random.default_rng(seed)
+    colours = [tuple(int(v) for v in c) for c in rng.integers(0, 256, (10, 3))]
+    for split, n in (("train", n_train), ("test", n_test)):
+        (root / split).mkdir(parents=True)
+        lines = []
+        for i in range(n):
+            label = i % 10
+            img = rng.integers(90, 160, (32, 32, 3)).astype(np.uint8)
+            y, x = rng.integers(0, 16, 2)
+            img[y:y + 16, x:x + 16] = colours[label]
+            cv2.imwrite(str(root / split / f"{i:05d}.png"), img[:, :, ::-1])
+            lines.append(f"{i:05d}.png {label}")
+            if split == "test":
+                for folder, picture in (("test_seg_source", img), ("test_seg", None)):
+                    (root / folder).mkdir(exist_ok=True)
+                    if picture is None:
+                        picture = np.zeros((32, 32, 3), np.uint8)
+                        picture[y:y + 16, x:x + 16] = 255
+                    cv2.imwrite(str(root / folder / f"{i:05d}.png"), picture[:, :, ::-1])
+        (root / f"{split}_cls.txt").write_text("\n".join(lines) + "\n")
+    return root
