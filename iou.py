@@ -37,6 +37,7 @@ import model
 import train
 import visualize
 from camlab import formats, scoremaps, tables
+from camlab.affinity import PAIR_FORMS
 from camlab.boxes import DEFAULT_PROTOCOL, PROTOCOLS
 from camlab.crf import CRF_VARIANTS
 from camlab.extractors import DEFAULT_EXTRACTOR, EXTRACTORS
@@ -46,6 +47,7 @@ from camlab.scoremaps import WSOL_INTERVAL
 from camlab.utils import (DEFAULT_DATA_ROOT, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, REPORT_DIR, VISUALIZE_DIR,
                           CamlabError, OneLineParser, SEED_MAX, atomic_write_text, check_range, run_cli)
 from research import comparisons
+from research.affinitynet import AFFINITY_INITS, AffinitySettings
 from research.comparisons import base_run, run_prefix, table_runs, trained
 from research.experiments import localization_report, whole_test_reports, write_full_report
 
@@ -264,6 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
                          "settings in pixels, made for ~500 px images) and/or scaled (their spatial widths scaled to "
                          "the image), each with the references' (1 - max)^alpha background, alpha chosen on training "
                          "masks; -const: with camlab's earlier constant background; no value: affinitynet and scaled")
+    ab.add_argument("--refine", nargs="+", default=None, choices=("rw",), metavar="REFINEMENT",
+                    help="with --semseg: score every run after AffinityNet's random walk too (rw), without and with "
+                         "each --crf: each run's affinity network is trained on its training split from its own maps "
+                         "and CRF (or reused from checkpoints/<exp_id>/affinity.pth), beta, logt and alpha chosen on "
+                         "training masks")
+    ab.add_argument("--aff_epochs", type=int, default=AffinitySettings.epochs,
+                    help="with --refine rw: the affinity network's epochs (psa: 8)")
+    ab.add_argument("--aff_radius", type=int, default=AffinitySettings.radius,
+                    help="with --refine rw: pairs closer than this on the feature grid (psa: 5)")
+    ab.add_argument("--aff_pairs", default=AffinitySettings.pairs, choices=PAIR_FORMS,
+                    help="with --refine rw: psa (its get_indices_of_pairs, which starts no pair within radius - 1 of "
+                         "the left, right or bottom edge) or full (every pair within the radius)")
+    ab.add_argument("--aff_init", default=AffinitySettings.init, choices=AFFINITY_INITS,
+                    help="with --refine rw: the affinity backbone starts from the CAM run's trained one (run) or from "
+                         "the run's --weights (weights, as psa starts from ImageNet)")
+    ab.add_argument("--aff_lr", type=float, default=AffinitySettings.lr,
+                    help="with --refine rw: the affinity network's SGD learning rate (psa: 0.1; the head at 10x)")
     ab.add_argument("--no_msf", action="store_true",
                     help="with --semseg: the maps of one scale (the run's --img_size), not OC-CSE's multi-scale "
                          "inference with flips (scales 0.5, 1, 1.5, 2)")
@@ -303,8 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     if sum((args.ablation, args.methods, args.wsol, args.sweep is not None, args.extractors is not None,
             args.semseg)) > 1:
         parser.error("choose one of --ablation, --methods, --sweep, --extractors, --semseg and --wsol")
-    if (args.crf is not None or args.runs is not None) and not args.semseg:
-        parser.error(f"{'--crf' if args.crf is not None else '--runs'} applies to --semseg")
+    if (args.crf is not None or args.runs is not None or args.refine is not None) and not args.semseg:
+        parser.error(f"{'--crf' if args.crf is not None else '--runs' if args.runs is not None else '--refine'} "
+                     f"applies to --semseg")
     if args.sweep is not None:
         args.sweep_values = _sweep_values(parser, args.sweep)
     if args.scoremaps is not None and (not args.wsol or args.metadata is None):

@@ -1,0 +1,102 @@
+"""AffinityNet's pairs, affinity labels, loss and random walk (camlab.affinity) against values
+worked out by hand from jiwoon-ahn/psa's formulas, and the random walk sharpening a blurred map."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from camlab import affinity as aff
+from camlab.metrics import confusion_matrix, label_maps, mean_iou
+from camlab.utils import CamlabError
+
+
+def test_pairs_are_psas_offsets_and_crop_and_the_full_form_keeps_every_pair() -> None:
+    assert aff.pair_offsets(2) == [(0, 1), (1, -1), (1, 0), (1, 1)]
+    assert len(aff.pair_offsets(5)) == 4 + 4 * 9 - 6  # y > 0, |x| < 5, x² + y² < 25 drops (3, ±4), (4, ±3), (4, ±4)
+    # a 3×4 map, radius 2: psa's first ends are [:-1, 1:-1] = positions 1, 2, 5, 6, for each offset
+    src, dst = aff.pair_indices(3, 4, 2, "psa")
+    assert src.tolist() == [1, 2, 5, 6] * 4
+    assert dst.tolist() == [2, 3, 6, 7] + [4, 5, 8, 9] + [5, 6, 9, 10] + [6, 7, 10, 11]
+    src, dst = aff.pair_indices(3, 4, 2, "full")  # (0, 1): 3 rows × 3; (1, -1): 2 × 3; (1, 0): 2 × 4; (1, 1): 2 × 3
+    assert len(src) == 9 + 6 + 8 + 6
+    assert len({tuple(sorted(p)) for p in zip(src.tolist(), dst.tolist())}) == 29  # each unordered pair once
+    with pytest.raises(CamlabError, match="at least 5 high and 9 wide"):
+        aff.pair_indices(8, 8, 5, "psa")
+
+
+def test_confident_labels_and_pair_labels_by_hand() -> None:
+    # 1×3 grid, one present class (2): low α says fg only at pixel 1, high α says bg only at pixel 0
+    low = np.array([[[0.6, 0.2, 0.7]], [[0.4, 0.8, 0.3]]])
+    high = np.array([[[0.9, 0.1, 0.3]], [[0.1, 0.9, 0.7]]])
+    assert aff.confident_labels(low, high, [2]).tolist() == [[0, 3, 255]]
+    # a 2×3 label map, radius 2, every pair: (0,1) bg-bg; (1,2) bg-fg; the 255 ends drop out, 255-255 too
+    label = np.array([[0, 0, 1], [255, 255, 1]])
+    src, dst = aff.pair_indices(2, 3, 2, "full")
+    assert list(zip(src.tolist(), dst.tolist())) == [(0, 1), (1, 2), (3, 4), (4, 5), (1, 3), (2, 4), (0, 3), (1, 4),
+                                                     (2, 5), (0, 4), (1, 5)]
+    bg, fg, neg = aff.pair_labels(label, src, dst)
+    assert bg.tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert fg.tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]
+    assert neg.tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+
+
+def test_affinity_is_the_mean_l1_and_the_loss_is_psas_by_hand() -> None:
+    features = torch.tensor([[[[0.0, 1.0]], [[2.0, 0.0]]]])  # 1×2×1×2: f0 = (0, 2), f1 = (1, 0)
+    found = aff.feature_affinities(features, torch.tensor([0]), torch.tensor([1]))
+    assert found.item() == pytest.approx(math.exp(-(1 + 2) / 2))  # the mean over channels, not the sum
+    a = torch.tensor([0.5, 0.9, 0.2, 0.8])
+    bg, fg, neg = (torch.tensor(v) for v in ([1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 1.0]))
+    loss, terms = aff.affinity_loss(a, bg, fg, neg)
+    want_bg = -math.log(0.5 + 1e-5) / (1 + 1e-5)
+    want_fg = -math.log(0.9 + 1e-5) / (1 + 1e-5)
+    want_neg = (-math.log(1 + 1e-5 - 0.2) - math.log(1 + 1e-5 - 0.8)) / (2 + 1e-5)
+    assert terms["bg"].item() == pytest.approx(want_bg, rel=1e-5)
+    assert terms["neg"].item() == pytest.approx(want_neg, rel=1e-5)
+    assert loss.item() == pytest.approx(want_bg / 4 + want_fg / 4 + want_neg / 2, rel=1e-5)
+    empty = torch.zeros(4)
+    assert aff.affinity_loss(a, empty, fg, neg)[1]["bg"].item() == 0.0  # no pair of a kind: that term is 0
+
+
+def test_random_walk_one_step_and_its_fixed_point_by_hand() -> None:
+    # three positions in a row: pairs (0, 1) affinity 0.5 and (1, 2) 0.25; the diagonal is 1
+    mat = aff.affinity_matrix(torch.tensor([0.5, 0.25], dtype=torch.float64), torch.tensor([0, 1]),
+                              torch.tensor([1, 2]), 3)
+    assert mat.tolist() == [[1, 0.5, 0], [0.5, 1, 0.25], [0, 0.25, 1]]
+    trans = aff.transition_matrix(mat, 1)  # columns divided by 1.5, 1.75, 1.25
+    scores = torch.tensor([[[1.0, 0.0, 0.0]]], dtype=torch.float64)  # 1×1×3
+    one = aff.random_walk(scores, aff.walk_powers(trans, [0])[0])
+    assert one.flatten().tolist() == pytest.approx([1 / 1.5, 0.5 / 1.75, 0.0])
+    assert aff.transition_matrix(mat, 2)[0, 1].item() == pytest.approx(0.25 / (0.25 + 1 + 0.0625))  # A^β first
+    # the walk converges to the degree-weighted mean everywhere: (1.5·1 + 1.75·0 + 1.25·0) / 4.5
+    settled = aff.random_walk(scores, aff.walk_powers(trans, [10])[10])
+    assert settled.flatten().tolist() == pytest.approx([1 / 3] * 3, abs=1e-6)
+    # logt t applies T^(2^t): t = 1 is two steps
+    assert torch.allclose(aff.walk_powers(trans, [1])[1], trans @ trans)
+
+
+def test_the_random_walk_sharpens_a_blurred_two_object_map() -> None:
+    """Two touching objects on a 32×32 image, their maps blurred (σ 3 and 6 px) into the background
+    and into each other; affinities from features that know the regions (one-hot on the 8×8 grid,
+    so exp(-2) across a boundary, e^-16 after β 8): the walk averages each score within its region,
+    and the best label maps go from mIoU 0.78 (any threshold) to 0.97 or more."""
+    truth = np.zeros((32, 32), np.int64)
+    truth[8:24, 4:16], truth[8:24, 16:28] = 1, 2
+    maps = np.stack([cv2.GaussianBlur((truth == k).astype(np.float32), (0, 0), s) for k, s in ((1, 3), (2, 6))])
+    maps = (maps / maps.max(axis=(1, 2), keepdims=True))[None]
+    present = np.array([[True, True]])
+    region = torch.from_numpy(truth[::4, ::4]).long()
+    features = torch.nn.functional.one_hot(region, 3).permute(2, 0, 1)[None].double() * 3
+    src, dst = (torch.from_numpy(i) for i in aff.pair_indices(8, 8, 3, "full"))
+    mat = aff.affinity_matrix(aff.feature_affinities(features, src, dst)[0], src, dst, 64)
+    plain = max(mean_iou(confusion_matrix(label_maps(maps, present, t), truth[None], 3))
+                for t in np.linspace(0.05, 0.95, 19))
+    best, walked = aff.choose_walk(maps, present, truth[None], [mat], (8, 8), betas=(8,), logts=(0, 4), alphas=(1, 4))
+    assert plain < 0.8 and walked > 0.97 and best == {"beta": 8, "logt": 4, "alpha": 1}
+    power = aff.walk_powers(aff.transition_matrix(mat, 8), [4])[4]
+    labels = aff.walk_labels(maps, present, [power], 1, (8, 8))[0]
+    before = label_maps(maps, present, 0.5)[0]
+    assert (before[truth == 1] == 2).sum() > 0 and (labels[truth == 1] == 2).sum() == 0  # B's wide blur no longer wins A
