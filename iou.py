@@ -279,10 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --refine rw: psa (its get_indices_of_pairs, which starts no pair within radius - 1 of "
                          "the left, right or bottom edge) or full (every pair within the radius)")
     ab.add_argument("--aff_init", default=AffinitySettings.init, choices=AFFINITY_INITS,
-                    help="with --refine rw: the affinity backbone starts from the CAM run's trained one (run) or from "
-                         "the run's --weights (weights, as psa starts from ImageNet)")
-    ab.add_argument("--aff_lr", type=float, default=AffinitySettings.lr,
-                    help="with --refine rw: the affinity network's SGD learning rate (psa: 0.1; the head at 10x)")
+                    help="with --refine rw: the affinity backbone starts from the run's --weights (weights: psa's, "
+                         "which starts from the ImageNet weights of its classifier) or from the CAM run's trained "
+                         "backbone (run)")
     ab.add_argument("--no_msf", action="store_true",
                     help="with --semseg: the maps of one scale (the run's --img_size), not OC-CSE's multi-scale "
                          "inference with flips (scales 0.5, 1, 1.5, 2)")
@@ -325,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     if (args.crf is not None or args.runs is not None or args.refine is not None) and not args.semseg:
         parser.error(f"{'--crf' if args.crf is not None else '--runs' if args.runs is not None else '--refine'} "
                      f"applies to --semseg")
+    moved = [f"--{k}" for k in AFFINITY_FLAGS if getattr(args, k) != getattr(AffinitySettings, k.removeprefix("aff_"))]
+    if moved and not args.refine:
+        parser.error(f"{moved[0]} applies to --semseg --refine rw")
     if args.sweep is not None:
         args.sweep_values = _sweep_values(parser, args.sweep)
     if args.scoremaps is not None and (not args.wsol or args.metadata is None):
@@ -335,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         check_range("--n_threshold", args.n_threshold, 1, 1_000_000, why="training images that choose a threshold")
+        check_range("--aff_epochs", args.aff_epochs, 1, 10_000, why="epochs of the affinity network")
+        check_range("--aff_radius", args.aff_radius, 2, 64, why="a pair radius on the feature grid")
         for seed in args.seeds or []:
             check_range("--seeds", seed, 0, SEED_MAX, why="a random seed")
         if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
@@ -355,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli("iou.py", body)
 
 
+AFFINITY_FLAGS = ("aff_epochs", "aff_radius", "aff_pairs", "aff_init")  # --refine rw's settings (AffinitySettings)
 SWEEP_KNOBS = ("body_evidence",)  # what --sweep can vary: settings of the embedded benchmark
 
 

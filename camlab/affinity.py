@@ -10,6 +10,7 @@ diagonal), ``train_aff.py`` (the loss) and ``infer_aff.py`` (β 8, logt 8, the b
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -151,30 +152,61 @@ def random_walk(scores: torch.Tensor, trans_power: torch.Tensor) -> torch.Tensor
     return (scores.reshape(c, h * w).to(trans_power.dtype) @ trans_power).reshape(c, h, w)
 
 
+@functools.lru_cache(maxsize=32)
+def _pool_matrix(size: int, out: int) -> np.ndarray:
+    """out×size: row i averages ``[floor(i·size/out), ceil((i+1)·size/out))``, torch's
+    ``adaptive_avg_pool2d`` along one axis (psa's 8×8 block mean where 8 divides the size)."""
+    mat = np.zeros((out, size), np.float32)
+    for i in range(out):
+        start, end = (i * size) // out, -(-((i + 1) * size) // out)
+        mat[i, start:end] = 1.0 / (end - start)
+    return mat
+
+
+@functools.lru_cache(maxsize=32)
+def _upsample_matrix(out: int, size: int) -> np.ndarray:
+    """out×size: linear interpolation from ``size`` samples to ``out`` (``align_corners=False``);
+    bilinear upsampling is this along each axis."""
+    return F.interpolate(torch.eye(size)[None], size=out, mode="linear", align_corners=False)[0].T.numpy()
+
+
+def pool_scores(scores: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """C×H×W -> C×h×w, ``adaptive_avg_pool2d`` to the feature ``grid`` (as two matrix products)."""
+    ph, pw = _pool_matrix(scores.shape[1], grid[0]), _pool_matrix(scores.shape[2], grid[1])
+    return np.einsum("hH,cHW,wW->chw", ph, np.asarray(scores, np.float32), pw, optimize=True)
+
+
 def walk_scores(maps: np.ndarray, classes: np.ndarray, alpha: float, grid: tuple[int, int]) -> torch.Tensor:
     """psa's ``infer_aff.py`` input: the present classes' maps (K×H×W in [0, 1]) under the
     background ``(1 − max_c cam)^α`` at the image's resolution, average-pooled to the feature
     ``grid`` (psa: ``avg_pool2d(8, 8)``; the same where 8 divides the size) -> (1 + K')×h×w."""
     here = np.asarray(maps, np.float32)[classes]
     background = (1 - here.max(axis=0, initial=0)) ** alpha
-    full = torch.from_numpy(np.concatenate([background[None], here]))
-    return F.adaptive_avg_pool2d(full[None], grid)[0]
+    return torch.from_numpy(pool_scores(np.concatenate([background[None], here]), grid))
 
 
 def upsample_scores(walked: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Walked scores back to the image (bilinear, as psa's ``Upsample``) -> float32 C×H×W."""
-    return F.interpolate(walked[None].float(), size=size, mode="bilinear", align_corners=False)[0].numpy()
+    """Walked scores back to the image (bilinear, ``align_corners=False``, as psa's ``Upsample``)
+    -> float32 C×H×W."""
+    uh, uw = _upsample_matrix(size[0], walked.shape[1]), _upsample_matrix(size[1], walked.shape[2])
+    return np.einsum("Hh,chw,Ww->cHW", uh, walked.float().numpy(), uw, optimize=True)
 
 
 def walk_labels(maps: np.ndarray, present: np.ndarray, powers: Sequence[torch.Tensor], alpha: float,
-                grid: tuple[int, int]) -> np.ndarray:
+                grid: tuple[int, int], pooled: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
     """Label maps (int64 N×H×W, 0 background, k + 1 class k): per image the argmax of the walked
     background and present classes' maps (:func:`walk_scores`, :func:`random_walk` with that
-    image's ``T^(2^t)``, :func:`upsample_scores`)."""
+    image's ``T^(2^t)``, :func:`upsample_scores`). ``pooled``: per image (its pooled class maps,
+    the max of its maps at full resolution), which :func:`choose_walk` computes once."""
     out = np.zeros((len(maps), *maps.shape[2:]), np.int64)
     for i, (image_maps, here, power) in enumerate(zip(maps, present, powers)):
         classes = np.flatnonzero(here)
-        walked = upsample_scores(random_walk(walk_scores(image_maps, classes, alpha, grid), power), maps.shape[2:])
+        if pooled is None:
+            scores = walk_scores(image_maps, classes, alpha, grid)
+        else:
+            classes_pooled, peak = pooled[i]
+            scores = torch.from_numpy(np.concatenate([pool_scores(((1 - peak) ** alpha)[None], grid), classes_pooled]))
+        walked = upsample_scores(random_walk(scores, power), maps.shape[2:])
         out[i] = np.concatenate([[0], classes + 1])[walked.argmax(axis=0)]
     return out
 
@@ -185,12 +217,16 @@ def choose_walk(maps: np.ndarray, present: np.ndarray, gts: np.ndarray, aff_mats
     """({beta, logt, alpha}, mIoU) of the random walk with the best mIoU on these maps and label
     masks (give it TRAINING images); ties go to the first in the order β, logt, α of the grids."""
     num_classes = np.asarray(present).shape[1] + 1
+    pooled = []
+    for image_maps, here in zip(maps, present):
+        here_maps = np.asarray(image_maps, np.float32)[np.flatnonzero(here)]
+        pooled.append((pool_scores(here_maps, grid), here_maps.max(axis=0, initial=0)))
     best, best_miou = None, -1.0
     for beta in betas:
         powers = [walk_powers(transition_matrix(mat, beta), logts) for mat in aff_mats]
         for logt in logts:
             for alpha in alphas:
-                labels = walk_labels(maps, present, [p[logt] for p in powers], alpha, grid)
+                labels = walk_labels(maps, present, [p[logt] for p in powers], alpha, grid, pooled)
                 miou = mean_iou(confusion_matrix(labels, gts, num_classes))
                 if miou > best_miou:
                     best, best_miou = {"beta": beta, "logt": logt, "alpha": alpha}, miou
@@ -222,6 +258,5 @@ def crf_pair_labels(image: np.ndarray, maps: np.ndarray, classes: np.ndarray, gr
     pooled = []
     for alpha in (low, high):
         scores = np.concatenate([((1 - here.max(axis=0, initial=0)) ** alpha)[None], here])
-        marginals = torch.from_numpy(crf_refine(image, scores, crf_settings(crf, image.shape[:2])))
-        pooled.append(F.adaptive_avg_pool2d(marginals[None], grid)[0].numpy())
+        pooled.append(pool_scores(crf_refine(image, scores, crf_settings(crf, image.shape[:2])), grid))
     return confident_labels(pooled[0], pooled[1], classes)

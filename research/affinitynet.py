@@ -10,6 +10,7 @@ to layer2's grid) and layer2, where psa's reads three stages of a ResNet-38 at 1
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 from pathlib import Path
@@ -29,10 +30,11 @@ from research.experiments import Experiment, _present, _rgb
 
 AFFINITY_FILE = "affinity.pth"  # checkpoints/<exp_id>/affinity.pth: the run's affinity network
 AFFINITY_FORMAT = "camlab-affinity-1"
-# "run": the backbone starts from the CAM run's trained one (camlab's default: its runs start from
-# random init, so that is the only trained backbone there is); "weights": from the run's --weights,
-# as psa starts AffinityNet from the same ImageNet weights as the classifier
-AFFINITY_INITS = ("run", "weights")
+# "weights" (psa's): the backbone starts from the run's --weights, as psa starts AffinityNet from
+# the ImageNet weights its classifier started from (with --weights none: random init); "run"
+# (camlab's variant): from the CAM run's trained backbone, the only trained one a run from random
+# init has
+AFFINITY_INITS = ("weights", "run")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +51,7 @@ class AffinitySettings:
     batch_size: int = 8
     lr: float = 0.1
     weight_decay: float = 5e-4
-    init: str = "run"
+    init: str = "weights"
     low_alpha: float = affinity.PSA_LOW_ALPHA
     high_alpha: float = affinity.PSA_HIGH_ALPHA
     crf: str = "affinitynet"
@@ -106,9 +108,12 @@ def affinity_path(exp_id: str) -> Path:
     return safe_subdir(CHECKPOINT_DIR, exp_id) / AFFINITY_FILE
 
 
-def feature_grid(net: AffinityNet, img_size: int, device: torch.device) -> tuple[int, int]:
+@functools.lru_cache(maxsize=16)
+def feature_grid(config: model.ModelConfig, img_size: int) -> tuple[int, int]:
+    """The affinity network's feature grid (h, w) for inputs of ``img_size`` (one forward pass on
+    zeros, on the CPU, once per shape)."""
     with torch.inference_mode():
-        return tuple(net.eval()(torch.zeros(1, 3, img_size, img_size, device=device)).shape[-2:])
+        return tuple(AffinityNet(config).eval()(torch.zeros(1, 3, img_size, img_size)).shape[-2:])
 
 
 def training_labels(exp: Experiment, data: ImageSet, grid: tuple[int, int], settings: AffinitySettings) -> np.ndarray:
@@ -132,7 +137,7 @@ def train_affinity(exp: Experiment, settings: AffinitySettings, log=sys.stderr) 
         net.backbone.load_state_dict(exp.net.backbone.state_dict())
     else:
         net = AffinityNet(exp.net.config, model.resolve_weights(exp.cfg.weights, exp.net.config.backbone)[0]).to(exp.device)
-    grid = feature_grid(net, exp.cfg.img_size, exp.device)
+    grid = feature_grid(exp.net.config, exp.cfg.img_size)
     src, dst = affinity.pair_indices(*grid, settings.radius, settings.pairs)
     data = exp.split("train", settings.n_images)
     labels = training_labels(exp, data, grid, settings)
@@ -186,6 +191,7 @@ def affinity_net(exp: Experiment, settings: AffinitySettings = AffinitySettings(
     trained with these settings, trained and stored there when there is none; one trained with
     other settings is an error (it is never overwritten)."""
     settings = settings.checked()
+    affinity.pair_indices(*feature_grid(exp.net.config, exp.cfg.img_size), settings.radius, settings.pairs)  # fits?
     path, wanted = affinity_path(exp.exp_id), {**dataclasses.asdict(settings), "img_size": exp.cfg.img_size}
     if path.is_file():
         saved = model.safe_load(path, exp.device, f"affinity network {path} cannot be read safely")
@@ -215,7 +221,7 @@ def affinity_matrices(exp: Experiment, net: AffinityNet, data: ImageSet, setting
     key = (tuple(data.names), "affinity", dataclasses.astuple(settings))
     if key in exp._raw:
         return exp._raw[key]
-    grid = feature_grid(net, exp.cfg.img_size, exp.device)
+    grid = feature_grid(exp.net.config, exp.cfg.img_size)
     src, dst = (torch.from_numpy(i).to(exp.device) for i in affinity.pair_indices(*grid, settings.radius, settings.pairs))
     mats = []
     with torch.inference_mode():

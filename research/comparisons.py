@@ -255,7 +255,7 @@ def semseg_command(args) -> None:
     msf = not args.no_msf
     refine = (None, *args.refine) if args.refine else (None,)
     aff = AffinitySettings(radius=args.aff_radius, pairs=args.aff_pairs, epochs=args.aff_epochs, init=args.aff_init,
-                           lr=args.aff_lr, msf=msf).checked()
+                           msf=msf).checked()
     if args.runs:
         def work() -> str:
             return write_semseg_report([report for exp_id in args.runs for report in

@@ -96,7 +96,7 @@ def walked(exp: Experiment, fit: tuple, test: tuple, crf: str | None,
     images' label maps as scored, the test label maps)."""
     (fit_set, fit_truth, fit_maps), (test_set, maps) = fit, test
     net, record = affinity_net(exp, settings)
-    grid = feature_grid(net, exp.cfg.img_size, exp.device)
+    grid = feature_grid(exp.net.config, exp.cfg.img_size)
     fit_present, present = _present(fit_set).cpu().numpy(), _present(test_set).cpu().numpy()
     fit_mats = affinity_matrices(exp, net, fit_set, settings)
     key = ("walk choice", tuple(fit_set.names), dataclasses.astuple(settings))
@@ -150,6 +150,8 @@ def semseg_variants(exp: Experiment, n_threshold: int, crf: Sequence[str | None]
     """:func:`semseg_report` of ``exp`` under each refinement of ``refine`` (None: the maps as
     they are; ``rw``: AffinityNet's random walk) and each CRF setting of ``crf`` (None: without
     CRF), each mIoU printed as it is found."""
+    if any(refine):  # train (or read) the affinity network first: settings it refuses stop before any scoring
+        affinity_net(exp, aff or AffinitySettings(msf=msf))
     reports = []
     for walk in refine:
         for variant in crf:

@@ -78,6 +78,16 @@ def test_random_walk_one_step_and_its_fixed_point_by_hand() -> None:
     assert torch.allclose(aff.walk_powers(trans, [1])[1], trans @ trans)
 
 
+def test_pooling_and_upsampling_are_torchs_adaptive_pool_and_bilinear() -> None:
+    x = np.random.default_rng(0).random((2, 64, 48)).astype(np.float32)
+    want = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x)[None], (14, 8))[0].numpy()
+    assert np.allclose(aff.pool_scores(x, (14, 8)), want, atol=1e-6)
+    assert np.allclose(aff.pool_scores(x, (8, 6)), x.reshape(2, 8, 8, 6, 8).mean(axis=(2, 4)), atol=1e-6)  # psa's blocks
+    small = torch.from_numpy(x[:, :7, :5].copy())
+    up = torch.nn.functional.interpolate(small[None], size=(64, 48), mode="bilinear", align_corners=False)[0]
+    assert np.allclose(aff.upsample_scores(small, (64, 48)), up.numpy(), atol=1e-5)
+
+
 def test_the_random_walk_sharpens_a_blurred_two_object_map() -> None:
     """Two touching objects on a 32×32 image, their maps blurred (σ 3 and 6 px) into the background
     and into each other; affinities from features that know the regions (one-hot on the 8×8 grid,
@@ -100,3 +110,46 @@ def test_the_random_walk_sharpens_a_blurred_two_object_map() -> None:
     labels = aff.walk_labels(maps, present, [power], 1, (8, 8))[0]
     before = label_maps(maps, present, 0.5)[0]
     assert (before[truth == 1] == 2).sum() > 0 and (labels[truth == 1] == 2).sum() == 0  # B's wide blur no longer wins A
+
+
+# ------------------------------------------------------------- the network and --refine rw
+def test_refine_rw_end_to_end_trains_once_then_reuses_and_refuses_other_settings(tmp_path, monkeypatch, capsys) -> None:
+    import csv
+
+    import iou
+    import main
+    from camlab import synthetic
+    from research.affinitynet import AffinityNet
+    monkeypatch.chdir(tmp_path)
+    synthetic.generate_multi(tmp_path / "m", n_train=24, n_val=8, size=32, progress=False)
+    assert main.main(["--dataset", "multi", "--data_root", "m", "--img_size", "32", "--epochs", "1", "--weights", "none",
+                      "--quiet", "--batch_size", "8", "--multi_label", "--exp_id", "ml"]) == 0
+    argv = ["--semseg", "--refine", "rw", "--crf", "affinitynet", "--runs", "ml", "--n_threshold", "10", "--no_msf",
+            "--aff_radius", "2", "--aff_epochs", "1"]
+    assert iou.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "ml affinity epoch 1/1: loss" in err
+    rows = list(csv.DictReader((tmp_path / "report/semseg.csv").open()))
+    assert [(r["refine"], r["crf"]) for r in rows] == [("none", "none"), ("none", "affinitynet"), ("rw", "none"),
+                                                       ("rw", "affinitynet")]
+    walk = rows[2]
+    assert float(walk["beta"]) in aff.BETA_GRID and int(walk["logt"]) in aff.LOGT_GRID
+    assert rows[3]["beta"] == walk["beta"] and rows[3]["threshold"] == walk["threshold"]  # the CRF keeps the choice
+    md = (tmp_path / "report/semseg.md").read_text()
+    assert "AffinityNet random walk" in md and "ΔmIoU from the random walk" in md
+    stored = tmp_path / "checkpoints/ml/affinity.pth"
+    before = stored.stat().st_mtime_ns
+    assert iou.main([a for a in argv if a not in ("--crf", "affinitynet")]) == 0  # reused, not trained again
+    assert "affinity epoch" not in capsys.readouterr().err and stored.stat().st_mtime_ns == before
+    assert iou.main(argv[:-1] + ["2"]) == 2  # other settings: refused, the stored network kept
+    err = capsys.readouterr().err
+    assert "trained with other settings (epochs)" in err and err.count("\n") == 1 and stored.stat().st_mtime_ns == before
+    # psa's pairs on a 4×4 grid at radius 5: one line naming the fix
+    assert iou.main(["--semseg", "--refine", "rw", "--runs", "ml", "--n_threshold", "10", "--no_msf",
+                     "--aff_epochs", "2"]) == 2
+    assert "psa's pairs need a feature map at least 5 high and 9 wide" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        iou.main(["--refine", "rw"])
+    assert "--refine applies to --semseg" in capsys.readouterr().err
+    net = AffinityNet(main.model.CAMModel(num_classes=3, weights="none").config)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 96, 4, 4)  # layer1's 64 -> 32 and layer2's 128 -> 64, at 1/8
