@@ -90,10 +90,11 @@ def walked(exp: Experiment, fit: tuple, test: tuple, crf: str | None,
     """AffinityNet's random walk of ``exp``'s maps (``camlab.affinity``): its affinity network
     (``research.affinitynet.affinity_net``, trained on the training split or reused), each image's
     affinity matrix; β, logt and the background power α chosen together on the ``fit`` images'
-    masks (``camlab.affinity.choose_walk``; the choice is shared by the walk with and without
-    CRF), then the ``test`` images' label maps, after the dense CRF ``crf`` of the walked scores
-    if given. -> ({beta, logt, alpha, the network's training record}, the mIoU of the fit
-    images' label maps as scored, the test label maps)."""
+    masks (``camlab.affinity.choose_walk``), then the ``test`` images' label maps; with ``crf``,
+    after the dense CRF of the walked scores, β and logt kept and α chosen again on the fit
+    images after the CRF (as the CRF without the walk chooses its own). -> ({beta, logt, alpha,
+    the network's training record}, the mIoU of the fit images' label maps as scored, the test
+    label maps)."""
     (fit_set, fit_truth, fit_maps), (test_set, maps) = fit, test
     net, record = affinity_net(exp, settings)
     grid = feature_grid(exp.net.config, exp.cfg.img_size)
@@ -110,8 +111,12 @@ def walked(exp: Experiment, fit: tuple, test: tuple, crf: str | None,
         return [affinity.walk_powers(affinity.transition_matrix(m, beta), [logt])[logt] for m in mats]
     test_powers = powers(affinity_matrices(exp, net, test_set, settings))
     if crf:
-        fit_labels = affinity.walk_crf_labels(fit_maps, fit_present, powers(fit_mats), alpha, grid, _rgb(fit_set), crf)
-        fit_miou = mean_iou(confusion_matrix(fit_labels, fit_truth.classes, fit_present.shape[1] + 1))
+        fit_powers, fit_images, num_classes = powers(fit_mats), _rgb(fit_set), fit_present.shape[1] + 1
+        curve = [mean_iou(confusion_matrix(affinity.walk_crf_labels(fit_maps, fit_present, fit_powers, a, grid,
+                                                                    fit_images, crf), fit_truth.classes, num_classes))
+                 for a in CRF_ALPHA_GRID]
+        alpha, fit_miou = CRF_ALPHA_GRID[int(np.argmax(curve))], float(np.max(curve))  # ties: the lowest α
+        choice = {**choice, "alpha": alpha}
         labels = affinity.walk_crf_labels(maps, present, test_powers, alpha, grid, _rgb(test_set), crf)
     else:
         labels = affinity.walk_labels(maps, present, test_powers, alpha, grid)
@@ -287,8 +292,8 @@ def _walk_note(reports: list[dict]) -> str:
             f"(average-pooled to the grid), upsampled bilinearly and argmaxed; with CRF, the walked scores are the "
             f"CRF's unary. β ∈ {{{', '.join(f'{b:g}' for b in affinity.BETA_GRID)}}}, logt ∈ "
             f"{{{', '.join(map(str, affinity.LOGT_GRID))}}} and α ∈ {{{', '.join(f'{a:g}' for a in CRF_ALPHA_GRID)}}} "
-            f"are chosen together on the training images' masks (the walk without CRF; the walk with CRF keeps "
-            f"that choice). \"mIoU (training images that chose)\" is the pseudo-mask mIoU on those training images "
+            f"are chosen together on the training images' masks for the walk; the walk with CRF keeps its β and "
+            f"logt and chooses α again after the CRF. \"mIoU (training images that chose)\" is the pseudo-mask mIoU on those training images "
             f"(what weakly supervised segmentation papers report for this step), at the values they chose.\n\n")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from camlab import affinity as aff
+from camlab import affinity as aff, crf
 from camlab.metrics import confusion_matrix, label_maps, mean_iou
 from camlab.utils import CamlabError
 
@@ -134,7 +134,8 @@ def test_refine_rw_end_to_end_trains_once_then_reuses_and_refuses_other_settings
                                                        ("rw", "affinitynet")]
     walk = rows[2]
     assert float(walk["beta"]) in aff.BETA_GRID and int(walk["logt"]) in aff.LOGT_GRID
-    assert rows[3]["beta"] == walk["beta"] and rows[3]["threshold"] == walk["threshold"]  # the CRF keeps the choice
+    assert (rows[3]["beta"], rows[3]["logt"]) == (walk["beta"], walk["logt"])  # the CRF keeps β and logt,
+    assert float(rows[3]["threshold"]) in crf.CRF_ALPHA_GRID  # and chooses α again
     md = (tmp_path / "report/semseg.md").read_text()
     assert "AffinityNet random walk" in md and "ΔmIoU from the random walk" in md
     stored = tmp_path / "checkpoints/ml/affinity.pth"
