@@ -125,7 +125,7 @@ def training_labels(exp: Experiment, data: ImageSet, grid: tuple[int, int], sett
                      for image, m, here in zip(images, maps, present)])
 
 
-def train_affinity(exp: Experiment, settings: AffinitySettings, log=sys.stderr) -> tuple[AffinityNet, dict]:
+def train_affinity(exp: Experiment, settings: AffinitySettings) -> tuple[AffinityNet, dict]:
     """Train ``exp``'s affinity network on its training split (psa's ``train_aff.py``): per
     image its confident labels (:func:`training_labels`), their pairs' labels
     (``camlab.affinity.pair_labels``), the balanced loss (``camlab.affinity.affinity_loss``)
@@ -182,7 +182,7 @@ def train_affinity(exp: Experiment, settings: AffinitySettings, log=sys.stderr) 
         row = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}}
         record["epochs"].append(row)
         print(f"{exp.exp_id} affinity epoch {epoch}/{settings.epochs}: loss {row['loss']:.4f} (bg {row['bg']:.4f}, "
-              f"fg {row['fg']:.4f}, neg {row['neg']:.4f})", file=log)
+              f"fg {row['fg']:.4f}, neg {row['neg']:.4f})", file=sys.stderr)
     return net.eval(), record
 
 

@@ -152,5 +152,19 @@ def test_refine_rw_end_to_end_trains_once_then_reuses_and_refuses_other_settings
     with pytest.raises(SystemExit):
         iou.main(["--refine", "rw"])
     assert "--refine applies to --semseg" in capsys.readouterr().err
-    net = AffinityNet(main.model.CAMModel(num_classes=3, weights="none").config)
-    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 96, 4, 4)  # layer1's 64 -> 32 and layer2's 128 -> 64, at 1/8
+
+
+def test_the_affinity_network_gives_a_feature_per_position_and_its_loss_reaches_every_parameter() -> None:
+    import model
+    from research.affinitynet import AffinityNet
+    torch.manual_seed(0)
+    net = AffinityNet(model.CAMModel(num_classes=3, weights="none").config)
+    features = net(torch.randn(2, 3, 32, 32))
+    assert features.shape == (2, 96, 4, 4)  # layer1's 64 -> 32 and layer2's 128 -> 64 channels, on layer2's 1/8 grid
+    src, dst = (torch.from_numpy(i) for i in aff.pair_indices(4, 4, 2, "full"))
+    label = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [255, 2, 2, 255], [0, 2, 2, 0]])
+    kinds = [torch.from_numpy(k).expand(2, -1) for k in aff.pair_labels(label, src.numpy(), dst.numpy())]
+    loss, _ = aff.affinity_loss(aff.feature_affinities(features, src, dst), *kinds)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+                                        for p in net.parameters())
