@@ -37,6 +37,7 @@ import model
 import train
 import visualize
 from camlab import formats, scoremaps, tables
+from camlab.affinity import PAIR_FORMS
 from camlab.boxes import DEFAULT_PROTOCOL, PROTOCOLS
 from camlab.crf import CRF_VARIANTS
 from camlab.extractors import DEFAULT_EXTRACTOR, EXTRACTORS
@@ -46,6 +47,7 @@ from camlab.scoremaps import WSOL_INTERVAL
 from camlab.utils import (DEFAULT_DATA_ROOT, DEFAULT_THRESHOLD, DEVICES, PRED_SUFFIX, REPORT_DIR, VISUALIZE_DIR,
                           CamlabError, OneLineParser, SEED_MAX, atomic_write_text, check_range, run_cli, safe_subdir)
 from research import comparisons
+from research.affinitynet import AFFINITY_INITS, AffinitySettings
 from research.comparisons import base_run, run_prefix, table_runs, trained
 from research.experiments import localization_report, whole_test_reports, write_full_report
 
@@ -279,6 +281,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "settings in pixels, made for ~500 px images) and/or scaled (their spatial widths scaled to "
                          "the image), each with the references' (1 - max)^alpha background, alpha chosen on training "
                          "masks; -const: with camlab's earlier constant background; no value: affinitynet and scaled")
+    ab.add_argument("--refine", nargs="+", default=None, choices=("rw",), metavar="REFINEMENT",
+                    help="with --semseg: score every run after AffinityNet's random walk too (rw), without and with "
+                         "each --crf: each run's affinity network is trained on its training split from its own maps "
+                         "and CRF (or reused from checkpoints/<exp_id>/affinity.pth), beta, logt and alpha chosen on "
+                         "training masks")
+    ab.add_argument("--aff_epochs", type=int, default=AffinitySettings.epochs,
+                    help="with --refine rw: the affinity network's epochs (psa: 8)")
+    ab.add_argument("--aff_radius", type=int, default=AffinitySettings.radius,
+                    help="with --refine rw: pairs closer than this on the feature grid (psa: 5)")
+    ab.add_argument("--aff_pairs", default=AffinitySettings.pairs, choices=PAIR_FORMS,
+                    help="with --refine rw: psa (its get_indices_of_pairs, which starts no pair within radius - 1 of "
+                         "the left, right or bottom edge) or full (every pair within the radius)")
+    ab.add_argument("--aff_init", default=AffinitySettings.init, choices=AFFINITY_INITS,
+                    help="with --refine rw: the affinity backbone starts from the run's --weights (weights: psa's, "
+                         "which starts from the ImageNet weights of its classifier) or from the CAM run's trained "
+                         "backbone (run)")
     ab.add_argument("--no_msf", action="store_true",
                     help="with --semseg: the maps of one scale (the run's --img_size), not OC-CSE's multi-scale "
                          "inference with flips (scales 0.5, 1, 1.5, 2)")
@@ -319,11 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     if sum((args.ablation, args.methods, args.wsol, args.sweep is not None, args.extractors is not None,
             args.semseg)) > 1:
         parser.error("choose one of --ablation, --methods, --sweep, --extractors, --semseg and --wsol")
-    if args.crf is not None and not args.semseg:
-        parser.error("--crf applies to --semseg")
+    if (args.crf is not None or args.refine is not None) and not args.semseg:
+        parser.error(f"{'--crf' if args.crf is not None else '--refine'} applies to --semseg")
     if args.runs is not None and (args.ablation or args.methods or args.wsol or args.sweep is not None
                                   or args.extractors is not None):
         parser.error("--runs chooses the runs of the IoU table (python iou.py --runs a b) or of --semseg")
+    moved = [f"--{k}" for k in AFFINITY_FLAGS if getattr(args, k) != getattr(AffinitySettings, k.removeprefix("aff_"))]
+    if moved and not args.refine:
+        parser.error(f"{moved[0]} applies to --semseg --refine rw")
     if args.sweep is not None:
         args.sweep_values = _sweep_values(parser, args.sweep)
     if args.scoremaps is not None and (not args.wsol or args.metadata is None):
@@ -334,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         check_range("--n_threshold", args.n_threshold, 1, 1_000_000, why="training images that choose a threshold")
+        check_range("--aff_epochs", args.aff_epochs, 1, 10_000, why="epochs of the affinity network")
+        check_range("--aff_radius", args.aff_radius, 2, 64, why="a pair radius on the feature grid")
         for seed in args.seeds or []:
             check_range("--seeds", seed, 0, SEED_MAX, why="a random seed")
         if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
@@ -354,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli("iou.py", body)
 
 
+AFFINITY_FLAGS = ("aff_epochs", "aff_radius", "aff_pairs", "aff_init")  # --refine rw's settings (AffinitySettings)
 SWEEP_KNOBS = ("body_evidence",)  # what --sweep can vary: settings of the embedded benchmark
 
 

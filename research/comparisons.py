@@ -20,6 +20,7 @@ from camlab.metrics import CAM_CURVE_INTERVAL
 from camlab.runs import read_metrics
 from camlab.utils import REPORT_DIR, CamlabError, atomic_write_text
 from research.experiments import Experiment, finished_experiments
+from research.affinitynet import AffinitySettings
 from research.semseg import semseg_variants, write_semseg_report
 from research.wsol import methods_table, summary_table, write_extractors_report, write_methods_report, wsol_report
 
@@ -172,15 +173,17 @@ SEMSEG: tuple[tuple[str, dict], ...] = (
 
 def semseg_reports(base: "train.RunConfig", prefix: str = "semseg", n_threshold: int = 500,
                    seeds: Sequence[int] = (0,), crf: Sequence[str | None] = (None, *CRF_DEFAULT_VARIANTS),
-                   msf: bool = True) -> list[dict]:
+                   msf: bool = True, refine: Sequence[str | None] = (None,),
+                   aff: AffinitySettings | None = None) -> list[dict]:
     """Train (or reuse) every SEMSEG run at every seed on ``base``'s dataset (the multi-object
-    set by default), then score each without and with dense CRF."""
+    set by default), then score each without and with dense CRF (and with ``refine``'s random
+    walk, each run's affinity network trained or reused)."""
     configs = [cfg for seed in seeds
                for cfg in table_runs(dataclasses.replace(base, seed=seed), prefix, SEMSEG, "class", f"_s{seed}")]
     reports = []
     for cfg in configs:
         trained(cfg)
-        reports += semseg_variants(Experiment.load(cfg.exp_id, cfg.device), n_threshold, crf, msf)
+        reports += semseg_variants(Experiment.load(cfg.exp_id, cfg.device), n_threshold, crf, msf, refine, aff)
     return reports
 
 
@@ -247,17 +250,20 @@ def wsol_command(args) -> None:
 
 
 def semseg_command(args) -> None:
-    """``python iou.py --semseg [--crf] [--seeds ...] [--runs EXP ...]``."""
+    """``python iou.py --semseg [--crf] [--refine rw] [--seeds ...] [--runs EXP ...]``."""
     crf = (None, *(args.crf or CRF_DEFAULT_VARIANTS)) if args.crf is not None else (None,)
     msf = not args.no_msf
+    refine = (None, *args.refine) if args.refine else (None,)
+    aff = AffinitySettings(radius=args.aff_radius, pairs=args.aff_pairs, epochs=args.aff_epochs, init=args.aff_init,
+                           msf=msf).checked()
     if args.runs:
         def work() -> str:
             return write_semseg_report([report for exp_id in args.runs for report in
                                         semseg_variants(Experiment.load(exp_id, args.device), args.n_threshold, crf,
-                                                        msf)])
+                                                        msf, refine, aff)])
     else:
         seeds = args.seeds or [args.seed]
         base = base_run(args, args.dataset)
         work = lambda: write_semseg_report(semseg_reports(base, run_prefix(args, "semseg"), args.n_threshold,  # noqa: E731
-                                                          seeds, crf, msf))
+                                                          seeds, crf, msf, refine, aff))
     print(timed("semseg", work), end="")

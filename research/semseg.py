@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -9,11 +10,13 @@ from typing import Sequence
 
 import numpy as np
 
-from camlab import figures, tables
+from camlab import affinity, figures, tables
 from camlab.crf import CRF_ALPHA_GRID, CRF_REFERENCE_SIDE, background_grid, choose_background_threshold, crf_background, segment
-from camlab.metrics import BOOTSTRAP_RESAMPLES, THRESHOLD_GRID, class_ious, image_confusions, miou_statistic, paired_bootstrap
+from camlab.metrics import (BOOTSTRAP_RESAMPLES, THRESHOLD_GRID, class_ious, confusion_matrix, image_confusions, mean_iou,
+                            miou_statistic, paired_bootstrap)
 from camlab.runs import read_metrics
 from camlab.utils import CHECKPOINT_DIR, REPORT_DIR, CamlabError, atomic_write_text, safe_subdir
+from research.affinitynet import AffinitySettings, affinity_matrices, affinity_net, feature_grid
 from research.experiments import Experiment, _present, _rgb
 from research.wsol import BASELINE_MODE, _cell, _intervals, _verdict
 
@@ -23,10 +26,14 @@ CRF_NAMES = {None: "no", "affinitynet": "AffinityNet's (px), (1 − max)^α back
              "scaled": "scaled to the image, (1 − max)^α background",
              "affinitynet-const": "AffinityNet's (px), constant background",
              "scaled-const": "scaled to the image, constant background"}
+# --refine choice -> how the tables name it (None: the CAMs as they are)
+REFINE_NAMES = {None: "-", "rw": "AffinityNet random walk"}
+REFINEMENTS = ("rw",)
 
 
 def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: str | None = None, device: str = "auto",
-                  n_examples: int = 6, msf: bool = True) -> dict:
+                  n_examples: int = 6, msf: bool = True, refine: str | None = None,
+                  aff: AffinitySettings | None = None) -> dict:
     """Semantic segmentation of ``exp``'s test split from its class maps and the images' labels
     (the classes present, as weakly supervised segmentation scores pseudo-masks): a label map by
     a background threshold (``camlab.crf.segment``; with ``crf``, a variant of
@@ -34,21 +41,31 @@ def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: str | No
     one), the threshold or α chosen on ``n_threshold`` images of the split that chooses (training
     masks; never test), the maps multi-scale with flips (``msf``, OC-CSE's inference), then
     the VOC protocol's confusion matrix over the test split (255 ignored): mIoU over background
-    and classes, per-class IoU, and the per-image confusions the paired bootstrap resamples."""
+    and classes, per-class IoU, and the per-image confusions the paired bootstrap resamples.
+    With ``refine="rw"``: the maps walked through the run's affinity network (:func:`walked`),
+    then, with ``crf``, the dense CRF of the walked scores."""
     exp = exp if isinstance(exp, Experiment) else Experiment.load(exp, device)
     if n_threshold < 1:
         raise CamlabError(f"--n_threshold must be at least 1, got {n_threshold}")
     test_set, truth = exp.test
     if truth is None or truth.classes is None:
         raise CamlabError(f"{exp.exp_id}: its test split has no class masks (--dataset multi or voc)")
+    if refine not in (None, *REFINEMENTS):
+        raise CamlabError(f"--refine {refine}: choose one of {', '.join(REFINEMENTS)}")
     fit_set, fit_truth, fit_maps = exp.semseg_fit(n_threshold, msf)
-    grid = background_grid(crf) if crf else THRESHOLD_GRID
-    fit_images = _rgb(fit_set) if crf else None
-    threshold, fit_miou = choose_background_threshold(fit_maps, _present(fit_set).cpu().numpy(),
-                                                      fit_truth.classes, grid, fit_images, crf or "affinitynet")
     present = _present(test_set).cpu().numpy()
     maps, images = exp.class_maps(test_set, msf), _rgb(test_set)
-    labels = segment(maps, present, threshold, images if crf else None, crf or "affinitynet")
+    walk = None
+    if refine == "rw":
+        walk, fit_miou, labels = walked(exp, (fit_set, fit_truth, fit_maps), (test_set, maps), crf,
+                                        aff or AffinitySettings(msf=msf))
+        threshold = walk["alpha"]
+    else:
+        grid = background_grid(crf) if crf else THRESHOLD_GRID
+        fit_images = _rgb(fit_set) if crf else None
+        threshold, fit_miou = choose_background_threshold(fit_maps, _present(fit_set).cpu().numpy(),
+                                                          fit_truth.classes, grid, fit_images, crf or "affinitynet")
+        labels = segment(maps, present, threshold, images if crf else None, crf or "affinitynet")
     num_classes = len(test_set.classes) + 1
     confusions = image_confusions(labels, truth.classes, num_classes)
     pooled = confusions.sum(axis=0)
@@ -58,13 +75,54 @@ def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: str | No
     return {**{k: metrics.get(k) for k in ("test_acc", "test_map", "test_f1")},
             "exp_id": exp.exp_id, "method": semseg_method(cfg), "mode": cfg.mode, "crf": crf, "seed": cfg.seed,
             "multi_label": cfg.multi_label, "threshold": threshold, "fit_miou": fit_miou, "msf": msf,
-            "background": crf_background(crf) if crf else "constant",
+            "refine": refine, "walk": walk,
+            "background": "power" if refine else crf_background(crf) if crf else "constant",
             "miou": float(np.nanmean(ious)), "class_ious": ious.tolist(), "classes": ["background", *test_set.classes],
             **error_shares(pooled),
             "n_test": len(test_set), "n_threshold_images": len(fit_set), "data_root": str(exp.root.resolve()),
             "per_image": {"confusions": confusions},
             "examples": {"images": images[:n_examples], "truth": truth.classes[:n_examples],
                          "labels": labels[:n_examples], "names": test_set.names[:n_examples]}}
+
+
+def walked(exp: Experiment, fit: tuple, test: tuple, crf: str | None,
+           settings: AffinitySettings) -> tuple[dict, float, np.ndarray]:
+    """AffinityNet's random walk of ``exp``'s maps (``camlab.affinity``): its affinity network
+    (``research.affinitynet.affinity_net``, trained on the training split or reused), each image's
+    affinity matrix; β, logt and the background power α chosen together on the ``fit`` images'
+    masks (``camlab.affinity.choose_walk``), then the ``test`` images' label maps; with ``crf``,
+    after the dense CRF of the walked scores, β and logt kept and α chosen again on the fit
+    images after the CRF (as the CRF without the walk chooses its own). -> ({beta, logt, alpha,
+    the network's training record}, the mIoU of the fit images' label maps as scored, the test
+    label maps)."""
+    (fit_set, fit_truth, fit_maps), (test_set, maps) = fit, test
+    net, record = affinity_net(exp, settings)
+    grid = feature_grid(exp.net.config, exp.cfg.img_size)
+    fit_present, present = _present(fit_set).cpu().numpy(), _present(test_set).cpu().numpy()
+    fit_mats = affinity_matrices(exp, net, fit_set, settings)
+    key = ("walk choice", tuple(fit_set.names), dataclasses.astuple(settings))
+    if key not in exp._raw:
+        exp._raw[key] = affinity.choose_walk(fit_maps, fit_present, fit_truth.classes, fit_mats, grid,
+                                             alphas=CRF_ALPHA_GRID)
+    choice, fit_miou = exp._raw[key]
+    beta, logt, alpha = choice["beta"], choice["logt"], choice["alpha"]
+
+    def powers(mats: list) -> list:
+        return [affinity.walk_powers(affinity.transition_matrix(m, beta), [logt])[logt] for m in mats]
+    test_powers = powers(affinity_matrices(exp, net, test_set, settings))
+    if crf:
+        fit_powers, fit_images, num_classes = powers(fit_mats), _rgb(fit_set), fit_present.shape[1] + 1
+        curve = [mean_iou(confusion_matrix(affinity.walk_crf_labels(fit_maps, fit_present, fit_powers, a, grid,
+                                                                    fit_images, crf), fit_truth.classes, num_classes))
+                 for a in CRF_ALPHA_GRID]
+        alpha, fit_miou = CRF_ALPHA_GRID[int(np.argmax(curve))], float(np.max(curve))  # ties: the lowest α
+        choice = {**choice, "alpha": alpha}
+        labels = affinity.walk_crf_labels(maps, present, test_powers, alpha, grid, _rgb(test_set), crf)
+    else:
+        labels = affinity.walk_labels(maps, present, test_powers, alpha, grid)
+    last = record["epochs"][-1]
+    return ({**choice, "grid": list(grid), "affinity_loss": last["loss"], "affinity_epochs": len(record["epochs"]),
+             "affinity_images": record["n_images"]}, fit_miou, labels)
 
 
 # error_shares keys -> how the errors table names them
@@ -92,34 +150,50 @@ def semseg_method(cfg) -> str:
     return f"{name} ({'multi-label' if cfg.multi_label else 'single-label'})"
 
 
-def semseg_variants(exp: Experiment, n_threshold: int, crf: Sequence[str | None], msf: bool = True) -> list[dict]:
-    """:func:`semseg_report` of ``exp`` under each CRF setting of ``crf`` (None: without CRF),
-    each mIoU printed as it is found."""
+def semseg_variants(exp: Experiment, n_threshold: int, crf: Sequence[str | None], msf: bool = True,
+                    refine: Sequence[str | None] = (None,), aff: AffinitySettings | None = None) -> list[dict]:
+    """:func:`semseg_report` of ``exp`` under each refinement of ``refine`` (None: the maps as
+    they are; ``rw``: AffinityNet's random walk) and each CRF setting of ``crf`` (None: without
+    CRF), each mIoU printed as it is found."""
+    if any(refine):  # train (or read) the affinity network first: settings it refuses stop before any scoring
+        affinity_net(exp, aff or AffinitySettings(msf=msf))
     reports = []
-    for refine in crf:
-        report = semseg_report(exp, n_threshold, refine, msf=msf)
-        reports.append(report)
-        print(f"{exp.exp_id}{f' + CRF {refine}' if refine else ''}: mIoU {report['miou']:.4f} "
-              f"(background {background_text(report)})", file=sys.stderr)
+    for walk in refine:
+        for variant in crf:
+            report = semseg_report(exp, n_threshold, variant, msf=msf, refine=walk, aff=aff)
+            reports.append(report)
+            print(f"{exp.exp_id}{' + random walk' if walk else ''}{f' + CRF {variant}' if variant else ''}: "
+                  f"mIoU {report['miou']:.4f} (background {background_text(report)}; the training images "
+                  f"{report['fit_miou']:.4f})", file=sys.stderr)
     return reports
 
 
 def background_text(report: dict) -> str:
-    """The chosen background: ``α=4`` for a (1 - max)^α score, the threshold otherwise."""
-    value = report["threshold"]
+    """The chosen background: ``α=4`` for a (1 - max)^α score, the threshold otherwise; with the
+    random walk, its β and logt too."""
+    value, walk = report["threshold"], report.get("walk")
+    if walk:
+        return f"α={walk['alpha']:g} β={walk['beta']:g} logt={walk['logt']}"
     return f"α={value:g}" if report.get("background") == "power" else f"{value:.2f}"
 
 
 def _semseg_reference(report: dict, reports: list[dict]) -> dict | None:
-    """The CAM run of ``report``'s label form, seed, test set and CRF setting."""
+    """The CAM run of ``report``'s label form, seed, test set, refinement and CRF setting."""
     return next((r for r in reports if r["mode"] == BASELINE_MODE and r["multi_label"] == report["multi_label"]
                  and r["seed"] == report["seed"] and r["crf"] == report["crf"]
-                 and r["data_root"] == report["data_root"]), None)
+                 and r.get("refine") == report.get("refine") and r["data_root"] == report["data_root"]), None)
 
 
 def _without_crf(report: dict, reports: list[dict]) -> dict | None:
-    """The same run scored without CRF (None for a report without CRF)."""
-    return next((r for r in reports if r["exp_id"] == report["exp_id"] and not r["crf"]), None) if report["crf"] else None
+    """The same run, same refinement, scored without CRF (None for a report without CRF)."""
+    return next((r for r in reports if r["exp_id"] == report["exp_id"] and not r["crf"]
+                 and r.get("refine") == report.get("refine")), None) if report["crf"] else None
+
+
+def _without_walk(report: dict, reports: list[dict]) -> dict | None:
+    """The same run at the same CRF setting without the random walk (None for a report without it)."""
+    return next((r for r in reports if r["exp_id"] == report["exp_id"] and r["crf"] == report["crf"]
+                 and not r.get("refine")), None) if report.get("refine") else None
 
 
 def _miou_interval(a: dict, b: dict) -> tuple[float, float, float]:
@@ -131,68 +205,96 @@ def _miou_interval(a: dict, b: dict) -> tuple[float, float, float]:
 
 def semseg_tables(reports: list[dict]) -> tuple[str, str]:
     """(csv of every report with its per-class IoUs, markdown summary over seeds): mIoU mean ±
-    std, per seed the paired bootstrap interval against the same label form's CAM (same CRF
-    setting) and, with CRF, against the same run without it."""
+    std on the test split and on the training images that chose the background, per seed the
+    paired bootstrap interval against the same label form's CAM (same refinement and CRF
+    setting), with CRF against the same run without it, and with the random walk against the
+    same run without it."""
     classes = reports[0]["classes"]
     csv_text = tables.csv_text(
-        ["experiment", "method", "crf", "seed", "threshold", "fit_miou", "miou", "test_acc", "test_map", "test_f1"]
+        ["experiment", "method", "refine", "crf", "seed", "threshold", "beta", "logt", "fit_miou", "miou", "test_acc",
+         "test_map", "test_f1"]
         + [key for key, _ in ERROR_COLUMNS] + [f"iou_{c}" for c in classes],
-        [[r["exp_id"], r["method"], r["crf"] or "none", r["seed"], f"{r['threshold']:.2f}", f"{r['fit_miou']:.4f}",
-          f"{r['miou']:.4f}"] + [_cell(r, k) for k in ("test_acc", "test_map", "test_f1")]
+        [[r["exp_id"], r["method"], r.get("refine") or "none", r["crf"] or "none", r["seed"], f"{r['threshold']:.2f}",
+          *((f"{r['walk']['beta']:g}", str(r["walk"]["logt"])) if r.get("walk") else ("-", "-")),
+          f"{r['fit_miou']:.4f}", f"{r['miou']:.4f}"] + [_cell(r, k) for k in ("test_acc", "test_map", "test_f1")]
          + [f"{r[key]:.4f}" for key, _ in ERROR_COLUMNS] + ["-" if v != v else f"{v:.4f}" for v in r["class_ious"]]
          for r in reports])
     rows = []
-    for (method, crf), group in _by_method_and_crf(reports).items():
+    for (method, refine, crf), group in _by_row(reports).items():
         group = sorted(group, key=lambda r: r["seed"])
         mious = np.array([r["miou"] for r in group])
         spread = mious.std(ddof=1) if len(mious) > 1 else 0.0
+        fits = np.array([r["fit_miou"] for r in group])
         versus = [_miou_interval(r, cam) for r in group
                   if (cam := _semseg_reference(r, reports)) is not None and cam["exp_id"] != r["exp_id"]]
         from_crf = [_miou_interval(r, plain) for r in group if (plain := _without_crf(r, reports)) is not None]
+        from_walk = [_miou_interval(r, plain) for r in group if (plain := _without_walk(r, reports)) is not None]
         key = "test_map" if group[0]["multi_label"] else "test_acc"
         accuracy = [r.get(key) for r in group if r.get(key) is not None]
-        rows.append([method, CRF_NAMES[crf], ", ".join(str(r["seed"]) for r in group),
-                     f"{mious.mean():.4f} ± {spread:.4f}", ", ".join(background_text(r) for r in group),
+        rows.append([method, REFINE_NAMES[refine], CRF_NAMES[crf], ", ".join(str(r["seed"]) for r in group),
+                     f"{mious.mean():.4f} ± {spread:.4f}", f"{fits.mean():.4f}",
+                     ", ".join(background_text(r) for r in group),
                      f"{np.mean(accuracy):.4f}", _intervals(versus), _verdict(versus) if versus else "-",
-                     _intervals(from_crf), _verdict(from_crf) if from_crf else "-"])
-    header = ["method", "CRF", "seeds", "mIoU", "background (threshold, or α of (1 − max)^α)", "classification (mAP / top-1)",
+                     _intervals(from_crf), _verdict(from_crf) if from_crf else "-",
+                     _intervals(from_walk), _verdict(from_walk) if from_walk else "-"])
+    header = ["method", "refinement", "CRF", "seeds", "mIoU (test)", "mIoU (training images that chose)",
+              "background (threshold, or α of (1 − max)^α; β, logt of the walk)", "classification (mAP / top-1)",
               "ΔmIoU vs CAM of its label form, 95% CI per seed", "vs CAM", "ΔmIoU from CRF, 95% CI per seed",
-              "CRF helps?"]
-    align = [tables.LEFT] * 3 + [tables.RIGHT, tables.LEFT, tables.RIGHT] + [tables.LEFT] * 4
+              "CRF helps?", "ΔmIoU from the random walk, 95% CI per seed", "walk helps?"]
+    align = [tables.LEFT] * 4 + [tables.RIGHT, tables.RIGHT, tables.LEFT, tables.RIGHT] + [tables.LEFT] * 6
     return csv_text, tables.markdown(header, rows, align)
 
 
-def _by_method_and_crf(reports: list[dict]) -> dict[tuple, list[dict]]:
-    """The reports grouped by (method, CRF variant), in their order: one row of each table."""
+def _by_row(reports: list[dict]) -> dict[tuple, list[dict]]:
+    """The reports grouped by (method, refinement, CRF variant), in their order: one row of each table."""
     groups: dict[tuple, list[dict]] = {}
     for r in reports:
-        groups.setdefault((r["method"], r["crf"]), []).append(r)
+        groups.setdefault((r["method"], r.get("refine"), r["crf"]), []).append(r)
     return groups
 
 
 def _semseg_row(report: dict) -> str:
     crf = report["crf"]
-    return report["method"] + (f" + CRF {CRF_NAMES[crf]}" if crf else "")
+    return (report["method"] + (" + random walk" if report.get("refine") else "")
+            + (f" + CRF {CRF_NAMES[crf]}" if crf else ""))
 
 
 def errors_table(reports: list[dict]) -> str:
-    """Markdown: per (method, CRF), the error shares of :func:`error_shares`, mean over seeds."""
-    rows = [[method, CRF_NAMES[crf]] + [f"{np.mean([r[key] for r in group]):.4f}" for key, _ in ERROR_COLUMNS]
-            for (method, crf), group in _by_method_and_crf(reports).items()]
-    return tables.markdown(["method", "CRF"] + [h for _, h in ERROR_COLUMNS], rows,
-                           [tables.LEFT] * 2 + [tables.RIGHT] * len(ERROR_COLUMNS))
+    """Markdown: per (method, refinement, CRF), the error shares of :func:`error_shares`, mean over seeds."""
+    rows = [[method, REFINE_NAMES[refine], CRF_NAMES[crf]]
+            + [f"{np.mean([r[key] for r in group]):.4f}" for key, _ in ERROR_COLUMNS]
+            for (method, refine, crf), group in _by_row(reports).items()]
+    return tables.markdown(["method", "refinement", "CRF"] + [h for _, h in ERROR_COLUMNS], rows,
+                           [tables.LEFT] * 3 + [tables.RIGHT] * len(ERROR_COLUMNS))
 
 
 def class_table(reports: list[dict]) -> str:
-    """Markdown: per (method, CRF), each class's IoU, mean over seeds."""
+    """Markdown: per (method, refinement, CRF), each class's IoU, mean over seeds."""
     classes = reports[0]["classes"]
     rows = []
-    for (method, crf), group in _by_method_and_crf(reports).items():
+    for (method, refine, crf), group in _by_row(reports).items():
         with warnings.catch_warnings():  # a class in no test image and never predicted: NaN at every seed
             warnings.simplefilter("ignore", RuntimeWarning)
             means = np.nanmean(np.array([r["class_ious"] for r in group], np.float64), axis=0)
-        rows.append([method, CRF_NAMES[crf]] + ["-" if v != v else f"{v:.3f}" for v in means])
-    return tables.markdown(["method", "CRF", *classes], rows, [tables.LEFT] * 2 + [tables.RIGHT] * len(classes))
+        rows.append([method, REFINE_NAMES[refine], CRF_NAMES[crf]] + ["-" if v != v else f"{v:.3f}" for v in means])
+    return tables.markdown(["method", "refinement", "CRF", *classes], rows,
+                           [tables.LEFT] * 3 + [tables.RIGHT] * len(classes))
+
+
+def _walk_note(reports: list[dict]) -> str:
+    walk = next(r["walk"] for r in reports if r.get("walk"))
+    h, w = walk["grid"]
+    return (f"Random walk (AffinityNet, psa's `infer_aff.py`): each run's affinity network (its backbone and psa's "
+            f"feature head, trained {walk['affinity_epochs']} epochs on {walk['affinity_images']} training images "
+            f"with psa's loss, from the pairs of confident labels that the CRF of the run's own maps at α 4 and 32 "
+            f"gives; image labels only), each image's affinity matrix on the {h}×{w} feature grid raised to β and "
+            f"column-normalised, applied 2^logt times to the background (1 − max)^α and the present classes' maps "
+            f"(average-pooled to the grid), upsampled bilinearly and argmaxed; with CRF, the walked scores are the "
+            f"CRF's unary. β ∈ {{{', '.join(f'{b:g}' for b in affinity.BETA_GRID)}}}, logt ∈ "
+            f"{{{', '.join(map(str, affinity.LOGT_GRID))}}} and α ∈ {{{', '.join(f'{a:g}' for a in CRF_ALPHA_GRID)}}} "
+            f"are chosen together on the training images' masks for the walk; the walk with CRF keeps its β and "
+            f"logt and chooses α again after the CRF. \"mIoU (training images that chose)\" is the pseudo-mask mIoU on those training images "
+            f"(what weakly supervised segmentation papers report for this step), at the values they chose.\n\n")
 
 
 def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
@@ -221,7 +323,8 @@ def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> s
             f"both runs, the confusion matrices pooled per resample; 95% percentile) of the run minus the CAM of its "
             f"label form and seed at the same CRF setting, and of the run with CRF minus itself without; \"better\" "
             f"only where every seed's interval lies above 0. Classification: test mAP for multi-label runs, top-1 "
-            f"accuracy (of the largest class) for single-label ones.\n\n")
+            f"accuracy (of the largest class) for single-label ones.\n\n" + (_walk_note(reports) if any(
+                r.get("refine") for r in reports) else ""))
     text = (note + summary + "\n### Where the errors are (pooled over the test split, mean over seeds)\n\n"
             + errors_table(reports) + "\n### IoU per class (mean over seeds)\n\n" + class_table(reports))
     report_dir = Path(report_dir)
