@@ -119,7 +119,6 @@ def test_refine_rw_end_to_end_trains_once_then_reuses_and_refuses_other_settings
     import iou
     import main
     from camlab import synthetic
-    from research.affinitynet import AffinityNet
     monkeypatch.chdir(tmp_path)
     synthetic.generate_multi(tmp_path / "m", n_train=24, n_val=8, size=32, progress=False)
     assert main.main(["--dataset", "multi", "--data_root", "m", "--img_size", "32", "--epochs", "1", "--weights", "none",
