@@ -106,8 +106,9 @@ def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 22
         settings.append(f"metadata={Path(metadata).resolve()}")
     options = DecodeOptions(img_size, progress, skip_bad, max_pixels)
     what = f"the {split} split of {dataset}"
-    if streams(in_memory, what, listing.n_images or 0, img_size, listing.stream is not None):
-        data = listing.stream(options, workers)
+    candidate = listing.stream(options, workers) if listing.stream and in_memory != "always" else None
+    if streams(in_memory, what, candidate):
+        data = candidate
     else:
         data = cached(cache_dir, cache_key(settings, listing.files), lambda: listing.decode(options))
     warn_skipped(data.skipped, listing.image_dir or root / split)
@@ -223,7 +224,7 @@ def _list_lab(root: Path, split: str, num_classes: int | None,
 
     def decode(options: DecodeOptions) -> ImageSet:
         return decode_files(root / split, names, labels, classes, options)
-    return Listing(files, decode, classes=list(classes), n_images=len(names),
+    return Listing(files, decode, classes=list(classes),
                    stream=lambda options, workers: stream_files(root / split, names, labels, classes, options, workers))
 
 

@@ -35,7 +35,6 @@ class Listing:
     classes: the class names the files declare (known before decoding), when the reader knows them.
     stream: ``stream(options, workers) -> camlab.stream.StreamSet``, the split read per batch from
       disk instead (``--data_in_memory``); None: the format is read as a whole (CIFAR's pickles, VOC).
-    n_images: how many images the split lists (its decoded size is known from it before decoding).
     """
 
     files: list[Path]
@@ -43,7 +42,6 @@ class Listing:
     image_dir: Path | None = None
     classes: list[str] | None = None
     stream: Callable[["DecodeOptions", int], object] | None = None
-    n_images: int | None = None
 
 
 @dataclass

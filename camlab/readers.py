@@ -50,7 +50,7 @@ def _list_folder(root: Path, split: str, num_classes: int | None,
 
     def decode(options: DecodeOptions) -> ImageSet:
         return decode_files(root / split, names, labels, classes, options)
-    return Listing(paths, decode, classes=list(classes), n_images=len(names),
+    return Listing(paths, decode, classes=list(classes),
                    stream=lambda options, workers: stream_files(root / split, names, labels, classes, options, workers))
 
 

@@ -35,9 +35,9 @@ DEVICE_SHARE = 0.5  # a split in memory is copied to the GPU when it takes at mo
 PREFETCH = 4  # batches each worker prepares ahead
 
 
-def decoded_bytes(n_images: int, img_size: int) -> int:
-    """The decoded size of ``n_images`` at ``img_size`` (3 uint8 channels), known before decoding."""
-    return n_images * 3 * img_size * img_size
+def decoded_bytes(n_images: int, height: int, width: int) -> int:
+    """The decoded size of ``n_images`` stored at ``height``×``width`` (3 uint8 channels)."""
+    return n_images * 3 * height * width
 
 
 def available_ram() -> int:
@@ -63,25 +63,29 @@ def gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
-def streams(mode: str, what: str, n_images: int, img_size: int, can_stream: bool) -> bool:
-    """Whether a split of ``n_images`` (``what``, e.g. "the train split of wsol") streams under
-    ``--data_in_memory mode``; auto says so in one line when it streams."""
+def streams(mode: str, what: str, candidate: "StreamSet | None") -> bool:
+    """Whether a split (``what``, e.g. "the train split of wsol") streams under ``--data_in_memory
+    mode``; ``candidate`` is its streamed form (None where the format cannot stream), whose stored
+    frame (read from the headers) gives the decoded size before anything is decoded: N × 3 × H × W,
+    ``img_size``² for a split of mixed sizes. auto says so in one line when it streams."""
     if mode not in IN_MEMORY:
         raise CamlabError(f"--data_in_memory {mode!r}: choose one of {', '.join(IN_MEMORY)}")
     if mode == "always":
         return False
-    if not can_stream:
+    if candidate is None:
         if mode == "never":
             raise CamlabError(f"--data_in_memory never: {what} is read as a whole (its format cannot stream); "
                               f"use --data_in_memory auto or always")
         return False
     if mode == "never":
         return True
-    size, budget = decoded_bytes(n_images, img_size), int(RAM_SHARE * available_ram())
+    (h, w), n = candidate.frame, len(candidate)
+    size, budget = decoded_bytes(n, h, w), int(RAM_SHARE * available_ram())
     if size <= budget:
         return False
-    note_once(f"{what}: {n_images:,} images, {gib(size)} decoded at {img_size} px, over {RAM_SHARE:.0%} of the "
-              f"available RAM ({gib(budget)}): streamed from disk (--data_in_memory always keeps it in memory)")
+    note_once(f"{what}: {n:,} images, {gib(size)} decoded at {h}×{w}, over {RAM_SHARE:.0%} of the available RAM "
+              f"({gib(budget)}): streamed from disk by {candidate.workers} worker processes (--data_in_memory always "
+              f"keeps it in memory)")
     return True
 
 

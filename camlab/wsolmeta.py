@@ -68,7 +68,6 @@ def _list_wsol(root: Path, split: str, num_classes: int | None,
     def decode(options: DecodeOptions) -> ImageSet:
         return decode_files(root, info.ids, info.labels, info.classes, options)
     return Listing(info.files + [root / i for i in info.ids], decode, image_dir=root, classes=list(info.classes),
-                   n_images=len(info.ids),
                    stream=lambda options, workers: stream_files(root, info.ids, info.labels, info.classes, options, workers))
 
 

@@ -102,7 +102,7 @@ def test_a_damaged_file_met_while_streaming_is_one_line(tmp_path) -> None:
 
 def test_auto_streams_a_split_over_its_share_of_the_ram_and_says_so(tmp_path, monkeypatch, capsys) -> None:
     root = _mixed_lab(tmp_path / "mixed")
-    need = stream.decoded_bytes(10, 32)  # 10 images at 32 px: 30,720 bytes
+    need = stream.decoded_bytes(10, 32, 32)  # 10 images stored at 32×32 (mixed sizes): 30,720 bytes
     assert need == 30_720
     kw = dict(img_size=32, cache_dir=None, progress=False, in_memory="auto")
     monkeypatch.setattr(stream, "available_ram", lambda: int(need / stream.RAM_SHARE))  # fits exactly
@@ -134,3 +134,14 @@ def test_the_cache_is_not_written_where_it_would_fill_the_disk(tmp_path, monkeyp
     monkeypatch.setattr(images_lib.shutil, "disk_usage", lambda _p: usage(100 * 2**30, 80 * 2**30, 20 * 2**30))
     dataloader.load_split("lab", root, "train", img_size=32, cache_dir=tmp_path / "cache", progress=False)
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+
+
+def test_auto_counts_a_uniform_split_at_its_stored_size_not_img_size(tmp_path, monkeypatch) -> None:
+    root = write_lab_layout(tmp_path / "lab", n_train=7, n_test=3, size=64)  # stored at 64×64, trained at 32
+    need = stream.decoded_bytes(7, 64, 64)
+    assert need == 86_016
+    kw = dict(img_size=32, cache_dir=None, progress=False, in_memory="auto")
+    monkeypatch.setattr(stream, "available_ram", lambda: int(need / stream.RAM_SHARE))
+    assert isinstance(dataloader.load_split("lab", root, "train", **kw), ImageSet)
+    monkeypatch.setattr(stream, "available_ram", lambda: int(stream.decoded_bytes(7, 32, 32) / stream.RAM_SHARE) * 2)
+    assert isinstance(dataloader.load_split("lab", root, "train", **kw), StreamSet)  # 32 px would have fit
