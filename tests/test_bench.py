@@ -15,7 +15,7 @@ import bench
 import model as model_lib
 import train
 from conftest import write_lab_layout
-from research.bench import MODEL_TASKS, CPU_PEAK_GFLOPS, PIPELINES, TASKS, BenchSettings, format_table, run_bench
+from research.bench import MODEL_TASKS, CPU_PEAK_GFLOPS, DEFAULT_TASKS, PIPELINES, BenchSettings, format_table, run_bench
 
 SIZE, BATCH, N = 32, 4, 8
 ROUNDS = 2
@@ -52,7 +52,7 @@ def _positive(x) -> bool:
 
 
 def test_json_shape(result: dict) -> None:
-    assert set(result) == {"device", "torch", "settings", *TASKS}
+    assert set(result) == {"device", "torch", "settings", *DEFAULT_TASKS}
     assert result["settings"]["img_size"] == SIZE and result["settings"]["batch_size"] == BATCH
     assert result["settings"]["peak_gflops"] == CPU_PEAK_GFLOPS
     json.dumps(result, allow_nan=False)  # plain JSON, no NaN or infinities
