@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from camlab import tables
+from camlab import stream, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_COUNTS = (1, 2, 4)
@@ -193,3 +193,19 @@ def data_table(result: dict) -> str:
                 f"{r['decoded_over_peak']:.1f}×", f"{r['seconds']:.0f}"] for r in result["bounded"]]
     return text + "\n" + tables.markdown(["train images", "test images", "decoded MB", "peak PSS MB (main + workers)",
                                           "decoded / peak", "seconds"], bounded, [tables.RIGHT] * 6)
+
+
+# the training splits of the WSOL benchmarks (wsolevaluation's metadata; ILSVRC's: the ImageNet train list)
+BENCHMARK_SPLITS = {"CUB train": 5_994, "OpenImages train": 29_819, "ILSVRC train": 1_281_167}
+
+
+def benchmark_paths(available: int, img_size: int = 224) -> str:
+    """Markdown: the path ``--data_in_memory auto`` takes for each benchmark's training split (all
+    of mixed sizes, so stored at ``img_size``²) with ``available`` bytes of RAM available."""
+    rows = []
+    for name, n in BENCHMARK_SPLITS.items():
+        size = stream.decoded_bytes(n, img_size, img_size)
+        streamed = size > stream.RAM_SHARE * available
+        rows.append([name, f"{n:,}", stream.gib(size), "streamed" if streamed else "in memory"])
+    return tables.markdown(["split", "images", f"decoded at {img_size}", f"auto, {stream.gib(available)} available"],
+                           rows, [tables.LEFT, tables.RIGHT, tables.RIGHT, tables.LEFT])

@@ -204,3 +204,10 @@ def test_databench_table() -> None:
     lines = databench.data_table({"paths": [row], "bounded": [big]}).splitlines()
     assert lines[2] == "| streamed | 2 | 10 | 5.0 | 6.2 | 800 | 901 |"
     assert lines[-1] == "| 40 | 10 | 2700 | 900 | 3.0× | 12 |"
+
+
+def test_databench_benchmark_paths_at_64_gb() -> None:
+    from research import databench
+    lines = databench.benchmark_paths(60 * 2**30).splitlines()  # 30 GiB for a split in memory
+    assert lines[2] == "| CUB train | 5,994 | 0.8 GiB | in memory |"  # 5,994 × 3 × 224² = 902,264,832 bytes
+    assert lines[4] == "| ILSVRC train | 1,281,167 | 179.6 GiB | streamed |"
