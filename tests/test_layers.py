@@ -21,7 +21,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     3: ("camlab.boxes", "camlab.readers", "camlab.wsolmeta", "camlab.ddp"),
     4: ("camlab.meters", "camlab.scoremaps", "research.evalbench"),
     5: ("dataloader", "model"),
-    6: ("train",),
+    6: ("train", "research.streamscore"),
     7: ("visualize", "research.experiments", "research.databench"),
     8: ("research.wsol", "research.bench"),
     9: ("research.semseg",),

@@ -145,3 +145,28 @@ def test_auto_counts_a_uniform_split_at_its_stored_size_not_img_size(tmp_path, m
     assert isinstance(dataloader.load_split("lab", root, "train", **kw), ImageSet)
     monkeypatch.setattr(stream, "available_ram", lambda: int(stream.decoded_bytes(7, 32, 32) / stream.RAM_SHARE) * 2)
     assert isinstance(dataloader.load_split("lab", root, "train", **kw), StreamSet)  # 32 px would have fit
+
+
+def test_chunked_wsol_scoring_equals_the_whole_stack_path(tmp_path, monkeypatch) -> None:
+    """research.streamscore over a streamed (and an in-memory) split scores exactly what the
+    N×H×W maps of research.experiments.protocol_cams score."""
+    import model
+    from camlab.scoremaps import Scorer
+    from camlab.wsolmeta import read_split
+    from research.experiments import protocol_cams
+    from research.streamscore import score_model
+    monkeypatch.chdir(tmp_path)
+    root, meta = dataloader.formats.get("wsol").example(tmp_path)
+    torch.manual_seed(0)
+    net = model.CAMModel.from_config(model.ModelConfig(3), "none").eval()
+    kw = dict(img_size=32, batch_size=2, workers=0)
+    streamed = score_model(net, root, meta, "test", in_memory="never", **kw)
+    memory = score_model(net, root, meta, "test", in_memory="always", **kw)
+    assert streamed.pop("streamed") and not memory.pop("streamed")
+    data = dataloader.load_split("wsol", root, "test", img_size=32, metadata=meta, progress=False, cache_dir=None)
+    preds, maps = protocol_cams(net, data, 32, "wsolevaluation", of_labels=True)
+    scorer = Scorer(read_split(root, meta, "test"), root)
+    for name, cam, label, pred in zip(data.names, maps, data.labels.tolist(), preds.tolist()):
+        scorer.add(name, cam, label, pred)
+    whole = scorer.report("test", top1=True)
+    assert streamed == memory == whole and whole["n_images"] == 3 and "max_box_acc_v2" in whole
