@@ -151,13 +151,54 @@ def bench_bounded(top: Path, n_big: int, img_size: int, batch_size: int, workers
                 "--data_in_memory", "never", "--workers", str(workers), "--exp_id", f"databench_{n}", "--overwrite"]
         with tempfile.TemporaryDirectory() as cwd:  # the run's checkpoints/ go there
             code, out, err, mem = run_measured(argv, cwd=cwd)
-        if code != 0:
-            raise RuntimeError(f"the bounded run failed: {err.strip().splitlines()[-1] if err.strip() else code}")
+            if code != 0:
+                raise RuntimeError(f"the bounded run failed: {err.strip().splitlines()[-1] if err.strip() else code}")
+            meta = write_wsol_metadata(root, top / f"big{n}_meta")
+            ckpt = Path(cwd) / "checkpoints" / f"databench_{n}" / "best.pth"
+            s_code, s_out, s_err, s_mem = run_measured(_python(
+                f"from research.databench import _score_child; _score_child({str(root)!r}, {str(meta)!r}, "
+                f"{str(ckpt)!r}, {img_size}, {batch_size}, {workers})"), env={"OMP_NUM_THREADS": "1"})
+        if s_code != 0:
+            raise RuntimeError(f"the bounded scoring failed: {s_err.strip().splitlines()[-1] if s_err.strip() else s_code}")
         decoded = (n + max(n // 8, 10)) * 3 * PHOTO[0] * PHOTO[1]
+        score = json.loads(s_out.strip().splitlines()[-1])
         rows.append({"n_train": n, "n_test": max(n // 8, 10), "decoded_mb": round(decoded / 2**20, 1), **mem,
                      "decoded_over_peak": round(decoded / 2**20 / mem["peak_pss_tree_mb"], 2),
-                     "test_acc": _accuracy(out)})
+                     "test_acc": _accuracy(out), "scored": score["n_images"],
+                     "scored_decoded_mb": round(score["n_images"] * 3 * PHOTO[0] * PHOTO[1] / 2**20, 1),
+                     "scoring_peak_pss_tree_mb": s_mem["peak_pss_tree_mb"], "scoring_peak_rss_main_mb": s_mem["peak_rss_main_mb"],
+                     "scoring_seconds": s_mem["seconds"], "max_box_acc_v2": score["max_box_acc_v2"]["mean"]})
     return rows
+
+
+def write_wsol_metadata(root: Path, meta: Path) -> Path:
+    """wsolevaluation's metadata for the lab-layout tree at ``root``: its train images as the
+    ``test`` split (ids ``train/<name>``, each with the central box of half its sides), so a
+    scoring pass reads as many images as the training epoch did."""
+    entries = [line.split() for line in (root / "train_cls.txt").read_text().splitlines() if line.strip()]
+    h, w = PHOTO
+    ids = [f"train/{name}" for name, _ in entries]
+    files = {"image_ids.txt": ids, "class_labels.txt": [f"{i},{label}" for i, (_, label) in zip(ids, entries)],
+             "image_sizes.txt": [f"{i},{w},{h}" for i in ids],
+             "localization.txt": [f"{i},{w // 4},{h // 4},{3 * w // 4},{3 * h // 4}" for i in ids]}
+    for split in ("train", "test"):
+        (meta / split).mkdir(parents=True, exist_ok=True)
+        for name, lines in files.items():
+            text = "" if split == "train" and name in ("localization.txt", "image_sizes.txt") else "\n".join(lines) + "\n"
+            (meta / split / name).write_text(text)
+    return meta
+
+
+def _score_child(root: str, meta: str, ckpt: str, img_size: int, batch_size: int, workers: int) -> None:
+    """In a fresh process: the checkpoint's WSOL scores over the streamed ``test`` split, as JSON."""
+    import torch
+
+    import model
+    from research.streamscore import score_model
+    torch.set_num_threads(1)
+    net, _ = model.load_checkpoint(Path(ckpt))
+    print(json.dumps(score_model(net, root, meta, "test", img_size=img_size, batch_size=batch_size,
+                                 in_memory="never", workers=workers)))
 
 
 def _accuracy(out: str) -> float | None:
@@ -190,9 +231,15 @@ def data_table(result: dict) -> str:
     text = tables.markdown(["data path", "workers", "images", "first pass img/s", "second pass img/s",
                             "peak RSS main MB", "peak PSS with workers MB"], rows, [tables.LEFT] + [tables.RIGHT] * 6)
     bounded = [[r["n_train"], r["n_test"], f"{r['decoded_mb']:.0f}", f"{r['peak_pss_tree_mb']:.0f}",
-                f"{r['decoded_over_peak']:.1f}×", f"{r['seconds']:.0f}"] for r in result["bounded"]]
-    return text + "\n" + tables.markdown(["train images", "test images", "decoded MB", "peak PSS MB (main + workers)",
-                                          "decoded / peak", "seconds"], bounded, [tables.RIGHT] * 6)
+                f"{r['decoded_over_peak']:.1f}×", f"{r['seconds']:.0f}", r.get("scored", "-"),
+                _f(r.get("scoring_peak_pss_tree_mb"), ".0f"), _f(r.get("scoring_seconds"), ".0f")] for r in result["bounded"]]
+    return text + "\n" + tables.markdown(["train images", "test images", "decoded MB", "training peak PSS MB (main + workers)",
+                                          "decoded / peak", "seconds", "scored images", "scoring peak PSS MB",
+                                          "scoring seconds"], bounded, [tables.RIGHT] * 9)
+
+
+def _f(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 # the training splits of the WSOL benchmarks (wsolevaluation's metadata; ILSVRC's: the ImageNet train list)

@@ -200,10 +200,11 @@ def test_databench_table() -> None:
     from research import databench
     row = dict(path="streamed", workers=2, n_images=10, first_pass_img_per_s=5.0, second_pass_img_per_s=6.25,
                peak_rss_main_mb=800.4, peak_pss_tree_mb=900.6)
-    big = dict(n_train=40, n_test=10, decoded_mb=2700.0, peak_pss_tree_mb=900.0, decoded_over_peak=3.0, seconds=12.3)
+    big = dict(n_train=40, n_test=10, decoded_mb=2700.0, peak_pss_tree_mb=900.0, decoded_over_peak=3.0, seconds=12.3,
+               scored=40, scoring_peak_pss_tree_mb=850.2, scoring_seconds=9.6)
     lines = databench.data_table({"paths": [row], "bounded": [big]}).splitlines()
     assert lines[2] == "| streamed | 2 | 10 | 5.0 | 6.2 | 800 | 901 |"
-    assert lines[-1] == "| 40 | 10 | 2700 | 900 | 3.0× | 12 |"
+    assert lines[-1] == "| 40 | 10 | 2700 | 900 | 3.0× | 12 | 40 | 850 | 10 |"
 
 
 def test_databench_benchmark_paths_at_64_gb() -> None:
