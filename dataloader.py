@@ -2,7 +2,8 @@
 
 A split is decoded once into an ``ImageSet`` (``camlab.images``: all images as one uint8 tensor)
 and kept whole in memory, on the training device if it fits; batches are then cut from it by
-index. Resizing, flipping and normalising happen per batch in :func:`to_model_input`, on the
+index. A split too large for memory (``--data_in_memory``) is a ``camlab.stream.StreamSet``
+instead, read from disk per batch in worker processes; both give the same batches. Resizing, flipping and normalising happen per batch in :func:`to_model_input`, on the
 device, instead of per image in worker processes: the images are small and the GPU (or the
 vectorised CPU code) is much faster at it than a Python loop.
 
