@@ -81,6 +81,8 @@ def test_a_uniform_split_streams_at_its_own_size(tmp_path) -> None:
     memory, streamed = _both(write_lab_layout(tmp_path / "lab", n_train=7, n_test=3, size=16))
     assert streamed.frame == (16, 16) == tuple(memory.images.shape[-2:])
     _assert_same(_model_inputs(memory, 0, 3), _model_inputs(streamed, 0, 3))
+    some = torch.tensor([5, 1, 1, 3])  # a subset, repeats allowed
+    _assert_same(_model_inputs(memory.take(some), 0, 1), _model_inputs(streamed.take(some), 0, 1))
 
 
 def test_worker_processes_give_the_same_batches_pass_after_pass(tmp_path) -> None:
