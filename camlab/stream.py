@@ -9,6 +9,7 @@ the same images in the same order and ``--resume`` stays exact whichever path a 
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -144,6 +145,7 @@ class StreamSet:
         """The uint8 B×3×H×W images of each batch of indices, in order (decoded in the workers,
         which stay alive between passes)."""
         if self._loader is None or self._loader.pin_memory != pin:
+            fixed_mmap_threshold()
             self._loader = DataLoader(
                 _Files(self.folder, self.names, self.frame, self.img_size, self.max_pixels),
                 batch_sampler=_Batches(), num_workers=self.workers, collate_fn=_collate, pin_memory=pin,
@@ -197,6 +199,22 @@ def _one_thread(_worker: int) -> None:
     """One thread per worker process: the workers are the parallelism."""
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    fixed_mmap_threshold()
+
+
+M_MMAP_THRESHOLD, MMAP_THRESHOLD = -3, 1 << 20  # glibc's mallopt parameter; allocations from 1 MiB up are mapped
+
+
+def fixed_mmap_threshold() -> None:
+    """glibc's allocator with a fixed mmap threshold of 1 MiB. Its default threshold rises to the
+    size of each large block freed, so the batches a streamed pass makes (tens of MiB each, from
+    images of many sizes) then come from the heap, which fragments and keeps growing: measured, a
+    224-px pass with one worker grew its main process by about 6 MiB per batch of 32 and stayed
+    flat with this. A mapped block goes back to the OS when freed. No effect off glibc."""
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
 
 
 def batches(data: ImageSet | StreamSet, batch_list: list[torch.Tensor],
