@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data_in_memory", default=DEFAULTS.data_in_memory, choices=list(stream.IN_MEMORY),
                       help="; ".join(f"{k}: {v}" for k, v in stream.IN_MEMORY.items()) +
                            f" ({stream.RAM_SHARE:.0%} of the available RAM; a split in memory goes to the GPU when it "
-                           f"takes at most {stream.DEVICE_SHARE:.0%} of its free memory). Either path draws the same batches")
+                           f"takes at most {stream.DEVICE_SHARE:.0%} of its free memory). Either path draws the same "
+                           "batches".replace("%", "%%"))
     data.add_argument("--workers", type=int, default=DEFAULTS.workers,
                       help="worker processes that decode a streamed split (pinned memory, persistent, "
                            f"{stream.PREFETCH} batches ahead each; 0: in the main process)")
