@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from camlab.images import (MAX_PIXELS, DecodeOptions, ImageSet, _resize, _sound, decode_image, declared_size,
                            note_once)
+from camlab.runs import release_inherited_locks
 from camlab.utils import CamlabError
 
 # --data_in_memory: choice -> what it does
@@ -200,6 +201,7 @@ def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     fixed_mmap_threshold()
+    release_inherited_locks()  # a killed run's lock is free as soon as it dies
 
 
 M_MMAP_THRESHOLD, MMAP_THRESHOLD = -3, 1 << 20  # glibc's mallopt parameter; allocations from 1 MiB up are mapped
