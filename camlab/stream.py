@@ -153,7 +153,16 @@ class StreamSet:
                 persistent_workers=self.workers > 0, prefetch_factor=PREFETCH if self.workers else None,
                 worker_init_fn=_one_thread, generator=torch.Generator())  # the run's random state untouched
         self._loader.batch_sampler.batches = batches
-        for images in self._loader:
+        # cv2's thread pool stopped while the workers fork (it is restored after): a forked child that
+        # reconfigures or uses a pool whose threads it does not have hangs in pthread_join (the suite
+        # hung so, with 2 workers forked from a process that had run cv2 in parallel)
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            passes = iter(self._loader)
+        finally:
+            cv2.setNumThreads(threads)
+        for images in passes:
             if isinstance(images, str):
                 raise CamlabError(images)
             yield images
@@ -198,8 +207,7 @@ def _collate(items: list) -> torch.Tensor | str:
 
 def _one_thread(_worker: int) -> None:
     """One thread per worker process: the workers are the parallelism."""
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    torch.set_num_threads(1)  # cv2 is already serial: read() forks the workers with its pool stopped
     fixed_mmap_threshold()
     release_inherited_locks()  # a killed run's lock is free as soon as it dies
 
