@@ -42,7 +42,7 @@ from pathlib import Path
 
 from camlab import utils
 from camlab.utils import CamlabError, OneLineParser, run_cli
-from research.bench import CPU_PEAK_GFLOPS, TASKS, BenchSettings, format_table, resolve_settings, run_bench
+from research.bench import CPU_PEAK_GFLOPS, DEFAULT_TASKS, TASKS, BenchSettings, format_table, resolve_settings, run_bench
 
 
 # ------------------------------------------------------------------------------ the CLI
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img_size", type=int, default=224)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the naive pipeline")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), choices=TASKS,
+                   help="data (not run by default: minutes): the streaming and in-memory data paths (research.databench)")
     p.add_argument("--compile", action="store_true",
                    help="CUDA only: also time fast and bound under torch.compile (both are reported)")
     p.add_argument("--peak_gflops", type=float, default=None,

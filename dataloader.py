@@ -2,7 +2,8 @@
 
 A split is decoded once into an ``ImageSet`` (``camlab.images``: all images as one uint8 tensor)
 and kept whole in memory, on the training device if it fits; batches are then cut from it by
-index. Resizing, flipping and normalising happen per batch in :func:`to_model_input`, on the
+index. A split too large for memory (``--data_in_memory``) is a ``camlab.stream.StreamSet``
+instead, read from disk per batch in worker processes; both give the same batches. Resizing, flipping and normalising happen per batch in :func:`to_model_input`, on the
 device, instead of per image in worker processes: the images are small and the GPU (or the
 vectorised CPU code) is much faster at it than a Python loop.
 
@@ -30,6 +31,7 @@ from camlab import formats, readers, synthetic, utils, wsolmeta  # noqa: F401 - 
 from camlab.formats import CIFAR10_CLASSES, FORMATS, Format, Listing, Truth, check_num_classes, stack_masks, to_frame
 from camlab.images import (CACHE_VERSION, MAX_PIXELS, DecodeOptions, ImageSet, cache_key, cached, decode_files,
                            note_once, read_mask, warn_skipped)
+from camlab.stream import StreamSet, frame_of, stream_files, streams
 from camlab.utils import CamlabError, read_text
 
 split_for = formats.split_for
@@ -59,7 +61,8 @@ def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 22
                num_classes: int | None = None, download: bool = False,
                cache_dir: Path | None = utils.DATA_DIR / "cache",
                progress: bool = True, skip_bad: bool = False,
-               metadata: Path | str | None = None, max_pixels: int = MAX_PIXELS) -> ImageSet:
+               metadata: Path | str | None = None, max_pixels: int = MAX_PIXELS,
+               in_memory: str = "always", workers: int = 0) -> ImageSet | StreamSet:
     """Read split ``split`` of ``dataset`` (a registered format, ``camlab.formats.FORMATS``)
     stored at ``root``: one of the format's splits (``train`` or ``test`` for lab, cifar10 and
     folder; ``train``, ``val`` or ``test`` for wsol; ``train``, ``val`` or ``train_aug`` for voc).
@@ -79,6 +82,10 @@ def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 22
     they are mistakes in the dataset's description, not damaged files. (For voc, a mask that
     cannot be read or holds no object class counts as a damaged file: ``skip_bad`` leaves its
     image out.)
+
+    ``in_memory`` (``--data_in_memory``, ``camlab.stream.IN_MEMORY``): ``never``, or ``auto`` for a
+    split whose decoded size is over a share of the available RAM, gives a ``camlab.stream.StreamSet``
+    instead, read from disk per batch in ``workers`` processes (not cached: nothing is decoded ahead).
     """
     fmt = formats.get(dataset)
     formats.check_split(dataset, split)
@@ -98,8 +105,13 @@ def load_split(dataset: str, root: Path | str, split: str, *, img_size: int = 22
                 f"skip_bad={skip_bad}"]
     if metadata is not None:  # appended, so that the other datasets' keys stay what they were
         settings.append(f"metadata={Path(metadata).resolve()}")
-    key = cache_key(settings, listing.files)
-    data = cached(cache_dir, key, lambda: listing.decode(DecodeOptions(img_size, progress, skip_bad, max_pixels)))
+    options = DecodeOptions(img_size, progress, skip_bad, max_pixels)
+    what = f"the {split} split of {dataset}"
+    candidate = listing.stream(options, workers) if listing.stream and in_memory != "always" else None
+    if streams(in_memory, what, candidate):
+        data = candidate
+    else:
+        data = cached(cache_dir, cache_key(settings, listing.files), lambda: listing.decode(options))
     warn_skipped(data.skipped, listing.image_dir or root / split)
     if fmt.note:
         note_once(fmt.note)
@@ -213,7 +225,8 @@ def _list_lab(root: Path, split: str, num_classes: int | None,
 
     def decode(options: DecodeOptions) -> ImageSet:
         return decode_files(root / split, names, labels, classes, options)
-    return Listing(files, decode, classes=list(classes))
+    return Listing(files, decode, classes=list(classes),
+                   stream=lambda options, workers: stream_files(root / split, names, labels, classes, options, workers))
 
 
 def annotations(root: Path, split: str, num_classes: int) -> list[tuple[str, int]]:
@@ -314,7 +327,7 @@ def ground_truth(dataset: str, root: Path | str, split: str, data: ImageSet,
     fmt = formats.get(dataset)
     formats.check_split(dataset, split)
     check_metadata(dataset, metadata)
-    height, width = (int(x) for x in data.images.shape[-2:])
+    height, width = frame_of(data)
     return None if fmt.truth is None else fmt.truth(Path(root), split, data, (height, width),
                                                     None if metadata is None else Path(metadata))
 

@@ -15,7 +15,7 @@ from dataclasses import fields
 
 import model
 import train
-from camlab import ddp, formats, methods, runs, runtime, synthetic
+from camlab import ddp, formats, methods, runs, runtime, stream, synthetic
 from camlab.utils import CHECKPOINT_DIR, DEVICES, CamlabError, OneLineParser, run_cli, safe_subdir
 
 DEFAULTS = train.RunConfig()
@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--img_size", type=int, default=DEFAULTS.img_size, help="training/eval resolution")
     data.add_argument("--max_pixels", type=int, default=DEFAULTS.max_pixels,
                       help="an image whose header declares more pixels is refused before it is decoded")
+    data.add_argument("--data_in_memory", default=DEFAULTS.data_in_memory, choices=list(stream.IN_MEMORY),
+                      help="; ".join(f"{k}: {v}" for k, v in stream.IN_MEMORY.items()) +
+                           f" ({stream.RAM_SHARE:.0%} of the available RAM; a split in memory goes to the GPU when it "
+                           f"takes at most {stream.DEVICE_SHARE:.0%} of its free memory). Either path draws the same "
+                           "batches".replace("%", "%%"))
+    data.add_argument("--workers", type=int, default=DEFAULTS.workers,
+                      help="worker processes that decode a streamed split (pinned memory, persistent, "
+                           f"{stream.PREFETCH} batches ahead each; 0: in the main process)")
 
     net = p.add_argument_group("model")
     net.add_argument("--weights", default=DEFAULTS.weights,

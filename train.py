@@ -22,7 +22,7 @@ from sklearn.model_selection import KFold, train_test_split
 from tqdm import tqdm
 
 import dataloader
-from camlab import figures, formats, methods, synthetic
+from camlab import figures, formats, methods, stream, synthetic
 from camlab.ddp import SINGLE, World, current_world, data_parallel, gather_folds
 from camlab.heads import ACOL_DELTA, ACOL_WIDTH
 from camlab.images import MAX_PIXELS, ImageSet, note_once
@@ -67,6 +67,8 @@ class RunConfig:
     deterministic: bool = False
     skip_bad: bool = False
     max_pixels: int = MAX_PIXELS  # an image declaring more pixels is refused from its header
+    data_in_memory: str = "auto"  # camlab.stream.IN_MEMORY: decoded into memory, or streamed from disk
+    workers: int = 4  # the streaming path's DataLoader worker processes
     progress: bool = True
     # several labels per image (voc, multi): BCE on the multi-hot labels, OC-CSE in CSE mode
     multi_label: bool = False
@@ -165,13 +167,14 @@ RANGES: dict[str, Range] = {
     "lr": Range(0, 1, "Adam's learning rate", open_low=True),
     "val_fraction": Range(0, 0.9, "the share of training images held out", open_low=True),
     "max_pixels": Range(1, 1 << 40, "pixels an image may declare"),
+    "workers": Range(0, 256, "DataLoader worker processes"),
 }  # the methods' own flags bring their ranges (camlab.methods.Flag.range)
 
 
 # Settings that change where or how verbosely a run goes, not what it computes: the rest must
 # agree for --resume to continue a run and for a comparison to reuse one.
 NOT_SHAPING = ("exp_id", "device", "precision", "overwrite", "resume", "deterministic", "progress", "download",
-               "max_pixels")
+               "max_pixels", "data_in_memory", "workers")  # either data path draws the same batches
 
 
 def shaping(cfg: RunConfig) -> dict:
@@ -370,20 +373,20 @@ def run_epoch(model: CAMModel, data: ImageSet, indices: torch.Tensor, *,
     training = optimizer is not None
     model.train(training)
     meter = EpochMeter()
-    device = data.images.device
+    device = next(model.parameters()).device
     # flips and transforms: stream 1 for the main process, its own stream for every other one
     generator = torch.Generator().manual_seed(dataloader.epoch_seed(seed, epoch, stream=1 + world.rank))
     batches = dataloader.batch_indices(indices, batch_size, training, seed, epoch, world.rank, world.size)
     with torch.inference_mode(not training), autocast(device, precision):
         shown = progress and world.main
-        lines = heartbeat(batches, [len(b) for b in batches], desc) if shown else batches
-        for idx in tqdm(lines, desc=desc, leave=False, total=len(batches), disable=None if shown else True):
-            idx = idx.to(device, non_blocking=True)
+        read = stream.batches(data, batches, device)  # from memory, or from disk in worker processes
+        lines = heartbeat(read, [len(b) for b in batches], desc) if shown else read
+        for idx, stored in tqdm(lines, desc=desc, leave=False, total=len(batches), disable=None if shown else True):
             flip = (torch.rand(len(idx), generator=generator) < 0.5).to(device) if training else None
-            images = dataloader.to_model_input(data.images[idx], img_size, flip)
+            images = dataloader.to_model_input(stored, img_size, flip)
             if device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
-            labels = data.present[idx].float() if multi_label else data.labels[idx]
+            labels = data.present[idx].float().to(device) if multi_label else data.labels[idx].to(device)
             step = objective(model, images, labels, generator, epoch)
             if training:
                 optimizer.zero_grad(set_to_none=True)
@@ -513,13 +516,13 @@ def load_data(cfg: RunConfig, device: torch.device) -> tuple[ImageSet, ImageSet]
     trains on train_aug when it is there and reports on val), on ``device``."""
     root = cfg.data_path()
     kw = dict(img_size=cfg.img_size, download=cfg.download, progress=cfg.progress, skip_bad=cfg.skip_bad,
-              metadata=cfg.metadata, max_pixels=cfg.max_pixels)
+              metadata=cfg.metadata, max_pixels=cfg.max_pixels, in_memory=cfg.data_in_memory, workers=cfg.workers)
     train_set = dataloader.load_split(cfg.dataset, root, dataloader.split_for(cfg.dataset, "train", root), **kw)
     test_set = dataloader.load_split(cfg.dataset, root, dataloader.split_for(cfg.dataset, "test", root), **kw)
     dataloader.benchmark_record(cfg.dataset, root, cfg.body_evidence)  # the setting the data was made at
     if cfg.multi_label and train_set.present is None:
         raise CamlabError(f"--multi_label: {root} gives no per-image class lists")
-    return train_set.to(device), test_set.to(device)
+    return tuple(stream.place(s, device, f"the {r} split") for s, r in ((train_set, "train"), (test_set, "test")))
 
 
 def benchmark_meta(cfg: RunConfig) -> dict:

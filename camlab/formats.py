@@ -37,12 +37,15 @@ class Listing:
     decode: ``decode(options) -> ImageSet`` does the expensive part (``camlab.images.DecodeOptions``).
     image_dir: the folder the names are relative to, when not ``<root>/<split>``.
     classes: the class names the files declare (known before decoding), when the reader knows them.
+    stream: ``stream(options, workers) -> camlab.stream.StreamSet``, the split read per batch from
+      disk instead (``--data_in_memory``); None: the format is read as a whole (CIFAR's pickles, VOC).
     """
 
     files: list[Path]
     decode: Callable[["DecodeOptions"], ImageSet]
     image_dir: Path | None = None
     classes: list[str] | None = None
+    stream: Callable[["DecodeOptions", int], object] | None = None
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -361,9 +362,25 @@ def _read_cache(path: Path) -> ImageSet | None:
         return None
 
 
+CACHE_KEEP_FREE = 0.1  # the cache is written only where the disk keeps this share of its size (and 1 GiB) free after
+
+
 def _write_cache(path: Path, payload: dict) -> None:
     """The decoded split saved for the next run; the cache only saves time, so a write that fails
-    (a full or read-only disk) is a warning and the run goes on with the split in memory."""
+    (a full or read-only disk) is a warning and the run goes on with the split in memory. It is
+    not written at all when it would leave less than :data:`CACHE_KEEP_FREE` of the disk (or 1 GiB)
+    free: the cache never fills the disk."""
+    size = sum(v.nbytes for v in payload.values() if isinstance(v, torch.Tensor))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        disk = shutil.disk_usage(path.parent)
+    except OSError:
+        disk = None  # the write below names the problem
+    if disk is not None and disk.free - size < max(CACHE_KEEP_FREE * disk.total, 2**30):
+        print(f"warning: the data cache was not written: {size / 2**30:.1f} GiB would leave less than "
+              f"{CACHE_KEEP_FREE:.0%} of {path.parent}'s disk free ({disk.free / 2**30:.1f} GiB free); decoding "
+              f"again next time", file=sys.stderr)
+        return
     try:
         utils.atomic_write(path, lambda f: torch.save(payload, f))
     except CamlabError as err:

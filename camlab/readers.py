@@ -22,6 +22,7 @@ from camlab import synthetic, utils
 from camlab.formats import (IGNORE, Format, Listing, Truth, check_names, check_num_classes, register, stack_masks,
                             to_frame)
 from camlab.images import DecodeOptions, ImageSet, decode_each, decode_files, decode_image, example_images
+from camlab.stream import stream_files
 from camlab.utils import CamlabError, read_text
 
 FOLDER_HINT = "it must hold train/<class>/<images> and test/<class>/<images>"
@@ -49,7 +50,8 @@ def _list_folder(root: Path, split: str, num_classes: int | None,
 
     def decode(options: DecodeOptions) -> ImageSet:
         return decode_files(root / split, names, labels, classes, options)
-    return Listing(paths, decode, classes=list(classes))
+    return Listing(paths, decode, classes=list(classes),
+                   stream=lambda options, workers: stream_files(root / split, names, labels, classes, options, workers))
 
 
 def _folder_classes(split_dir: Path) -> list[str]:

@@ -112,6 +112,7 @@ class RunLock:
         self.file.truncate()
         self.file.write(f"{os.getpid()}\n")
         self.file.flush()
+        HELD_LOCKS.add(self.file.fileno())
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -122,8 +123,25 @@ class RunLock:
             self.file.truncate()  # no PID left behind for a newcomer's rival to read as the holder's
             self.file.flush()
             fcntl.flock(self.file, fcntl.LOCK_UN)  # the file stays: removing it would race a newcomer
+            HELD_LOCKS.discard(self.file.fileno())
             self.file.close()
             self.file = None
+
+
+# the descriptors of the run locks this process holds: a forked child (a DataLoader worker) closes
+# its copies (release_inherited_locks), so a killed holder's lock is free at once, not when its
+# workers notice and exit
+HELD_LOCKS: set[int] = set()
+
+
+def release_inherited_locks() -> None:
+    """In a forked child: close its copies of the parent's run-lock descriptors (the lock stays the parent's)."""
+    for fd in list(HELD_LOCKS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    HELD_LOCKS.clear()
 
 
 def _alive(pid: int) -> bool:

@@ -93,37 +93,55 @@ def evaluate(scoremaps: Path | str, metadata: Path | str, split: str = "test", d
     if info.kind == "masks" and data_root is None:
         raise CamlabError("these metadata score masks: pass --data_root, the folder their mask paths are relative to")
     preds = read_predictions(Path(predictions), info.ids) if predictions is not None else None
-    v2 = BoxAccuracy(iou_thresholds, True, interval)
-    v1 = BoxAccuracy((0.5,), False, interval)
-    bins = len(np.arange(0, 1, interval)) + 2
-    fg, bg, hits, correct = np.zeros(bins, np.int64), np.zeros(bins, np.int64), 0, 0
-    rule = get_protocol("wsolevaluation")
+    scorer = Scorer(info, Path(data_root or "."), interval, iou_thresholds)
     for image_id, label in tqdm(list(zip(info.ids, info.labels)), desc="scoring", unit="map",
                                 disable=None if progress else True, leave=False):
-        cam = read_scoremap(scoremaps / f"{image_id}.npy")
-        truth = image_truth(info, Path(data_root or "."), image_id, cam.shape)
-        if info.kind == "boxes":
-            v2.update(cam, truth)
-            v1.update(cam, truth)
-            hit = best_iou(rule.box_at(cam, BOX_FRACTION), truth) >= LOC_IOU_THRESHOLD
+        scorer.add(image_id, read_scoremap(scoremaps / f"{image_id}.npy"), label,
+                   None if preds is None else preds[image_id])
+    return scorer.report(split, scoremaps=str(scoremaps), metadata=str(metadata), top1=preds is not None)
+
+
+class Scorer:
+    """The accumulators of :func:`evaluate`: each map (at its image's frame, in [0, 1]) added,
+    scored against the split's ground truth (``info``, ``camlab.wsolmeta.read_split``) and dropped,
+    so memory does not grow with the split: MaxBoxAcc's box counts, PxAP's pixel histograms."""
+
+    def __init__(self, info, data_root: Path, interval: float = WSOL_INTERVAL,
+                 iou_thresholds: Sequence[float] = BOX_IOU_THRESHOLDS) -> None:
+        self.info, self.root, self.interval = info, data_root, interval
+        self.v2, self.v1 = BoxAccuracy(iou_thresholds, True, interval), BoxAccuracy((0.5,), False, interval)
+        bins = len(np.arange(0, 1, interval)) + 2
+        self.fg, self.bg, self.hits, self.correct, self.n = np.zeros(bins, np.int64), np.zeros(bins, np.int64), 0, 0, 0
+        self.rule = get_protocol("wsolevaluation")
+
+    def add(self, image_id: str, cam: np.ndarray, label: int, pred: int | None = None) -> None:
+        """One image's map; ``pred``, its predicted class, counts toward top-1 localisation."""
+        truth = image_truth(self.info, self.root, image_id, cam.shape)
+        if self.info.kind == "boxes":
+            self.v2.update(cam, truth)
+            self.v1.update(cam, truth)
+            hit = best_iou(self.rule.box_at(cam, BOX_FRACTION), truth) >= LOC_IOU_THRESHOLD
         else:
-            f, b = pixel_histograms(cam[None], truth[None] == 1, interval, valid=(truth != 255)[None])
-            fg, bg = fg + f[0], bg + b[0]
+            f, b = pixel_histograms(cam[None], truth[None] == 1, self.interval, valid=(truth != 255)[None])
+            self.fg, self.bg = self.fg + f[0], self.bg + b[0]
             hit = False
-        hits += hit
-        correct += bool(preds is not None and preds[image_id] == label and hit)
-    n = len(info.ids)
-    report = {"split": split, "n_images": n, "cam_curve_interval": interval, "kind": info.kind,
-              "box_faults": info.box_faults,
-              "scoremaps": str(scoremaps), "metadata": str(metadata)}
-    if info.kind == "boxes":
-        report.update(max_box_acc_v2={str(k): v for k, v in v2.compute().items()},
-                      max_box_acc=v1.compute()[0.5], gt_known_loc=hits / n)
-        if preds is not None:
-            report["top1_loc"] = correct / n
-    else:
-        report["pxap"] = pxap_from_histograms(fg, bg)
-    return report
+        self.hits += hit
+        self.correct += bool(pred is not None and pred == label and hit)
+        self.n += 1
+
+    def report(self, split: str, top1: bool = False, **extra) -> dict:
+        """Every measure over the maps added (see :func:`evaluate`), with ``extra`` entries."""
+        info, n = self.info, max(self.n, 1)
+        report = {"split": split, "n_images": self.n, "cam_curve_interval": self.interval, "kind": info.kind,
+                  "box_faults": info.box_faults, **extra}
+        if info.kind == "boxes":
+            report.update(max_box_acc_v2={str(k): v for k, v in self.v2.compute().items()},
+                          max_box_acc=self.v1.compute()[0.5], gt_known_loc=self.hits / n)
+            if top1:
+                report["top1_loc"] = self.correct / n
+        else:
+            report["pxap"] = pxap_from_histograms(self.fg, self.bg)
+        return report
 
 
 def report_table(report: dict) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 
 from camlab.formats import IGNORE, Format, Listing, Truth, check_names, check_num_classes, register, stack_masks, to_frame
 from camlab.images import DecodeOptions, ImageSet, decode_files, example_images, imread, note_once
+from camlab.stream import stream_files
 from camlab.utils import CamlabError, read_text
 
 
@@ -66,7 +67,8 @@ def _list_wsol(root: Path, split: str, num_classes: int | None,
 
     def decode(options: DecodeOptions) -> ImageSet:
         return decode_files(root, info.ids, info.labels, info.classes, options)
-    return Listing(info.files + [root / i for i in info.ids], decode, image_dir=root, classes=list(info.classes))
+    return Listing(info.files + [root / i for i in info.ids], decode, image_dir=root, classes=list(info.classes),
+                   stream=lambda options, workers: stream_files(root, info.ids, info.labels, info.classes, options, workers))
 
 
 def _csv_lines(path: Path) -> list[tuple[int, list[str]]]:

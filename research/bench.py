@@ -30,11 +30,13 @@ from camlab.images import ImageSet
 from camlab.methods import Objective
 from camlab.runtime import autocast
 from camlab.utils import CamlabError, reason
+from research.databench import data_table, run_data_bench
 from research.evalbench import bench_wsol_eval
 from research.experiments import dataset_cams
 
 MODEL_TASKS = ("cam_train", "seg_train", "cam_infer")
-TASKS = MODEL_TASKS + ("wsol_eval",)  # wsol_eval: the WSOL evaluator against its reference path (research.evalbench)
+DEFAULT_TASKS = MODEL_TASKS + ("wsol_eval",)  # wsol_eval: the WSOL evaluator against its reference path (research.evalbench)
+TASKS = DEFAULT_TASKS + ("data",)  # data (asked for by name: minutes): the data paths (research.databench)
 WSOL_MAPS = {True: 8, False: 32}  # maps per wsol_eval round, --quick or not
 PIPELINES = ("naive", "fast", "bound")
 TASK_MODE = {"cam_train": "CAM", "seg_train": "SEG", "cam_infer": "CAM"}
@@ -63,7 +65,7 @@ class BenchSettings:
     warmup_batches: int = 0   # untimed batches before each pipeline (0: the device's default)
     rounds: int = 0           # timed epochs per pipeline, interleaved; the best counts (0: default)
     quick: bool = False
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = DEFAULT_TASKS
     wsol_maps: int = 0        # maps per round of wsol_eval (0: the default)
     compile: bool = False
     peak_gflops: float | None = None
@@ -623,6 +625,8 @@ def run_bench(s: BenchSettings, data: BenchData | None = None) -> dict:
     if "wsol_eval" in s.tasks:
         print(f"[wsol_eval] {s.wsol_maps} maps at {s.img_size} px, steps 0.01 and 0.001, best of {s.rounds}", flush=True)
         result["wsol_eval"] = bench_wsol_eval(s.wsol_maps, s.img_size, (0.01, 0.001), s.seed, s.rounds)
+    if "data" in s.tasks:
+        result["data"] = run_data_bench(s.img_size, s.batch_size, s.quick)
     for task in models:
         print(f"[{task}] counting FLOPs; {', '.join(_pipelines(task, s.compile))}: "
               f"{s.rounds} rounds of {s.n_infer if task == 'cam_infer' else s.n_train} images",
@@ -687,4 +691,4 @@ def format_table(result: dict) -> str:
         text += ("\n" if text else "") + tables.markdown(
             ["CAM threshold step", "boxes", "maps", "map size", "fast maps/s", "reference maps/s", "fast/reference"],
             evals, [tables.RIGHT, tables.LEFT] + [tables.RIGHT] * 5)
-    return text
+    return text + ("\n" if text else "") + data_table(result["data"]) if "data" in result else text

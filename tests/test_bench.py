@@ -3,19 +3,22 @@ image against an independent count) and the command line's one-line errors. Neve
 from __future__ import annotations
 
 import json
+import sys
 import math
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench
+import dataloader
 import model as model_lib
 import train
 from conftest import write_lab_layout
-from research.bench import MODEL_TASKS, CPU_PEAK_GFLOPS, PIPELINES, TASKS, BenchSettings, format_table, run_bench
+from research.bench import MODEL_TASKS, CPU_PEAK_GFLOPS, DEFAULT_TASKS, PIPELINES, BenchSettings, format_table, run_bench
 
 SIZE, BATCH, N = 32, 4, 8
 ROUNDS = 2
@@ -52,7 +55,7 @@ def _positive(x) -> bool:
 
 
 def test_json_shape(result: dict) -> None:
-    assert set(result) == {"device", "torch", "settings", *TASKS}
+    assert set(result) == {"device", "torch", "settings", *DEFAULT_TASKS}
     assert result["settings"]["img_size"] == SIZE and result["settings"]["batch_size"] == BATCH
     assert result["settings"]["peak_gflops"] == CPU_PEAK_GFLOPS
     json.dumps(result, allow_nan=False)  # plain JSON, no NaN or infinities
@@ -173,3 +176,39 @@ def test_cli_one_line_errors(extra: list[str], message: str, tmp_path: Path, mon
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err
     assert not (tmp_path / "report" / "b.json").exists() and not (tmp_path.parent / "b.json").exists()
+
+
+def test_databench_tree_is_photo_sized_and_loads(tmp_path) -> None:
+    from research import databench
+    mixed = databench.write_jpeg_tree(tmp_path / "mixed", 4, 1, mixed=True)
+    sizes = {cv2.imread(str(p)).shape[:2] for p in sorted((mixed / "train").iterdir())}
+    assert len(sizes) > 1 and all(337 <= h <= 412 and 450 <= w <= 550 for h, w in sizes)
+    uniform = databench.write_jpeg_tree(tmp_path / "uniform", 3, 1, mixed=False)
+    data = dataloader.load_split("lab", uniform, "train", img_size=32, cache_dir=None, progress=False)
+    assert tuple(data.images.shape) == (3, 3, *databench.PHOTO) and data.labels.tolist() == [0, 1, 2]
+
+
+def test_databench_samples_a_child_process_memory() -> None:
+    from research import databench
+    code, out, _, mem = databench.run_measured(
+        [sys.executable, "-c", "import time; b = bytearray(300 * 2**20); time.sleep(0.5); print(len(b))"])
+    assert code == 0 and out.strip() == str(300 * 2**20)
+    assert 300 <= mem["peak_rss_main_mb"] < 400 and 290 <= mem["peak_pss_tree_mb"] < 400
+
+
+def test_databench_table() -> None:
+    from research import databench
+    row = dict(path="streamed", workers=2, n_images=10, first_pass_img_per_s=5.0, second_pass_img_per_s=6.25,
+               peak_rss_main_mb=800.4, peak_pss_tree_mb=900.6)
+    big = dict(n_train=40, n_test=10, decoded_mb=2700.0, peak_pss_tree_mb=900.0, decoded_over_peak=3.0, seconds=12.3,
+               scored=40, scoring_peak_pss_tree_mb=850.2, scoring_seconds=9.6)
+    lines = databench.data_table({"paths": [row], "bounded": [big]}).splitlines()
+    assert lines[2] == "| streamed | 2 | 10 | 5.0 | 6.2 | 800 | 901 |"
+    assert lines[-1] == "| 40 | 10 | 2700 | 900 | 3.0× | 12 | 40 | 850 | 10 |"
+
+
+def test_databench_benchmark_paths_at_64_gb() -> None:
+    from research import databench
+    lines = databench.benchmark_paths(60 * 2**30).splitlines()  # 30 GiB for a split in memory
+    assert lines[2] == "| CUB train | 5,994 | 0.8 GiB | in memory |"  # 5,994 × 3 × 224² = 902,264,832 bytes
+    assert lines[4] == "| ILSVRC train | 1,281,167 | 179.6 GiB | streamed |"

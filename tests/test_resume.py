@@ -42,13 +42,23 @@ def _epochs_logged(run: Path) -> int:
         return 0
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path) -> None:
+# the uninterrupted run's data path, then the killed and resumed run's
+PATHS = {"in memory": (["--data_in_memory", "always"], ["--data_in_memory", "always"], ["--data_in_memory", "always"]),
+         "streamed": (["--data_in_memory", "always"], ["--data_in_memory", "never", "--workers", "1"],
+                      ["--data_in_memory", "never", "--workers", "2"])}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, path) -> None:
+    """A streamed run (one worker process, resumed with two) killed after an epoch ends exactly as an
+    uninterrupted run of the in-memory path."""
     data = write_lab_layout(tmp_path / "data", n_train=40, n_test=9, size=16)
+    whole_path, cut_path, resumed_path = PATHS[path]
     common = ["--data_root", str(data), *ARGS]
-    reference = _main_process(tmp_path, *common, "--exp_id", "whole")
+    reference = _main_process(tmp_path, *common, *whole_path, "--exp_id", "whole")
     assert reference.wait(timeout=600) == 0, reference.stderr.read()
 
-    killed = _main_process(tmp_path, *common, "--exp_id", "cut")
+    killed = _main_process(tmp_path, *common, *cut_path, "--exp_id", "cut")
     run = tmp_path / "checkpoints" / "cut"
     deadline = time.monotonic() + 300
     while _epochs_logged(run) < 1 and killed.poll() is None and time.monotonic() < deadline:
@@ -60,9 +70,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path) -> None:
     stopped_after = _epochs_logged(run)
     assert 1 <= stopped_after < 3
 
-    again = _main_process(tmp_path, *common, "--exp_id", "cut")  # without --resume: refused, kept
+    again = _main_process(tmp_path, *common, *cut_path, "--exp_id", "cut")  # without --resume: refused, kept
     assert again.wait(timeout=120) == 2 and "--resume" in again.stderr.read()
-    resumed = _main_process(tmp_path, *common, "--exp_id", "cut", "--resume")
+    resumed = _main_process(tmp_path, *common, *resumed_path, "--exp_id", "cut", "--resume")
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     assert "resuming" in out
