@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Iterator
 
 import cv2
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
