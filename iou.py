@@ -105,6 +105,10 @@ def iou_table(pred_dir: Path | str, gt_dir: Path | str) -> dict[str, float]:
     return _table_for(Path(pred_dir), _read_gts(gt_dir))
 
 
+def _has_masks(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob(f"*{PRED_SUFFIX}"))
+
+
 def _visualised(visualize_dir: Path, names: Sequence[str] | None = None) -> list[Path]:
     """The experiment folders under ``visualize_dir`` that hold ``*_seg.png`` masks: all of them
     (sorted), or those ``names`` (``--runs``), each of which must have masks."""
@@ -112,12 +116,12 @@ def _visualised(visualize_dir: Path, names: Sequence[str] | None = None) -> list
         raise CamlabError(f"{visualize_dir} does not exist: run visualize.py first")
     if names is not None:
         folders = [safe_subdir(visualize_dir, name, "--runs") for name in dict.fromkeys(names)]
-        missing = next((d for d in folders if not (d.is_dir() and any(d.glob(f"*{PRED_SUFFIX}")))), None)
+        missing = next((d for d in folders if not _has_masks(d)), None)
         if missing is not None:
             raise CamlabError(f"--runs {missing.name}: no masks in {missing}/; run python visualize.py --exp_id "
                               f"{missing.name} first")
         return folders
-    runs = sorted(d for d in visualize_dir.iterdir() if d.is_dir() and any(d.glob(f"*{PRED_SUFFIX}")))
+    runs = sorted(d for d in visualize_dir.iterdir() if _has_masks(d))
     if not runs:
         raise CamlabError(f"no experiment folder with *{PRED_SUFFIX} masks under {visualize_dir}")
     return runs

@@ -570,8 +570,7 @@ def _lab_fc_form(model: CAMModel, features: torch.Tensor, gap: torch.Tensor,
     if not isinstance(model.fc, nn.Linear):
         raise CamlabError("--cam lab_fc weights the feature maps by a linear classifier's weights; "
                           f"this run's head is {model.config.head!r}")
-    weights = model.fc.weight[classes].softmax(dim=1)  # N×C
-    return torch.einsum("nk,nkhw->nhw", weights, features)
+    return model.lab_cam(features, model.fc.weight[classes])  # the class's weights as the coefficients
 
 
 def _class_form(model: CAMModel, features: torch.Tensor, gap: torch.Tensor,

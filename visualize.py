@@ -103,6 +103,22 @@ def run_maps(run: train.FinishedRun, images: np.ndarray, form: str, threshold: f
     return shown, overlays, masks, scores
 
 
+def _source(root: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """Stems and images of ``root/test_seg_source`` (:func:`_source_images`), and the masks of
+    ``root/test_seg`` by stem ({} when there is no such folder)."""
+    stems, images = _source_images(root)
+    return stems, images, read_mask_dir(root / "test_seg") if (root / "test_seg").is_dir() else {}
+
+
+def _check_look(threshold: float | str, fig_size: int, fig_format: str) -> None:
+    """The settings every figure of this module shares, refused in one line when out of range."""
+    if threshold != SKELETON and not 0.0 <= threshold <= 1.0:
+        raise CamlabError(f"--threshold must lie in [0, 1] or be {SKELETON!r}, got {threshold}")
+    if fig_format not in figures.FIG_FORMATS:
+        raise CamlabError(f"--fig_format {fig_format!r}: choose from {', '.join(figures.FIG_FORMATS)}")
+    check_range("--fig_size", fig_size, 0, 4096, why="pixels per side (0: each image's own size)")
+
+
 def _shown_truth(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
     if mask is None or mask.shape == shape:
         return mask
@@ -139,19 +155,14 @@ def visualize_run(exp_id: str, threshold: float | str = DEFAULT_THRESHOLD, form:
     the run was trained with, :func:`trained_form`), each written at ``fig_size``; returns the
     output folder: ``visualize/<exp_id>/`` for camlab's CAM, ``visualize/<exp_id>_<extractor>/``
     for another (so that ``python iou.py`` tabulates it as a column of its own)."""
-    if threshold != SKELETON and not 0.0 <= threshold <= 1.0:
-        raise CamlabError(f"--threshold must lie in [0, 1] or be {SKELETON!r}, got {threshold}")
-    if fig_format not in figures.FIG_FORMATS:
-        raise CamlabError(f"--fig_format {fig_format!r}: choose from {', '.join(figures.FIG_FORMATS)}")
-    check_range("--fig_size", fig_size, 0, 4096, why="pixels per side (0: each image's own size)")
+    _check_look(threshold, fig_size, fig_format)
     run_dir = safe_subdir(CHECKPOINT_DIR, exp_id)
     out_dir = safe_subdir(VISUALIZE_DIR, exp_id if check_extractor(extractor) == DEFAULT_EXTRACTOR
                           else f"{exp_id}_{extractor}")
     dev = resolve_device(device)
     run = _load(exp_id, dev, data_root)
     form = trained_form(run.cfg) if form is None else form
-    stems, images = _source_images(run.root)
-    truth = read_mask_dir(run.root / "test_seg") if (run.root / "test_seg").is_dir() else {}
+    stems, images, truth = _source(run.root)
     shown, overlays, masks, scores = run_maps(run, images, form, threshold, extractor, fig_size, cmap, dev)
     rows = []
     for i, (stem, label) in enumerate(zip(stems, _labels(run, stems, scores))):
@@ -177,8 +188,7 @@ def compare_runs(exp_ids: list[str], threshold: float | str = DEFAULT_THRESHOLD,
     in ``report/compare_<a>_<b>....<fig_format>``. The runs must read the same data."""
     if len(set(exp_ids)) != len(exp_ids) or not exp_ids:
         raise CamlabError("--compare: name each run once")
-    if fig_format not in figures.FIG_FORMATS:
-        raise CamlabError(f"--fig_format {fig_format!r}: choose from {', '.join(figures.FIG_FORMATS)}")
+    _check_look(threshold, fig_size, fig_format)
     dev = resolve_device(device)
     runs = {exp_id: _load(exp_id, dev, data_root) for exp_id in exp_ids}
     roots = {str(r.root) for r in runs.values()}
@@ -186,8 +196,7 @@ def compare_runs(exp_ids: list[str], threshold: float | str = DEFAULT_THRESHOLD,
         raise CamlabError(f"--compare: the runs read different data ({', '.join(sorted(roots))}); "
                           "compare runs of one dataset")
     root = next(iter(runs.values())).root
-    stems, images = _source_images(root)
-    truth = read_mask_dir(root / "test_seg") if (root / "test_seg").is_dir() else {}
+    stems, images, truth = _source(root)
     columns, labelled = None, {}
     for exp_id, run in runs.items():
         used = trained_form(run.cfg) if form is None else form
