@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -268,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     maps.add_argument("--strict_boxes", action="store_true",
                       help="with --wsol: refuse metadata boxes outside their image or of zero area (by default: one "
                            "warning naming the first, and they are scored as given, as wsolevaluation does)")
+    parser.add_argument("--publish", action="store_true",
+                        help="every table and figure under report/published/ at today's defaults, each table's runs "
+                             "trained or reused (research.publish; python iou.py --publish --help for its flags)")
     ab = parser.add_argument_group("comparisons (train, or reuse finished runs with the same settings, then compare)")
     ab.add_argument("--ablation", action="store_true",
                     help="CAM and SEG with scale, rotate, hflip and rotate+hflip -> report/ablation.md")
@@ -336,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``python iou.py``: IoU of every experiment under visualize/, printed and written to report/."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--publish" in argv:  # research.publish's command line, a layer above this file: run, not imported
+        rest = [a for a in argv if a != "--publish"]
+        return subprocess.call([sys.executable, "-m", "research.publish", *rest], cwd=Path.cwd())
     parser = build_parser()
     args = parser.parse_args(argv)
     if sum((args.ablation, args.methods, args.wsol, args.sweep is not None, args.extractors is not None,

@@ -54,13 +54,19 @@ def table_runs(base: "train.RunConfig", prefix: str, table: tuple[tuple[str, dic
 
 def trained(cfg: "train.RunConfig") -> dict:
     """The run's metrics: reused when ``checkpoints/<exp_id>`` holds a finished run with the
-    same settings (so an interrupted ablation continues where it stopped), trained otherwise (a
-    run interrupted before its metrics.json is retrained); other settings there are an error, and
-    so is a metrics.json that is not camlab's, unless ``cfg.overwrite`` (``--retrain_damaged``)
-    asks to train that run again."""
+    same settings (so an interrupted ablation continues where it stopped), trained otherwise; a
+    run interrupted before its metrics.json goes on from its last finished epoch (``--resume``,
+    exact) when its ``last.pth`` has these settings, else is trained again. Other settings in a
+    finished run are an error, and so is a metrics.json that is not camlab's, unless
+    ``cfg.overwrite`` (``--retrain_damaged``) asks to train that run again."""
     path = cfg.run_dir() / "metrics.json"
-    if not path.is_file():  # never trained, or interrupted before it finished: (re)train it
-        return train.train(dataclasses.replace(cfg, overwrite=True))
+    if not path.is_file():  # never trained, or interrupted before it finished
+        if (cfg.run_dir() / "last.pth").is_file():
+            try:
+                return train.train(dataclasses.replace(cfg, resume=True, overwrite=False))
+            except CamlabError as err:
+                print(f"cannot resume {cfg.run_dir()} ({err}); training it again", file=sys.stderr)
+        return train.train(dataclasses.replace(cfg, overwrite=True, resume=False))
     try:
         metrics = read_metrics(path)
     except CamlabError as err:
@@ -76,13 +82,19 @@ def trained(cfg: "train.RunConfig") -> dict:
     return metrics
 
 
+def method_configs(base: "train.RunConfig", prefix: str = "methods",
+                   seeds: Sequence[int] = (0,)) -> list["train.RunConfig"]:
+    """Every METHODS run at every seed: ``<prefix>_<name>_s<seed>``, seed by seed."""
+    return [cfg for seed in seeds
+            for cfg in table_runs(dataclasses.replace(base, seed=seed), prefix, METHODS, "class", f"_s{seed}")]
+
+
 def method_reports(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
                    protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
                    interval: float = CAM_CURVE_INTERVAL) -> list[dict]:
     """Train (or reuse) every METHODS run at every seed (``<prefix>_<name>_s<seed>``), then
     score each with :func:`wsol_report`."""
-    configs = [cfg for seed in seeds
-               for cfg in table_runs(dataclasses.replace(base, seed=seed), prefix, METHODS, "class", f"_s{seed}")]
+    configs = method_configs(base, prefix, seeds)
     for cfg in configs:
         trained(cfg)
     reports = [wsol_report(cfg.exp_id, n_threshold, cfg.device, protocol, interval=interval) for cfg in configs]
@@ -129,16 +141,25 @@ def sweep_prefix(prefix: str, value: float) -> str:
     return prefix if value == synthetic.BODY_EVIDENCE else f"{prefix}_be{value:g}"
 
 
+def sweep_bases(base: "train.RunConfig", values: Sequence[float]) -> list[tuple[float, "train.RunConfig"]]:
+    """(setting, the base run on the embedded benchmark generated at that body-evidence setting)."""
+    return [(float(value), dataclasses.replace(base, body_evidence=float(value), data_root=None)) for value in values]
+
+
 def run_sweep(base: "train.RunConfig", values: Sequence[float], prefix: str = "methods",
               n_threshold: int = 500, protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
-              report_dir: Path = REPORT_DIR, interval: float = CAM_CURVE_INTERVAL) -> str:
+              report_dir: Path = REPORT_DIR, interval: float = CAM_CURVE_INTERVAL,
+              seeds_at: dict[float, Sequence[int]] | None = None) -> str:
     """Every method at every body-evidence setting in ``values`` (each its own embedded
     dataset, generated on first use) into ``report/sweep.{csv,md}`` and ``sweep.png``: mean IoU
-    and PxAP against the setting, one line per method, mean over seeds with the seeds' spread."""
+    and PxAP against the setting, one line per method, mean over seeds with the seeds' spread.
+    ``seeds_at`` gives some settings other seeds than ``seeds`` (the publication's intermediate
+    settings take one)."""
     reports = []
-    for value in values:
-        cfg = dataclasses.replace(base, body_evidence=float(value), data_root=None)
-        reports += method_reports(cfg, sweep_prefix(prefix, value), n_threshold, protocol, seeds, interval)
+    for value, cfg in sweep_bases(base, values):
+        reports += method_reports(cfg, sweep_prefix(prefix, value), n_threshold, protocol,
+                                  (seeds_at or {}).get(value, seeds), interval)
+    seeds = sorted({r["seed"] for r in reports})
     csv_text, _ = methods_table(reports)
     atomic_write_text(Path(report_dir) / "sweep.csv", csv_text)
     curves: dict[str, dict[str, list]] = {}
@@ -171,6 +192,13 @@ SEMSEG: tuple[tuple[str, dict], ...] = (
     ("occse_ml", dict(mode="CSE", oc_exp="{prefix}_cam_ml{suffix}", multi_label=True)))
 
 
+def semseg_configs(base: "train.RunConfig", prefix: str = "semseg",
+                   seeds: Sequence[int] = (0,)) -> list["train.RunConfig"]:
+    """Every SEMSEG run at every seed: ``<prefix>_<name>_s<seed>``."""
+    return [cfg for seed in seeds
+            for cfg in table_runs(dataclasses.replace(base, seed=seed), prefix, SEMSEG, "class", f"_s{seed}")]
+
+
 def semseg_reports(base: "train.RunConfig", prefix: str = "semseg", n_threshold: int = 500,
                    seeds: Sequence[int] = (0,), crf: Sequence[str | None] = (None, *CRF_DEFAULT_VARIANTS),
                    msf: bool = True, refine: Sequence[str | None] = (None,),
@@ -178,8 +206,7 @@ def semseg_reports(base: "train.RunConfig", prefix: str = "semseg", n_threshold:
     """Train (or reuse) every SEMSEG run at every seed on ``base``'s dataset (the multi-object
     set by default), then score each without and with dense CRF (and with ``refine``'s random
     walk, each run's affinity network trained or reused)."""
-    configs = [cfg for seed in seeds
-               for cfg in table_runs(dataclasses.replace(base, seed=seed), prefix, SEMSEG, "class", f"_s{seed}")]
+    configs = semseg_configs(base, prefix, seeds)
     reports = []
     for cfg in configs:
         trained(cfg)

@@ -28,6 +28,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     9: ("research.semseg",),
     10: ("research.comparisons",),
     11: ("main", "iou", "bench"),
+    12: ("research.publish",),
 }
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
 MAX_LINES = 700

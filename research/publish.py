@@ -1,0 +1,405 @@
+"""The publication: every table and figure under ``report/published/`` from one command (``python iou.py --publish``), each table's runs trained or reused, its files copied whole as soon as its runs are done, a progress line per run with what is left, and a manifest of where each file came from.
+
+A table is its runs (the ``RunConfig`` s the command behind it trains) and the command that
+writes its files from them. The plan below is the publication, in the order the tables are
+made: cheap and most-cited first, so that a stopped publication has published what it finished.
+Runs are reused when ``checkpoints/<exp_id>`` holds a finished run with the same settings, and a
+run stopped mid-way goes on from its last epoch (:func:`research.comparisons.trained`), so a
+stopped process loses at most the epoch in progress. Nothing in a published file depends on
+when it was written: a pass with every run reused rewrites every file byte for byte.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import bench
+import iou
+import main
+import train
+import visualize
+from camlab import tables
+from camlab.runs import read_metrics
+from camlab.utils import CHECKPOINT_DIR, REPORT_DIR, VISUALIZE_DIR, CamlabError, OneLineParser, atomic_write_text, run_cli
+from research import comparisons
+from research.comparisons import base_run, method_configs, run_prefix, semseg_configs, sweep_bases, sweep_prefix, trained
+
+PUBLISHED_DIR = REPORT_DIR / "published"
+MANIFEST = "manifest.json"
+
+# The comparisons' settings, as the README's commands give them: 112 px, random init, three seeds.
+RESEARCH = ("--img_size", "112", "--weights", "none")
+SEEDS = (0, 1, 2)
+# The body-evidence sweep: the ends at every seed, the intermediate settings at one (the issue's
+# allowance; their runs are the slowest part of the publication). The default setting (0.85) is
+# the methods table's own runs.
+SWEEP_VALUES = (0.0, 0.25, 0.5, 0.75, 0.85, 1.0)
+SWEEP_SEEDS = {0.0: SEEDS, 0.85: SEEDS, 1.0: SEEDS}
+
+# Seconds one run takes on this project's build machine (2 CPU cores), per mode, at 112 px, 4
+# epochs of the embedded benchmark's 1,800 training images: the metrics.json ``seconds`` of the
+# runs measured for the fidelity issue (CAM 46, SEG 98, ACoL 76-79, CSE 201). The estimate of
+# what is left scales them by pixels and epochs, and uses this machine's own finished runs of
+# the same kind instead wherever there are some.
+COST_112 = {"CAM": 46.0, "SEG": 98.0, "ACOL": 78.0, "CSE": 201.0}
+
+
+@dataclass(frozen=True)
+class Table:
+    """One published table: ``name``, the command that makes it alone, its runs, and ``write``,
+    which (its runs done) writes its files and returns {published name: the file written}."""
+
+    name: str
+    command: str
+    runs: Callable[[], list["train.RunConfig"]]
+    write: Callable[[], dict[str, Path]]
+
+
+def _iou_args(argv: Sequence[str]) -> argparse.Namespace:
+    args = iou.build_parser().parse_args(list(argv))
+    if args.sweep is not None:
+        args.sweep_values = [float(v) for v in args.sweep[1:]]
+    return args
+
+
+def _main_config(argv: Sequence[str]) -> "train.RunConfig":
+    argv = list(argv)
+    return main.config_from_args(main.apply_preset(main.build_parser().parse_args(argv), argv))
+
+
+def _files(folder: Path, names: dict[str, str]) -> dict[str, Path]:
+    return {published: Path(folder) / written for published, written in names.items()}
+
+
+# ------------------------------------------------------------------------------- the tables
+LAB_RUNS = (("--mode", "CAM"), ("--mode", "SEG", "--exp_id", "seg"))
+
+
+def _write_lab() -> dict[str, Path]:
+    """The handout's section 3.4 for the default CAM and SEG runs: visualize.py for each, Fig. 3,
+    and ``iou.py --runs cam seg``."""
+    for exp_id in ("cam", "seg"):
+        visualize.visualize_run(exp_id)
+    compare = visualize.compare_runs(["cam", "seg"])
+    iou._report(_iou_args(["--runs", "cam", "seg"]))
+    return {**_files(REPORT_DIR, {"iou.md": "iou.md", "iou.csv": "iou.csv", "iou_full.csv": "iou_full.csv",
+                                  "iou_threshold.png": "iou_threshold.png"}),
+            "compare_cam_seg.png": compare,
+            **{f"{exp_id}_curves.png": CHECKPOINT_DIR / exp_id / "curves.png" for exp_id in ("cam", "seg")},
+            **{f"{exp_id}_grid.png": VISUALIZE_DIR / exp_id / "grid.png" for exp_id in ("cam", "seg")}}
+
+
+CV_ARGS = ("--mode", "CAM", "--cv", "5", "--exp_id", "cv5")
+
+
+def trained_cv(cfg: "train.RunConfig") -> dict:
+    """``cv.json`` of a finished cross-validation with these settings, reused; else the folds
+    trained (finished folds kept: ``--resume``)."""
+    path = cfg.run_dir() / "cv.json"
+    if path.is_file():
+        found = json.loads(path.read_text())
+        differ = train.differing(cfg, found.get("args", {}))
+        if differ:
+            raise CamlabError(f"{cfg.run_dir()} holds a cross-validation with other settings ({', '.join(differ)}); "
+                              "move it away")
+        print(f"reusing {cfg.run_dir()} (same settings)")
+        return found
+    return train.train_CV(dataclasses.replace(cfg, resume=cfg.run_dir().is_dir()))
+
+
+def _write_cv() -> dict[str, Path]:
+    run_dir = _main_config(CV_ARGS).run_dir()
+    return _files(run_dir, {"cv.md": "cv.md", "cv.json": "cv.json"})
+
+
+ABLATION_ARGS = ("--ablation", "--img_size", "112")
+
+
+def _ablation_runs() -> list["train.RunConfig"]:
+    args = _iou_args(ABLATION_ARGS)
+    return comparisons.table_runs(base_run(args), run_prefix(args, "ablation"), iou.ABLATION, args.cam)
+
+
+def _write_ablation() -> dict[str, Path]:
+    iou.ablation_command(_iou_args(ABLATION_ARGS))
+    return {"ablation.md": REPORT_DIR / "ablation.md",
+            **{f"{name}_grid.png": VISUALIZE_DIR / f"ablation_{name}" / "grid.png" for name, _ in iou.ABLATION}}
+
+
+METHODS_ARGS = ("--methods", "--seeds", *map(str, SEEDS), *RESEARCH)
+EXTRACTORS_ARGS = ("--extractors", "--seeds", *map(str, SEEDS), *RESEARCH)
+SEMSEG_ARGS = ("--semseg", "--crf", "--seeds", *map(str, SEEDS), *RESEARCH)
+RW_RUN = ("--dataset", "multi", "--multi_label", *RESEARCH, "--exp_id", "rw_cam_ml")
+RW_ARGS = ("--semseg", "--crf", "affinitynet", "--refine", "rw", "--runs", "rw_cam_ml", "--no_msf", "--aff_epochs", "3",
+           "--aff_init", "run")
+
+
+def _methods_runs() -> list["train.RunConfig"]:
+    args = _iou_args(METHODS_ARGS)
+    return method_configs(base_run(args), run_prefix(args, "methods"), args.seeds)
+
+
+def _comparison_writer(argv: Sequence[str], command: Callable, stem: str, figure: str) -> Callable[[], dict]:
+    """The files ``iou.py <argv>`` writes: ``<stem>.csv``, ``<stem>.md`` and the figure ``figure``."""
+    def write() -> dict[str, Path]:
+        command(_iou_args(argv))
+        return _files(REPORT_DIR, {name: name for name in (f"{stem}.csv", f"{stem}.md", figure)})
+    return write
+
+
+def _sweep_runs() -> list["train.RunConfig"]:
+    base = base_run(_iou_args(METHODS_ARGS))
+    return [cfg for value, cfg in sweep_bases(base, SWEEP_VALUES)
+            for cfg in method_configs(cfg, sweep_prefix("methods", value), SWEEP_SEEDS.get(value, SEEDS[:1]))]
+
+
+def _write_sweep() -> dict[str, Path]:
+    comparisons.run_sweep(base_run(_iou_args(METHODS_ARGS)), SWEEP_VALUES, "methods", seeds=SEEDS[:1],
+                          seeds_at=SWEEP_SEEDS)
+    return _files(REPORT_DIR, {"sweep.csv": "sweep.csv", "sweep.md": "sweep.md", "sweep.png": "sweep.png"})
+
+
+def _semseg_runs() -> list["train.RunConfig"]:
+    args = _iou_args(SEMSEG_ARGS)
+    return semseg_configs(base_run(args, args.dataset), run_prefix(args, "semseg"), args.seeds)
+
+
+def _write_rw() -> dict[str, Path]:
+    comparisons.semseg_command(_iou_args(RW_ARGS))
+    return _files(REPORT_DIR, {"semseg_rw.csv": "semseg.csv", "semseg_rw.md": "semseg.md", "semseg_rw.png": "semseg.png"})
+
+
+BENCH_CPU = ("--device", "cpu", "--quick", "--out", str(REPORT_DIR / "bench_cpu.json"))
+BENCH_EVAL = ("--device", "cpu", "--tasks", "wsol_eval", "--rounds", "3", "--out", str(REPORT_DIR / "bench_wsol_eval_cpu.json"))
+
+
+def _measured(argv: Sequence[str]) -> Callable[[], dict[str, Path]]:
+    """A benchmark: measured once (its JSON under report/ is its run, reused like one)."""
+    out = Path(argv[argv.index("--out") + 1])
+
+    def write() -> dict[str, Path]:
+        if out.is_file():
+            print(f"reusing {out} (measured before)")
+        elif bench.main(list(argv)) != 0:
+            raise CamlabError(f"python bench.py {' '.join(argv)} failed (see above)")
+        return {out.name: out}
+    return write
+
+
+def _quote(argv: Sequence[str], script: str = "iou.py") -> str:
+    return f"python {script} " + " ".join(argv)
+
+
+PLAN: tuple[Table, ...] = (
+    Table("lab", "python main.py --mode CAM; python main.py --mode SEG --exp_id seg; python visualize.py --exp_id cam "
+          "(and seg); python visualize.py --compare cam seg; python iou.py --runs cam seg",
+          lambda: [_main_config(argv) for argv in LAB_RUNS], _write_lab),
+    Table("ablation", _quote(ABLATION_ARGS), _ablation_runs, _write_ablation),
+    Table("methods", _quote(METHODS_ARGS), _methods_runs,
+          _comparison_writer(METHODS_ARGS, comparisons.methods_command, "methods", "methods_grid.png")),
+    Table("extractors", _quote(EXTRACTORS_ARGS), lambda: [c for c in _methods_runs() if c.mode == "CAM"],
+          _comparison_writer(EXTRACTORS_ARGS, comparisons.extractors_command, "extractors", "extractors_grid.png")),
+    Table("bench_cpu", _quote(BENCH_CPU, "bench.py"), list, _measured(BENCH_CPU)),
+    Table("semseg", _quote(SEMSEG_ARGS), _semseg_runs,
+          _comparison_writer(SEMSEG_ARGS, comparisons.semseg_command, "semseg", "semseg.png")),
+    Table("sweep", "python iou.py --publish --tables sweep (settings 0, 0.85 and 1 at seeds 0 1 2, 0.25, 0.5 and 0.75 "
+          "at seed 0; " + " ".join(RESEARCH) + ")", _sweep_runs, _write_sweep),
+    Table("cv", _quote(CV_ARGS, "main.py"), lambda: [_main_config(CV_ARGS)], _write_cv),
+    Table("semseg_rw", _quote(RW_RUN, "main.py") + "; " + _quote(RW_ARGS), lambda: [_main_config(RW_RUN)], _write_rw),
+    Table("bench_wsol_eval_cpu", _quote(BENCH_EVAL, "bench.py"), list, _measured(BENCH_EVAL)),
+)
+TABLES = {t.name: t for t in PLAN}
+
+
+# ------------------------------------------------------------------------- runs and progress
+def run_seconds(cfg: "train.RunConfig") -> float | None:
+    """How long ``cfg``'s finished run took (metrics.json ``seconds``; a cross-validation: its
+    folds' epochs), None when it has not finished."""
+    if cfg.cv:
+        path = cfg.run_dir() / "cv.json"
+        if not path.is_file():
+            return None
+        folds = [read_metrics(p) for p in sorted(cfg.run_dir().glob("fold*/metrics.json"))]
+        return float(sum(sum(m.get("epoch_seconds", [])) for m in folds))
+    path = cfg.run_dir() / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = read_metrics(path)
+    except CamlabError:
+        return None
+    return None if train.differing(cfg, metrics["args"]) else float(metrics.get("seconds", 0.0))
+
+
+def _kind(cfg: "train.RunConfig") -> tuple:
+    return cfg.mode, cfg.img_size, cfg.epochs, cfg.multi_label, cfg.dataset
+
+
+def estimate(cfg: "train.RunConfig", measured: dict[tuple, list[float]]) -> float:
+    """Seconds ``cfg`` should take: the mean of this machine's finished runs of its kind (mode,
+    size, epochs, labels, dataset), else COST_112 scaled by pixels and epochs (× folds for CV)."""
+    same = measured.get(_kind(cfg))
+    if same:
+        return sum(same) / len(same)
+    base = COST_112.get(cfg.mode, max(COST_112.values()))
+    return base * (cfg.img_size / 112) ** 2 * cfg.epochs / 4 * (cfg.cv * 0.8 if cfg.cv else 1)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+@dataclass
+class Progress:
+    """The runs of the chosen tables (each once, in plan order), which of them are finished, and
+    the line printed before each run."""
+
+    runs: list["train.RunConfig"]
+    done: dict[str, float]  # exp_id -> seconds, for the finished runs
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @classmethod
+    def of(cls, plan: Sequence[Table]) -> "Progress":
+        runs = list({cfg.exp_id: cfg for table in plan for cfg in table.runs()}.values())
+        done = {cfg.exp_id: s for cfg in runs if (s := run_seconds(cfg)) is not None}
+        return cls(runs, done)
+
+    def left(self) -> float:
+        measured: dict[tuple, list[float]] = {}
+        for cfg in self.runs:
+            if cfg.exp_id in self.done and not cfg.cv:
+                measured.setdefault(_kind(cfg), []).append(self.done[cfg.exp_id])
+        return sum(estimate(cfg, measured) for cfg in self.runs if cfg.exp_id not in self.done)
+
+    def line(self, table: str, cfg: "train.RunConfig") -> str:
+        n_done = len(self.done)
+        what = "reusing" if cfg.exp_id in self.done else "training"
+        return (f"[publish {n_done + (cfg.exp_id not in self.done)}/{len(self.runs)}] {table}: {what} {cfg.exp_id} "
+                f"({cfg.mode}{' --cv ' + str(cfg.cv) if cfg.cv else ''}, {cfg.img_size} px, {cfg.epochs} epochs, seed "
+                f"{cfg.seed}); {n_done} runs done, {len(self.runs) - n_done} to train, about "
+                f"{_hours(self.left())} of training left; {_hours(time.perf_counter() - self.start)} so far")
+
+    def finish(self, cfg: "train.RunConfig") -> None:
+        seconds = run_seconds(cfg)
+        if seconds is not None:
+            self.done[cfg.exp_id] = seconds
+
+
+# -------------------------------------------------------------------------- writing the files
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def publish_files(written: dict[str, Path], out_dir: Path) -> dict[str, str]:
+    """Copy each written file to ``out_dir/<published name>`` (through a temporary file, so a
+    reader never sees half a file); returns {published name: sha256}."""
+    found = {}
+    for name, source in sorted(written.items()):
+        source = Path(source)
+        if not source.is_file():
+            raise CamlabError(f"the table's command did not write {source}")
+        target = out_dir / name
+        part = target.with_name(f".{name}.part")
+        shutil.copyfile(source, part)
+        part.replace(target)
+        found[name] = digest(target)
+    return found
+
+
+def runs_table(plan: Sequence[Table]) -> tuple[str, float]:
+    """Markdown: every finished run behind the chosen tables with its settings, test accuracy
+    and training time, and the total training time in seconds."""
+    rows, total, seen = [], 0.0, set()
+    for table in plan:
+        for cfg in table.runs():
+            if cfg.exp_id in seen or (seconds := run_seconds(cfg)) is None:
+                continue
+            seen.add(cfg.exp_id)
+            total += seconds
+            path = cfg.run_dir() / ("cv.json" if cfg.cv else "metrics.json")
+            found = json.loads(path.read_text())
+            acc = found["mean"]["test_acc"] if cfg.cv else found["test_acc"]
+            rows.append([table.name, cfg.exp_id, cfg.mode, cfg.dataset, str(cfg.img_size), str(cfg.epochs),
+                         str(cfg.seed), "-" if cfg.body_evidence is None else f"{cfg.body_evidence:g}",
+                         f"{acc:.4f}", f"{seconds:.0f}"])
+    header = ["table", "run", "mode", "dataset", "px", "epochs", "seed", "body evidence", "test acc", "train s"]
+    return tables.markdown(header, rows, [tables.LEFT] * 4 + [tables.RIGHT] * 6), total
+
+
+def read_manifest(out_dir: Path) -> dict:
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return {"tables": {}}
+    try:
+        found = json.loads(path.read_text())
+    except ValueError as err:
+        raise CamlabError(f"{path} is not JSON ({err}); move it away to publish again") from None
+    return found if isinstance(found, dict) and isinstance(found.get("tables"), dict) else {"tables": {}}
+
+
+def publish(names: Sequence[str] | None = None, out_dir: Path = PUBLISHED_DIR) -> dict:
+    """Make (or reuse) every run of the chosen tables (all by default), in plan order; write each
+    table's files and copy them to ``out_dir`` as soon as its runs are done; then ``runs.md``
+    (every run and the total training time) and ``manifest.json`` (each table's command, runs
+    and files with their sha256). Returns the manifest."""
+    plan = [t for t in PLAN if names is None or t.name in names]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress.of(plan)
+    print(f"publish: {len(plan)} tables, {len(progress.runs)} runs ({len(progress.done)} finished), about "
+          f"{_hours(progress.left())} of training left on this machine", flush=True)
+    manifest = read_manifest(out_dir)
+    for table in plan:
+        runs = table.runs()
+        started = time.perf_counter()
+        for cfg in runs:
+            print(progress.line(table.name, cfg), flush=True)
+            trained_cv(cfg) if cfg.cv else trained(cfg)
+            progress.finish(cfg)
+        files = publish_files(table.write(), out_dir)
+        manifest["tables"][table.name] = {"command": table.command, "runs": [c.exp_id for c in runs], "files": files}
+        atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        print(f"published {table.name}: {', '.join(files)} ({_hours(time.perf_counter() - started)})", flush=True)
+    text, total = runs_table(PLAN)
+    atomic_write_text(out_dir / "runs.md", f"Every finished run behind report/published/; training time in all: "
+                                           f"{total:.0f} s ({total / 3600:.2f} h) on this machine.\n\n" + text)
+    manifest["train_seconds"] = round(total)
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    print(f"publish: done in {_hours(time.perf_counter() - progress.start)}; training time of every run: "
+          f"{_hours(total)}", flush=True)
+    return manifest
+
+
+# ---------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="iou.py --publish", description=__doc__.splitlines()[0])
+    p.add_argument("--tables", nargs="+", choices=list(TABLES), default=None, metavar="TABLE",
+                   help=f"only these tables, in plan order (default: all: {', '.join(TABLES)})")
+    p.add_argument("--plan", action="store_true", help="list the tables, their commands and runs, and stop")
+    return p
+
+
+def show_plan(names: Sequence[str] | None) -> None:
+    plan = [t for t in PLAN if names is None or t.name in names]
+    progress = Progress.of(plan)
+    for table in plan:
+        runs = table.runs()
+        print(f"{table.name}: {table.command}\n  {len(runs)} runs, {sum(c.exp_id in progress.done for c in runs)} "
+              f"finished: {' '.join(c.exp_id for c in runs) or '-'}")
+    print(f"about {_hours(progress.left())} of training left on this machine")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli("iou.py --publish", lambda: show_plan(args.tables) if args.plan else publish(args.tables) and None)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
