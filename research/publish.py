@@ -79,25 +79,8 @@ def _files(folder: Path, names: dict[str, str]) -> dict[str, Path]:
     return {published: Path(folder) / written for published, written in names.items()}
 
 
-# ------------------------------------------------------------------------------- the tables
-LAB_RUNS = (("--mode", "CAM"), ("--mode", "SEG", "--exp_id", "seg"))
-
-
-def _write_lab() -> dict[str, Path]:
-    """The handout's section 3.4 for the default CAM and SEG runs: visualize.py for each, Fig. 3,
-    and ``iou.py --runs cam seg``."""
-    for exp_id in ("cam", "seg"):
-        visualize.visualize_run(exp_id)
-    compare = visualize.compare_runs(["cam", "seg"])
-    iou._report(_iou_args(["--runs", "cam", "seg"]))
-    return {**_files(REPORT_DIR, {"iou.md": "iou.md", "iou.csv": "iou.csv", "iou_full.csv": "iou_full.csv",
-                                  "iou_threshold.png": "iou_threshold.png"}),
-            "compare_cam_seg.png": compare,
-            **{f"{exp_id}_curves.png": CHECKPOINT_DIR / exp_id / "curves.png" for exp_id in ("cam", "seg")},
-            **{f"{exp_id}_grid.png": VISUALIZE_DIR / exp_id / "grid.png" for exp_id in ("cam", "seg")}}
-
-
-CV_ARGS = ("--mode", "CAM", "--cv", "5", "--exp_id", "cv5")
+def _quote(argv: Sequence[str], script: str = "iou.py") -> str:
+    return f"python {script} " + " ".join(argv)
 
 
 def trained_cv(cfg: "train.RunConfig") -> dict:
@@ -115,72 +98,6 @@ def trained_cv(cfg: "train.RunConfig") -> dict:
     return train.train_CV(dataclasses.replace(cfg, resume=cfg.run_dir().is_dir()))
 
 
-def _write_cv() -> dict[str, Path]:
-    run_dir = _main_config(CV_ARGS).run_dir()
-    return _files(run_dir, {"cv.md": "cv.md", "cv.json": "cv.json"})
-
-
-ABLATION_ARGS = ("--ablation", "--img_size", "112")
-
-
-def _ablation_runs() -> list["train.RunConfig"]:
-    args = _iou_args(ABLATION_ARGS)
-    return comparisons.table_runs(base_run(args), run_prefix(args, "ablation"), iou.ABLATION, args.cam)
-
-
-def _write_ablation() -> dict[str, Path]:
-    iou.ablation_command(_iou_args(ABLATION_ARGS))
-    return {"ablation.md": REPORT_DIR / "ablation.md",
-            **{f"{name}_grid.png": VISUALIZE_DIR / f"ablation_{name}" / "grid.png" for name, _ in iou.ABLATION}}
-
-
-METHODS_ARGS = ("--methods", "--seeds", *map(str, SEEDS), *RESEARCH)
-EXTRACTORS_ARGS = ("--extractors", "--seeds", *map(str, SEEDS), *RESEARCH)
-SEMSEG_ARGS = ("--semseg", "--crf", "--seeds", *map(str, SEEDS), *RESEARCH)
-RW_RUN = ("--dataset", "multi", "--multi_label", *RESEARCH, "--exp_id", "rw_cam_ml")
-RW_ARGS = ("--semseg", "--crf", "affinitynet", "--refine", "rw", "--runs", "rw_cam_ml", "--no_msf", "--aff_epochs", "3",
-           "--aff_init", "run")
-
-
-def _methods_runs() -> list["train.RunConfig"]:
-    args = _iou_args(METHODS_ARGS)
-    return method_configs(base_run(args), run_prefix(args, "methods"), args.seeds)
-
-
-def _comparison_writer(argv: Sequence[str], command: Callable, stem: str, figure: str) -> Callable[[], dict]:
-    """The files ``iou.py <argv>`` writes: ``<stem>.csv``, ``<stem>.md`` and the figure ``figure``."""
-    def write() -> dict[str, Path]:
-        command(_iou_args(argv))
-        return _files(REPORT_DIR, {name: name for name in (f"{stem}.csv", f"{stem}.md", figure)})
-    return write
-
-
-def _sweep_runs() -> list["train.RunConfig"]:
-    base = base_run(_iou_args(METHODS_ARGS))
-    return [cfg for value, cfg in sweep_bases(base, SWEEP_VALUES)
-            for cfg in method_configs(cfg, sweep_prefix("methods", value), SWEEP_SEEDS.get(value, SEEDS[:1]))]
-
-
-def _write_sweep() -> dict[str, Path]:
-    comparisons.run_sweep(base_run(_iou_args(METHODS_ARGS)), SWEEP_VALUES, "methods", seeds=SEEDS[:1],
-                          seeds_at=SWEEP_SEEDS)
-    return _files(REPORT_DIR, {"sweep.csv": "sweep.csv", "sweep.md": "sweep.md", "sweep.png": "sweep.png"})
-
-
-def _semseg_runs() -> list["train.RunConfig"]:
-    args = _iou_args(SEMSEG_ARGS)
-    return semseg_configs(base_run(args, args.dataset), run_prefix(args, "semseg"), args.seeds)
-
-
-def _write_rw() -> dict[str, Path]:
-    comparisons.semseg_command(_iou_args(RW_ARGS))
-    return _files(REPORT_DIR, {"semseg_rw.csv": "semseg.csv", "semseg_rw.md": "semseg.md", "semseg_rw.png": "semseg.png"})
-
-
-BENCH_CPU = ("--device", "cpu", "--quick", "--out", str(REPORT_DIR / "bench_cpu.json"))
-BENCH_EVAL = ("--device", "cpu", "--tasks", "wsol_eval", "--rounds", "3", "--out", str(REPORT_DIR / "bench_wsol_eval_cpu.json"))
-
-
 def _measured(argv: Sequence[str]) -> Callable[[], dict[str, Path]]:
     """A benchmark: measured once (its JSON under report/ is its run, reused like one)."""
     out = Path(argv[argv.index("--out") + 1])
@@ -194,28 +111,107 @@ def _measured(argv: Sequence[str]) -> Callable[[], dict[str, Path]]:
     return write
 
 
-def _quote(argv: Sequence[str], script: str = "iou.py") -> str:
-    return f"python {script} " + " ".join(argv)
+# ------------------------------------------------------------------------------- the tables
+@dataclass(frozen=True)
+class PlanSettings:
+    """What the plan's commands share: the comparisons' flags and seeds, and ``extra``, flags
+    appended to every command (the tests' tiny data and sizes; empty for the publication)."""
+
+    research: tuple[str, ...] = RESEARCH
+    seeds: tuple[int, ...] = SEEDS
+    extra: tuple[str, ...] = ()  # main.py's and iou.py's
+    extra_iou: tuple[str, ...] = ()  # iou.py's alone
 
 
-PLAN: tuple[Table, ...] = (
-    Table("lab", "python main.py --mode CAM; python main.py --mode SEG --exp_id seg; python visualize.py --exp_id cam "
-          "(and seg); python visualize.py --compare cam seg; python iou.py --runs cam seg",
-          lambda: [_main_config(argv) for argv in LAB_RUNS], _write_lab),
-    Table("ablation", _quote(ABLATION_ARGS), _ablation_runs, _write_ablation),
-    Table("methods", _quote(METHODS_ARGS), _methods_runs,
-          _comparison_writer(METHODS_ARGS, comparisons.methods_command, "methods", "methods_grid.png")),
-    Table("extractors", _quote(EXTRACTORS_ARGS), lambda: [c for c in _methods_runs() if c.mode == "CAM"],
-          _comparison_writer(EXTRACTORS_ARGS, comparisons.extractors_command, "extractors", "extractors_grid.png")),
-    Table("bench_cpu", _quote(BENCH_CPU, "bench.py"), list, _measured(BENCH_CPU)),
-    Table("semseg", _quote(SEMSEG_ARGS), _semseg_runs,
-          _comparison_writer(SEMSEG_ARGS, comparisons.semseg_command, "semseg", "semseg.png")),
-    Table("sweep", "python iou.py --publish --tables sweep (settings 0, 0.85 and 1 at seeds 0 1 2, 0.25, 0.5 and 0.75 "
-          "at seed 0; " + " ".join(RESEARCH) + ")", _sweep_runs, _write_sweep),
-    Table("cv", _quote(CV_ARGS, "main.py"), lambda: [_main_config(CV_ARGS)], _write_cv),
-    Table("semseg_rw", _quote(RW_RUN, "main.py") + "; " + _quote(RW_ARGS), lambda: [_main_config(RW_RUN)], _write_rw),
-    Table("bench_wsol_eval_cpu", _quote(BENCH_EVAL, "bench.py"), list, _measured(BENCH_EVAL)),
-)
+def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
+    """The publication's tables, in the order they are made."""
+    seeds = tuple(map(str, ps.seeds))
+    more = (*ps.extra, *ps.extra_iou)
+    lab_runs = [("--mode", "CAM", *ps.extra), ("--mode", "SEG", "--exp_id", "seg", *ps.extra)]
+    cv_args = ("--mode", "CAM", "--cv", "5", "--exp_id", "cv5", *ps.extra)
+    ablation = ("--ablation", "--img_size", "112", *more)
+    methods = ("--methods", "--seeds", *seeds, *ps.research, *more)
+    extractors = ("--extractors", "--seeds", *seeds, *ps.research, *more)
+    semseg = ("--semseg", "--crf", "--seeds", *seeds, *ps.research, *more)
+    rw_run = ("--dataset", "multi", "--multi_label", *ps.research, "--exp_id", "rw_cam_ml", *ps.extra)
+    rw = ("--semseg", "--crf", "affinitynet", "--refine", "rw", "--runs", "rw_cam_ml", "--no_msf", "--aff_epochs", "3",
+          "--aff_init", "run", *more)
+    bench_cpu = ("--device", "cpu", "--quick", "--out", str(REPORT_DIR / "bench_cpu.json"))
+    bench_eval = ("--device", "cpu", "--tasks", "wsol_eval", "--rounds", "3",
+                  "--out", str(REPORT_DIR / "bench_wsol_eval_cpu.json"))
+    sweep_seeds = {0.0: ps.seeds, 0.85: ps.seeds, 1.0: ps.seeds}
+
+    def write_lab() -> dict[str, Path]:
+        """The handout's section 3.4 for the default CAM and SEG runs: visualize.py for each,
+        Fig. 3, and ``iou.py --runs cam seg``."""
+        for exp_id in ("cam", "seg"):
+            visualize.visualize_run(exp_id)
+        compare = visualize.compare_runs(["cam", "seg"])
+        iou._report(_iou_args(["--runs", "cam", "seg", *ps.extra_iou]))
+        return {**_files(REPORT_DIR, {name: name for name in ("iou.md", "iou.csv", "iou_full.csv", "iou_threshold.png")}),
+                "compare_cam_seg.png": compare,
+                **{f"{e}_curves.png": CHECKPOINT_DIR / e / "curves.png" for e in ("cam", "seg")},
+                **{f"{e}_grid.png": VISUALIZE_DIR / e / "grid.png" for e in ("cam", "seg")}}
+
+    def ablation_runs() -> list["train.RunConfig"]:
+        args = _iou_args(ablation)
+        return comparisons.table_runs(base_run(args), run_prefix(args, "ablation"), iou.ABLATION, args.cam)
+
+    def write_ablation() -> dict[str, Path]:
+        iou.ablation_command(_iou_args(ablation))
+        return {"ablation.md": REPORT_DIR / "ablation.md",
+                **{f"ablation_{n}_grid.png": VISUALIZE_DIR / f"ablation_{n}" / "grid.png" for n, _ in iou.ABLATION}}
+
+    def methods_runs() -> list["train.RunConfig"]:
+        args = _iou_args(methods)
+        return method_configs(base_run(args), run_prefix(args, "methods"), args.seeds)
+
+    def comparison(argv: Sequence[str], command: Callable, stem: str, figure: str) -> Callable[[], dict]:
+        def write() -> dict[str, Path]:
+            command(_iou_args(argv))
+            return _files(REPORT_DIR, {name: name for name in (f"{stem}.csv", f"{stem}.md", figure)})
+        return write
+
+    def sweep_runs() -> list["train.RunConfig"]:
+        base = base_run(_iou_args(methods))
+        return [cfg for value, cfg in sweep_bases(base, SWEEP_VALUES)
+                for cfg in method_configs(cfg, sweep_prefix("methods", value), sweep_seeds.get(value, ps.seeds[:1]))]
+
+    def write_sweep() -> dict[str, Path]:
+        comparisons.run_sweep(base_run(_iou_args(methods)), SWEEP_VALUES, "methods", seeds=ps.seeds[:1],
+                              seeds_at=sweep_seeds)
+        return _files(REPORT_DIR, {name: name for name in ("sweep.csv", "sweep.md", "sweep.png")})
+
+    def semseg_runs() -> list["train.RunConfig"]:
+        args = _iou_args(semseg)
+        return semseg_configs(base_run(args, args.dataset), run_prefix(args, "semseg"), args.seeds)
+
+    def write_rw() -> dict[str, Path]:
+        comparisons.semseg_command(_iou_args(rw))
+        return _files(REPORT_DIR, {f"semseg_rw{ext}": f"semseg{ext}" for ext in (".csv", ".md", ".png")})
+
+    return (
+        Table("lab", "python main.py --mode CAM; python main.py --mode SEG --exp_id seg; python visualize.py --exp_id "
+              "cam (and seg); python visualize.py --compare cam seg; python iou.py --runs cam seg",
+              lambda: [_main_config(argv) for argv in lab_runs], write_lab),
+        Table("ablation", _quote(ablation), ablation_runs, write_ablation),
+        Table("methods", _quote(methods), methods_runs,
+              comparison(methods, comparisons.methods_command, "methods", "methods_grid.png")),
+        Table("extractors", _quote(extractors), lambda: [c for c in methods_runs() if c.mode == "CAM"],
+              comparison(extractors, comparisons.extractors_command, "extractors", "extractors_grid.png")),
+        Table("bench_cpu", _quote(bench_cpu, "bench.py"), list, _measured(bench_cpu)),
+        Table("semseg", _quote(semseg), semseg_runs, comparison(semseg, comparisons.semseg_command, "semseg", "semseg.png")),
+        Table("sweep", "python iou.py --publish --tables sweep (body evidence "
+              + ", ".join(f"{v:g}" for v in SWEEP_VALUES) + f"; seeds {' '.join(seeds)} at 0, 0.85 and 1, seed "
+              f"{seeds[0]} elsewhere; " + " ".join(ps.research) + ")", sweep_runs, write_sweep),
+        Table("cv", _quote(cv_args, "main.py"), lambda: [_main_config(cv_args)],
+              lambda: _files(_main_config(cv_args).run_dir(), {"cv.md": "cv.md", "cv.json": "cv.json"})),
+        Table("semseg_rw", _quote(rw_run, "main.py") + "; " + _quote(rw), lambda: [_main_config(rw_run)], write_rw),
+        Table("bench_wsol_eval_cpu", _quote(bench_eval, "bench.py"), list, _measured(bench_eval)),
+    )
+
+
+PLAN = make_plan()
 TABLES = {t.name: t for t in PLAN}
 
 
@@ -345,12 +341,13 @@ def read_manifest(out_dir: Path) -> dict:
     return found if isinstance(found, dict) and isinstance(found.get("tables"), dict) else {"tables": {}}
 
 
-def publish(names: Sequence[str] | None = None, out_dir: Path = PUBLISHED_DIR) -> dict:
+def publish(names: Sequence[str] | None = None, out_dir: Path = PUBLISHED_DIR, plan: Sequence[Table] = PLAN) -> dict:
     """Make (or reuse) every run of the chosen tables (all by default), in plan order; write each
     table's files and copy them to ``out_dir`` as soon as its runs are done; then ``runs.md``
     (every run and the total training time) and ``manifest.json`` (each table's command, runs
     and files with their sha256). Returns the manifest."""
-    plan = [t for t in PLAN if names is None or t.name in names]
+    every = plan
+    plan = [t for t in every if names is None or t.name in names]
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress.of(plan)
     print(f"publish: {len(plan)} tables, {len(progress.runs)} runs ({len(progress.done)} finished), about "
@@ -367,10 +364,14 @@ def publish(names: Sequence[str] | None = None, out_dir: Path = PUBLISHED_DIR) -
         manifest["tables"][table.name] = {"command": table.command, "runs": [c.exp_id for c in runs], "files": files}
         atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         print(f"published {table.name}: {', '.join(files)} ({_hours(time.perf_counter() - started)})", flush=True)
-    text, total = runs_table(PLAN)
+    text, total = runs_table(every)
     atomic_write_text(out_dir / "runs.md", f"Every finished run behind report/published/; training time in all: "
                                            f"{total:.0f} s ({total / 3600:.2f} h) on this machine.\n\n" + text)
     manifest["train_seconds"] = round(total)
+    written = {name for entry in manifest["tables"].values() for name in entry["files"]} | {MANIFEST, "runs.md"}
+    stale = sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.name not in written)
+    if stale and names is None:
+        print(f"warning: {out_dir}/ holds files no table wrote (left as they are): {', '.join(stale)}", file=sys.stderr)
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(f"publish: done in {_hours(time.perf_counter() - progress.start)}; training time of every run: "
           f"{_hours(total)}", flush=True)

@@ -1,0 +1,99 @@
+"""The publication (``iou.py --publish``): each table's runs trained once, its files copied whole
+with their digests in the manifest, and a second pass, every run reused, rewriting every file
+byte for byte."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import iou
+from camlab.utils import CamlabError
+from research import publish
+
+
+def tiny_plan(root) -> tuple[publish.Table, ...]:
+    return publish.make_plan(publish.PlanSettings(
+        research=("--weights", "none"), seeds=(0,),
+        extra=("--epochs", "1", "--img_size", "32", "--batch_size", "8", "--weights", "none", "--data_root", str(root),
+               "--device", "cpu"),
+        extra_iou=("--n_threshold", "6")))
+
+
+def test_the_plan_names_every_published_table_once_in_order() -> None:
+    names = [t.name for t in publish.PLAN]
+    assert names == ["lab", "ablation", "methods", "extractors", "bench_cpu", "semseg", "sweep", "cv", "semseg_rw",
+                     "bench_wsol_eval_cpu"]
+    methods = publish.TABLES["methods"]
+    assert methods.command == "python iou.py --methods --seeds 0 1 2 --img_size 112 --weights none"
+    runs = methods.runs()
+    assert len(runs) == 18 and {(c.img_size, c.weights, c.seed) for c in runs} == {
+        (112, "none", s) for s in (0, 1, 2)}
+    sweep = publish.TABLES["sweep"].runs()
+    # 0, 0.85 (the methods table's own runs) and 1 at three seeds, 0.25, 0.5 and 0.75 at one
+    assert len(sweep) == 6 * (3 + 1 + 1 + 1 + 3 + 3)
+    assert {c.exp_id for c in sweep} >= {c.exp_id for c in runs}
+    assert {c.body_evidence for c in sweep if c.exp_id.startswith("methods_be0.5_")} == {0.5}
+
+
+def test_the_estimate_uses_this_machines_runs_of_the_same_kind() -> None:
+    cam = publish.TABLES["methods"].runs()[0]
+    assert publish.estimate(cam, {}) == pytest.approx(publish.COST_112["CAM"])
+    assert publish.estimate(cam, {publish._kind(cam): [10.0, 30.0]}) == pytest.approx(20.0)
+    lab = publish.TABLES["lab"].runs()[0]  # 224 px: four times the pixels
+    assert publish.estimate(lab, {}) == pytest.approx(4 * publish.COST_112["CAM"])
+
+
+def two_methods(plan: tuple[publish.Table, ...]) -> publish.Table:
+    """The methods table cut to CAM and SEG (the tiny runs of its first seed): its files are
+    written by the methods table's own writer (scores, intervals against CAM, figure)."""
+    from research.wsol import wsol_report, write_methods_report
+    runs = plan[2].runs()[:2]
+
+    def write():
+        write_methods_report([wsol_report(cfg.exp_id, 6, "cpu") for cfg in runs])
+        return {name: publish.REPORT_DIR / name for name in ("methods.md", "methods.csv", "methods_grid.png")}
+    return publish.Table("methods", plan[2].command, lambda: runs, write)
+
+
+def test_publish_twice_rewrites_every_file_byte_for_byte(tiny_lab, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "report" / "published"
+    plan = tiny_plan(tiny_lab)
+    plan = (plan[0], two_methods(plan))
+    first = publish.publish(None, out, plan)
+    log = capsys.readouterr().out
+    assert "[publish 1/4] lab: training cam" in log and "[publish 4/4] methods: training methods_seg_s0" in log
+    assert log.count("published ") == 2
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"iou.md", "iou_full.csv", "iou_threshold.png", "compare_cam_seg.png", "cam_curves.png", "seg_grid.png",
+            "methods.md", "methods.csv", "methods_grid.png", "runs.md", "manifest.json"} <= set(files)
+    for table in ("lab", "methods"):
+        for name, sha in first["tables"][table]["files"].items():
+            assert publish.digest(out / name) == sha
+    assert first["tables"]["methods"]["runs"] == ["methods_cam_s0", "methods_seg_s0"]
+    runs_md = files["runs.md"].decode()
+    assert runs_md.count("| methods_") == 2 and "| lab | cam | CAM |" in runs_md
+    total = sum(json.loads((tmp_path / "checkpoints" / r / "metrics.json").read_text())["seconds"]
+                for r in ["cam", "seg", "methods_cam_s0", "methods_seg_s0"])
+    assert first["train_seconds"] == round(total)
+
+    second = publish.publish(None, out, plan)
+    log = capsys.readouterr().out
+    assert ": training " not in log and log.count("reusing checkpoints/") >= 4
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    assert second == first
+
+
+def test_iou_py_hands_publish_to_its_command_line(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    monkeypatch.setattr(iou.subprocess, "call", lambda argv, cwd: seen.append(argv) or 0)
+    assert iou.main(["--publish", "--plan"]) == 0
+    assert seen[0][1:] == ["-m", "research.publish", "--plan"]
+
+
+def test_a_damaged_manifest_is_one_line(tmp_path) -> None:
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(CamlabError, match="manifest.json is not JSON"):
+        publish.read_manifest(tmp_path)
