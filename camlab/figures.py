@@ -268,3 +268,58 @@ def plot_compare(images: list[dict], runs: dict[str, list[dict]], path: Path, ti
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_intervals(rows: dict[str, dict[str, list[tuple[float, float, float]]]], path: Path,
+                   title: str = "", reference: str = "CAM") -> None:
+    """A forest plot, one panel per measure: for each row (a method or an extractor) each seed's
+    paired-bootstrap difference from ``reference`` as a dot with its 95% interval; a line at 0.
+    An interval that lies wholly on one side of 0 is drawn solid, one that crosses 0 hollow.
+
+    rows: label -> measure label (e.g. "ΔIoU") -> [(difference, low, high) per seed].
+    """
+    measures = list(dict.fromkeys(m for per in rows.values() for m in per))
+    if not rows or not measures:
+        raise CamlabError("plot_intervals: nothing to draw (no row has an interval)")
+    labels = list(rows)
+    fig, axes = plt.subplots(1, len(measures), figsize=(3.4 * len(measures) + 1.6, 0.45 * len(labels) + 1.4),
+                             squeeze=False, sharey=True)
+    for ax, measure in zip(axes[0], measures):
+        for y, label in enumerate(labels):
+            found = rows[label].get(measure, [])
+            for k, (d, lo, hi) in enumerate(found):
+                offset = (k - (len(found) - 1) / 2) * 0.18
+                clear = lo > 0 or hi < 0
+                ax.errorbar([d], [y + offset], xerr=[[d - lo], [hi - d]], fmt="o", capsize=2, markersize=4,
+                            color="C0" if clear else "0.45", mfc="C0" if clear else "white")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set(xlabel=f"{measure} vs {reference} (95% CI per seed)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(range(len(labels)), labels, fontsize=8)
+    axes[0, 0].invert_yaxis()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_scatter(points: dict[str, tuple[list[float], list[float]]], path: Path, xlabel: str, ylabel: str,
+                 title: str = "") -> None:
+    """One point per label at the mean over seeds of (x, y), its bars the seeds' min to max:
+    e.g. each extractor's localisation (x) against its faithfulness (y).
+
+    points: label -> (x values over seeds, y values over seeds).
+    """
+    if not points:
+        raise CamlabError("plot_scatter: nothing to draw")
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    for k, (label, (xs, ys)) in enumerate(points.items()):
+        xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+        x, y = float(np.mean(xs)), float(np.mean(ys))
+        ax.errorbar([x], [y], xerr=[[x - xs.min()], [xs.max() - x]], yerr=[[y - ys.min()], [ys.max() - y]],
+                    fmt="o", capsize=3, color=f"C{k % 10}", label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)

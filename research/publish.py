@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import sys
 import time
@@ -404,3 +405,75 @@ def cli(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(cli())
+
+
+# --------------------------------------------------------------- the README quotes the files
+QUOTE = re.compile(r"(?P<head><!-- published: (?P<file>[\w.-]+)(?: table (?P<n>\d+))? -->\n)(?P<body>.*?)"
+                   r"<!-- /published -->", re.S)
+LINK = re.compile(r"report/published/([\w.-]+)")
+NUMBER = re.compile(r"(?<![\w.])[+-−]?\d+\.\d{3,}(?![\d])")
+QUOTING = ("README.md", "docs/results.md", "docs/performance.md", "docs/lab.md", "docs/methods.md", "docs/data.md")
+
+
+def _tables_of(text: str) -> list[str]:
+    """The markdown tables of ``text``: each run of lines that start with "|", with its newline."""
+    found, current = [], []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            found.append("".join(current))
+            current = []
+    return found + (["".join(current)] if current else [])
+
+
+def selection(out_dir: Path, name: str, n: int | None) -> str:
+    """What a marker quotes: the published file ``name`` whole, or its ``n``-th table."""
+    path = Path(out_dir) / name
+    if not path.is_file():
+        raise CamlabError(f"a quote names {path}, which does not exist: publish it first (python iou.py --publish)")
+    text = path.read_text()
+    if n is None:
+        return text if text.endswith("\n") else text + "\n"
+    found = _tables_of(text)
+    if not 1 <= n <= len(found):
+        raise CamlabError(f"a quote names table {n} of {path}, which has {len(found)}")
+    return found[n - 1]
+
+
+def quoted(text: str, out_dir: Path = PUBLISHED_DIR) -> str:
+    """``text`` with every ``<!-- published: FILE [table N] -->`` ... ``<!-- /published -->``
+    block holding what it names now."""
+    def fill(m: re.Match) -> str:
+        body = selection(out_dir, m.group("file"), int(m.group("n")) if m.group("n") else None)
+        return m.group("head") + body + "<!-- /published -->"
+    return QUOTE.sub(fill, text)
+
+
+def unquoted_numbers(text: str, out_dir: Path = PUBLISHED_DIR) -> list[str]:
+    """The numbers with three or more decimals in a paragraph of ``text`` that cites files under
+    report/published/ and that none of those files holds (quoted blocks are checked whole by
+    :func:`quoted` and skipped here): each "FILE(S): number"."""
+    missing = []
+    for paragraph in re.split(r"\n\s*\n", QUOTE.sub("", text)):
+        cited = sorted(set(LINK.findall(paragraph)))
+        if not cited:
+            continue
+        sources = "".join((Path(out_dir) / c).read_text(errors="replace") for c in cited
+                          if (Path(out_dir) / c).is_file() and not c.endswith(".png"))
+        for number in NUMBER.findall(paragraph):
+            plain = number.replace("−", "-").lstrip("+")
+            if plain not in sources and plain.lstrip("-") not in sources:
+                missing.append(f"{', '.join(cited)}: {number}")
+    return missing
+
+
+def quote_files(root: Path = Path("."), out_dir: Path = PUBLISHED_DIR) -> list[Path]:
+    """Refresh the quoted blocks of the README and docs/ from ``out_dir``; returns the files changed."""
+    changed = []
+    for name in QUOTING:
+        path = Path(root) / name
+        if path.is_file() and (text := path.read_text()) != (new := quoted(text, out_dir)):
+            atomic_write_text(path, new)
+            changed.append(path)
+    return changed

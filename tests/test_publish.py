@@ -97,3 +97,20 @@ def test_a_damaged_manifest_is_one_line(tmp_path) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(CamlabError, match="manifest.json is not JSON"):
         publish.read_manifest(tmp_path)
+
+
+def test_the_results_figures_draw_and_refuse_nothing(tmp_path) -> None:
+    import cv2
+
+    from camlab import figures
+    figures.plot_intervals({"SEG": {"ΔIoU": [(0.05, 0.03, 0.07), (0.01, -0.01, 0.03)]},
+                            "ACoL": {"ΔIoU": [(-0.08, -0.09, -0.06)], "ΔPxAP": [(0.0, -0.01, 0.01)]}},
+                           tmp_path / "forest.png", "t")
+    figures.plot_scatter({"CAM": ([0.6, 0.62], [0.3, 0.35]), "Grad-CAM": ([0.55], [0.4])}, tmp_path / "s.png", "x", "y")
+    for name in ("forest.png", "s.png"):
+        image = cv2.imread(str(tmp_path / name))
+        assert image is not None and image.shape[2] == 3 and min(image.shape[:2]) > 100
+    with pytest.raises(CamlabError, match="nothing to draw"):
+        figures.plot_intervals({}, tmp_path / "none.png")
+    with pytest.raises(CamlabError, match="nothing to draw"):
+        figures.plot_scatter({}, tmp_path / "none.png", "x", "y")
