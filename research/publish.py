@@ -134,6 +134,7 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
     methods = ("--methods", "--seeds", *seeds, *ps.research, *more)
     extractors = ("--extractors", "--seeds", *seeds, *ps.research, *more)
     semseg = ("--semseg", "--crf", "--seeds", *seeds, *ps.research, *more)
+    one_scale = ("--semseg", "--crf", "--no_msf", "--seeds", *seeds, *ps.research, *more)
     rw_run = ("--dataset", "multi", "--multi_label", *ps.research, "--exp_id", "rw_cam_ml", *ps.extra)
     rw = ("--semseg", "--crf", "affinitynet", "--refine", "rw", "--runs", "rw_cam_ml", "--no_msf", "--aff_epochs", "3",
           "--aff_init", "run", *more)
@@ -187,6 +188,10 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
         args = _iou_args(semseg)
         return semseg_configs(base_run(args, args.dataset), run_prefix(args, "semseg"), args.seeds)
 
+    def one_scale_writer() -> dict[str, Path]:
+        comparisons.semseg_command(_iou_args(one_scale))
+        return _files(REPORT_DIR, {f"semseg_1scale{ext}": f"semseg{ext}" for ext in (".csv", ".md", ".png")})
+
     def write_rw() -> dict[str, Path]:
         comparisons.semseg_command(_iou_args(rw))
         return _files(REPORT_DIR, {f"semseg_rw{ext}": f"semseg{ext}" for ext in (".csv", ".md", ".png")})
@@ -202,6 +207,7 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
               comparison(extractors, comparisons.extractors_command, "extractors", "extractors_grid.png")),
         Table("bench_cpu", _quote(bench_cpu, "bench.py"), list, _measured(bench_cpu)),
         Table("semseg", _quote(semseg), semseg_runs, comparison(semseg, comparisons.semseg_command, "semseg", "semseg.png")),
+        Table("semseg_1scale", _quote(one_scale), semseg_runs, one_scale_writer),
         Table("sweep", "python iou.py --publish --tables sweep (body evidence "
               + ", ".join(f"{v:g}" for v in SWEEP_VALUES) + f"; seeds {' '.join(seeds)} at 0, 0.85 and 1, seed "
               f"{seeds[0]} elsewhere; " + " ".join(ps.research) + ")", sweep_runs, write_sweep),
@@ -385,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", nargs="+", choices=list(TABLES), default=None, metavar="TABLE",
                    help=f"only these tables, in plan order (default: all: {', '.join(TABLES)})")
     p.add_argument("--plan", action="store_true", help="list the tables, their commands and runs, and stop")
+    p.add_argument("--quote", action="store_true",
+                   help="only refresh the README's and docs/' quoted blocks (<!-- published: FILE [table N] -->) "
+                        "from report/published/")
     return p
 
 
@@ -400,11 +409,15 @@ def show_plan(names: Sequence[str] | None) -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli("iou.py --publish", lambda: show_plan(args.tables) if args.plan else publish(args.tables) and None)
-
-
-if __name__ == "__main__":
-    sys.exit(cli())
+    def body() -> None:
+        if args.plan:
+            show_plan(args.tables)
+        elif args.quote:
+            changed = quote_files()
+            print(f"refreshed the quotes in {', '.join(map(str, changed))}" if changed else "every quote is up to date")
+        else:
+            publish(args.tables)
+    return run_cli("iou.py --publish", body)
 
 
 # --------------------------------------------------------------- the README quotes the files
@@ -477,3 +490,7 @@ def quote_files(root: Path = Path("."), out_dir: Path = PUBLISHED_DIR) -> list[P
             atomic_write_text(path, new)
             changed.append(path)
     return changed
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
