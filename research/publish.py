@@ -246,14 +246,20 @@ def _kind(cfg: "train.RunConfig") -> tuple:
     return cfg.mode, cfg.img_size, cfg.epochs, cfg.multi_label, cfg.dataset
 
 
-def estimate(cfg: "train.RunConfig", measured: dict[tuple, list[float]]) -> float:
+def table_cost(cfg: "train.RunConfig") -> float:
+    """COST_112 scaled by pixels and epochs (× 0.8 × folds for a cross-validation)."""
+    base = COST_112.get(cfg.mode, max(COST_112.values()))
+    return base * (cfg.img_size / 112) ** 2 * cfg.epochs / 4 * (cfg.cv * 0.8 if cfg.cv else 1)
+
+
+def estimate(cfg: "train.RunConfig", measured: dict[tuple, list[float]], speed: float = 1.0) -> float:
     """Seconds ``cfg`` should take: the mean of this machine's finished runs of its kind (mode,
-    size, epochs, labels, dataset), else COST_112 scaled by pixels and epochs (× folds for CV)."""
+    size, epochs, labels, dataset), else :func:`table_cost` times ``speed`` (how much longer
+    than that table this machine's finished runs took)."""
     same = measured.get(_kind(cfg))
     if same:
         return sum(same) / len(same)
-    base = COST_112.get(cfg.mode, max(COST_112.values()))
-    return base * (cfg.img_size / 112) ** 2 * cfg.epochs / 4 * (cfg.cv * 0.8 if cfg.cv else 1)
+    return table_cost(cfg) * speed
 
 
 def _hours(seconds: float) -> str:
@@ -277,10 +283,11 @@ class Progress:
 
     def left(self) -> float:
         measured: dict[tuple, list[float]] = {}
-        for cfg in self.runs:
-            if cfg.exp_id in self.done and not cfg.cv:
-                measured.setdefault(_kind(cfg), []).append(self.done[cfg.exp_id])
-        return sum(estimate(cfg, measured) for cfg in self.runs if cfg.exp_id not in self.done)
+        finished = [cfg for cfg in self.runs if cfg.exp_id in self.done and not cfg.cv]
+        for cfg in finished:
+            measured.setdefault(_kind(cfg), []).append(self.done[cfg.exp_id])
+        speed = (sum(self.done[c.exp_id] for c in finished) / sum(table_cost(c) for c in finished)) if finished else 1.0
+        return sum(estimate(cfg, measured, speed) for cfg in self.runs if cfg.exp_id not in self.done)
 
     def line(self, table: str, cfg: "train.RunConfig") -> str:
         n_done = len(self.done)

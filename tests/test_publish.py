@@ -42,6 +42,7 @@ def test_the_estimate_uses_this_machines_runs_of_the_same_kind() -> None:
     assert publish.estimate(cam, {publish._kind(cam): [10.0, 30.0]}) == pytest.approx(20.0)
     lab = publish.TABLES["lab"].runs()[0]  # 224 px: four times the pixels
     assert publish.estimate(lab, {}) == pytest.approx(4 * publish.COST_112["CAM"])
+    assert publish.estimate(lab, {}, speed=2.5) == pytest.approx(10 * publish.COST_112["CAM"])
 
 
 def two_methods(plan: tuple[publish.Table, ...]) -> publish.Table:
