@@ -279,3 +279,55 @@ def test_bad_shapes_and_names_are_one_line_errors() -> None:
         fa.causal_curves(red_logits, inputs, maps, classes, "erase")
     with pytest.raises(CamlabError, match="substrate"):
         fa.causal_curves(red_logits, inputs, maps, classes, "deletion", substrate="noise")
+
+
+# ------------------------------------------------------------- in the WSOL report and tables
+def _report(method: str, mode: str, drop: list[float], deletion: list[float]) -> dict:
+    n = len(drop)
+    per_image = {"drop": np.array(drop), "increase": np.zeros(n), "deletion": np.array(deletion),
+                 "insertion": np.full(n, 0.5)}
+    return {"exp_id": method, "method": method, "mode": mode, "seed": 0, "data_root": "d", "n_test": n,
+            "per_image": per_image, "avg_drop": float(np.mean(drop)), "increase_conf": 0.0,
+            "deletion_auc": float(np.mean(deletion)), "insertion_auc": 0.5, "faith_steps": 16}
+
+
+def test_lower_is_better_measures_read_their_intervals_the_other_way() -> None:
+    from research.wsol import _verdict
+    below, above = [(-0.2, -0.3, -0.1)], [(0.2, 0.1, 0.3)]
+    assert (_verdict(below, higher_is_better=False), _verdict(above, higher_is_better=False)) == ("better", "worse")
+    assert (_verdict(below), _verdict(above)) == ("worse", "better")
+    assert _verdict([(0.0, -0.1, 0.1)], higher_is_better=False) == "no clear difference"
+
+
+def test_faithfulness_summary_bootstraps_each_measure_against_cam() -> None:
+    from research.wsol import faithfulness_section, versus_cam
+    cam = _report("CAM", "CAM", [40.0, 50.0, 60.0, 30.0], [0.5, 0.6, 0.4, 0.5])
+    other = _report("other", "SEG", [10.0, 20.0, 30.0, 5.0], [0.5, 0.6, 0.4, 0.5])  # every drop 25–30 lower
+    found = versus_cam(other, cam, resamples=200)
+    assert set(found) == {"drop", "increase", "deletion", "insertion"}
+    assert found["drop"][0] == pytest.approx(-28.75)  # the means' difference: 16.25 − 45
+    assert found["drop"][2] < 0 and found["deletion"] == (0.0, 0.0, 0.0)
+    text = faithfulness_section([cam, other])
+    row = next(line for line in text.splitlines() if line.startswith("| - | other |"))
+    assert "Avg Drop: better" in row and "deletion AUC: no clear difference" in row  # lower drop: more faithful
+    assert "-28.750 [" in row
+    assert faithfulness_section([{k: v for k, v in cam.items() if k != "avg_drop"}]) == ""  # --faith_steps 0
+
+
+def test_map_faithfulness_scores_a_models_inputs_in_batches() -> None:
+    import dataloader
+    import model
+    from camlab.images import ImageSet
+    from research.wsol import map_faithfulness
+    torch.manual_seed(0)
+    net = model.CAMModel(num_classes=3, weights="none").eval()
+    images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    data = ImageSet(images, torch.tensor([0, 1, 2, 0, 1]), [str(i) for i in range(5)], ["a", "b", "c"])
+    maps = torch.rand(5, 16, 16).numpy()
+    found = map_faithfulness(net, data, maps, img_size=32, steps=4, batch=2)
+    with torch.inference_mode():
+        inputs = dataloader.to_model_input(images, 32)
+    whole = fa.faithfulness(lambda x: net(x)[0], inputs, torch.from_numpy(maps), data.labels, steps=4)
+    assert set(found) == set(whole)
+    for key in whole:
+        assert found[key] == pytest.approx(whole[key], abs=1e-6)
