@@ -172,7 +172,8 @@ def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tm
     import iou
     monkeypatch.chdir(tmp_path)
     argv = ["--methods", "--seeds", "0", "1", "--epochs", "1", "--img_size", "32", "--batch_size", "8",
-            "--weights", "none", "--data_root", str(tiny_lab), "--device", "cpu", "--n_threshold", "6"]
+            "--weights", "none", "--data_root", str(tiny_lab), "--device", "cpu", "--n_threshold", "6",
+            "--faith_steps", "2"]  # 2 deletion/insertion steps: 24 reports stay cheap
     assert iou.main(argv) == 0
     rows = list(csv.DictReader(open(tmp_path / "report" / "methods.csv")))
     names = ["cam", "seg", "acol_pp", "acol_pp_grow1", "acol_pn", "cse"]
@@ -212,7 +213,7 @@ def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tm
                                             ("Avg Drop", "Incr. Conf.", "deletion AUC", "insertion AUC"))
     capsys.readouterr()
     # --wsol evaluates every finished experiment again, without training
-    assert iou.main(["--wsol", "--device", "cpu", "--n_threshold", "6"]) == 0
+    assert iou.main(["--wsol", "--device", "cpu", "--n_threshold", "6", "--faith_steps", "2"]) == 0
     assert "epoch 1/1" not in capsys.readouterr().out
     again = list(csv.DictReader(open(tmp_path / "report" / "methods.csv")))
     assert sorted(r["experiment"] for r in again) == sorted(r["experiment"] for r in rows)
