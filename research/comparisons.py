@@ -134,7 +134,8 @@ def sweep_prefix(prefix: str, value: float) -> str:
 
 def run_sweep(base: "train.RunConfig", values: Sequence[float], prefix: str = "methods",
               n_threshold: int = 500, protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
-              report_dir: Path = REPORT_DIR, interval: float = CAM_CURVE_INTERVAL, faith_steps: int = FAITH_STEPS) -> str:
+              report_dir: Path = REPORT_DIR, interval: float = CAM_CURVE_INTERVAL,
+              faith_steps: int = FAITH_STEPS) -> str:
     """Every method at every body-evidence setting in ``values`` (each its own embedded
     dataset, generated on first use) into ``report/sweep.{csv,md}`` and ``sweep.png``: mean IoU
     and PxAP against the setting, one line per method, mean over seeds with the seeds' spread."""

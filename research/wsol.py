@@ -330,14 +330,15 @@ def faithfulness_section(reports: list[dict]) -> str:
     if not measured:
         return ""
     steps = ", ".join(str(s) for s in sorted({r["faith_steps"] for r in measured}))
-    note = ("Faithfulness of the same maps to the model (docs/methods.md, \"Faithfulness\"), the labelled class's "
-            "softmax probability: Average Drop (%) = 100 · mean of max(0, Y − O)/Y and Increase in Confidence (%) = "
-            "100 · share of O > Y (Chattopadhay et al. 2018), Y on the image, O on the 0–1 image times the min-max "
-            "normalised map; deletion and insertion AUC (Petsiuk et al. 2018, RISE) of the probability as the "
-            f"most salient pixels are replaced, in {steps} equal steps (--faith_steps): deletion replaces them with the mean "
-            "colour (RISE's zeros of the normalised input), insertion starts from the image blurred (RISE's kernel 11, "
-            "sigma 5) and puts them back. Lower is better for Average Drop and deletion (↓), higher for Increase in Confidence and "
-            "insertion; \"better\" means more faithful than CAM on every seed's paired bootstrap interval.\n\n")
+    note = ("Faithfulness of the same maps to the model (docs/methods.md, \"Faithfulness\"), the labelled "
+            "class's softmax probability: Average Drop (%) = 100 · mean of max(0, Y − O)/Y and Increase in "
+            "Confidence (%) = 100 · share of O > Y (Chattopadhay et al. 2018), Y on the image, O on the 0–1 image "
+            "times the min-max normalised map; deletion and insertion AUC (Petsiuk et al. 2018, RISE) of the "
+            f"probability as the most salient pixels are replaced, in {steps} equal steps (--faith_steps): deletion "
+            "replaces them with the mean colour (RISE's zeros of the normalised input), insertion starts from the "
+            "image blurred (RISE's kernel 11, sigma 5) and puts them back. Lower is better for Average Drop and "
+            "deletion (↓), higher for Increase in Confidence and insertion; \"better\" means more faithful than CAM "
+            "on every seed's paired bootstrap interval.\n\n")
     return "\n### Faithfulness\n\n" + note + summary_table(measured, FAITH_COLUMNS, FAITHFULNESS)
 
 

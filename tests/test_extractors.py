@@ -97,7 +97,8 @@ def test_extractors_command_scores_every_extractor_against_cam(tiny_lab, tmp_pat
     import iou
     monkeypatch.chdir(tmp_path)
     argv = ["--extractors", "gradcam", "layercam", "--epochs", "1", "--img_size", "32", "--batch_size", "8",
-            "--weights", "none", "--data_root", str(tiny_lab), "--device", "cpu", "--n_threshold", "6"]
+            "--weights", "none", "--data_root", str(tiny_lab), "--device", "cpu", "--n_threshold", "6",
+            "--faith_steps", "2"]
     assert iou.main(argv) == 0
     rows = list(csv.DictReader(open(tmp_path / "report" / "extractors.csv")))
     assert [(r["experiment"], r["method"]) for r in rows] == [
@@ -115,7 +116,8 @@ def test_extractors_command_scores_every_extractor_against_cam(tiny_lab, tmp_pat
     assert all(0 <= float(r["avg_drop"]) <= 100 and 0 <= float(r["deletion_auc"]) <= 1 for r in rows)
     assert (tmp_path / "report" / "extractors_grid.png").stat().st_size > 0
     # --wsol --extractor reads the same maps as the comparison's row
-    assert iou.main(["--wsol", "--extractor", "gradcam", "--device", "cpu", "--n_threshold", "6"]) == 0
+    assert iou.main(["--wsol", "--extractor", "gradcam", "--device", "cpu", "--n_threshold", "6",
+                     "--faith_steps", "2"]) == 0
     again = list(csv.DictReader(open(tmp_path / "report" / "methods.csv")))
     assert [r["pxap"] for r in again] == [rows[1]["pxap"]]
 
