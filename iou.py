@@ -42,6 +42,7 @@ from camlab.affinity import PAIR_FORMS
 from camlab.boxes import DEFAULT_PROTOCOL, PROTOCOLS
 from camlab.crf import CRF_VARIANTS
 from camlab.extractors import DEFAULT_EXTRACTOR, EXTRACTORS
+from camlab.faithfulness import FAITH_STEPS
 from camlab.images import read_mask, read_mask_dir
 from camlab.metrics import THRESHOLD_GRID, as_bool, batch_iou
 from camlab.scoremaps import WSOL_INTERVAL
@@ -257,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cam_curve_interval", type=float, default=WSOL_INTERVAL,
                         help="the CAM threshold step of PxAP and MaxBoxAcc (--wsol, --methods, --extractors, --sweep, "
                              "--scoremaps): arange(0, 1, step), wsolevaluation's default")
+    parser.add_argument("--faith_steps", type=int, default=FAITH_STEPS,
+                        help="the deletion and insertion AUC's equal steps over the image's pixels (--wsol, --methods, "
+                             "--extractors, --sweep; RISE's curves, docs/methods.md \"Faithfulness\"); 0 leaves the "
+                             "faithfulness measures out")
     maps = parser.add_argument_group("score maps that any method brings (with --wsol; wsolevaluation's evaluation.py)")
     maps.add_argument("--scoremaps", type=Path, default=None, metavar="DIR",
                       help="score DIR/<image_id>.npy (one float map in [0, 1] per image, as wsolevaluation's "
@@ -369,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         check_range("--n_threshold", args.n_threshold, 1, 1_000_000, why="training images that choose a threshold")
         check_range("--aff_epochs", args.aff_epochs, 1, 10_000, why="epochs of the affinity network")
         check_range("--aff_radius", args.aff_radius, 2, 64, why="a pair radius on the feature grid")
+        check_range("--faith_steps", args.faith_steps, 0, 1_000_000, why="deletion/insertion steps (0: none)")
         for seed in args.seeds or []:
             check_range("--seeds", seed, 0, SEED_MAX, why="a random seed")
         if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):

@@ -16,6 +16,7 @@ from camlab import figures, synthetic
 from camlab.boxes import DEFAULT_PROTOCOL
 from camlab.crf import CRF_DEFAULT_VARIANTS
 from camlab.extractors import EXTRACTOR_NAMES, EXTRACTORS
+from camlab.faithfulness import FAITH_STEPS
 from camlab.metrics import CAM_CURVE_INTERVAL
 from camlab.runs import read_metrics
 from camlab.utils import REPORT_DIR, CamlabError, atomic_write_text
@@ -91,27 +92,29 @@ def method_configs(base: "train.RunConfig", prefix: str = "methods",
 
 def method_reports(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
                    protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
-                   interval: float = CAM_CURVE_INTERVAL) -> list[dict]:
+                   interval: float = CAM_CURVE_INTERVAL, faith_steps: int = FAITH_STEPS) -> list[dict]:
     """Train (or reuse) every METHODS run at every seed (``<prefix>_<name>_s<seed>``), then
     score each with :func:`wsol_report`."""
     configs = method_configs(base, prefix, seeds)
     for cfg in configs:
         trained(cfg)
-    reports = [wsol_report(cfg.exp_id, n_threshold, cfg.device, protocol, interval=interval) for cfg in configs]
+    reports = [wsol_report(cfg.exp_id, n_threshold, cfg.device, protocol, interval=interval, faith_steps=faith_steps)
+               for cfg in configs]
     return [r for r in reports if r is not None]
 
 
 def run_methods(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
                 protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
-                interval: float = CAM_CURVE_INTERVAL) -> str:
+                interval: float = CAM_CURVE_INTERVAL, faith_steps: int = FAITH_STEPS) -> str:
     """:func:`method_reports` into ``report/methods.{csv,md}`` and ``report/methods_grid.png``."""
-    return write_methods_report(method_reports(base, prefix, n_threshold, protocol, seeds, interval))
+    return write_methods_report(method_reports(base, prefix, n_threshold, protocol, seeds, interval, faith_steps))
 
 
 # ---------------------------------------------------------------------- extractors compared
 def extractor_reports(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
                       protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
-                      extractors: Sequence[str] = tuple(EXTRACTORS), interval: float = CAM_CURVE_INTERVAL) -> list[dict]:
+                      extractors: Sequence[str] = tuple(EXTRACTORS), interval: float = CAM_CURVE_INTERVAL,
+                      faith_steps: int = FAITH_STEPS) -> list[dict]:
     """Every extractor on the plain CAM run of the methods comparison at each seed
     (``<prefix>_cam_s<seed>``, trained when missing): one :func:`wsol_report` per (seed,
     extractor), its ``method`` the extractor's name, so that the methods tables and their
@@ -125,7 +128,7 @@ def extractor_reports(base: "train.RunConfig", prefix: str = "methods", n_thresh
         model_measures: dict = {}
         for name in dict.fromkeys(("cam", *extractors)):  # CAM first: every other is compared with it
             report = wsol_report(exp, n_threshold, cfg.device, protocol, extractor=name, diagnose=name == "cam",
-                                 interval=interval)
+                                 interval=interval, faith_steps=faith_steps)
             if report is None:
                 continue
             if name == "cam":
@@ -149,7 +152,7 @@ def sweep_bases(base: "train.RunConfig", values: Sequence[float]) -> list[tuple[
 def run_sweep(base: "train.RunConfig", values: Sequence[float], prefix: str = "methods",
               n_threshold: int = 500, protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
               report_dir: Path = REPORT_DIR, interval: float = CAM_CURVE_INTERVAL,
-              seeds_at: dict[float, Sequence[int]] | None = None) -> str:
+              faith_steps: int = FAITH_STEPS, seeds_at: dict[float, Sequence[int]] | None = None) -> str:
     """Every method at every body-evidence setting in ``values`` (each its own embedded
     dataset, generated on first use) into ``report/sweep.{csv,md}`` and ``sweep.png``: mean IoU
     and PxAP against the setting, one line per method, mean over seeds with the seeds' spread.
@@ -158,7 +161,7 @@ def run_sweep(base: "train.RunConfig", values: Sequence[float], prefix: str = "m
     reports = []
     for value, cfg in sweep_bases(base, values):
         reports += method_reports(cfg, sweep_prefix(prefix, value), n_threshold, protocol,
-                                  (seeds_at or {}).get(value, seeds), interval)
+                                  (seeds_at or {}).get(value, seeds), interval, faith_steps)
     seeds = sorted({r["seed"] for r in reports})
     csv_text, _ = methods_table(reports)
     atomic_write_text(Path(report_dir) / "sweep.csv", csv_text)
@@ -244,7 +247,8 @@ def methods_command(args) -> None:
     """``python iou.py --methods [--seeds ...]``."""
     seeds = args.seeds or [args.seed]
     print(timed("methods", lambda: run_methods(base_run(args), run_prefix(args, "methods"), args.n_threshold,
-                                                args.protocol, seeds, args.cam_curve_interval)), end="")
+                                                args.protocol, seeds, args.cam_curve_interval,
+                                                args.faith_steps)), end="")
 
 
 def sweep_command(args) -> None:
@@ -252,7 +256,8 @@ def sweep_command(args) -> None:
     seeds = args.seeds or [args.seed]
     values = args.sweep_values
     print(timed("sweep", lambda: run_sweep(base_run(args), values, args.prefix or "methods", args.n_threshold,
-                                            args.protocol, seeds, interval=args.cam_curve_interval)), end="")
+                                            args.protocol, seeds, interval=args.cam_curve_interval,
+                                            faith_steps=args.faith_steps)), end="")
 
 
 def extractors_command(args) -> None:
@@ -260,7 +265,7 @@ def extractors_command(args) -> None:
     seeds = args.seeds or [args.seed]
     print(timed("extractors", lambda: write_extractors_report(extractor_reports(
         base_run(args), run_prefix(args, "methods"), args.n_threshold, args.protocol, seeds,
-        args.extractors or tuple(EXTRACTORS), args.cam_curve_interval))), end="")
+        args.extractors or tuple(EXTRACTORS), args.cam_curve_interval, args.faith_steps))), end="")
 
 
 def wsol_command(args) -> None:
@@ -268,7 +273,8 @@ def wsol_command(args) -> None:
     reports = []
     for exp_id in finished_experiments():
         report = wsol_report(exp_id, args.n_threshold, args.device, args.protocol, args.extractor,
-                             interval=args.cam_curve_interval, strict_boxes=args.strict_boxes)
+                             interval=args.cam_curve_interval, strict_boxes=args.strict_boxes,
+                             faith_steps=args.faith_steps)
         if report is None:
             print(f"skipping {exp_id}: its test split has no boxes or masks")
         else:

@@ -168,10 +168,10 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
         args = _iou_args(methods)
         return method_configs(base_run(args), run_prefix(args, "methods"), args.seeds)
 
-    def comparison(argv: Sequence[str], command: Callable, stem: str, figure: str) -> Callable[[], dict]:
+    def comparison(argv: Sequence[str], command: Callable, stem: str, *figures: str) -> Callable[[], dict]:
         def write() -> dict[str, Path]:
             command(_iou_args(argv))
-            return _files(REPORT_DIR, {name: name for name in (f"{stem}.csv", f"{stem}.md", figure)})
+            return _files(REPORT_DIR, {name: name for name in (f"{stem}.csv", f"{stem}.md", *figures)})
         return write
 
     def sweep_runs() -> list["train.RunConfig"]:
@@ -202,9 +202,11 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
               lambda: [_main_config(argv) for argv in lab_runs], write_lab),
         Table("ablation", _quote(ablation), ablation_runs, write_ablation),
         Table("methods", _quote(methods), methods_runs,
-              comparison(methods, comparisons.methods_command, "methods", "methods_grid.png")),
+              comparison(methods, comparisons.methods_command, "methods", "methods_grid.png", "methods_intervals.png",
+                         "methods_faithful.png")),
         Table("extractors", _quote(extractors), lambda: [c for c in methods_runs() if c.mode == "CAM"],
-              comparison(extractors, comparisons.extractors_command, "extractors", "extractors_grid.png")),
+              comparison(extractors, comparisons.extractors_command, "extractors", "extractors_grid.png",
+                         "extractors_intervals.png", "extractors_faithful.png")),
         Table("bench_cpu", _quote(bench_cpu, "bench.py"), list, _measured(bench_cpu)),
         Table("semseg", _quote(semseg), semseg_runs, comparison(semseg, comparisons.semseg_command, "semseg", "semseg.png")),
         Table("semseg_1scale", _quote(one_scale), semseg_runs, one_scale_writer),

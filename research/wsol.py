@@ -1,4 +1,4 @@
-"""The WSOL report of a finished run (mean IoU, PxAP, MaxBoxAccV2, top-1 and GT-known localisation, the embedded benchmark's diagnostics) and the tables that compare runs over seeds with paired bootstrap intervals against plain CAM.
+"""The WSOL report of a finished run (mean IoU, PxAP, MaxBoxAccV2, top-1 and GT-known localisation, the faithfulness of its maps, the embedded benchmark's diagnostics) and the tables that compare runs over seeds with paired bootstrap intervals against plain CAM.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from camlab import figures, formats, synthetic, tables
 from camlab.boxes import BOX_FRACTION, DEFAULT_PROTOCOL, Box, get_protocol, localization_accuracy, mask_box, max_box_acc
 from camlab.cams import minmax, select_class
 from camlab.extractors import DEFAULT_EXTRACTOR, EXTRACTOR_NAMES
+from camlab.faithfulness import FAITH_BATCH, FAITH_STEPS, faithfulness
 from camlab.images import ImageSet
 from camlab.metrics import (BOOTSTRAP_RESAMPLES, CAM_CURVE_INTERVAL, mean_statistic, paired_bootstrap, pixel_histograms,
                             pxap_from_histograms, pxap_statistic)
@@ -23,8 +24,13 @@ from research.experiments import Experiment, _batched, _localization, mask_parts
 
 # ------------------------------------------------------------------ methods compared (WSOL)
 # methods.csv / methods.md columns: (key in a wsol_report, header)
+# The faithfulness of the maps (camlab.faithfulness; Average Drop and Increase in Confidence in
+# percent, the AUCs in [0, 1]); ↓: lower is more faithful
+FAITH_COLUMNS = (("avg_drop", "Avg Drop % ↓"), ("increase_conf", "Incr. Conf. %"),
+                 ("deletion_auc", "deletion AUC ↓"), ("insertion_auc", "insertion AUC"))
 METHOD_COLUMNS = (("test_acc", "test acc"), ("test_iou", "mean IoU"), ("pxap", "PxAP"),
-                  ("max_box_acc_v2", "MaxBoxAccV2"), ("top1_loc", "top-1 loc"), ("gt_known_loc", "GT-known loc"))
+                  ("max_box_acc_v2", "MaxBoxAccV2"), ("top1_loc", "top-1 loc"),
+                  ("gt_known_loc", "GT-known loc")) + FAITH_COLUMNS
 
 
 # The embedded benchmark's diagnostics (only for runs on it): what the model looks at.
@@ -38,7 +44,8 @@ BASELINE_MODE = "CAM"  # every comparison is against the lab's CAM (camlab.metho
 
 def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str = "auto",
                 protocol: str = DEFAULT_PROTOCOL, extractor: str = DEFAULT_EXTRACTOR,
-                diagnose: bool = True, interval: float = CAM_CURVE_INTERVAL, strict_boxes: bool = False) -> dict | None:
+                diagnose: bool = True, interval: float = CAM_CURVE_INTERVAL, strict_boxes: bool = False,
+                faith_steps: int = FAITH_STEPS) -> dict | None:
     """Every measure of the methods table for ``exp_id`` on its test split, as fractions; None
     when the test split has no ground truth (cifar10, folder, a lab tree without test_masks/).
     Measures that need what the dataset lacks are left out: boxes only (wsol's CUB and ILSVRC)
@@ -57,7 +64,9 @@ def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str 
     that the paired bootstrap resamples are kept under ``per_image``. Every map comes from
     ``extractor`` (``EXTRACTORS``; camlab's CAM by default), named in ``method`` when it is
     another. ``exp_id`` may be a loaded :class:`Experiment`: its test split, ground truth and
-    extractor maps are then read once for every report on it.
+    extractor maps are then read once for every report on it. The faithfulness of the same maps
+    (:func:`map_faithfulness`, deletion and insertion in ``faith_steps`` steps; 0 leaves them
+    out): ``avg_drop`` and ``increase_conf`` (percent), ``deletion_auc`` and ``insertion_auc``.
     """
     exp = exp_id if isinstance(exp_id, Experiment) else Experiment.load(exp_id, device)
     test_set, truth = exp.test
@@ -87,11 +96,32 @@ def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str 
     if boxes is not None:
         report.update(max_box_acc_v2=max_box_acc(cams, boxes, interval=interval, protocol=protocol)["mean"],
                       **localization_accuracy(cams, preds, labels, boxes, protocol=protocol))
+    if faith_steps:
+        faith = map_faithfulness(exp.net, test_set, cams, exp.cfg.img_size, faith_steps)
+        per_image.update(faith)
+        report.update(avg_drop=float(faith["drop"].mean()), increase_conf=float(faith["increase"].mean()),
+                      deletion_auc=float(faith["deletion"].mean()), insertion_auc=float(faith["insertion"].mean()),
+                      faith_steps=faith_steps)
     report["per_image"] = per_image
     if meta is not None and meta.get("version") == synthetic.SYNTHETIC_VERSION and masks is not None:
         report.update(diagnostics(exp, cams, masks, meta, with_accuracy=diagnose))
     report["examples"] = _examples(test_set, cams, boxes or [[]] * len(test_set), protocol, metadata_boxes)
     return report
+
+
+def map_faithfulness(net: "model.CAMModel", data: ImageSet, maps: np.ndarray, img_size: int,
+                     steps: int = FAITH_STEPS, batch: int = FAITH_BATCH) -> dict[str, np.ndarray]:
+    """:func:`camlab.faithfulness.faithfulness` of ``maps`` (N×H×W in [0, 1], each of its
+    image's labelled class) on ``net``'s inputs of ``data`` (``dataloader.to_model_input``, the
+    maps resized to ``img_size`` where the stored images differ), ``batch`` images at a time:
+    per image ``y``, ``o``, ``drop``, ``increase``, ``deletion``, ``insertion`` (float64 N each)."""
+    parts, maps = [], torch.from_numpy(np.ascontiguousarray(maps))
+    for idx in torch.arange(len(data), device=data.images.device).split(batch):
+        with torch.inference_mode():
+            inputs = dataloader.to_model_input(data.images[idx], img_size)
+        parts.append(faithfulness(lambda x: net(x)[0], inputs, maps[idx.cpu()].to(inputs.device), data.labels[idx],
+                                  steps, batch))
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
 def _examples(data: ImageSet, cams: np.ndarray, boxes: list, protocol: str,
@@ -215,41 +245,61 @@ def _reference(report: dict, reports: list[dict]) -> dict | None:
                  and r["data_root"] == report["data_root"] and r.get("metadata") == report.get("metadata")), None)
 
 
+def _mean_of(key: str):
+    return lambda per_image: mean_statistic(per_image[key]) if key in per_image else None
+
+
+# The measures compared with CAM by the paired bootstrap: name -> (label, the statistic of a
+# report's per-image values (None where the report lacks them), whether higher is better)
+COMPARED = {"iou": ("IoU", _mean_of("iou"), True),
+            "pxap": ("PxAP", lambda p: pxap_statistic(p["fg"], p["bg"]) if "fg" in p else None, True),
+            "drop": ("Avg Drop", _mean_of("drop"), False), "increase": ("Incr. Conf.", _mean_of("increase"), True),
+            "deletion": ("deletion AUC", _mean_of("deletion"), False),
+            "insertion": ("insertion AUC", _mean_of("insertion"), True)}
+LOCALISATION = ("iou", "pxap")
+FAITHFULNESS = ("drop", "increase", "deletion", "insertion")
+
+
 def versus_cam(report: dict, cam: dict, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, tuple[float, float, float]]:
     """The paired per-image bootstrap (:func:`iou.paired_bootstrap`) of ``report`` minus the CAM
-    run ``cam`` on the same test images: mean IoU and PxAP, each (difference, low, high)."""
+    run ``cam`` on the same test images: each measure of ``COMPARED`` both have (mean IoU, PxAP,
+    the faithfulness means), each (difference, low, high)."""
     a, b = report["per_image"], cam["per_image"]
     if report["n_test"] != cam["n_test"]:
         raise CamlabError(f"{report['exp_id']} and {cam['exp_id']} were scored on different test sets")
-    n, found = report["n_test"], {}
-    if "iou" in a and "iou" in b:
-        found["iou"] = paired_bootstrap(mean_statistic(a["iou"]), mean_statistic(b["iou"]), n, resamples)
-    if "fg" in a and "fg" in b:
-        found["pxap"] = paired_bootstrap(pxap_statistic(a["fg"], a["bg"]), pxap_statistic(b["fg"], b["bg"]), n,
-                                         resamples)
+    found = {}
+    for name, (_, statistic, _) in COMPARED.items():
+        ours, theirs = statistic(a), statistic(b)
+        if ours is not None and theirs is not None:
+            found[name] = paired_bootstrap(ours, theirs, report["n_test"], resamples)
     return found
 
 
-def _verdict(intervals: list[tuple[float, float, float]]) -> str:
-    """"better" / "worse" when every seed's interval lies above / below 0, else "no clear difference"."""
-    if intervals and all(low > 0 for _, low, _ in intervals):
-        return "better"
-    if intervals and all(high < 0 for _, _, high in intervals):
-        return "worse"
+def _verdict(intervals: list[tuple[float, float, float]], higher_is_better: bool = True) -> str:
+    """"better" / "worse" when every seed's interval lies above / below 0 (below / above where
+    lower is better), else "no clear difference"."""
+    above = intervals and all(low > 0 for _, low, _ in intervals)
+    below = intervals and all(high < 0 for _, _, high in intervals)
+    if above or below:
+        return "better" if bool(above) == higher_is_better else "worse"
     return "no clear difference"
 
 
-def summary_table(reports: list[dict]) -> str:
-    """Markdown: one row per (dataset, method), each measure as mean ± std over its seeds, and
-    per seed the paired bootstrap 95% interval of its mean IoU and PxAP minus the same seed's
-    plain CAM; the verdict counts only where every seed's interval excludes 0."""
+SUMMARY_KEYS = (("test_iou", "mean IoU"), ("pxap", "PxAP"), ("max_box_acc_v2", "MaxBoxAccV2"),
+                ("acc_body", "body-only acc"), ("on_body", "body ≥0.5"), ("on_background", "background ≥0.5"))
+
+
+def summary_table(reports: list[dict], keys: Sequence[tuple[str, str]] = SUMMARY_KEYS,
+                  compared: Sequence[str] = LOCALISATION) -> str:
+    """Markdown: one row per (dataset, method), each measure of ``keys`` as mean ± std over its
+    seeds, and per seed the paired bootstrap 95% interval of each ``compared`` measure
+    (``COMPARED``; mean IoU and PxAP by default) minus the same seed's plain CAM; the verdict
+    counts only where every seed's interval excludes 0, and "better" is the measure's better side."""
     groups: dict[tuple, list[dict]] = {}
     for r in reports:
         groups.setdefault((r["data_root"], r.get("metadata"), r.get("body_evidence"), r["method"]), []).append(r)
-    keys = [("test_iou", "mean IoU"), ("pxap", "PxAP"), ("max_box_acc_v2", "MaxBoxAccV2"),
-            ("acc_body", "body-only acc"), ("on_body", "body ≥0.5"), ("on_background", "background ≥0.5")]
     header = (["body evidence", "method", "seeds"] + [h for _, h in keys]
-              + ["ΔIoU vs CAM, 95% CI per seed", "ΔPxAP vs CAM, 95% CI per seed", "beats CAM?"])
+              + [f"Δ{COMPARED[name][0]} vs CAM, 95% CI per seed" for name in compared] + ["beats CAM?"])
     rows = []
     for (_, _, dial, method), group in groups.items():
         group = sorted(group, key=lambda r: r["seed"])
@@ -258,18 +308,38 @@ def summary_table(reports: list[dict]) -> str:
             values = np.array([r.get(key, np.nan) for r in group], dtype=np.float64)
             cells.append("-" if np.isnan(values).all() else
                          f"{np.nanmean(values):.4f} ± {np.nanstd(values, ddof=1) if len(values) > 1 else 0:.4f}")
-        iou_ci, pxap_ci = [], []
+        found: dict[str, list] = {name: [] for name in compared}
         for r in group:
             cam = _reference(r, reports)
             if cam is not None and cam is not r:
-                found = versus_cam(r, cam)
-                iou_ci += [found["iou"]] if "iou" in found else []
-                pxap_ci += [found["pxap"]] if "pxap" in found else []
-        verdict = "; ".join(f"{what}: {_verdict(ci)}" for what, ci in (("IoU", iou_ci), ("PxAP", pxap_ci)) if ci) or "-"
+                versus = versus_cam(r, cam)
+                for name in compared:
+                    found[name] += [versus[name]] if name in versus else []
+        verdict = "; ".join(f"{COMPARED[name][0]}: {_verdict(found[name], COMPARED[name][2])}"
+                            for name in compared if found[name]) or "-"
         rows.append(["-" if dial is None else f"{dial:g}", method, ", ".join(str(r["seed"]) for r in group)]
-                    + cells + [_intervals(iou_ci), _intervals(pxap_ci), verdict])
+                    + cells + [_intervals(found[name]) for name in compared] + [verdict])
     return tables.markdown(header, rows, [tables.RIGHT] + [tables.LEFT] * 2 + [tables.RIGHT] * len(keys)
-                           + [tables.LEFT] * 3)
+                           + [tables.LEFT] * (len(compared) + 1))
+
+
+def faithfulness_section(reports: list[dict]) -> str:
+    """Markdown: the faithfulness summary (:func:`summary_table` of ``FAITH_COLUMNS`` and
+    ``FAITHFULNESS``) under its heading and note, or "" when no report measured it."""
+    measured = [r for r in reports if "avg_drop" in r]
+    if not measured:
+        return ""
+    steps = ", ".join(str(s) for s in sorted({r["faith_steps"] for r in measured}))
+    note = ("Faithfulness of the same maps to the model (docs/methods.md, \"Faithfulness\"), the labelled "
+            "class's softmax probability: Average Drop (%) = 100 · mean of max(0, Y − O)/Y and Increase in "
+            "Confidence (%) = 100 · share of O > Y (Chattopadhay et al. 2018), Y on the image, O on the 0–1 image "
+            "times the min-max normalised map; deletion and insertion AUC (Petsiuk et al. 2018, RISE) of the "
+            f"probability as the most salient pixels are replaced, in {steps} equal steps (--faith_steps): deletion "
+            "replaces them with the mean colour (RISE's zeros of the normalised input), insertion starts from the "
+            "image blurred (RISE's kernel 11, sigma 5) and puts them back. Lower is better for Average Drop and "
+            "deletion (↓), higher for Increase in Confidence and insertion; \"better\" means more faithful than CAM "
+            "on every seed's paired bootstrap interval.\n\n")
+    return "\n### Faithfulness\n\n" + note + summary_table(measured, FAITH_COLUMNS, FAITHFULNESS)
 
 
 def _intervals(found: list[tuple[float, float, float]]) -> str:
@@ -321,18 +391,50 @@ def write_methods_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> 
                              f"\n### Each ACoL head's map\n\n{heads}" if heads else "", lambda r: r["exp_id"])
 
 
+def _by_method(reports: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in reports:
+        groups.setdefault(r["method"], []).append(r)
+    return groups
+
+
+def intervals_by_method(reports: list[dict]) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
+    """method -> "Δ<measure>" -> each seed's (difference, low, high) against the same seed's
+    plain CAM (:func:`versus_cam`), for every method but CAM itself."""
+    rows: dict[str, dict[str, list]] = {}
+    for method, group in _by_method(reports).items():
+        for r in sorted(group, key=lambda r: r["seed"]):
+            cam = _reference(r, reports)
+            if cam is None or cam is r:
+                continue
+            for name, found in versus_cam(r, cam).items():
+                rows.setdefault(method, {}).setdefault(f"Δ{COMPARED[name][0]}", []).append(found)
+    return rows
+
+
 def _write_comparison(reports: list[dict], report_dir: Path, stem: str, note: str, rows_heading: str, extra: str,
                       row_label, title: str = "") -> str:
     """``<stem>.csv`` (every report), ``<stem>.md`` (``note``, the summary over seeds with
     intervals against CAM, every report, ``extra``) and ``<stem>_grid.png`` (the first seed's
     reports, one row each, labelled ``row_label(report)``); returns the markdown."""
     csv_text, md = methods_table(reports)
-    text = note + summary_table(reports) + f"\n### {rows_heading}\n\n" + md + extra
+    text = note + summary_table(reports) + faithfulness_section(reports) + f"\n### {rows_heading}\n\n" + md + extra
     atomic_write_text(report_dir / f"{stem}.csv", csv_text)
     atomic_write_text(report_dir / f"{stem}.md", text)
     first_seed = min(r["seed"] for r in reports)
     first = [r for r in reports if r["seed"] == first_seed]
     figures.plot_methods({row_label(r): r["examples"] for r in first}, report_dir / f"{stem}_grid.png", title)
+    rows = intervals_by_method(reports)
+    if rows:
+        figures.plot_intervals(rows, report_dir / f"{stem}_intervals.png",
+                               f"{stem}: each seed's paired bootstrap difference from plain CAM on the same test images "
+                               f"(solid: the interval excludes 0; Avg Drop and deletion: lower is more faithful)")
+    points = {m: ([r["pxap"] for r in rs], [r["insertion_auc"] for r in rs]) for m, rs in _by_method(reports).items()
+              if all("pxap" in r and "insertion_auc" in r for r in rs)}
+    if points:
+        figures.plot_scatter(points, report_dir / f"{stem}_faithful.png", "PxAP (localises: higher is better)",
+                             "insertion AUC (faithful: higher is better)",
+                             f"{stem}: localisation against faithfulness, mean over seeds (bars: min to max)")
     return text
 
 

@@ -97,7 +97,8 @@ def test_extractors_command_scores_every_extractor_against_cam(tiny_lab, tmp_pat
     import iou
     monkeypatch.chdir(tmp_path)
     argv = ["--extractors", "gradcam", "layercam", "--epochs", "1", "--img_size", "32", "--batch_size", "8",
-            "--weights", "none", "--data_root", str(tiny_lab), "--device", "cpu", "--n_threshold", "6"]
+            "--weights", "none", "--data_root", str(tiny_lab), "--device", "cpu", "--n_threshold", "6",
+            "--faith_steps", "2"]
     assert iou.main(argv) == 0
     rows = list(csv.DictReader(open(tmp_path / "report" / "extractors.csv")))
     assert [(r["experiment"], r["method"]) for r in rows] == [
@@ -105,12 +106,18 @@ def test_extractors_command_scores_every_extractor_against_cam(tiny_lab, tmp_pat
     metrics = json.loads((tmp_path / "checkpoints" / "methods_cam_s0" / "metrics.json").read_text())
     assert all(float(r["test_acc"]) == pytest.approx(metrics["test_acc"], abs=1e-4) for r in rows)
     md = (tmp_path / "report" / "extractors.md").read_text()
-    summary = [line for line in md.splitlines() if line.startswith("| - | ")]
+    localisation, faithfulness = md.split("\n### Faithfulness\n")
+    summary = [line for line in localisation.splitlines() if line.startswith("| - | ")]
     assert [line.split(" | ")[1] for line in summary] == ["CAM", "Grad-CAM", "LayerCAM"]
     assert all(line.count("[") == 2 for line in summary[1:])  # one seed: one IoU and one PxAP interval
+    faith = [line for line in faithfulness.split("\n### ")[0].splitlines() if line.startswith("| - | ")]
+    assert [line.split(" | ")[1] for line in faith] == ["CAM", "Grad-CAM", "LayerCAM"]
+    assert all(line.count("[") == 4 for line in faith[1:])  # Avg Drop, Incr. Conf., deletion, insertion
+    assert all(0 <= float(r["avg_drop"]) <= 100 and 0 <= float(r["deletion_auc"]) <= 1 for r in rows)
     assert (tmp_path / "report" / "extractors_grid.png").stat().st_size > 0
     # --wsol --extractor reads the same maps as the comparison's row
-    assert iou.main(["--wsol", "--extractor", "gradcam", "--device", "cpu", "--n_threshold", "6"]) == 0
+    assert iou.main(["--wsol", "--extractor", "gradcam", "--device", "cpu", "--n_threshold", "6",
+                     "--faith_steps", "2"]) == 0
     again = list(csv.DictReader(open(tmp_path / "report" / "methods.csv")))
     assert [r["pxap"] for r in again] == [rows[1]["pxap"]]
 

@@ -111,7 +111,7 @@ def cases(tmp_path_factory) -> tuple[list[dict], Path]:
             if action.dest in IOU_COMPARISON:
                 add("iou", [*methods, *tail])
             else:
-                add("iou", ["--wsol", "--device", "cpu", *tail], str(shared))
+                add("iou", ["--wsol", "--device", "cpu", "--faith_steps", "2", *tail], str(shared))  # 2 steps: cheap
 
     for action in flags(visualize.build_parser()):
         for tail in values_for(action):

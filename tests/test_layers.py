@@ -17,7 +17,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     0: ("camlab", "camlab.utils", "camlab.tables", "research"),
     1: ("camlab.synthetic", "camlab.transforms", "camlab.figures", "camlab.cams", "camlab.heads",
         "camlab.extractors", "camlab.images", "camlab.metrics", "camlab.runtime", "camlab.runs",
-        "camlab.skeleton"),
+        "camlab.skeleton", "camlab.faithfulness"),
     2: ("camlab.boxeval", "camlab.crf", "camlab.formats", "camlab.methods", "camlab.stream"),
     3: ("camlab.boxes", "camlab.readers", "camlab.wsolmeta", "camlab.ddp", "camlab.affinity"),
     4: ("camlab.meters", "camlab.scoremaps", "research.evalbench"),

@@ -16,7 +16,7 @@ from camlab.cams import minmax, normalize_cam, select_class
 from camlab.methods import CseObjective, acol_objective, erased_class_loss, rest_cross_entropy
 from camlab.utils import CamlabError
 from model import CAMModel, ModelConfig
-from research.wsol import METHOD_COLUMNS, wsol_report
+from research.wsol import FAITH_COLUMNS, METHOD_COLUMNS, wsol_report
 
 RECIPES = ("p", "pp", "pn", "ppn", "pnp")
 
@@ -172,7 +172,8 @@ def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tm
     import iou
     monkeypatch.chdir(tmp_path)
     argv = ["--methods", "--seeds", "0", "1", "--epochs", "1", "--img_size", "32", "--batch_size", "8",
-            "--weights", "none", "--data_root", str(tiny_lab), "--device", "cpu", "--n_threshold", "6"]
+            "--weights", "none", "--data_root", str(tiny_lab), "--device", "cpu", "--n_threshold", "6",
+            "--faith_steps", "2"]  # 2 deletion/insertion steps: 24 reports stay cheap
     assert iou.main(argv) == 0
     rows = list(csv.DictReader(open(tmp_path / "report" / "methods.csv")))
     names = ["cam", "seg", "acol_pp", "acol_pp_grow1", "acol_pn", "cse"]
@@ -186,7 +187,8 @@ def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tm
         assert float(r["test_acc"]) == pytest.approx(metrics["test_acc"], abs=1e-4)
         assert metrics["args"]["seed"] == int(r["seed"])
         values = {k: float(r[k]) for k, _ in METHOD_COLUMNS}
-        assert all(0 <= v <= 1 for v in values.values())
+        percent = {"avg_drop", "increase_conf"}  # Average Drop and Increase in Confidence: percent
+        assert all(0 <= v <= (100 if k in percent else 1) for k, v in values.items())
         assert values["top1_loc"] <= values["gt_known_loc"]
         assert r["acc_body"] == "-"  # not the embedded benchmark: no diagnostics
     for seed in (0, 1):
@@ -195,15 +197,23 @@ def test_methods_comparison_trains_once_and_tabulates_every_measure(tiny_lab, tm
     assert (tmp_path / "report" / "methods_grid.png").stat().st_size > 0
     md = (tmp_path / "report" / "methods.md").read_text()
     assert md.count("| methods_") == 12
-    summary = [line for line in md.splitlines() if line.startswith("| - | ")]
+    localisation, faithfulness = md.split("\n### Faithfulness\n")
+    summary = [line for line in localisation.splitlines() if line.startswith("| - | ")]
     assert [line.split(" | ")[1] for line in summary] == methods
     assert all(line.split(" | ")[2] == "0, 1" for line in summary)
     # every method but CAM has one interval per seed, and a verdict
     for line in summary[1:]:
         assert line.count("[") == 4 and ("IoU: " in line and "PxAP: " in line)
+    # and the faithfulness summary: four intervals per seed against CAM, each measure's verdict
+    faith = [line for line in faithfulness.split("\n### ")[0].splitlines() if line.startswith("| - | ")]
+    assert [line.split(" | ")[1] for line in faith] == methods
+    assert all(h in faithfulness for _, h in FAITH_COLUMNS)
+    for line in faith[1:]:
+        assert line.count("[") == 8 and all(f"{what}: " in line for what in
+                                            ("Avg Drop", "Incr. Conf.", "deletion AUC", "insertion AUC"))
     capsys.readouterr()
     # --wsol evaluates every finished experiment again, without training
-    assert iou.main(["--wsol", "--device", "cpu", "--n_threshold", "6"]) == 0
+    assert iou.main(["--wsol", "--device", "cpu", "--n_threshold", "6", "--faith_steps", "2"]) == 0
     assert "epoch 1/1" not in capsys.readouterr().out
     again = list(csv.DictReader(open(tmp_path / "report" / "methods.csv")))
     assert sorted(r["experiment"] for r in again) == sorted(r["experiment"] for r in rows)

@@ -52,8 +52,9 @@ def two_methods(plan: tuple[publish.Table, ...]) -> publish.Table:
     runs = plan[2].runs()[:2]
 
     def write():
-        write_methods_report([wsol_report(cfg.exp_id, 6, "cpu") for cfg in runs])
-        return {name: publish.REPORT_DIR / name for name in ("methods.md", "methods.csv", "methods_grid.png")}
+        write_methods_report([wsol_report(cfg.exp_id, 6, "cpu", faith_steps=2) for cfg in runs])
+        return {name: publish.REPORT_DIR / name for name in ("methods.md", "methods.csv", "methods_grid.png",
+                                                             "methods_intervals.png", "methods_faithful.png")}
     return publish.Table("methods", plan[2].command, lambda: runs, write)
 
 
@@ -68,7 +69,8 @@ def test_publish_twice_rewrites_every_file_byte_for_byte(tiny_lab, tmp_path, mon
     assert log.count("published ") == 2
     files = {p.name: p.read_bytes() for p in out.iterdir()}
     assert {"iou.md", "iou_full.csv", "iou_threshold.png", "compare_cam_seg.png", "cam_curves.png", "seg_grid.png",
-            "methods.md", "methods.csv", "methods_grid.png", "runs.md", "manifest.json"} <= set(files)
+            "methods.md", "methods.csv", "methods_grid.png", "methods_intervals.png", "methods_faithful.png", "runs.md",
+            "manifest.json"} <= set(files)
     for table in ("lab", "methods"):
         for name, sha in first["tables"][table]["files"].items():
             assert publish.digest(out / name) == sha
