@@ -346,6 +346,18 @@ def runs_table(plan: Sequence[Table]) -> tuple[str, float]:
     return tables.markdown(header, rows, [tables.LEFT] * 4 + [tables.RIGHT] * 6), total
 
 
+def write_runs(manifest: dict, plan: Sequence[Table], out_dir: Path) -> None:
+    """``runs.md`` (every run behind the published tables, with the training time in all) and
+    ``manifest.json``, its ``train_seconds`` that total."""
+    text, total = runs_table([t for t in plan if t.name in manifest["tables"]])
+    atomic_write_text(out_dir / "runs.md", f"Every finished run behind the tables published in report/published/ "
+                                           f"({', '.join(t.name for t in plan if t.name in manifest['tables'])}); "
+                                           f"training time in all: {total:.0f} s ({total / 3600:.2f} h) on this "
+                                           f"machine.\n\n" + text)
+    manifest["train_seconds"] = round(total)
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
 def read_manifest(out_dir: Path) -> dict:
     path = out_dir / MANIFEST
     if not path.is_file():
@@ -378,17 +390,13 @@ def publish(names: Sequence[str] | None = None, out_dir: Path = PUBLISHED_DIR, p
             progress.finish(cfg)
         files = publish_files(table.write(), out_dir)
         manifest["tables"][table.name] = {"command": table.command, "runs": [c.exp_id for c in runs], "files": files}
-        atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        write_runs(manifest, every, out_dir)
         print(f"published {table.name}: {', '.join(files)} ({_hours(time.perf_counter() - started)})", flush=True)
-    text, total = runs_table(every)
-    atomic_write_text(out_dir / "runs.md", f"Every finished run behind report/published/; training time in all: "
-                                           f"{total:.0f} s ({total / 3600:.2f} h) on this machine.\n\n" + text)
-    manifest["train_seconds"] = round(total)
+    total = manifest.get("train_seconds", 0)
     written = {name for entry in manifest["tables"].values() for name in entry["files"]} | {MANIFEST, "runs.md"}
     stale = sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.name not in written)
     if stale and names is None:
         print(f"warning: {out_dir}/ holds files no table wrote (left as they are): {', '.join(stale)}", file=sys.stderr)
-    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(f"publish: done in {_hours(time.perf_counter() - progress.start)}; training time of every run: "
           f"{_hours(total)}", flush=True)
     return manifest
