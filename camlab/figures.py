@@ -275,6 +275,8 @@ def plot_intervals(rows: dict[str, dict[str, list[tuple[float, float, float]]]],
     """A forest plot, one panel per measure: for each row (a method or an extractor) each seed's
     paired-bootstrap difference from ``reference`` as a dot with its 95% interval; a line at 0.
     An interval that lies wholly on one side of 0 is drawn solid, one that crosses 0 hollow.
+    ``reference`` names what the differences are from in the axis labels ("" when the measures
+    name it).
 
     rows: label -> measure label (e.g. "ΔIoU") -> [(difference, low, high) per seed].
     """
@@ -293,7 +295,7 @@ def plot_intervals(rows: dict[str, dict[str, list[tuple[float, float, float]]]],
                 ax.errorbar([d], [y + offset], xerr=[[d - lo], [hi - d]], fmt="o", capsize=2, markersize=4,
                             color="C0" if clear else "0.45", mfc="C0" if clear else "white")
         ax.axvline(0, color="k", lw=0.8)
-        ax.set(xlabel=f"{measure} vs {reference} (95% CI per seed)")
+        ax.set(xlabel=f"{measure}{f' vs {reference}' if reference else ''} (95% CI per seed)")
         ax.grid(axis="x", alpha=0.3)
     axes[0, 0].set_yticks(range(len(labels)), labels, fontsize=8)
     axes[0, 0].invert_yaxis()

@@ -190,11 +190,13 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
 
     def one_scale_writer() -> dict[str, Path]:
         comparisons.semseg_command(_iou_args(one_scale))
-        return _files(REPORT_DIR, {f"semseg_1scale{ext}": f"semseg{ext}" for ext in (".csv", ".md", ".png")})
+        return _files(REPORT_DIR, {f"semseg_1scale{ext}": f"semseg{ext}"
+                                   for ext in (".csv", ".md", ".png", "_intervals.png")})
 
     def write_rw() -> dict[str, Path]:
         comparisons.semseg_command(_iou_args(rw))
-        return _files(REPORT_DIR, {f"semseg_rw{ext}": f"semseg{ext}" for ext in (".csv", ".md", ".png")})
+        return _files(REPORT_DIR, {f"semseg_rw{ext}": f"semseg{ext}"
+                                   for ext in (".csv", ".md", ".png", "_intervals.png")})
 
     return (
         Table("lab", "python main.py --mode CAM; python main.py --mode SEG --exp_id seg; python visualize.py --exp_id "
@@ -208,7 +210,8 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
               comparison(extractors, comparisons.extractors_command, "extractors", "extractors_grid.png",
                          "extractors_intervals.png", "extractors_faithful.png")),
         Table("bench_cpu", _quote(bench_cpu, "bench.py"), list, _measured(bench_cpu)),
-        Table("semseg", _quote(semseg), semseg_runs, comparison(semseg, comparisons.semseg_command, "semseg", "semseg.png")),
+        Table("semseg", _quote(semseg), semseg_runs, comparison(semseg, comparisons.semseg_command, "semseg", "semseg.png",
+                                                                 "semseg_intervals.png")),
         Table("semseg_1scale", _quote(one_scale), semseg_runs, one_scale_writer),
         Table("sweep", "python iou.py --publish --tables sweep (body evidence "
               + ", ".join(f"{v:g}" for v in SWEEP_VALUES) + f"; seeds {' '.join(seeds)} at 0, 0.85 and 1, seed "

@@ -225,10 +225,7 @@ def semseg_tables(reports: list[dict]) -> tuple[str, str]:
         mious = np.array([r["miou"] for r in group])
         spread = mious.std(ddof=1) if len(mious) > 1 else 0.0
         fits = np.array([r["fit_miou"] for r in group])
-        versus = [_miou_interval(r, cam) for r in group
-                  if (cam := _semseg_reference(r, reports)) is not None and cam["exp_id"] != r["exp_id"]]
-        from_crf = [_miou_interval(r, plain) for r in group if (plain := _without_crf(r, reports)) is not None]
-        from_walk = [_miou_interval(r, plain) for r in group if (plain := _without_walk(r, reports)) is not None]
+        versus, from_crf, from_walk = row_intervals(group, reports)
         key = "test_map" if group[0]["multi_label"] else "test_acc"
         accuracy = [r.get(key) for r in group if r.get(key) is not None]
         rows.append([method, REFINE_NAMES[refine], CRF_NAMES[crf], ", ".join(str(r["seed"]) for r in group),
@@ -243,6 +240,30 @@ def semseg_tables(reports: list[dict]) -> tuple[str, str]:
               "CRF helps?", "ΔmIoU from the random walk, 95% CI per seed", "walk helps?"]
     align = [tables.LEFT] * 4 + [tables.RIGHT, tables.RIGHT, tables.LEFT, tables.RIGHT] + [tables.LEFT] * 6
     return csv_text, tables.markdown(header, rows, align)
+
+
+def row_intervals(group: list[dict], reports: list[dict]) -> tuple[list, list, list]:
+    """Each seed's paired mIoU interval of a table row's reports: against the CAM of the same
+    label form (same refinement and CRF), with CRF against the same run without it, and with
+    the random walk against the same run without it."""
+    versus = [_miou_interval(r, cam) for r in group
+              if (cam := _semseg_reference(r, reports)) is not None and cam["exp_id"] != r["exp_id"]]
+    from_crf = [_miou_interval(r, plain) for r in group if (plain := _without_crf(r, reports)) is not None]
+    from_walk = [_miou_interval(r, plain) for r in group if (plain := _without_walk(r, reports)) is not None]
+    return versus, from_crf, from_walk
+
+
+def interval_rows(reports: list[dict]) -> dict[str, dict[str, list]]:
+    """Row label -> "ΔmIoU vs CAM" / "ΔmIoU from CRF" / "ΔmIoU from the walk" -> each seed's
+    interval, for :func:`camlab.figures.plot_intervals` (rows without any left out)."""
+    rows = {}
+    for (_, _, _), group in _by_row(reports).items():
+        found = dict(zip(("ΔmIoU vs CAM of its label form", "ΔmIoU from CRF", "ΔmIoU from the walk"),
+                         row_intervals(sorted(group, key=lambda r: r["seed"]), reports)))
+        found = {k: v for k, v in found.items() if v}
+        if found:
+            rows[_semseg_row(group[0])] = found
+    return rows
 
 
 def _by_row(reports: list[dict]) -> dict[tuple, list[dict]]:
@@ -330,6 +351,11 @@ def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> s
     report_dir = Path(report_dir)
     atomic_write_text(report_dir / "semseg.csv", csv_text)
     atomic_write_text(report_dir / "semseg.md", text)
+    rows = interval_rows(reports)
+    if rows:
+        figures.plot_intervals(rows, report_dir / "semseg_intervals.png",
+                               "semantic segmentation: each seed's paired bootstrap interval of mIoU (solid: excludes 0)",
+                               reference="")
     first_seed = [r for r in reports if r["seed"] == seeds[0]]
     figures.plot_label_maps({_semseg_row(r): r["examples"]["labels"]
                                for r in first_seed}, first["examples"], first["classes"], report_dir / "semseg.png",

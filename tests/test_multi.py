@@ -261,6 +261,10 @@ def test_semseg_report_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     md = (tmp_path / "report/semseg.md").read_text()
     assert "CAM (multi-label)" in md and "CAM (single-label)" in md and "IoU per class" in md and "Where the errors are" in md
     assert (tmp_path / "report/semseg.png").stat().st_size > 0
+    # each run's interval with CRF against itself without, drawn per row (no CAM to compare a CAM with)
+    from research.semseg import interval_rows
+    assert (tmp_path / "report/semseg_intervals.png").stat().st_size > 0
+    assert interval_rows([]) == {}
     capsys.readouterr()
     # a run without class masks cannot be scored; --crf alone is a mistake
     write_lab = __import__("conftest").write_lab_layout
