@@ -117,3 +117,20 @@ def test_the_results_figures_draw_and_refuse_nothing(tmp_path) -> None:
         figures.plot_intervals({}, tmp_path / "none.png")
     with pytest.raises(CamlabError, match="nothing to draw"):
         figures.plot_scatter({}, tmp_path / "none.png", "x", "y")
+
+
+def test_a_run_stopped_before_its_metrics_goes_on_from_its_last_epoch(tiny_lab, tmp_path, monkeypatch, capsys) -> None:
+    """``trained`` resumes a run folder that holds a last.pth but no metrics.json (a publication
+    stopped mid-run), instead of training it again from the first epoch."""
+    import train
+    from research.comparisons import trained
+    monkeypatch.chdir(tmp_path)
+    cfg = train.RunConfig(exp_id="r", epochs=2, img_size=32, batch_size=8, weights="none", data_root=str(tiny_lab),
+                          device="cpu", progress=False)
+    first = trained(cfg)
+    assert "epoch 2/2" in capsys.readouterr().out  # what a trained epoch prints
+    (tmp_path / "checkpoints" / "r" / "metrics.json").unlink()
+    again = trained(cfg)
+    out = capsys.readouterr().out
+    assert "epoch 1/2" not in out and "epoch 2/2" not in out  # both epochs were in last.pth: none trained again
+    assert again["test_acc"] == first["test_acc"] and again["best_epoch"] == first["best_epoch"]
