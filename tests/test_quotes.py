@@ -65,3 +65,15 @@ def test_every_result_number_cites_its_file(name) -> None:
     text = publish.QUOTE.sub("", results_text(name))
     uncited = [n for p in text.split("\n\n") if not publish.LINK.search(p) for n in publish.NUMBER.findall(p)]
     assert uncited == []
+
+
+def test_every_published_file_is_the_one_its_table_wrote() -> None:
+    """report/published/manifest.json's sha256 of each table's files equal the files here: no
+    published file was edited by hand or left from another pass."""
+    out = ROOT / publish.PUBLISHED_DIR
+    manifest = publish.read_manifest(out)
+    assert manifest["tables"], "the manifest names no table"
+    for name, table in manifest["tables"].items():
+        assert table["command"] and table["files"]
+        for file, sha in table["files"].items():
+            assert publish.digest(out / file) == sha, f"{file} ({name}) differs from what its table wrote"
