@@ -98,8 +98,12 @@ def method_reports(base: "train.RunConfig", prefix: str = "methods", n_threshold
     configs = method_configs(base, prefix, seeds)
     for cfg in configs:
         trained(cfg)
-    reports = [wsol_report(cfg.exp_id, n_threshold, cfg.device, protocol, interval=interval, faith_steps=faith_steps)
-               for cfg in configs]
+    reports, start = [], time.perf_counter()
+    for k, cfg in enumerate(configs, start=1):
+        print(f"scoring {cfg.exp_id} ({k}/{len(configs)}; {(time.perf_counter() - start) / 60:.1f} min so far)",
+              flush=True)
+        reports.append(wsol_report(cfg.exp_id, n_threshold, cfg.device, protocol, interval=interval,
+                                   faith_steps=faith_steps))
     return [r for r in reports if r is not None]
 
 
@@ -127,6 +131,7 @@ def extractor_reports(base: "train.RunConfig", prefix: str = "methods", n_thresh
         exp = Experiment.load(cfg.exp_id, cfg.device)  # one model, test split and masks for every extractor
         model_measures: dict = {}
         for name in dict.fromkeys(("cam", *extractors)):  # CAM first: every other is compared with it
+            print(f"scoring {cfg.exp_id} through {EXTRACTOR_NAMES[name]}", flush=True)
             report = wsol_report(exp, n_threshold, cfg.device, protocol, extractor=name, diagnose=name == "cam",
                                  interval=interval, faith_steps=faith_steps)
             if report is None:
