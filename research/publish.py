@@ -65,10 +65,7 @@ class Table:
 
 
 def _iou_args(argv: Sequence[str]) -> argparse.Namespace:
-    args = iou.build_parser().parse_args(list(argv))
-    if args.sweep is not None:
-        args.sweep_values = [float(v) for v in args.sweep[1:]]
-    return args
+    return iou.build_parser().parse_args(list(argv))
 
 
 def _main_config(argv: Sequence[str]) -> "train.RunConfig":
