@@ -203,12 +203,14 @@ def _miou_interval(a: dict, b: dict) -> tuple[float, float, float]:
                             a["n_test"], BOOTSTRAP_RESAMPLES)
 
 
-def semseg_tables(reports: list[dict]) -> tuple[str, str]:
+def semseg_tables(reports: list[dict], intervals: dict[tuple, tuple] | None = None) -> tuple[str, str]:
     """(csv of every report with its per-class IoUs, markdown summary over seeds): mIoU mean ±
     std on the test split and on the training images that chose the background, per seed the
     paired bootstrap interval against the same label form's CAM (same refinement and CRF
     setting), with CRF against the same run without it, and with the random walk against the
-    same run without it."""
+    same run without it (``intervals``: :func:`all_row_intervals` of ``reports``, computed here
+    when not given)."""
+    intervals = all_row_intervals(reports) if intervals is None else intervals
     classes = reports[0]["classes"]
     csv_text = tables.csv_text(
         ["experiment", "method", "refine", "crf", "seed", "threshold", "beta", "logt", "fit_miou", "miou", "test_acc",
@@ -225,7 +227,7 @@ def semseg_tables(reports: list[dict]) -> tuple[str, str]:
         mious = np.array([r["miou"] for r in group])
         spread = mious.std(ddof=1) if len(mious) > 1 else 0.0
         fits = np.array([r["fit_miou"] for r in group])
-        versus, from_crf, from_walk = row_intervals(group, reports)
+        versus, from_crf, from_walk = intervals[(method, refine, crf)]
         key = "test_map" if group[0]["multi_label"] else "test_acc"
         accuracy = [r.get(key) for r in group if r.get(key) is not None]
         rows.append([method, REFINE_NAMES[refine], CRF_NAMES[crf], ", ".join(str(r["seed"]) for r in group),
@@ -253,13 +255,21 @@ def row_intervals(group: list[dict], reports: list[dict]) -> tuple[list, list, l
     return versus, from_crf, from_walk
 
 
-def interval_rows(reports: list[dict]) -> dict[str, dict[str, list]]:
+def all_row_intervals(reports: list[dict]) -> dict[tuple, tuple[list, list, list]]:
+    """:func:`row_intervals` of every table row (its reports in seed order), by (method,
+    refinement, CRF variant)."""
+    return {key: row_intervals(sorted(group, key=lambda r: r["seed"]), reports)
+            for key, group in _by_row(reports).items()}
+
+
+def interval_rows(reports: list[dict], intervals: dict[tuple, tuple] | None = None) -> dict[str, dict[str, list]]:
     """Row label -> "ΔmIoU vs CAM" / "ΔmIoU from CRF" / "ΔmIoU from the walk" -> each seed's
-    interval, for :func:`camlab.figures.plot_intervals` (rows without any left out)."""
+    interval, for :func:`camlab.figures.plot_intervals` (rows without any left out;
+    ``intervals``: :func:`all_row_intervals` of ``reports``, computed here when not given)."""
+    intervals = all_row_intervals(reports) if intervals is None else intervals
     rows = {}
-    for (_, _, _), group in _by_row(reports).items():
-        found = dict(zip(("ΔmIoU vs CAM of its label form", "ΔmIoU from CRF", "ΔmIoU from the walk"),
-                         row_intervals(sorted(group, key=lambda r: r["seed"]), reports)))
+    for key, group in _by_row(reports).items():
+        found = dict(zip(("ΔmIoU vs CAM of its label form", "ΔmIoU from CRF", "ΔmIoU from the walk"), intervals[key]))
         found = {k: v for k, v in found.items() if v}
         if found:
             rows[_semseg_row(group[0])] = found
@@ -324,7 +334,8 @@ def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> s
     if not reports:
         raise CamlabError("no run to score; train one on --dataset multi first")
     seeds = sorted({r["seed"] for r in reports})
-    csv_text, summary = semseg_tables(reports)
+    intervals = all_row_intervals(reports)  # the bootstraps, once for the table and the figure
+    csv_text, summary = semseg_tables(reports, intervals)
     first = reports[0]
     maps = ("multi-scale with flips (OC-CSE's inference: the image at 0.5, 1, 1.5 and 2 times the run's size and "
             "mirrored, each map upsampled, ReLU, summed, divided by its max)" if first.get("msf")
@@ -351,7 +362,7 @@ def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> s
     report_dir = Path(report_dir)
     atomic_write_text(report_dir / "semseg.csv", csv_text)
     atomic_write_text(report_dir / "semseg.md", text)
-    rows = interval_rows(reports)
+    rows = interval_rows(reports, intervals)
     if rows:
         figures.plot_intervals(rows, report_dir / "semseg_intervals.png",
                                "semantic segmentation: each seed's paired bootstrap interval of mIoU (solid: excludes 0)",
