@@ -260,15 +260,17 @@ LOCALISATION = ("iou", "pxap")
 FAITHFULNESS = ("drop", "increase", "deletion", "insertion")
 
 
-def versus_cam(report: dict, cam: dict, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, tuple[float, float, float]]:
+def versus_cam(report: dict, cam: dict, resamples: int = BOOTSTRAP_RESAMPLES,
+               names: Sequence[str] = tuple(COMPARED)) -> dict[str, tuple[float, float, float]]:
     """The paired per-image bootstrap (:func:`iou.paired_bootstrap`) of ``report`` minus the CAM
     run ``cam`` on the same test images: each measure of ``COMPARED`` both have (mean IoU, PxAP,
-    the faithfulness means), each (difference, low, high)."""
+    the faithfulness means; those of ``names``), each (difference, low, high)."""
     a, b = report["per_image"], cam["per_image"]
     if report["n_test"] != cam["n_test"]:
         raise CamlabError(f"{report['exp_id']} and {cam['exp_id']} were scored on different test sets")
     found = {}
-    for name, (_, statistic, _) in COMPARED.items():
+    for name in names:
+        statistic = COMPARED[name][1]
         ours, theirs = statistic(a), statistic(b)
         if ours is not None and theirs is not None:
             found[name] = paired_bootstrap(ours, theirs, report["n_test"], resamples)
@@ -312,7 +314,7 @@ def summary_table(reports: list[dict], keys: Sequence[tuple[str, str]] = SUMMARY
         for r in group:
             cam = _reference(r, reports)
             if cam is not None and cam is not r:
-                versus = versus_cam(r, cam)
+                versus = versus_cam(r, cam, names=compared)  # only the measures this table shows
                 for name in compared:
                     found[name] += [versus[name]] if name in versus else []
         verdict = "; ".join(f"{COMPARED[name][0]}: {_verdict(found[name], COMPARED[name][2])}"
