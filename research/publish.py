@@ -389,6 +389,7 @@ def publish(names: Sequence[str] | None = None, out_dir: Path = PUBLISHED_DIR, p
             trained_cv(cfg) if cfg.cv else trained(cfg)
             progress.finish(cfg)
         files = publish_files(table.write(), out_dir)
+        manifest = read_manifest(out_dir)  # again: another publication may have published a table meanwhile
         manifest["tables"][table.name] = {"command": table.command, "runs": [c.exp_id for c in runs], "files": files}
         write_runs(manifest, every, out_dir)
         print(f"published {table.name}: {', '.join(files)} ({_hours(time.perf_counter() - started)})", flush=True)

@@ -134,3 +134,22 @@ def test_a_run_stopped_before_its_metrics_goes_on_from_its_last_epoch(tiny_lab, 
     out = capsys.readouterr().out
     assert "epoch 1/2" not in out and "epoch 2/2" not in out  # both epochs were in last.pth: none trained again
     assert again["test_acc"] == first["test_acc"] and again["best_epoch"] == first["best_epoch"]
+
+
+def test_a_table_another_publication_wrote_meanwhile_stays_in_the_manifest(tmp_path) -> None:
+    """Two publications of different tables (one pausing while the other runs a benchmark): each
+    re-reads the manifest before adding its table, so neither drops the other's."""
+    out = tmp_path / "published"
+    (tmp_path / "a.txt").write_text("a\n")
+    (tmp_path / "b.txt").write_text("b\n")
+    other = publish.Table("b", "make b", lambda: [], lambda: {"b.txt": tmp_path / "b.txt"})
+
+    def write_a():  # while table a is written, another process publishes table b
+        publish.publish(["b"], out, (other,))
+        return {"a.txt": tmp_path / "a.txt"}
+    mine = publish.Table("a", "make a", lambda: [], write_a)
+    manifest = publish.publish(["a"], out, (mine, other))
+    assert set(manifest["tables"]) == {"a", "b"}
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["tables"]["b"]["files"] == {"b.txt": publish.digest(out / "b.txt")}
+    assert on_disk["tables"]["a"]["command"] == "make a"
