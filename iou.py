@@ -37,7 +37,7 @@ import numpy as np
 import model
 import train
 import visualize
-from camlab import formats, scoremaps, tables
+from camlab import formats, scoremaps, stream, tables
 from camlab.affinity import PAIR_FORMS
 from camlab.boxes import DEFAULT_PROTOCOL, PROTOCOLS
 from camlab.crf import CRF_VARIANTS
@@ -262,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the deletion and insertion AUC's equal steps over the image's pixels (--wsol, --methods, "
                              "--extractors, --sweep; RISE's curves, docs/methods.md \"Faithfulness\"); 0 leaves the "
                              "faithfulness measures out")
+    parser.add_argument("--data_in_memory", default="auto", choices=list(stream.IN_MEMORY),
+                        help=("how --wsol and --extractors read each run's test split: "
+                              + "; ".join(f"{k}: {v}" for k, v in stream.IN_MEMORY.items())
+                              + f" (auto's share: {stream.RAM_SHARE:.0%} of the available RAM). A streamed split is scored in "
+                                "chunks, each batch's maps dropped once scored (every measure but mean IoU; "
+                                "--dataset wsol)").replace("%", "%%"))
+    parser.add_argument("--workers", type=int, default=4,
+                        help="worker processes that decode a streamed test split (0: in the main process)")
     maps = parser.add_argument_group("score maps that any method brings (with --wsol; wsolevaluation's evaluation.py)")
     maps.add_argument("--scoremaps", type=Path, default=None, metavar="DIR",
                       help="score DIR/<image_id>.npy (one float map in [0, 1] per image, as wsolevaluation's "
@@ -375,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         check_range("--aff_epochs", args.aff_epochs, 1, 10_000, why="epochs of the affinity network")
         check_range("--aff_radius", args.aff_radius, 2, 64, why="a pair radius on the feature grid")
         check_range("--faith_steps", args.faith_steps, 0, 1_000_000, why="deletion/insertion steps (0: none)")
+        check_range("--workers", args.workers, 0, 256, why="DataLoader worker processes")
         for seed in args.seeds or []:
             check_range("--seeds", seed, 0, SEED_MAX, why="a random seed")
         if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):

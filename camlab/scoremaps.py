@@ -107,8 +107,12 @@ class Scorer:
     so memory does not grow with the split: MaxBoxAcc's box counts, PxAP's pixel histograms."""
 
     def __init__(self, info, data_root: Path, interval: float = WSOL_INTERVAL,
-                 iou_thresholds: Sequence[float] = BOX_IOU_THRESHOLDS) -> None:
+                 iou_thresholds: Sequence[float] = BOX_IOU_THRESHOLDS, keep_histograms: bool = False) -> None:
+        """``keep_histograms``: also keep each image's PxAP histograms (``image_fg``, ``image_bg``:
+        one row of bins per image, what the paired bootstrap resamples) on a split with masks."""
         self.info, self.root, self.interval = info, data_root, interval
+        self.image_fg: list[np.ndarray] | None = [] if keep_histograms else None
+        self.image_bg: list[np.ndarray] | None = [] if keep_histograms else None
         self.v2, self.v1 = BoxAccuracy(iou_thresholds, True, interval), BoxAccuracy((0.5,), False, interval)
         bins = len(np.arange(0, 1, interval)) + 2
         self.fg, self.bg, self.hits, self.correct, self.n = np.zeros(bins, np.int64), np.zeros(bins, np.int64), 0, 0, 0
@@ -124,6 +128,9 @@ class Scorer:
         else:
             f, b = pixel_histograms(cam[None], truth[None] == 1, self.interval, valid=(truth != 255)[None])
             self.fg, self.bg = self.fg + f[0], self.bg + b[0]
+            if self.image_fg is not None:
+                self.image_fg.append(f[0])
+                self.image_bg.append(b[0])
             hit = False
         self.hits += hit
         self.correct += bool(pred is not None and pred == label and hit)

@@ -118,12 +118,13 @@ def run_methods(base: "train.RunConfig", prefix: str = "methods", n_threshold: i
 def extractor_reports(base: "train.RunConfig", prefix: str = "methods", n_threshold: int = 500,
                       protocol: str = DEFAULT_PROTOCOL, seeds: Sequence[int] = (0,),
                       extractors: Sequence[str] = tuple(EXTRACTORS), interval: float = CAM_CURVE_INTERVAL,
-                      faith_steps: int = FAITH_STEPS) -> list[dict]:
+                      faith_steps: int = FAITH_STEPS, in_memory: str = "always", workers: int = 0) -> list[dict]:
     """Every extractor on the plain CAM run of the methods comparison at each seed
     (``<prefix>_cam_s<seed>``, trained when missing): one :func:`wsol_report` per (seed,
     extractor), its ``method`` the extractor's name, so that the methods tables and their
     intervals (each against camlab's CAM on the same model) apply unchanged. The body-only and
-    part-only accuracies are the model's, whatever reads its maps: measured once per seed."""
+    part-only accuracies are the model's, whatever reads its maps: measured once per seed. The test
+    split is read as ``in_memory`` says (a streamed one is scored in chunks, once per extractor)."""
     reports = []
     for seed in seeds:
         cfg = table_runs(dataclasses.replace(base, seed=seed), prefix, METHODS[:1], "class", f"_s{seed}")[0]
@@ -133,7 +134,7 @@ def extractor_reports(base: "train.RunConfig", prefix: str = "methods", n_thresh
         for name in dict.fromkeys(("cam", *extractors)):  # CAM first: every other is compared with it
             print(f"scoring {cfg.exp_id} through {EXTRACTOR_NAMES[name]}", flush=True)
             report = wsol_report(exp, n_threshold, cfg.device, protocol, extractor=name, diagnose=name == "cam",
-                                 interval=interval, faith_steps=faith_steps)
+                                 interval=interval, faith_steps=faith_steps, in_memory=in_memory, workers=workers)
             if report is None:
                 continue
             if name == "cam":
@@ -270,7 +271,8 @@ def extractors_command(args) -> None:
     seeds = args.seeds or [args.seed]
     print(timed("extractors", lambda: write_extractors_report(extractor_reports(
         base_run(args), run_prefix(args, "methods"), args.n_threshold, args.protocol, seeds,
-        args.extractors or tuple(EXTRACTORS), args.cam_curve_interval, args.faith_steps))), end="")
+        args.extractors or tuple(EXTRACTORS), args.cam_curve_interval, args.faith_steps, args.data_in_memory,
+        args.workers))), end="")
 
 
 def wsol_command(args) -> None:
@@ -279,7 +281,7 @@ def wsol_command(args) -> None:
     for exp_id in finished_experiments():
         report = wsol_report(exp_id, args.n_threshold, args.device, args.protocol, args.extractor,
                              interval=args.cam_curve_interval, strict_boxes=args.strict_boxes,
-                             faith_steps=args.faith_steps)
+                             faith_steps=args.faith_steps, in_memory=args.data_in_memory, workers=args.workers)
         if report is None:
             print(f"skipping {exp_id}: its test split has no boxes or masks")
         else:

@@ -22,6 +22,7 @@ from camlab.cams import MSF_SCALES, class_form, msf_normalise, msf_sum
 from camlab.extractors import DEFAULT_EXTRACTOR, check_extractor_form
 from camlab.formats import Truth
 from camlab.images import ImageSet
+from camlab.stream import StreamSet
 from camlab.metrics import THRESHOLD_GRID, batch_iou, iou_curve, pick_threshold, threshold_masks
 from camlab.utils import CHECKPOINT_DIR, REPORT_DIR, VISUALIZE_DIR, CamlabError, atomic_write_text, resolve_device, safe_subdir
 
@@ -112,13 +113,24 @@ class Experiment:
         _check_trained_on(exp_id, run.root)
         return cls(exp_id, run.net, run.cfg, run.root, dev)
 
-    def split(self, role: str, n: int | None = None) -> ImageSet:
+    def split(self, role: str, n: int | None = None, in_memory: str = "always", workers: int = 0) -> ImageSet:
         """The split that plays ``role`` (``dataloader.split_for``: ``fit`` chooses thresholds,
-        ``test`` is reported), or ``n`` images of it drawn at random (seed 0)."""
+        ``test`` is reported), or ``n`` images of it drawn at random (seed 0); read as
+        ``in_memory`` says (``--data_in_memory``: a ``camlab.stream.StreamSet`` where it streams)."""
         data = dataloader.load_split(self.cfg.dataset, self.root, self._split_name(role), img_size=self.cfg.img_size,
                                      progress=False, skip_bad=self.cfg.skip_bad, metadata=self.cfg.metadata,
-                                     max_pixels=self.cfg.max_pixels)
+                                     max_pixels=self.cfg.max_pixels, in_memory=in_memory, workers=workers)
         return (data if n is None else _subset(data, n)).to(self.device)
+
+    def read_test(self, in_memory: str = "always", workers: int = 0) -> "ImageSet | StreamSet":
+        """The test split read as ``in_memory`` says: its ``StreamSet`` where it streams, else the
+        split in memory, kept as :attr:`test` (read once, however many reports use it)."""
+        if "test" not in self.__dict__:
+            data = self.split("test", in_memory=in_memory, workers=workers)
+            if isinstance(data, StreamSet):
+                return data
+            self.__dict__["test"] = (data, self.truth("test", data))  # functools.cached_property's slot
+        return self.test[0]
 
     def truth(self, role: str, data: ImageSet) -> "Truth | None":
         """The boxes or masks of ``data`` (the ``role`` split or a subset of it), or None."""

@@ -10,16 +10,19 @@ import torch
 
 import dataloader
 import model
-from camlab import figures, formats, synthetic, tables
+from camlab import figures, formats, stream, synthetic, tables
 from camlab.boxes import BOX_FRACTION, DEFAULT_PROTOCOL, Box, get_protocol, localization_accuracy, mask_box, max_box_acc
 from camlab.cams import minmax, select_class
 from camlab.extractors import DEFAULT_EXTRACTOR, EXTRACTOR_NAMES
 from camlab.faithfulness import FAITH_BATCH, FAITH_STEPS, faithfulness
 from camlab.images import ImageSet
+from camlab.scoremaps import Scorer
+from camlab.wsolmeta import image_truth, read_split
 from camlab.metrics import (BOOTSTRAP_RESAMPLES, CAM_CURVE_INTERVAL, mean_statistic, paired_bootstrap, pixel_histograms,
                             pxap_from_histograms, pxap_statistic)
 from camlab.utils import CHECKPOINT_DIR, REPORT_DIR, CamlabError, atomic_write_text
 from research.experiments import Experiment, _batched, _localization, mask_parts
+from research.streamscore import protocol_batches
 
 
 # ------------------------------------------------------------------ methods compared (WSOL)
@@ -45,7 +48,7 @@ BASELINE_MODE = "CAM"  # every comparison is against the lab's CAM (camlab.metho
 def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str = "auto",
                 protocol: str = DEFAULT_PROTOCOL, extractor: str = DEFAULT_EXTRACTOR,
                 diagnose: bool = True, interval: float = CAM_CURVE_INTERVAL, strict_boxes: bool = False,
-                faith_steps: int = FAITH_STEPS) -> dict | None:
+                faith_steps: int = FAITH_STEPS, in_memory: str = "always", workers: int = 0) -> dict | None:
     """Every measure of the methods table for ``exp_id`` on its test split, as fractions; None
     when the test split has no ground truth (cifar10, folder, a lab tree without test_masks/).
     Measures that need what the dataset lacks are left out: boxes only (wsol's CUB and ILSVRC)
@@ -67,8 +70,13 @@ def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str 
     extractor maps are then read once for every report on it. The faithfulness of the same maps
     (:func:`map_faithfulness`, deletion and insertion in ``faith_steps`` steps; 0 leaves them
     out): ``avg_drop`` and ``increase_conf`` (percent), ``deletion_auc`` and ``insertion_auc``.
+    A test split that ``in_memory`` (``--data_in_memory``, ``workers`` processes) streams is scored
+    in chunks (:func:`streamed_report`).
     """
     exp = exp_id if isinstance(exp_id, Experiment) else Experiment.load(exp_id, device)
+    found = exp.read_test(in_memory, workers)
+    if isinstance(found, stream.StreamSet):
+        return streamed_report(exp, found, protocol, extractor, interval, faith_steps)
     test_set, truth = exp.test
     if truth is None:
         return None
@@ -78,11 +86,8 @@ def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str 
     labels = test_set.labels.cpu().numpy()
     meta = synthetic.read_meta(exp.root, "lab")  # the single-object embedded benchmark, else None
     per_image = {"iou": report.pop("test_ious")} if "test_ious" in report else {}
-    method = exp.cfg.method.label(exp.cfg) + ("" if extractor == DEFAULT_EXTRACTOR
-                                      else f" · {EXTRACTOR_NAMES[extractor]}")
-    report.update(test_acc=float(np.mean(preds == labels)), method=method, mode=exp.cfg.mode, protocol=protocol, cam_curve_interval=interval, box_faults=truth.box_faults, extractor=extractor,
-                  seed=exp.cfg.seed, data_root=str(exp.root.resolve()), metadata=exp.cfg.metadata, n_test=len(test_set),
-                  body_evidence=(meta or {}).get("body_evidence"))
+    report.update(test_acc=float(np.mean(preds == labels)),
+                  **_identity(exp, extractor, protocol, interval, truth.box_faults, len(test_set), meta))
     masks = None
     if truth.masks is not None:
         masks, valid = mask_parts(truth.masks)
@@ -109,6 +114,16 @@ def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str 
     return report
 
 
+def _identity(exp: Experiment, extractor: str, protocol: str, interval: float, box_faults, n_test: int,
+              meta: dict | None) -> dict:
+    """What a report says of its run and scoring (method, seed, test set ...), either path."""
+    method = exp.cfg.method.label(exp.cfg) + ("" if extractor == DEFAULT_EXTRACTOR
+                                              else f" · {EXTRACTOR_NAMES[extractor]}")
+    return dict(method=method, mode=exp.cfg.mode, protocol=protocol, cam_curve_interval=interval,
+                box_faults=box_faults, extractor=extractor, seed=exp.cfg.seed, data_root=str(exp.root.resolve()),
+                metadata=exp.cfg.metadata, n_test=n_test, body_evidence=(meta or {}).get("body_evidence"))
+
+
 def map_faithfulness(net: "model.CAMModel", data: ImageSet, maps: np.ndarray, img_size: int,
                      steps: int = FAITH_STEPS, batch: int = FAITH_BATCH) -> dict[str, np.ndarray]:
     """:func:`camlab.faithfulness.faithfulness` of ``maps`` (N×H×W in [0, 1], each of its
@@ -127,9 +142,15 @@ def map_faithfulness(net: "model.CAMModel", data: ImageSet, maps: np.ndarray, im
 def _examples(data: ImageSet, cams: np.ndarray, boxes: list, protocol: str,
               inclusive_truth: bool = False, n: int = 8) -> list[dict]:
     """The first ``n`` test images with their maps, the protocol's 20% box and the (first)
-    ground-truth box, both inclusive for drawing, for the report figure. Boxes found by the
-    protocol take its ends; ``inclusive_truth``: the ground truth's are inclusive already (wsol's
-    metadata boxes)."""
+    ground-truth box, both inclusive for drawing, for the report figure (:func:`_example`)."""
+    return [_example(data.images[i].permute(1, 2, 0).cpu().numpy(), cams[i], boxes[i], data.names[i], protocol,
+                     inclusive_truth) for i in range(min(n, len(data)))]
+
+
+def _example(image: np.ndarray, cam: np.ndarray, boxes, name: str, protocol: str, inclusive_truth: bool) -> dict:
+    """One image of the report figure (uint8 H×W×3, its map, its ground-truth boxes). Boxes found
+    by the protocol take its ends; ``inclusive_truth``: the ground truth's are inclusive already
+    (wsol's metadata boxes)."""
     rule = get_protocol(protocol)
 
     def drawn(found: np.ndarray | list, ends=rule.inclusive) -> Box | None:
@@ -137,10 +158,58 @@ def _examples(data: ImageSet, cams: np.ndarray, boxes: list, protocol: str,
 
     def as_given(box: Sequence[int]) -> Box:
         return int(box[0]), int(box[1]), int(box[2]), int(box[3])
-    return [{"image": data.images[i].permute(1, 2, 0).cpu().numpy(), "cam": cams[i],
-             "box": drawn(rule.box_at(cams[i], BOX_FRACTION)),
-             "gt_box": drawn(boxes[i], as_given if inclusive_truth else rule.inclusive), "name": data.names[i]}
-            for i in range(min(n, len(data)))]
+    return {"image": image, "cam": cam, "box": drawn(rule.box_at(cam, BOX_FRACTION)),
+            "gt_box": drawn(boxes, as_given if inclusive_truth else rule.inclusive), "name": name}
+
+
+def streamed_report(exp: Experiment, data: "stream.StreamSet", protocol: str = DEFAULT_PROTOCOL,
+                    extractor: str = DEFAULT_EXTRACTOR, interval: float = CAM_CURVE_INTERVAL,
+                    faith_steps: int = FAITH_STEPS, n_examples: int = 8) -> dict:
+    """:func:`wsol_report` of a test split read in chunks (``camlab.stream.StreamSet``,
+    ``--data_in_memory``): each batch's maps (``research.streamscore.protocol_batches``) are scored
+    into wsolevaluation's accumulators (``camlab.scoremaps.Scorer``) and their faithfulness
+    computed, then dropped; what is kept grows only by a few numbers per image (PxAP's histograms
+    on a split with masks, the four faithfulness values) and ``n_examples`` maps for the figure.
+    The same measures as the whole-split path and the same per-image values for the paired
+    bootstrap, but for mean IoU and the embedded benchmark's diagnostics, which need every map of
+    two splits at once; it serves the wsol format (its metadata gives each image's truth) under
+    wsolevaluation's protocol."""
+    if exp.cfg.dataset != "wsol" or get_protocol(protocol).form != "raw":
+        raise CamlabError(f"{exp.exp_id}: its test split is streamed (--data_in_memory), and a streamed split is "
+                          f"scored only for --dataset wsol under --protocol {DEFAULT_PROTOCOL}; use "
+                          f"--data_in_memory always")
+    info = read_split(exp.root, exp.cfg.metadata, exp._split_name("test"))
+    scorer = Scorer(info, exp.root, interval, keep_histograms=True)
+    parts, examples, correct = [], [], 0
+    for idx, stored, inputs, labels, preds, maps in protocol_batches(exp.net, data, exp.cfg.img_size, extractor,
+                                                                     device=exp.device):
+        for j, i in enumerate(idx.tolist()):
+            scorer.add(data.names[i], maps[j], int(labels[j]), int(preds[j]))
+            if len(examples) < n_examples:
+                truth = image_truth(info, exp.root, data.names[i], maps[j].shape) if info.kind == "boxes" else []
+                examples.append(_example(stored[j].permute(1, 2, 0).cpu().numpy(), maps[j], truth, data.names[i],
+                                         protocol, True))
+        correct += int((preds == labels.cpu()).sum())
+        if faith_steps:
+            parts.append(faithfulness(lambda x: exp.net(x)[0], inputs, torch.from_numpy(maps).to(inputs.device),
+                                      labels, faith_steps, FAITH_BATCH))
+    scored = scorer.report("test", top1=True)
+    report = {"exp_id": exp.exp_id, "test_acc": correct / max(len(data), 1), "streamed": True,
+              **{k: scored[k] for k in ("pxap", "top1_loc", "gt_known_loc") if k in scored}}
+    if "max_box_acc_v2" in scored:
+        report["max_box_acc_v2"] = scored["max_box_acc_v2"]["mean"]
+    per_image = {}
+    if info.kind != "boxes":
+        per_image.update(fg=np.stack(scorer.image_fg), bg=np.stack(scorer.image_bg))
+    if parts:
+        faith = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+        per_image.update(faith)
+        report.update(avg_drop=float(faith["drop"].mean()), increase_conf=float(faith["increase"].mean()),
+                      deletion_auc=float(faith["deletion"].mean()), insertion_auc=float(faith["insertion"].mean()),
+                      faith_steps=faith_steps)
+    report.update(_identity(exp, extractor, protocol, interval, info.box_faults, len(data), None),
+                  per_image=per_image, examples=examples)
+    return report
 
 
 # ------------------------------------------------------------------------- the diagnostics

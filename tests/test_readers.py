@@ -549,3 +549,67 @@ def test_openimages_masks_are_scored_by_pxap_with_ignore_left_out(tmp_path, monk
     by_hand = pxap(cams[counted][None, None], (gt[counted] == 1)[None, None])
     assert report["pxap"] == pytest.approx(by_hand, abs=1e-12)
     assert 0 <= report["test_iou"] <= 1 and len(report["per_image"]["iou"]) == 2
+
+
+def _openimages_test_split(tmp_path: Path) -> tuple[Path, Path]:
+    root, meta, _ = openimages_tree(tmp_path)
+    for name in ("image_ids.txt", "class_labels.txt", "image_sizes.txt", "localization.txt"):
+        write_lines(meta / "test" / name, (meta / "val" / name).read_text().split("\n"))
+    return root, meta
+
+
+@pytest.mark.parametrize("tree", ["cub", "openimages"])
+def test_a_streamed_test_split_is_scored_in_chunks_as_the_whole_split(tree, tmp_path, monkeypatch) -> None:
+    """iou.py --wsol --data_in_memory never: the test split read per batch, each batch's maps
+    scored and dropped (research.wsol.streamed_report), gives the whole-split report's every
+    measure, its per-image values (what the paired bootstrap resamples) and its figure's examples;
+    only mean IoU, which needs every map of two splits, is left out."""
+    root, meta = cub_tree(tmp_path) if tree == "cub" else _openimages_test_split(tmp_path)
+    _trained_on(tmp_path, monkeypatch, root, meta, tree)
+    whole = wsol_report(tree, n_threshold=10, device="cpu", faith_steps=3)
+    chunked = wsol_report(tree, n_threshold=10, device="cpu", faith_steps=3, in_memory="never", workers=0)
+    assert chunked.pop("streamed") is True and "streamed" not in whole
+    measures = ({"max_box_acc_v2", "top1_loc", "gt_known_loc"} if tree == "cub" else {"pxap"}) | {
+        "test_acc", "avg_drop", "increase_conf", "deletion_auc", "insertion_auc"}
+    assert measures <= set(chunked) and set(chunked) - {"per_image", "examples"} <= set(whole)
+    for key in set(chunked) - {"per_image", "examples"}:
+        assert chunked[key] == pytest.approx(whole[key], abs=1e-12), key
+    assert set(chunked["per_image"]) == set(whole["per_image"]) - {"iou"}
+    for key, values in chunked["per_image"].items():
+        np.testing.assert_allclose(values, whole["per_image"][key], rtol=0, atol=1e-12, err_msg=key)
+    assert len(chunked["examples"]) == len(whole["examples"]) == 2
+    for ours, theirs in zip(chunked["examples"], whole["examples"]):
+        assert ours["name"] == theirs["name"] and ours["box"] == theirs["box"] and ours["gt_box"] == theirs["gt_box"]
+        assert np.array_equal(ours["image"], theirs["image"]) and np.array_equal(ours["cam"], theirs["cam"])
+
+
+def test_a_streamed_split_of_another_format_is_refused_in_one_line(tmp_path, monkeypatch, tiny_lab) -> None:
+    import train
+    from research.wsol import streamed_report
+    monkeypatch.chdir(tmp_path)
+    train.train(train.RunConfig(mode="CAM", exp_id="lab", data_root=str(tiny_lab), epochs=1, img_size=32,
+                                batch_size=8, weights="none", device="cpu", progress=False))
+    exp = Experiment.load("lab", "cpu")
+    with pytest.raises(CamlabError, match="lab: its test split is streamed .* only for --dataset wsol"):
+        streamed_report(exp, exp.read_test("never"))
+
+
+def test_iou_py_wsol_scores_a_streamed_test_split(tmp_path, monkeypatch, capsys) -> None:
+    """python iou.py --wsol --data_in_memory auto, the test split over auto's share of the RAM:
+    one note says it streams, and the methods table holds the in-memory run's box measures."""
+    import iou
+    from camlab import stream
+    root, meta = cub_tree(tmp_path)
+    _trained_on(tmp_path, monkeypatch, root, meta, "cub")
+    argv = ["--wsol", "--n_threshold", "10", "--device", "cpu", "--faith_steps", "2", "--workers", "0"]
+    assert iou.main(argv + ["--data_in_memory", "always"]) == 0
+    whole = (tmp_path / "report" / "methods.csv").read_text()
+    capsys.readouterr()
+    monkeypatch.setattr(stream, "available_ram", lambda: 1000)  # 2 images at 12×16 take 1,152 bytes
+    assert iou.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "the test split of wsol: 2 images" in err and "streamed from disk by 0 worker processes" in err
+    rows = [dict(zip(*[line.split(",") for line in (whole.splitlines()[0], row)]))
+            for row in (whole.splitlines()[1], (tmp_path / "report" / "methods.csv").read_text().splitlines()[1])]
+    assert rows[0]["max_box_acc_v2"] == rows[1]["max_box_acc_v2"] and rows[0]["top1_loc"] == rows[1]["top1_loc"]
+    assert rows[1]["test_iou"] == "-" and rows[0]["deletion_auc"] == rows[1]["deletion_auc"] != "-"
