@@ -214,10 +214,10 @@ def affinity_net(exp: Experiment, settings: AffinitySettings = AffinitySettings(
 
 
 def affinity_matrices(exp: Experiment, net: AffinityNet, data: ImageSet, settings: AffinitySettings,
-                      batch_size: int = 32) -> list[torch.Tensor]:
+                      batch_size: int = 32, keep: bool = True) -> list[torch.Tensor]:
     """Each image's dense affinity matrix on the feature grid (``camlab.affinity.affinity_matrix``
     of the network's affinities at the run's ``img_size``), float32 on the CPU; computed once per
-    set of images."""
+    set of images (``keep``: kept for the next call; a chunk of a test pass is not)."""
     key = (tuple(data.names), "affinity", dataclasses.astuple(settings))
     if key in exp._raw:
         return exp._raw[key]
@@ -228,5 +228,6 @@ def affinity_matrices(exp: Experiment, net: AffinityNet, data: ImageSet, setting
         for idx in torch.arange(len(data), device=data.images.device).split(batch_size):
             aff = affinity.feature_affinities(net(dataloader.to_model_input(data.images[idx], exp.cfg.img_size)), src, dst)
             mats += [affinity.affinity_matrix(a.float().cpu(), src.cpu(), dst.cpu(), math.prod(grid)) for a in aff]
-    exp._raw[key] = mats
+    if keep:
+        exp._raw[key] = mats
     return mats

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from camlab import affinity, figures, tables
 from camlab.crf import CRF_ALPHA_GRID, CRF_REFERENCE_SIDE, background_grid, choose_background_threshold, crf_background, segment
@@ -17,7 +18,7 @@ from camlab.metrics import (BOOTSTRAP_RESAMPLES, THRESHOLD_GRID, class_ious, con
 from camlab.runs import read_metrics
 from camlab.utils import CHECKPOINT_DIR, REPORT_DIR, CamlabError, atomic_write_text, safe_subdir
 from research.affinitynet import AffinitySettings, affinity_matrices, affinity_net, feature_grid
-from research.experiments import Experiment, _present, _rgb
+from research.experiments import Experiment, _present, _rgb, class_maps
 from research.wsol import BASELINE_MODE, _cell, _intervals, _verdict
 
 
@@ -31,6 +32,9 @@ REFINE_NAMES = {None: "-", "rw": "AffinityNet random walk"}
 REFINEMENTS = ("rw",)
 
 
+SEMSEG_CHUNK = 256  # test images whose class maps exist at once (a multiple of class_maps' batch of 64)
+
+
 def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: str | None = None, device: str = "auto",
                   n_examples: int = 6, msf: bool = True, refine: str | None = None,
                   aff: AffinitySettings | None = None) -> dict:
@@ -42,63 +46,93 @@ def semseg_report(exp: "str | Experiment", n_threshold: int = 500, crf: str | No
     masks; never test), the maps multi-scale with flips (``msf``, OC-CSE's inference), then
     the VOC protocol's confusion matrix over the test split (255 ignored): mIoU over background
     and classes, per-class IoU, and the per-image confusions the paired bootstrap resamples.
-    With ``refine="rw"``: the maps walked through the run's affinity network (:func:`walked`),
-    then, with ``crf``, the dense CRF of the walked scores."""
+    With ``refine="rw"``: the maps walked through the run's affinity network (:func:`walk_rule`),
+    then, with ``crf``, the dense CRF of the walked scores. One variant of :func:`score_variants`."""
     exp = exp if isinstance(exp, Experiment) else Experiment.load(exp, device)
+    return score_variants(exp, n_threshold, [(refine, crf)], msf, aff, n_examples)[0]
+
+
+def score_variants(exp: Experiment, n_threshold: int, variants: Sequence[tuple[str | None, str | None]],
+                   msf: bool = True, aff: AffinitySettings | None = None, n_examples: int = 6,
+                   chunk: int = SEMSEG_CHUNK) -> list[dict]:
+    """:func:`semseg_report` of each (refinement, CRF variant) of ``variants``, in one pass over
+    the test split in chunks of ``chunk`` images: each chunk's class maps are computed once,
+    labelled by every variant's rule (chosen first on the fit images), counted into per-image
+    confusion matrices and dropped, so the maps (K floats per pixel) of only ``chunk`` images
+    exist at once, whatever the split's size."""
     if n_threshold < 1:
         raise CamlabError(f"--n_threshold must be at least 1, got {n_threshold}")
     test_set, truth = exp.test
     if truth is None or truth.classes is None:
         raise CamlabError(f"{exp.exp_id}: its test split has no class masks (--dataset multi or voc)")
-    if refine not in (None, *REFINEMENTS):
-        raise CamlabError(f"--refine {refine}: choose one of {', '.join(REFINEMENTS)}")
-    fit_set, fit_truth, fit_maps = exp.semseg_fit(n_threshold, msf)
-    present = _present(test_set).cpu().numpy()
-    maps, images = exp.class_maps(test_set, msf), _rgb(test_set)
-    walk = None
-    if refine == "rw":
-        walk, fit_miou, labels = walked(exp, (fit_set, fit_truth, fit_maps), (test_set, maps), crf,
-                                        aff or AffinitySettings(msf=msf))
-        threshold = walk["alpha"]
-    else:
-        grid = background_grid(crf) if crf else THRESHOLD_GRID
-        fit_images = _rgb(fit_set) if crf else None
-        threshold, fit_miou = choose_background_threshold(fit_maps, _present(fit_set).cpu().numpy(),
-                                                          fit_truth.classes, grid, fit_images, crf or "affinitynet")
-        labels = segment(maps, present, threshold, images if crf else None, crf or "affinitynet")
+    for refine, _ in variants:
+        if refine not in (None, *REFINEMENTS):
+            raise CamlabError(f"--refine {refine}: choose one of {', '.join(REFINEMENTS)}")
+    fit = exp.semseg_fit(n_threshold, msf)
+    rules = [walk_rule(exp, fit, crf, aff or AffinitySettings(msf=msf)) if refine == "rw" else
+             threshold_rule(fit, crf) for refine, crf in variants]
     num_classes = len(test_set.classes) + 1
-    confusions = image_confusions(labels, truth.classes, num_classes)
-    pooled = confusions.sum(axis=0)
-    ious = class_ious(pooled)
+    confusions: list[list[np.ndarray]] = [[] for _ in variants]
+    examples = [{"images": [], "truth": [], "labels": [], "names": []} for _ in variants]
+    for idx in torch.arange(len(test_set)).split(chunk):
+        part = test_set.take(idx)
+        maps, images, present = class_maps(exp, part, msf=msf), _rgb(part), _present(part).cpu().numpy()
+        gt = truth.classes[idx.numpy()]
+        for k, rule in enumerate(rules):
+            labels = rule["labels"](part, maps, present, images)
+            confusions[k].append(image_confusions(labels, gt, num_classes))
+            room = n_examples - len(examples[k]["names"])  # the first n_examples test images, across chunks
+            for name, values in (("images", images), ("truth", gt), ("labels", labels), ("names", part.names)):
+                examples[k][name] += list(values[:max(room, 0)])
     cfg = exp.cfg
     metrics = read_metrics(safe_subdir(CHECKPOINT_DIR, exp.exp_id) / "metrics.json")
-    return {**{k: metrics.get(k) for k in ("test_acc", "test_map", "test_f1")},
+    reports = []
+    for (refine, crf), rule, found, shown in zip(variants, rules, confusions, examples):
+        per_image = np.concatenate(found)
+        pooled = per_image.sum(axis=0)
+        ious = class_ious(pooled)
+        reports.append({
+            **{k: metrics.get(k) for k in ("test_acc", "test_map", "test_f1")},
             "exp_id": exp.exp_id, "method": semseg_method(cfg), "mode": cfg.mode, "crf": crf, "seed": cfg.seed,
-            "multi_label": cfg.multi_label, "threshold": threshold, "fit_miou": fit_miou, "msf": msf,
-            "refine": refine, "walk": walk,
+            "multi_label": cfg.multi_label, "threshold": rule["threshold"], "fit_miou": rule["fit_miou"], "msf": msf,
+            "refine": refine, "walk": rule["walk"],
             "background": "power" if refine else crf_background(crf) if crf else "constant",
             "miou": float(np.nanmean(ious)), "class_ious": ious.tolist(), "classes": ["background", *test_set.classes],
             **error_shares(pooled),
-            "n_test": len(test_set), "n_threshold_images": len(fit_set), "data_root": str(exp.root.resolve()),
-            "per_image": {"confusions": confusions},
-            "examples": {"images": images[:n_examples], "truth": truth.classes[:n_examples],
-                         "labels": labels[:n_examples], "names": test_set.names[:n_examples]}}
+            "n_test": len(test_set), "n_threshold_images": len(fit[0]), "data_root": str(exp.root.resolve()),
+            "per_image": {"confusions": per_image},
+            "examples": {k: v if k == "names" else np.stack(v) for k, v in shown.items()}})
+    return reports
 
 
-def walked(exp: Experiment, fit: tuple, test: tuple, crf: str | None,
-           settings: AffinitySettings) -> tuple[dict, float, np.ndarray]:
+def threshold_rule(fit: tuple, crf: str | None) -> dict:
+    """The background threshold (or, with ``crf``, the power α) chosen on the ``fit`` images
+    (their set, class masks and maps), and the test label maps it gives (``labels(part, maps,
+    present, images)``)."""
+    fit_set, fit_truth, fit_maps = fit
+    grid = background_grid(crf) if crf else THRESHOLD_GRID
+    fit_images = _rgb(fit_set) if crf else None
+    threshold, fit_miou = choose_background_threshold(fit_maps, _present(fit_set).cpu().numpy(), fit_truth.classes,
+                                                      grid, fit_images, crf or "affinitynet")
+
+    def labels(part, maps, present, images):
+        return segment(maps, present, threshold, images if crf else None, crf or "affinitynet")
+    return {"threshold": threshold, "fit_miou": fit_miou, "walk": None, "labels": labels}
+
+
+def walk_rule(exp: Experiment, fit: tuple, crf: str | None, settings: AffinitySettings) -> dict:
     """AffinityNet's random walk of ``exp``'s maps (``camlab.affinity``): its affinity network
     (``research.affinitynet.affinity_net``, trained on the training split or reused), each image's
     affinity matrix; β, logt and the background power α chosen together on the ``fit`` images'
-    masks (``camlab.affinity.choose_walk``), then the ``test`` images' label maps; with ``crf``,
-    after the dense CRF of the walked scores, β and logt kept and α chosen again on the fit
-    images after the CRF (as the CRF without the walk chooses its own). -> ({beta, logt, alpha,
-    the network's training record}, the mIoU of the fit images' label maps as scored, the test
-    label maps)."""
-    (fit_set, fit_truth, fit_maps), (test_set, maps) = fit, test
+    masks (``camlab.affinity.choose_walk``), then the test images' label maps (``labels``); with
+    ``crf``, after the dense CRF of the walked scores, β and logt kept and α chosen again on the
+    fit images after the CRF (as the CRF without the walk chooses its own). -> the rule: α
+    (``threshold``), {beta, logt, alpha, the network's training record} (``walk``), the mIoU of
+    the fit images' label maps as scored (``fit_miou``) and ``labels(part, maps, present, images)``."""
+    fit_set, fit_truth, fit_maps = fit
     net, record = affinity_net(exp, settings)
     grid = feature_grid(exp.net.config, exp.cfg.img_size)
-    fit_present, present = _present(fit_set).cpu().numpy(), _present(test_set).cpu().numpy()
+    fit_present = _present(fit_set).cpu().numpy()
     fit_mats = affinity_matrices(exp, net, fit_set, settings)
     key = ("walk choice", tuple(fit_set.names), dataclasses.astuple(settings))
     if key not in exp._raw:
@@ -109,7 +143,6 @@ def walked(exp: Experiment, fit: tuple, test: tuple, crf: str | None,
 
     def powers(mats: list) -> list:
         return [affinity.walk_powers(affinity.transition_matrix(m, beta), [logt])[logt] for m in mats]
-    test_powers = powers(affinity_matrices(exp, net, test_set, settings))
     if crf:
         fit_powers, fit_images, num_classes = powers(fit_mats), _rgb(fit_set), fit_present.shape[1] + 1
         curve = [mean_iou(confusion_matrix(affinity.walk_crf_labels(fit_maps, fit_present, fit_powers, a, grid,
@@ -117,12 +150,16 @@ def walked(exp: Experiment, fit: tuple, test: tuple, crf: str | None,
                  for a in CRF_ALPHA_GRID]
         alpha, fit_miou = CRF_ALPHA_GRID[int(np.argmax(curve))], float(np.max(curve))  # ties: the lowest α
         choice = {**choice, "alpha": alpha}
-        labels = affinity.walk_crf_labels(maps, present, test_powers, alpha, grid, _rgb(test_set), crf)
-    else:
-        labels = affinity.walk_labels(maps, present, test_powers, alpha, grid)
+
+    def labels(part, maps, present, images):
+        test_powers = powers(affinity_matrices(exp, net, part, settings, keep=False))
+        if crf:
+            return affinity.walk_crf_labels(maps, present, test_powers, alpha, grid, images, crf)
+        return affinity.walk_labels(maps, present, test_powers, alpha, grid)
     last = record["epochs"][-1]
-    return ({**choice, "grid": list(grid), "affinity_loss": last["loss"], "affinity_epochs": len(record["epochs"]),
-             "affinity_images": record["n_images"]}, fit_miou, labels)
+    walk = {**choice, "grid": list(grid), "affinity_loss": last["loss"], "affinity_epochs": len(record["epochs"]),
+            "affinity_images": record["n_images"]}
+    return {"threshold": alpha, "fit_miou": fit_miou, "walk": walk, "labels": labels}
 
 
 # error_shares keys -> how the errors table names them
@@ -154,17 +191,15 @@ def semseg_variants(exp: Experiment, n_threshold: int, crf: Sequence[str | None]
                     refine: Sequence[str | None] = (None,), aff: AffinitySettings | None = None) -> list[dict]:
     """:func:`semseg_report` of ``exp`` under each refinement of ``refine`` (None: the maps as
     they are; ``rw``: AffinityNet's random walk) and each CRF setting of ``crf`` (None: without
-    CRF), each mIoU printed as it is found."""
+    CRF), scored in one pass over the test split (:func:`score_variants`); each mIoU printed."""
     if any(refine):  # train (or read) the affinity network first: settings it refuses stop before any scoring
         affinity_net(exp, aff or AffinitySettings(msf=msf))
-    reports = []
-    for walk in refine:
-        for variant in crf:
-            report = semseg_report(exp, n_threshold, variant, msf=msf, refine=walk, aff=aff)
-            reports.append(report)
-            print(f"{exp.exp_id}{' + random walk' if walk else ''}{f' + CRF {variant}' if variant else ''}: "
-                  f"mIoU {report['miou']:.4f} (background {background_text(report)}; the training images "
-                  f"{report['fit_miou']:.4f})", file=sys.stderr)
+    reports = score_variants(exp, n_threshold, [(walk, variant) for walk in refine for variant in crf], msf, aff)
+    for report in reports:
+        walk, variant = report["refine"], report["crf"]
+        print(f"{exp.exp_id}{' + random walk' if walk else ''}{f' + CRF {variant}' if variant else ''}: "
+              f"mIoU {report['miou']:.4f} (background {background_text(report)}; the training images "
+              f"{report['fit_miou']:.4f})", file=sys.stderr)
     return reports
 
 

@@ -167,3 +167,30 @@ def test_the_affinity_network_gives_a_feature_per_position_and_its_loss_reaches_
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
                                         for p in net.parameters())
+
+
+def test_the_test_pass_in_chunks_scores_what_one_chunk_scores(tmp_path, monkeypatch) -> None:
+    """research.semseg.score_variants holds the class maps of one chunk of test images at a time:
+    every variant (with and without CRF, with and without the walk) gives the same per-image
+    confusions, the same chosen background and the same examples in chunks of 3 as in one chunk."""
+    import main
+    from camlab import synthetic
+    from research.affinitynet import AffinitySettings
+    from research.experiments import Experiment
+    from research.semseg import score_variants
+    monkeypatch.chdir(tmp_path)
+    synthetic.generate_multi(tmp_path / "m", n_train=24, n_val=8, size=32, progress=False)
+    assert main.main(["--dataset", "multi", "--data_root", "m", "--img_size", "32", "--epochs", "1", "--weights", "none",
+                      "--quiet", "--batch_size", "8", "--multi_label", "--exp_id", "ml"]) == 0
+    variants = [(None, None), (None, "affinitynet"), ("rw", None), ("rw", "affinitynet")]
+    settings = AffinitySettings(radius=2, epochs=1, msf=False)
+    exp = Experiment.load("ml", "cpu")
+    whole = score_variants(exp, 10, variants, msf=False, aff=settings)
+    chunked = score_variants(Experiment.load("ml", "cpu"), 10, variants, msf=False, aff=settings, chunk=3)
+    assert whole[0]["n_test"] == 8 and [r["refine"] for r in chunked] == [None, None, "rw", "rw"]
+    for a, b in zip(whole, chunked):
+        assert np.array_equal(a["per_image"]["confusions"], b["per_image"]["confusions"])
+        assert a["miou"] == b["miou"] and a["threshold"] == b["threshold"] and a["walk"] == b["walk"]
+        for key in ("images", "truth", "labels"):
+            assert np.array_equal(a["examples"][key], b["examples"][key])
+    assert not [k for k in exp._raw if k[1:2] == ("affinity",) and len(k[0]) == 8], "the test matrices were kept"
