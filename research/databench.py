@@ -25,7 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER_COUNTS = (1, 2, 4)
 PHOTO = (375, 500)  # (H, W): a typical ILSVRC / CUB photo
 SAMPLE_S = 0.02
-DATA_SIZES = {True: dict(n_images=240, n_big=600), False: dict(n_images=2000, n_big=6000)}  # --quick or not
+# --quick or not: the mixed-size tree of the paths' rates, and the largest bounded split (its
+# decoded size, 12,000 × 500×375 photos and 1,500 test ones = 7.1 GiB, far above a streamed run's
+# peak of about 1 GB; the bounded runs are at a quarter of it and at it)
+DATA_SIZES = {True: dict(n_images=240, n_big=600), False: dict(n_images=2000, n_big=12000)}
 
 
 def write_jpeg_tree(root: Path, n_train: int, n_test: int, mixed: bool, seed: int = 0) -> Path:

@@ -136,6 +136,7 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
     rw = ("--semseg", "--crf", "affinitynet", "--refine", "rw", "--runs", "rw_cam_ml", "--no_msf", "--aff_epochs", "3",
           "--aff_init", "run", *more)
     bench_cpu = ("--device", "cpu", "--quick", "--out", str(REPORT_DIR / "bench_cpu.json"))
+    bench_data = ("--device", "cpu", "--tasks", "data", "--out", str(REPORT_DIR / "bench_data_cpu.json"))
     bench_eval = ("--device", "cpu", "--tasks", "wsol_eval", "--rounds", "3",
                   "--out", str(REPORT_DIR / "bench_wsol_eval_cpu.json"))
     sweep_seeds = {0.0: ps.seeds, 0.85: ps.seeds, 1.0: ps.seeds}
@@ -207,6 +208,7 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
               comparison(extractors, comparisons.extractors_command, "extractors", "extractors_grid.png",
                          "extractors_intervals.png", "extractors_faithful.png")),
         Table("bench_cpu", _quote(bench_cpu, "bench.py"), list, _measured(bench_cpu)),
+        Table("bench_data_cpu", _quote(bench_data, "bench.py"), list, _measured(bench_data)),
         Table("semseg", _quote(semseg), semseg_runs, comparison(semseg, comparisons.semseg_command, "semseg", "semseg.png",
                                                                  "semseg_intervals.png")),
         Table("semseg_1scale", _quote(one_scale), semseg_runs, one_scale_writer),
