@@ -187,8 +187,8 @@ def streamed_report(exp: Experiment, data: "stream.StreamSet", protocol: str = D
             scorer.add(data.names[i], maps[j], int(labels[j]), int(preds[j]))
             if len(examples) < n_examples:
                 truth = image_truth(info, exp.root, data.names[i], maps[j].shape) if info.kind == "boxes" else []
-                examples.append(_example(stored[j].permute(1, 2, 0).cpu().numpy(), maps[j], truth, data.names[i],
-                                         protocol, True))
+                examples.append(_example(stored[j].permute(1, 2, 0).cpu().numpy().copy(), maps[j].copy(), truth,
+                                         data.names[i], protocol, True))  # copies: a view keeps the whole batch
         correct += int((preds == labels.cpu()).sum())
         if faith_steps:
             parts.append(faithfulness(lambda x: exp.net(x)[0], inputs, torch.from_numpy(maps).to(inputs.device),
