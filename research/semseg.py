@@ -83,7 +83,7 @@ def score_variants(exp: Experiment, n_threshold: int, variants: Sequence[tuple[s
             confusions[k].append(image_confusions(labels, gt, num_classes))
             room = n_examples - len(examples[k]["names"])  # the first n_examples test images, across chunks
             for name, values in (("images", images), ("truth", gt), ("labels", labels), ("names", part.names)):
-                examples[k][name] += list(values[:max(room, 0)])
+                examples[k][name] += [v if name == "names" else np.array(v) for v in values[:max(room, 0)]]  # copies
     cfg = exp.cfg
     metrics = read_metrics(safe_subdir(CHECKPOINT_DIR, exp.exp_id) / "metrics.json")
     reports = []
