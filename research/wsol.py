@@ -104,9 +104,7 @@ def wsol_report(exp_id: "str | Experiment", n_threshold: int = 500, device: str 
     if faith_steps:
         faith = map_faithfulness(exp.net, test_set, cams, exp.cfg.img_size, faith_steps)
         per_image.update(faith)
-        report.update(avg_drop=float(faith["drop"].mean()), increase_conf=float(faith["increase"].mean()),
-                      deletion_auc=float(faith["deletion"].mean()), insertion_auc=float(faith["insertion"].mean()),
-                      faith_steps=faith_steps)
+        report.update(faith_means(faith, faith_steps))
     report["per_image"] = per_image
     if meta is not None and meta.get("version") == synthetic.SYNTHETIC_VERSION and masks is not None:
         report.update(diagnostics(exp, cams, masks, meta, with_accuracy=diagnose))
@@ -136,7 +134,19 @@ def map_faithfulness(net: "model.CAMModel", data: ImageSet, maps: np.ndarray, im
             inputs = dataloader.to_model_input(data.images[idx], img_size)
         parts.append(faithfulness(lambda x: net(x)[0], inputs, maps[idx.cpu()].to(inputs.device), data.labels[idx],
                                   steps, batch))
+    return _joined(parts)
+
+
+def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The per-image arrays of each batch of :func:`camlab.faithfulness.faithfulness`, joined."""
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def faith_means(faith: dict[str, np.ndarray], steps: int) -> dict:
+    """A report's faithfulness columns: the means of the per-image values, and the steps."""
+    return dict(avg_drop=float(faith["drop"].mean()), increase_conf=float(faith["increase"].mean()),
+                deletion_auc=float(faith["deletion"].mean()), insertion_auc=float(faith["insertion"].mean()),
+                faith_steps=steps)
 
 
 def _examples(data: ImageSet, cams: np.ndarray, boxes: list, protocol: str,
@@ -202,11 +212,9 @@ def streamed_report(exp: Experiment, data: "stream.StreamSet", protocol: str = D
     if info.kind != "boxes":
         per_image.update(fg=np.stack(scorer.image_fg), bg=np.stack(scorer.image_bg))
     if parts:
-        faith = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+        faith = _joined(parts)
         per_image.update(faith)
-        report.update(avg_drop=float(faith["drop"].mean()), increase_conf=float(faith["increase"].mean()),
-                      deletion_auc=float(faith["deletion"].mean()), insertion_auc=float(faith["insertion"].mean()),
-                      faith_steps=faith_steps)
+        report.update(faith_means(faith, faith_steps))
     report.update(_identity(exp, extractor, protocol, interval, info.box_faults, len(data), None),
                   per_image=per_image, examples=examples)
     return report
