@@ -321,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--no_msf", action="store_true",
                     help="with --semseg: the maps of one scale (the run's --img_size), not OC-CSE's multi-scale "
                          "inference with flips (scales 0.5, 1, 1.5, 2)")
+    ab.add_argument("--both_scales", action="store_true",
+                    help="with --semseg: score every run from both maps, multi-scale (report/semseg.*) and of one "
+                         "scale (report/semseg_1scale.*), and write what each adds with paired intervals per seed "
+                         "(report/semseg_msf.{md,png})")
     ab.add_argument("--runs", nargs="+", default=None, metavar="EXP_ID",
                     help="the IoU table of these visualised runs only (visualize/<exp_id>/), in this order; with "
                          "--semseg: score these finished runs (trained on --dataset multi or voc) instead of "
@@ -362,8 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     if sum((args.ablation, args.methods, args.wsol, args.sweep is not None, args.extractors is not None,
             args.semseg)) > 1:
         parser.error("choose one of --ablation, --methods, --sweep, --extractors, --semseg and --wsol")
-    if (args.crf is not None or args.refine is not None) and not args.semseg:
-        parser.error(f"{'--crf' if args.crf is not None else '--refine'} applies to --semseg")
+    semseg_only = [flag for flag, given in (("--crf", args.crf is not None), ("--refine", args.refine is not None),
+                                            ("--no_msf", args.no_msf), ("--both_scales", args.both_scales)) if given]
+    if semseg_only and not args.semseg:
+        parser.error(f"{semseg_only[0]} applies to --semseg")
     if args.runs is not None and (args.ablation or args.methods or args.wsol or args.sweep is not None
                                   or args.extractors is not None):
         parser.error("--runs chooses the runs of the IoU table (python iou.py --runs a b) or of --semseg")

@@ -22,7 +22,7 @@ from camlab.runs import read_metrics
 from camlab.utils import REPORT_DIR, CamlabError, atomic_write_text
 from research.experiments import Experiment, finished_experiments
 from research.affinitynet import AffinitySettings
-from research.semseg import semseg_variants, write_semseg_report
+from research.semseg import semseg_variants, write_scales_report, write_semseg_report
 from research.wsol import methods_table, summary_table, write_extractors_report, write_methods_report, wsol_report
 
 
@@ -211,16 +211,20 @@ def semseg_configs(base: "train.RunConfig", prefix: str = "semseg",
 def semseg_reports(base: "train.RunConfig", prefix: str = "semseg", n_threshold: int = 500,
                    seeds: Sequence[int] = (0,), crf: Sequence[str | None] = (None, *CRF_DEFAULT_VARIANTS),
                    msf: bool = True, refine: Sequence[str | None] = (None,),
-                   aff: AffinitySettings | None = None) -> list[dict]:
+                   aff: AffinitySettings | None = None, scales: Sequence[bool] | None = None) -> list[dict] | tuple:
     """Train (or reuse) every SEMSEG run at every seed on ``base``'s dataset (the multi-object
     set by default), then score each without and with dense CRF (and with ``refine``'s random
-    walk, each run's affinity network trained or reused)."""
+    walk, each run's affinity network trained or reused). With ``scales`` (msf settings, e.g.
+    (True, False)), each run is scored at each and a tuple of report lists is returned, one per
+    setting, in that order."""
     configs = semseg_configs(base, prefix, seeds)
-    reports = []
+    found: list[list[dict]] = [[] for _ in (scales or (msf,))]
     for cfg in configs:
         trained(cfg)
-        reports += semseg_variants(Experiment.load(cfg.exp_id, cfg.device), n_threshold, crf, msf, refine, aff)
-    return reports
+        exp = Experiment.load(cfg.exp_id, cfg.device)
+        for reports, setting in zip(found, scales or (msf,)):
+            reports += semseg_variants(exp, n_threshold, crf, setting, refine, aff)
+    return tuple(found) if scales else found[0]
 
 
 # ---------------------------------------------------------------------------- the commands
@@ -290,20 +294,32 @@ def wsol_command(args) -> None:
 
 
 def semseg_command(args) -> None:
-    """``python iou.py --semseg [--crf] [--refine rw] [--seeds ...] [--runs EXP ...]``."""
+    """``python iou.py --semseg [--crf] [--refine rw] [--seeds ...] [--runs EXP ...] [--both_scales]``."""
     crf = (None, *(args.crf or CRF_DEFAULT_VARIANTS)) if args.crf is not None else (None,)
     msf = not args.no_msf
+    both = getattr(args, "both_scales", False)
+    if both and (args.no_msf or args.refine):
+        raise CamlabError("--both_scales scores every run from multi-scale maps and from one scale's: drop "
+                          + ("--no_msf" if args.no_msf else "--refine (the walk is scored at one setting at a time)"))
     refine = (None, *args.refine) if args.refine else (None,)
     aff = AffinitySettings(radius=args.aff_radius, pairs=args.aff_pairs, epochs=args.aff_epochs, init=args.aff_init,
                            msf=msf).checked()
+    scales = (True, False) if both else (msf,)
+
+    def written(found: Sequence[list[dict]]) -> str:
+        text = write_semseg_report(found[0])
+        if both:
+            write_semseg_report(found[1], stem="semseg_1scale")
+            write_scales_report(found[0], found[1])
+        return text
     if args.runs:
         def work() -> str:
-            return write_semseg_report([report for exp_id in args.runs for report in
-                                        semseg_variants(Experiment.load(exp_id, args.device), args.n_threshold, crf,
-                                                        msf, refine, aff)])
+            exps = [Experiment.load(exp_id, args.device) for exp_id in args.runs]
+            return written([[report for exp in exps for report in
+                             semseg_variants(exp, args.n_threshold, crf, setting, refine, aff)] for setting in scales])
     else:
         seeds = args.seeds or [args.seed]
         base = base_run(args, args.dataset)
-        work = lambda: write_semseg_report(semseg_reports(base, run_prefix(args, "semseg"), args.n_threshold,  # noqa: E731
-                                                          seeds, crf, msf, refine, aff))
+        work = lambda: written(semseg_reports(base, run_prefix(args, "semseg"), args.n_threshold,  # noqa: E731
+                                              seeds, crf, msf, refine, aff, scales=scales))
     print(timed("semseg", work), end="")

@@ -130,8 +130,7 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
     ablation = ("--ablation", "--img_size", "112", *more)
     methods = ("--methods", "--seeds", *seeds, *ps.research, *more)
     extractors = ("--extractors", "--seeds", *seeds, *ps.research, *more)
-    semseg = ("--semseg", "--crf", "--seeds", *seeds, *ps.research, *more)
-    one_scale = ("--semseg", "--crf", "--no_msf", "--seeds", *seeds, *ps.research, *more)
+    semseg = ("--semseg", "--crf", "--both_scales", "--seeds", *seeds, *ps.research, *more)
     rw_run = ("--dataset", "multi", "--multi_label", *ps.research, "--exp_id", "rw_cam_ml", *ps.extra)
     rw = ("--semseg", "--crf", "affinitynet", "--refine", "rw", "--runs", "rw_cam_ml", "--no_msf", "--aff_epochs", "3",
           "--aff_init", "run", *more)
@@ -186,10 +185,11 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
         args = _iou_args(semseg)
         return semseg_configs(base_run(args, args.dataset), run_prefix(args, "semseg"), args.seeds)
 
-    def one_scale_writer() -> dict[str, Path]:
-        comparisons.semseg_command(_iou_args(one_scale))
-        return _files(REPORT_DIR, {f"semseg_1scale{ext}": f"semseg{ext}"
-                                   for ext in (".csv", ".md", ".png", "_intervals.png")})
+    def write_semseg() -> dict[str, Path]:
+        comparisons.semseg_command(_iou_args(semseg))
+        return _files(REPORT_DIR, {f"{stem}{ext}": f"{stem}{ext}" for stem in ("semseg", "semseg_1scale")
+                                   for ext in (".csv", ".md", ".png", "_intervals.png")}
+                      | {name: name for name in ("semseg_msf.md", "semseg_msf.png")})
 
     def write_rw() -> dict[str, Path]:
         comparisons.semseg_command(_iou_args(rw))
@@ -209,9 +209,7 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
                          "extractors_intervals.png", "extractors_faithful.png")),
         Table("bench_cpu", _quote(bench_cpu, "bench.py"), list, _measured(bench_cpu)),
         Table("bench_data_cpu", _quote(bench_data, "bench.py"), list, _measured(bench_data)),
-        Table("semseg", _quote(semseg), semseg_runs, comparison(semseg, comparisons.semseg_command, "semseg", "semseg.png",
-                                                                 "semseg_intervals.png")),
-        Table("semseg_1scale", _quote(one_scale), semseg_runs, one_scale_writer),
+        Table("semseg", _quote(semseg), semseg_runs, write_semseg),
         Table("sweep", "python iou.py --publish --tables sweep (body evidence "
               + ", ".join(f"{v:g}" for v in SWEEP_VALUES) + f"; seeds {' '.join(seeds)} at 0, 0.85 and 1, seed "
               f"{seeds[0]} elsewhere; " + " ".join(ps.research) + ")", sweep_runs, write_sweep),

@@ -363,9 +363,10 @@ def _walk_note(reports: list[dict]) -> str:
             f"(what weakly supervised segmentation papers report for this step), at the values they chose.\n\n")
 
 
-def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> str:
-    """``semseg.csv``, ``semseg.md`` (the summary over seeds with intervals, then per-class IoU)
-    and ``semseg.png`` (the first seed's label maps, colour-coded); returns the markdown."""
+def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR, stem: str = "semseg") -> str:
+    """``<stem>.csv``, ``<stem>.md`` (the summary over seeds with intervals, then per-class IoU),
+    ``<stem>_intervals.png`` and ``<stem>.png`` (the first seed's label maps, colour-coded);
+    returns the markdown."""
     if not reports:
         raise CamlabError("no run to score; train one on --dataset multi first")
     seeds = sorted({r["seed"] for r in reports})
@@ -395,15 +396,68 @@ def write_semseg_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> s
     text = (note + summary + "\n### Where the errors are (pooled over the test split, mean over seeds)\n\n"
             + errors_table(reports) + "\n### IoU per class (mean over seeds)\n\n" + class_table(reports))
     report_dir = Path(report_dir)
-    atomic_write_text(report_dir / "semseg.csv", csv_text)
-    atomic_write_text(report_dir / "semseg.md", text)
+    atomic_write_text(report_dir / f"{stem}.csv", csv_text)
+    atomic_write_text(report_dir / f"{stem}.md", text)
     rows = interval_rows(reports, intervals)
     if rows:
-        figures.plot_intervals(rows, report_dir / "semseg_intervals.png",
+        figures.plot_intervals(rows, report_dir / f"{stem}_intervals.png",
                                "semantic segmentation: each seed's paired bootstrap interval of mIoU (solid: excludes 0)",
                                reference="")
     first_seed = [r for r in reports if r["seed"] == seeds[0]]
     figures.plot_label_maps({_semseg_row(r): r["examples"]["labels"]
-                               for r in first_seed}, first["examples"], first["classes"], report_dir / "semseg.png",
+                               for r in first_seed}, first["examples"], first["classes"], report_dir / f"{stem}.png",
                               title=f"label maps, seed {seeds[0]} (black: background)")
+    return text
+
+
+def _one_scale(report: dict, single: list[dict]) -> dict | None:
+    """The same run, refinement and CRF setting scored from the maps of one scale."""
+    return next((r for r in single if r["exp_id"] == report["exp_id"] and r["crf"] == report["crf"]
+                 and r.get("refine") == report.get("refine")), None)
+
+
+def write_scales_report(multi: list[dict], single: list[dict], report_dir: Path = REPORT_DIR) -> str:
+    """What multi-scale inference and dense CRF add, side by side: ``semseg_msf.md`` (per
+    method and CRF setting, the mIoU from the maps of one scale and from OC-CSE's multi-scale
+    inference, each seed's paired interval of multi-scale minus one scale, and with CRF minus
+    without at each scale) and ``semseg_msf.png`` (those intervals as a forest plot); returns the
+    markdown. ``multi`` and ``single``: the same runs' reports at each (:func:`semseg_variants`)."""
+    pairs = [(m, o) for m in multi if (o := _one_scale(m, single)) is not None]
+    if not pairs:
+        raise CamlabError("no run was scored both from multi-scale maps and from the maps of one scale")
+    groups: dict[tuple, list[tuple[dict, dict]]] = {}
+    for m, o in pairs:
+        groups.setdefault((m["method"], m.get("refine"), m["crf"]), []).append((m, o))
+    rows, figure = [], {}
+    for (method, refine, crf), group in groups.items():
+        group = sorted(group, key=lambda pair: pair[0]["seed"])
+        from_msf = [_miou_interval(m, o) for m, o in group]
+        crf_multi = [_miou_interval(m, plain) for m, _ in group if (plain := _without_crf(m, multi)) is not None]
+        crf_single = [_miou_interval(o, plain) for _, o in group if (plain := _without_crf(o, single)) is not None]
+        mean_std = [(np.mean(v), np.std(v, ddof=1) if len(v) > 1 else 0.0)
+                    for v in ([o["miou"] for _, o in group], [m["miou"] for m, _ in group])]
+        rows.append([method, REFINE_NAMES[refine], CRF_NAMES[crf], ", ".join(str(m["seed"]) for m, _ in group),
+                     *(f"{mean:.4f} ± {std:.4f}" for mean, std in mean_std), _intervals(from_msf), _verdict(from_msf),
+                     _intervals(crf_single), _verdict(crf_single) if crf_single else "-",
+                     _intervals(crf_multi), _verdict(crf_multi) if crf_multi else "-"])
+        found = {"ΔmIoU from multi-scale": from_msf, "ΔmIoU from CRF, one scale": crf_single,
+                 "ΔmIoU from CRF, multi-scale": crf_multi}
+        figure[_semseg_row(group[0][0])] = {k: v for k, v in found.items() if v}
+    header = ["method", "refinement", "CRF", "seeds", "mIoU, one scale", "mIoU, multi-scale",
+              "ΔmIoU multi-scale − one scale, 95% CI per seed", "multi-scale helps?",
+              "ΔmIoU from CRF at one scale, 95% CI per seed", "CRF helps (one scale)?",
+              "ΔmIoU from CRF at multi-scale, 95% CI per seed", "CRF helps (multi-scale)?"]
+    first = pairs[0][0]
+    note = (f"What multi-scale inference and dense CRF add to semantic segmentation of the {first['n_test']} test "
+            f"images: the same runs scored from the maps of one scale (the run's size) and from OC-CSE's multi-scale "
+            f"inference with flips (0.5, 1, 1.5, 2), each with its own background threshold or α chosen on training "
+            f"masks. Intervals: paired bootstrap ({BOOTSTRAP_RESAMPLES} resamples of the test images, the same "
+            f"resample for both, confusion matrices pooled per resample; 95% percentile), per seed; \"helps\" only "
+            f"where every seed's interval lies above 0 (\"worse\" where every one lies below).\n\n")
+    text = note + tables.markdown(header, rows, [tables.LEFT] * 4 + [tables.RIGHT] * 2 + [tables.LEFT] * 6)
+    report_dir = Path(report_dir)
+    atomic_write_text(report_dir / "semseg_msf.md", text)
+    figures.plot_intervals(figure, report_dir / "semseg_msf.png",
+                           "what multi-scale inference and dense CRF add: each seed's paired interval of mIoU "
+                           "(solid: excludes 0)", reference="")
     return text

@@ -249,7 +249,15 @@ def test_semseg_report_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     assert main.main(common + ["--exp_id", "sl"]) == 0
     metrics = __import__("json").loads((tmp_path / "checkpoints/ml/metrics.json").read_text())
     assert {"test_map", "test_f1"} <= set(metrics) and metrics["best_val_by"] == "mAP"
-    assert iou.main(["--semseg", "--crf", "--runs", "ml", "sl", "--n_threshold", "10"]) == 0
+    assert iou.main(["--semseg", "--crf", "--runs", "ml", "sl", "--n_threshold", "10", "--no_msf"]) == 0
+    one_scale = (tmp_path / "report/semseg.csv").read_text()
+    # both scales at once: the one-scale table is the --no_msf one, and what each adds is paired per run
+    assert iou.main(["--semseg", "--crf", "--runs", "ml", "sl", "--n_threshold", "10", "--both_scales"]) == 0
+    assert (tmp_path / "report/semseg_1scale.csv").read_text() == one_scale
+    assert one_scale != (tmp_path / "report/semseg.csv").read_text()
+    scales = (tmp_path / "report/semseg_msf.md").read_text()
+    assert sum(line.startswith("| CAM (") for line in scales.splitlines()) == 6  # 2 runs × 3 CRF settings
+    assert (tmp_path / "report/semseg_msf.png").stat().st_size > 0
     rows = list(csv.DictReader((tmp_path / "report/semseg.csv").open()))
     assert [(r["experiment"], r["crf"]) for r in rows] == [(e, c) for e in ("ml", "sl")
                                                            for c in ("none", "affinitynet", "scaled")]
@@ -272,8 +280,11 @@ def test_semseg_report_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     assert main.main(["--data_root", "lab", "--img_size", "16", "--epochs", "1", "--weights", "none", "--quiet",
                       "--exp_id", "lab"]) == 0
     capsys.readouterr()
+    assert iou.main(["--semseg", "--runs", "ml", "--both_scales", "--no_msf"]) == 2
+    assert "--both_scales scores every run" in capsys.readouterr().err
     assert iou.main(["--semseg", "--runs", "lab"]) == 2
     assert "no class masks" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as stop:
-        iou.main(["--crf"])
-    assert stop.value.code == 2 and "--crf applies to --semseg" in capsys.readouterr().err
+    for flag in ("--crf", "--no_msf", "--both_scales"):
+        with pytest.raises(SystemExit) as stop:
+            iou.main([flag])
+        assert stop.value.code == 2 and f"{flag} applies to --semseg" in capsys.readouterr().err

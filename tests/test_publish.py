@@ -22,7 +22,7 @@ def tiny_plan(root) -> tuple[publish.Table, ...]:
 
 def test_the_plan_names_every_published_table_once_in_order() -> None:
     names = [t.name for t in publish.PLAN]
-    assert names == ["lab", "ablation", "methods", "extractors", "bench_cpu", "bench_data_cpu", "semseg", "semseg_1scale", "sweep", "cv",
+    assert names == ["lab", "ablation", "methods", "extractors", "bench_cpu", "bench_data_cpu", "semseg", "sweep", "cv",
                      "semseg_rw", "bench_wsol_eval_cpu"]
     methods = publish.TABLES["methods"]
     assert methods.command == "python iou.py --methods --seeds 0 1 2 --img_size 112 --weights none"

@@ -164,3 +164,30 @@ def test_error_shares_by_hand() -> None:
     # object pixels: 5 (rows 1, 2): 1 as background, 1 as another class (2 -> 1); background: 5, 2 as objects
     assert shares == pytest.approx({"object_as_background": 1 / 5, "object_as_other": 1 / 5,
                                     "background_as_object": 2 / 5, "predicted_object": 6 / 10, "true_object": 5 / 10})
+
+
+def test_the_scales_report_pairs_each_run_with_itself_at_one_scale(tmp_path) -> None:
+    from research.semseg import write_scales_report
+    perfect, worse = image_confusions(GT, GT, 3), image_confusions(PRED, GT, 3)
+    # by hand: PRED's split confusion has IoUs 3/6, 1/5, 2/3, so mIoU 0.45556; GT's own is 1
+    assert mean_iou(worse.sum(0)) == pytest.approx((0.5 + 0.2 + 2 / 3) / 3)
+
+    def report(crf_variant, confusions):
+        return {"exp_id": "a_s0", "method": "CAM", "refine": None, "crf": crf_variant, "seed": 0, "n_test": 2,
+                "miou": mean_iou(confusions.sum(0)), "per_image": {"confusions": confusions}}
+    # no CRF: multi-scale perfect, one scale PRED; with CRF the other way round
+    multi = [report(None, perfect), report("scaled", worse)]
+    single = [report(None, worse), report("scaled", perfect)]
+    text = write_scales_report(multi, single, tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| CAM")]
+    assert len(rows) == 2
+    plain, with_crf = ([c.strip() for c in row.strip("|").split("|")] for row in rows)
+    # method, refinement, CRF, seeds, one scale, multi-scale, Δ MSF, verdict, Δ CRF (one), verdict, Δ CRF (multi), verdict
+    assert plain[4:8] == ["0.4556 ± 0.0000", "1.0000 ± 0.0000", plain[6], "better"]
+    assert plain[6].startswith("+0.544 [") and plain[8:] == ["-", "-", "-", "-"]
+    assert with_crf[6].startswith("-0.544 [") and with_crf[7] == "worse"
+    assert with_crf[8].startswith("+0.544 [") and with_crf[9] == "better"  # CRF at one scale: PRED -> GT
+    assert with_crf[10].startswith("-0.544 [") and with_crf[11] == "worse"
+    assert (tmp_path / "semseg_msf.md").read_text() == text and (tmp_path / "semseg_msf.png").stat().st_size > 0
+    with pytest.raises(CamlabError, match="no run was scored both"):
+        write_scales_report(multi, [], tmp_path)
