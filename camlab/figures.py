@@ -22,6 +22,7 @@ from camlab.utils import CamlabError, atomic_write, encode_png  # noqa: E402
 
 
 FIG_FORMATS = ("png", "pdf", "svg")  # what a report figure can be written as (vector: pdf, svg)
+ROW_LABEL_WIDTH = 18  # characters per line of a grid's row label
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -117,27 +118,31 @@ def _draw_box(ax: plt.Axes, box, colour: str) -> None:
 
 def plot_methods(examples: dict[str, list[dict]], path: Path, title: str = "") -> None:
     """The methods figure: one row per experiment, one column per test image, each cell the CAM
-    over the image with the CAM's box (red, 20% rule) and the ground-truth box (green).
+    over the image with the CAM's box (red, 20% rule) and the ground-truth box (green). Each
+    row's label is written level to its left, wrapped (long extractor names do not overlap),
+    and every pixel is drawn as it is (nearest), so the file stays small and shows the map's
+    own pixels.
 
-    examples: exp_id -> list of dicts with ``image`` (uint8 H×W×3), ``cam`` (float H×W in
+    examples: row label -> list of dicts with ``image`` (uint8 H×W×3), ``cam`` (float H×W in
     [0, 1]), ``box`` and ``gt_box`` (inclusive (x0, y0, x1, y1) or None), ``name``.
     """
     names = list(examples)
     cols = max(len(v) for v in examples.values())
-    fig, axes = plt.subplots(len(names), cols, figsize=(1.3 * cols, 1.4 * len(names) + 0.4), squeeze=False)
-    for r, exp_id in enumerate(names):
+    fig, axes = plt.subplots(len(names), cols, figsize=(1.3 * cols + 1.4, 1.4 * len(names) + 0.4), squeeze=False)
+    for r, label in enumerate(names):
         for c in range(cols):
             ax = axes[r, c]
             ax.set_xticks([])
             ax.set_yticks([])
-            if c < len(examples[exp_id]):
-                ex = examples[exp_id][c]
-                ax.imshow(heatmap_overlay(ex["image"], ex["cam"]))
+            if c < len(examples[label]):
+                ex = examples[label][c]
+                ax.imshow(heatmap_overlay(ex["image"], ex["cam"]), interpolation="nearest")
                 _draw_box(ax, ex["gt_box"], "lime")
                 _draw_box(ax, ex["box"], "red")
                 if r == 0:
                     ax.set_title(ex["name"], fontsize=7)
-        axes[r, 0].set_ylabel(exp_id, fontsize=8)
+        axes[r, 0].set_ylabel(textwrap.fill(label, ROW_LABEL_WIDTH), fontsize=7, rotation=0, ha="right", va="center",
+                              labelpad=4)
     fig.suptitle(title or "CAM of the labelled class; boxes: CAM (red, 20% rule), ground truth (green)",
                  fontsize=9)
     fig.tight_layout()

@@ -466,8 +466,11 @@ def write_methods_report(reports: list[dict], report_dir: Path = REPORT_DIR) -> 
             f"(body-only) and with the body unpainted (part-only); the share of part, body and background pixels "
             f"where the labelled class's evaluation map is >= {MAP_LEVEL}.\n\n")
     heads = heads_table(reports)
+    first = min(r["seed"] for r in reports)
     return _write_comparison(reports, Path(report_dir), "methods", note, "Every run",
-                             f"\n### Each ACoL head's map\n\n{heads}" if heads else "", lambda r: r["exp_id"])
+                             f"\n### Each ACoL head's map\n\n{heads}" if heads else "", lambda r: r["method"],
+                             title=f"seed {first}: each method's CAM of the labelled class; boxes: CAM (red, 20% rule), "
+                                   f"ground truth (green)")
 
 
 def _by_method(reports: list[dict]) -> dict[str, list[dict]]:
@@ -491,6 +494,13 @@ def intervals_by_method(reports: list[dict]) -> dict[str, dict[str, list[tuple[f
     return rows
 
 
+def grid_labels(reports: list[dict], row_label) -> list[str]:
+    """Each report's row label in a grid figure: ``row_label(report)``, with its run's name added
+    where two reports share a label (so that no row replaces another)."""
+    labels = [row_label(r) for r in reports]
+    return [f"{label} ({r['exp_id']})" if labels.count(label) > 1 else label for label, r in zip(labels, reports)]
+
+
 def _write_comparison(reports: list[dict], report_dir: Path, stem: str, note: str, rows_heading: str, extra: str,
                       row_label, title: str = "") -> str:
     """``<stem>.csv`` (every report), ``<stem>.md`` (``note``, the summary over seeds with
@@ -502,7 +512,8 @@ def _write_comparison(reports: list[dict], report_dir: Path, stem: str, note: st
     atomic_write_text(report_dir / f"{stem}.md", text)
     first_seed = min(r["seed"] for r in reports)
     first = [r for r in reports if r["seed"] == first_seed]
-    figures.plot_methods({row_label(r): r["examples"] for r in first}, report_dir / f"{stem}_grid.png", title)
+    figures.plot_methods({label: r["examples"] for label, r in zip(grid_labels(first, row_label), first)},
+                         report_dir / f"{stem}_grid.png", title)
     rows = intervals_by_method(reports)
     if rows:
         figures.plot_intervals(rows, report_dir / f"{stem}_intervals.png",

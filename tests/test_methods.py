@@ -260,3 +260,11 @@ def test_evaluation_reads_the_fused_map_of_the_p_heads() -> None:
     assert torch.allclose(maps, expected, atol=1e-6)
     head0 = minmax(select_class(outs[0].cams, classes))
     assert not torch.allclose(fused, head0)  # the second p head changes the map
+
+
+def test_grid_rows_are_labelled_by_method_and_never_replace_one_another() -> None:
+    from research.wsol import grid_labels
+    reports = [{"exp_id": "a_cam_s0", "method": "CAM"}, {"exp_id": "b_cam_s0", "method": "CAM"},
+               {"exp_id": "a_seg_s0", "method": "SEG rotate+hflip"}]
+    assert grid_labels(reports, lambda r: r["method"]) == ["CAM (a_cam_s0)", "CAM (b_cam_s0)", "SEG rotate+hflip"]
+    assert grid_labels(reports, lambda r: r["exp_id"]) == ["a_cam_s0", "b_cam_s0", "a_seg_s0"]
