@@ -249,12 +249,13 @@ def test_semseg_report_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     assert main.main(common + ["--exp_id", "sl"]) == 0
     metrics = __import__("json").loads((tmp_path / "checkpoints/ml/metrics.json").read_text())
     assert {"test_map", "test_f1"} <= set(metrics) and metrics["best_val_by"] == "mAP"
-    assert iou.main(["--semseg", "--crf", "--runs", "ml", "sl", "--n_threshold", "10", "--no_msf"]) == 0
-    one_scale = (tmp_path / "report/semseg.csv").read_text()
+    assert iou.main(["--semseg", "--crf", "--runs", "ml", "--n_threshold", "10", "--no_msf"]) == 0
+    one_scale = (tmp_path / "report/semseg.csv").read_text().splitlines()
     # both scales at once: the one-scale table is the --no_msf one, and what each adds is paired per run
     assert iou.main(["--semseg", "--crf", "--runs", "ml", "sl", "--n_threshold", "10", "--both_scales"]) == 0
-    assert (tmp_path / "report/semseg_1scale.csv").read_text() == one_scale
-    assert one_scale != (tmp_path / "report/semseg.csv").read_text()
+    both = (tmp_path / "report/semseg_1scale.csv").read_text().splitlines()
+    assert len(one_scale) == 4 and both[:4] == one_scale and len(both) == 7  # header, ml's 3 rows; then sl's
+    assert one_scale != (tmp_path / "report/semseg.csv").read_text().splitlines()[:4]
     scales = (tmp_path / "report/semseg_msf.md").read_text()
     assert sum(line.startswith("| CAM (") for line in scales.splitlines()) == 6  # 2 runs × 3 CRF settings
     assert (tmp_path / "report/semseg_msf.png").stat().st_size > 0
