@@ -214,6 +214,49 @@ def plot_sweep(series: dict[str, dict[str, list]], path: Path, title: str = "") 
     save_figure(fig, path)
 
 
+def plot_sweep_intervals(series: dict[str, dict[str, list]], path: Path, title: str = "") -> None:
+    """Which method beats CAM, and at which setting: one panel per measure, for each method
+    (a colour) and setting each seed's paired-bootstrap difference from CAM with its 95%
+    interval (filled where it excludes 0, hollow where it crosses it), the seeds' mean joined by
+    a line; a line at 0.
+
+    series: method -> measure label (e.g. "ΔPxAP") -> [(setting, [(difference, low, high) per
+    seed]), ...] in increasing setting.
+    """
+    measures = list(dict.fromkeys(m for per in series.values() for m in per))
+    if not series or not measures:
+        raise CamlabError("plot_sweep_intervals: nothing to draw (no method has an interval)")
+    settings = sorted({x for per in series.values() for points in per.values() for x, _ in points})
+    place = {x: k for k, x in enumerate(settings)}  # evenly spaced: 0.75, 0.85 and 1 stay apart
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.6 * len(measures), 3.8), squeeze=False)
+    for ax, measure in zip(axes[0], measures):
+        for m, (method, per) in enumerate(series.items()):
+            points = per.get(measure, [])
+            if not points:
+                continue
+            colour = f"C{m % 10}"
+            shift = (m - (len(series) - 1) / 2) * 0.7 / max(len(series), 1)
+            xs, means = [], []
+            for x, found in points:
+                for k, (d, lo, hi) in enumerate(found):
+                    at = place[x] + shift + (k - (len(found) - 1) / 2) * 0.15 / max(len(series), 1)
+                    clear = lo > 0 or hi < 0
+                    ax.errorbar([at], [d], yerr=[[max(d - lo, 0.0)], [max(hi - d, 0.0)]], fmt="o", markersize=3,
+                                capsize=1.5, color=colour, mfc=colour if clear else "white", lw=0.8)
+                xs.append(place[x] + shift)
+                means.append(np.mean([d for d, _, _ in found]))
+            ax.plot(xs, means, "-", color=colour, lw=1, label=method)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(settings)), [f"{x:g}" for x in settings])
+        ax.set(xlabel="body evidence (share of bodies carrying class evidence)",
+               ylabel=f"{measure} vs CAM (95% CI per seed)")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title or "each method minus CAM at each setting", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def plot_grid(rows: list[dict], path: Path, title: str = "") -> None:
     """A report figure with one column per image and four rows: image, CAM overlay,
     thresholded mask, ground truth (left blank where unknown).
@@ -297,8 +340,8 @@ def plot_intervals(rows: dict[str, dict[str, list[tuple[float, float, float]]]],
             for k, (d, lo, hi) in enumerate(found):
                 offset = (k - (len(found) - 1) / 2) * 0.18
                 clear = lo > 0 or hi < 0
-                ax.errorbar([d], [y + offset], xerr=[[d - lo], [hi - d]], fmt="o", capsize=2, markersize=4,
-                            color="C0" if clear else "0.45", mfc="C0" if clear else "white")
+                ax.errorbar([d], [y + offset], xerr=[[max(d - lo, 0.0)], [max(hi - d, 0.0)]], fmt="o", capsize=2,
+                            markersize=4, color="C0" if clear else "0.45", mfc="C0" if clear else "white")
         ax.axvline(0, color="k", lw=0.8)
         ax.set(xlabel=f"{measure}{f' vs {reference}' if reference else ''} (95% CI per seed)")
         ax.grid(axis="x", alpha=0.3)

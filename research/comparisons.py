@@ -23,7 +23,8 @@ from camlab.utils import REPORT_DIR, CamlabError, atomic_write_text
 from research.experiments import Experiment, finished_experiments
 from research.affinitynet import AffinitySettings
 from research.semseg import semseg_variants, write_scales_report, write_semseg_report
-from research.wsol import methods_table, summary_table, write_extractors_report, write_methods_report, wsol_report
+from research.wsol import (methods_table, summary_table, sweep_intervals, write_extractors_report,
+                           write_methods_report, wsol_report)
 
 
 # ACoL's conv heads in the comparison: 256 hidden channels, twice the 128 that ResNet-18's layer2
@@ -160,8 +161,9 @@ def run_sweep(base: "train.RunConfig", values: Sequence[float], prefix: str = "m
               report_dir: Path = REPORT_DIR, interval: float = CAM_CURVE_INTERVAL,
               faith_steps: int = FAITH_STEPS, seeds_at: dict[float, Sequence[int]] | None = None) -> str:
     """Every method at every body-evidence setting in ``values`` (each its own embedded
-    dataset, generated on first use) into ``report/sweep.{csv,md}`` and ``sweep.png``: mean IoU
-    and PxAP against the setting, one line per method, mean over seeds with the seeds' spread.
+    dataset, generated on first use) into ``report/sweep.{csv,md}``, ``sweep.png`` (mean IoU and
+    PxAP against the setting, one line per method, mean over seeds with the seeds' spread) and
+    ``sweep_intervals.png`` (each method minus CAM at each setting, each seed's interval).
     ``seeds_at`` gives some settings other seeds than ``seeds`` (the publication's intermediate
     settings take one)."""
     reports = []
@@ -180,6 +182,11 @@ def run_sweep(base: "train.RunConfig", values: Sequence[float], prefix: str = "m
               for method, points in curves.items()}
     figures.plot_sweep(series, Path(report_dir) / "sweep.png",
                          title=f"the body-evidence sweep ({protocol} protocol; seeds {', '.join(map(str, seeds))})")
+    intervals = sweep_intervals(reports)
+    if intervals:
+        figures.plot_sweep_intervals(intervals, Path(report_dir) / "sweep_intervals.png",
+                                     title=f"which method beats CAM, and where: each seed's paired interval against "
+                                           f"CAM ({protocol} protocol; filled: excludes 0)")
     text = (f"Body-evidence sweep: every method at each setting of the embedded benchmark's dial (the share of "
             f"bodies whose stripes carry their class's period and hue); protocol {protocol}, CAM threshold step "
             f"{interval:g}; seeds "

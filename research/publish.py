@@ -179,7 +179,7 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
     def write_sweep() -> dict[str, Path]:
         comparisons.run_sweep(base_run(_iou_args(methods)), SWEEP_VALUES, "methods", seeds=ps.seeds[:1],
                               seeds_at=sweep_seeds)
-        return _files(REPORT_DIR, {name: name for name in ("sweep.csv", "sweep.md", "sweep.png")})
+        return _files(REPORT_DIR, {name: name for name in ("sweep.csv", "sweep.md", "sweep.png", "sweep_intervals.png")})
 
     def semseg_runs() -> list["train.RunConfig"]:
         args = _iou_args(semseg)

@@ -494,6 +494,22 @@ def intervals_by_method(reports: list[dict]) -> dict[str, dict[str, list[tuple[f
     return rows
 
 
+def sweep_intervals(reports: list[dict], names: Sequence[str] = ("iou", "pxap")) -> dict[str, dict[str, list]]:
+    """method -> "Δ<measure>" -> [(body-evidence setting, each seed's (difference, low, high)
+    against the same seed's plain CAM on that setting's test set), ...] in increasing setting,
+    for :func:`camlab.figures.plot_sweep_intervals` (every method but CAM)."""
+    found: dict[str, dict[str, dict[float, list]]] = {}
+    for r in sorted(reports, key=lambda r: (r["body_evidence"], r["seed"])):
+        cam = _reference(r, reports)
+        if cam is None or cam is r:
+            continue
+        for name, interval in versus_cam(r, cam, names=names).items():
+            found.setdefault(r["method"], {}).setdefault(f"Δ{COMPARED[name][0]}", {}).setdefault(
+                r["body_evidence"], []).append(interval)
+    return {method: {measure: sorted(points.items()) for measure, points in per.items()}
+            for method, per in found.items()}
+
+
 def grid_labels(reports: list[dict], row_label) -> list[str]:
     """Each report's row label in a grid figure: ``row_label(report)``, with its run's name added
     where two reports share a label (so that no row replaces another)."""

@@ -268,3 +268,38 @@ def test_grid_rows_are_labelled_by_method_and_never_replace_one_another() -> Non
                {"exp_id": "a_seg_s0", "method": "SEG rotate+hflip"}]
     assert grid_labels(reports, lambda r: r["method"]) == ["CAM (a_cam_s0)", "CAM (b_cam_s0)", "SEG rotate+hflip"]
     assert grid_labels(reports, lambda r: r["exp_id"]) == ["a_cam_s0", "b_cam_s0", "a_seg_s0"]
+
+
+def test_the_sweep_draws_each_method_against_cam_at_each_setting(tmp_path, monkeypatch) -> None:
+    """run_sweep on two tiny embedded benchmarks (at data/synthetic_be0 and _be1, where the
+    sweep looks), CAM and SEG only: its tables and figures, and each setting's interval of SEG
+    against the CAM of the same setting and seed."""
+    import train
+    from camlab import synthetic as gen
+    from research import comparisons
+    from research.wsol import sweep_intervals
+    monkeypatch.chdir(tmp_path)
+    for value in (0.0, 1.0):
+        gen.generate_synthetic(gen.default_root(value), n_train=24, n_test=8, size=32, progress=False,
+                               body_evidence=value)
+    monkeypatch.setattr(comparisons, "METHODS", comparisons.METHODS[:2])
+    base = train.RunConfig(epochs=1, img_size=32, batch_size=8, weights="none", device="cpu").checked()
+    seen = []
+    monkeypatch.setattr(comparisons, "sweep_intervals", lambda reports: seen.append(reports) or sweep_intervals(reports))
+    text = comparisons.run_sweep(base, (0.0, 1.0), seeds=(0,), n_threshold=6, faith_steps=2,
+                                 report_dir=tmp_path / "report")
+    rows = [line.split(" | ")[:3] for line in text.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
+    assert rows == [["| 0", "CAM", "0"], ["| 0", "SEG rotate+hflip", "0"], ["| 1", "CAM", "0"],
+                    ["| 1", "SEG rotate+hflip", "0"]]
+    reports = seen[0]
+    assert sorted((r["body_evidence"], r["exp_id"]) for r in reports) == [
+        (0.0, "methods_be0_cam_s0"), (0.0, "methods_be0_seg_s0"), (1.0, "methods_be1_cam_s0"), (1.0, "methods_be1_seg_s0")]
+    found = sweep_intervals(reports)
+    assert list(found) == ["SEG rotate+hflip"] and set(found["SEG rotate+hflip"]) == {"ΔIoU", "ΔPxAP"}
+    by_setting = dict(found["SEG rotate+hflip"]["ΔIoU"])
+    assert sorted(by_setting) == [0.0, 1.0] and all(len(v) == 1 for v in by_setting.values())
+    seg = next(r for r in reports if r["exp_id"] == "methods_be1_seg_s0")
+    cam = next(r for r in reports if r["exp_id"] == "methods_be1_cam_s0")
+    assert by_setting[1.0][0][0] == pytest.approx(seg["test_iou"] - cam["test_iou"], abs=1e-9)
+    for name in ("sweep.csv", "sweep.md", "sweep.png", "sweep_intervals.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
