@@ -13,7 +13,10 @@ image multiplied pointwise by the min-max normalised map IN PIXEL SPACE (the 0�
 the mean/std normalisation: what the paper calls the image, so that a 0 of the map is black).
 torchcam 0.5.0's ``ClassificationMetric`` multiplies the normalised tensor instead (a 0 of the
 map becomes the mean colour) and reports fractions, not percent; it is not used (the tests
-hold both statements).
+hold both statements). That masking is camlab's named variant (``fill="mean"``: the image fades
+to the mean colour where the map is 0), reported beside the paper's, in percent: on a dataset
+where a black image is read as one class (the embedded benchmark's black arrow), the paper's
+Average Drop and Increase in Confidence measure that class's share, not the maps.
 
 Deletion and insertion (RISE's ``evaluation.CausalMetric``): pixels (all three channels of one
 position) ordered by saliency, highest first, ties in raster order (a stable sort; RISE's
@@ -45,6 +48,7 @@ FAITH_STEPS = 16  # deletion / insertion: equal steps over the image's pixels (R
 FAITH_BATCH = 64  # perturbed inputs per forward pass
 BLUR_SIZE, BLUR_SIGMA = 11, 5.0  # RISE's insertion substrate (Evaluation.ipynb: klen 11, ksig 5)
 MODES = ("deletion", "insertion")
+FILLS = ("black", "mean")  # the explanation map image where the map is 0: the paper's black, camlab's mean colour
 
 
 def _stats(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,12 +111,20 @@ def fitted_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.where(high > low, (maps - low) / (high - low).clamp_min(1e-12), torch.zeros_like(maps))
 
 
-def explanation_inputs(inputs: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+def explanation_inputs(inputs: torch.Tensor, maps: torch.Tensor, fill: str = "black") -> torch.Tensor:
     """The normalised model input of Chattopadhay's explanation map image: the 0–1 pixel image
-    (``inputs · std + mean``) times the map (:func:`fitted_maps`), normalised again."""
+    (``inputs · std + mean``) times the map (:func:`fitted_maps`), normalised again, so that
+    the image is black where the map is 0 (``fill`` "black", the paper's). ``fill`` "mean":
+    camlab's variant, the normalised tensor times the map (torchcam's masking), so that the
+    image fades to the mean colour where the map is 0 (``FILLS``)."""
+    if fill not in FILLS:
+        raise CamlabError(f"explanation map fill {fill!r}: choose from {', '.join(FILLS)}")
+    fitted = fitted_maps(maps, tuple(inputs.shape[-2:])).unsqueeze(1).to(inputs.dtype)
+    if fill == "mean":
+        return inputs * fitted
     mean, std = _stats(inputs)
     pixels = inputs * std + mean
-    return (pixels * fitted_maps(maps, tuple(inputs.shape[-2:])).unsqueeze(1) - mean) / std
+    return (pixels * fitted - mean) / std
 
 
 def class_probability(logits_fn: LogitsFn, inputs: torch.Tensor, classes: torch.Tensor,
@@ -128,13 +140,15 @@ def class_probability(logits_fn: LogitsFn, inputs: torch.Tensor, classes: torch.
 
 
 def confidences(logits_fn: LogitsFn, inputs: torch.Tensor, maps: torch.Tensor,
-                classes: torch.Tensor, batch: int = FAITH_BATCH) -> tuple[np.ndarray, np.ndarray]:
-    """``(Y, O)`` float64 N each: the probability of ``classes`` on the image and on its
-    explanation map image (:func:`explanation_inputs`)."""
+                classes: torch.Tensor, batch: int = FAITH_BATCH, fill: str = "black",
+                y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(Y, O)`` float64 N each: the probability of ``classes`` on the image (``y`` when
+    known) and on its explanation map image (:func:`explanation_inputs` with ``fill``)."""
     _check(inputs, maps, classes)
-    y = class_probability(logits_fn, inputs, classes, batch)
-    o = class_probability(logits_fn, explanation_inputs(inputs, maps), classes, batch)
-    return y.cpu().numpy(), o.cpu().numpy()
+    o = class_probability(logits_fn, explanation_inputs(inputs, maps, fill), classes, batch).cpu().numpy()
+    if y is None:
+        y = class_probability(logits_fn, inputs, classes, batch).cpu().numpy()
+    return y, o
 
 
 def average_drop(y: np.ndarray, o: np.ndarray) -> np.ndarray:
@@ -217,10 +231,13 @@ def faithfulness(logits_fn: LogitsFn, inputs: torch.Tensor, maps: torch.Tensor, 
                  steps: int = FAITH_STEPS, batch: int = FAITH_BATCH) -> dict[str, np.ndarray]:
     """Every per-image measure of one batch, float64 N each: ``y`` and ``o`` (the probabilities
     of :func:`confidences`), ``drop`` (:func:`average_drop`, %), ``increase``
-    (:func:`increase_in_confidence`, %), ``deletion`` and ``insertion`` (:func:`causal_auc` of
-    :func:`causal_curves` with the default substrates)."""
+    (:func:`increase_in_confidence`, %), the same three of the mean-colour explanation image
+    (``o_mean``, ``drop_mean``, ``increase_mean``: camlab's variant), ``deletion`` and
+    ``insertion`` (:func:`causal_auc` of :func:`causal_curves` with the default substrates)."""
     y, o = confidences(logits_fn, inputs, maps, classes, batch)
-    out = {"y": y, "o": o, "drop": average_drop(y, o), "increase": increase_in_confidence(y, o)}
+    _, o_mean = confidences(logits_fn, inputs, maps, classes, batch, fill="mean", y=y)
+    out = {"y": y, "o": o, "drop": average_drop(y, o), "increase": increase_in_confidence(y, o),
+           "o_mean": o_mean, "drop_mean": average_drop(y, o_mean), "increase_mean": increase_in_confidence(y, o_mean)}
     for mode in MODES:
         out[mode] = causal_auc(causal_curves(logits_fn, inputs, maps, classes, mode, steps, batch=batch,
                                              image_scores=torch.from_numpy(y)))

@@ -31,9 +31,12 @@ from research.streamscore import protocol_batches
 # percent, the AUCs in [0, 1]); ↓: lower is more faithful
 FAITH_COLUMNS = (("avg_drop", "Avg Drop % ↓"), ("increase_conf", "Incr. Conf. %"),
                  ("deletion_auc", "deletion AUC ↓"), ("insertion_auc", "insertion AUC"))
+# camlab's variant of the first two: the explanation image fades to the mean colour, not black
+FAITH_MEAN_COLUMNS = (("avg_drop_mean", "Avg Drop % ↓ (mean colour)"),
+                      ("increase_conf_mean", "Incr. Conf. % (mean colour)"))
 METHOD_COLUMNS = (("test_acc", "test acc"), ("test_iou", "mean IoU"), ("pxap", "PxAP"),
                   ("max_box_acc_v2", "MaxBoxAccV2"), ("top1_loc", "top-1 loc"),
-                  ("gt_known_loc", "GT-known loc")) + FAITH_COLUMNS
+                  ("gt_known_loc", "GT-known loc")) + FAITH_COLUMNS + FAITH_MEAN_COLUMNS
 
 
 # The embedded benchmark's diagnostics (only for runs on it): what the model looks at.
@@ -146,6 +149,7 @@ def faith_means(faith: dict[str, np.ndarray], steps: int) -> dict:
     """A report's faithfulness columns: the means of the per-image values, and the steps."""
     return dict(avg_drop=float(faith["drop"].mean()), increase_conf=float(faith["increase"].mean()),
                 deletion_auc=float(faith["deletion"].mean()), insertion_auc=float(faith["insertion"].mean()),
+                avg_drop_mean=float(faith["drop_mean"].mean()), increase_conf_mean=float(faith["increase_mean"].mean()),
                 faith_steps=steps)
 
 
@@ -332,9 +336,12 @@ COMPARED = {"iou": ("IoU", _mean_of("iou"), True),
             "pxap": ("PxAP", lambda p: pxap_statistic(p["fg"], p["bg"]) if "fg" in p else None, True),
             "drop": ("Avg Drop", _mean_of("drop"), False), "increase": ("Incr. Conf.", _mean_of("increase"), True),
             "deletion": ("deletion AUC", _mean_of("deletion"), False),
-            "insertion": ("insertion AUC", _mean_of("insertion"), True)}
+            "insertion": ("insertion AUC", _mean_of("insertion"), True),
+            "drop_mean": ("Avg Drop (mean colour)", _mean_of("drop_mean"), False),
+            "increase_mean": ("Incr. Conf. (mean colour)", _mean_of("increase_mean"), True)}
 LOCALISATION = ("iou", "pxap")
 FAITHFULNESS = ("drop", "increase", "deletion", "insertion")
+FAITH_MEAN = ("drop_mean", "increase_mean")
 
 
 def versus_cam(report: dict, cam: dict, resamples: int = BOOTSTRAP_RESAMPLES,
@@ -418,7 +425,16 @@ def faithfulness_section(reports: list[dict]) -> str:
             "image blurred (RISE's kernel 11, sigma 5) and puts them back. Lower is better for Average Drop and "
             "deletion (↓), higher for Increase in Confidence and insertion; \"better\" means more faithful than CAM "
             "on every seed's paired bootstrap interval.\n\n")
-    return "\n### Faithfulness\n\n" + note + summary_table(measured, FAITH_COLUMNS, FAITHFULNESS)
+    text = "\n### Faithfulness\n\n" + note + summary_table(measured, FAITH_COLUMNS, FAITHFULNESS)
+    variant = [r for r in measured if "avg_drop_mean" in r]
+    if variant:
+        text += ("\n### Average Drop and Increase in Confidence with the mean colour (camlab's variant)\n\n"
+                 "The same two measures with the explanation image faded to the mean colour where the map is 0 "
+                 "(the normalised input times the map, torchcam's masking), not to black: where a black image is "
+                 "read as one class, the paper's form measures that class's share of the test split rather than "
+                 "the maps. Intervals and verdicts as above.\n\n"
+                 + summary_table(variant, FAITH_MEAN_COLUMNS, FAITH_MEAN))
+    return text
 
 
 def _intervals(found: list[tuple[float, float, float]]) -> str:

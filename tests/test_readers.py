@@ -519,7 +519,7 @@ def test_wsol_boxes_are_scored_by_box_measures_only(tmp_path, monkeypatch) -> No
     report = wsol_report("cub", n_threshold=10, device="cpu")
     assert "pxap" not in report and "test_iou" not in report
     # per image only the faithfulness of the maps, which needs no ground truth
-    assert set(report["per_image"]) == {"y", "o", "drop", "increase", "deletion", "insertion"}
+    assert set(report["per_image"]) == {"y", "o", "drop", "increase", "o_mean", "drop_mean", "increase_mean", "deletion", "insertion"}
     assert report["n_test"] == 2 and report["data_root"] == str(root.resolve())
     exp = Experiment.load("cub", "cpu")
     data, truth = exp.test
