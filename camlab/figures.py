@@ -6,6 +6,7 @@ written atomically as PNG.
 from __future__ import annotations
 
 import io
+import math
 import textwrap
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from camlab.utils import CamlabError, atomic_write, encode_png  # noqa: E402
 
 FIG_FORMATS = ("png", "pdf", "svg")  # what a report figure can be written as (vector: pdf, svg)
 ROW_LABEL_WIDTH = 18  # characters per line of a grid's row label
+INTERVAL_PANELS = 4  # a forest plot's panels per line (the methods' eight measures: two lines)
+AXIS_LABEL_WIDTH = 36  # characters per line of a forest plot's axis label (its panels sit side by side)
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -332,9 +335,14 @@ def plot_intervals(rows: dict[str, dict[str, list[tuple[float, float, float]]]],
     if not rows or not measures:
         raise CamlabError("plot_intervals: nothing to draw (no row has an interval)")
     labels = list(rows)
-    fig, axes = plt.subplots(1, len(measures), figsize=(3.4 * len(measures) + 1.6, 0.45 * len(labels) + 1.4),
+    cols = min(len(measures), INTERVAL_PANELS)
+    lines = math.ceil(len(measures) / cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(3.4 * cols + 1.6, (0.45 * len(labels) + 1.4) * lines),
                              squeeze=False, sharey=True)
-    for ax, measure in zip(axes[0], measures):
+    for ax in axes.flat[len(measures):]:
+        ax.set_visible(False)
+    for ax, measure in zip(axes.flat, measures):
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         for y, label in enumerate(labels):
             found = rows[label].get(measure, [])
             for k, (d, lo, hi) in enumerate(found):
@@ -343,9 +351,12 @@ def plot_intervals(rows: dict[str, dict[str, list[tuple[float, float, float]]]],
                 ax.errorbar([d], [y + offset], xerr=[[max(d - lo, 0.0)], [max(hi - d, 0.0)]], fmt="o", capsize=2,
                             markersize=4, color="C0" if clear else "0.45", mfc="C0" if clear else "white")
         ax.axvline(0, color="k", lw=0.8)
-        ax.set(xlabel=f"{measure}{f' vs {reference}' if reference else ''} (95% CI per seed)")
+        ax.set_xlabel(textwrap.fill(f"{measure}{f' vs {reference}' if reference else ''} (95% CI per seed)",
+                                    AXIS_LABEL_WIDTH), fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    axes[0, 0].set_yticks(range(len(labels)), labels, fontsize=8)
+    for line in axes:
+        line[0].set_yticks(range(len(labels)), [textwrap.fill(label, 2 * ROW_LABEL_WIDTH) for label in labels],
+                           fontsize=8)
     axes[0, 0].invert_yaxis()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
