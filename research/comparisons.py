@@ -217,21 +217,19 @@ def semseg_configs(base: "train.RunConfig", prefix: str = "semseg",
 
 def semseg_reports(base: "train.RunConfig", prefix: str = "semseg", n_threshold: int = 500,
                    seeds: Sequence[int] = (0,), crf: Sequence[str | None] = (None, *CRF_DEFAULT_VARIANTS),
-                   msf: bool = True, refine: Sequence[str | None] = (None,),
-                   aff: AffinitySettings | None = None, scales: Sequence[bool] | None = None) -> list[dict] | tuple:
+                   scales: Sequence[bool] = (True,), refine: Sequence[str | None] = (None,),
+                   aff: AffinitySettings | None = None) -> list[list[dict]]:
     """Train (or reuse) every SEMSEG run at every seed on ``base``'s dataset (the multi-object
     set by default), then score each without and with dense CRF (and with ``refine``'s random
-    walk, each run's affinity network trained or reused). With ``scales`` (msf settings, e.g.
-    (True, False)), each run is scored at each and a tuple of report lists is returned, one per
-    setting, in that order."""
-    configs = semseg_configs(base, prefix, seeds)
-    found: list[list[dict]] = [[] for _ in (scales or (msf,))]
-    for cfg in configs:
+    walk, each run's affinity network trained or reused), from the maps of each msf setting of
+    ``scales`` (True: multi-scale): one list of reports per setting, in that order."""
+    found: list[list[dict]] = [[] for _ in scales]
+    for cfg in semseg_configs(base, prefix, seeds):
         trained(cfg)
         exp = Experiment.load(cfg.exp_id, cfg.device)
-        for reports, setting in zip(found, scales or (msf,)):
+        for reports, setting in zip(found, scales):
             reports += semseg_variants(exp, n_threshold, crf, setting, refine, aff)
-    return tuple(found) if scales else found[0]
+    return found
 
 
 # ---------------------------------------------------------------------------- the commands
@@ -328,5 +326,5 @@ def semseg_command(args) -> None:
         seeds = args.seeds or [args.seed]
         base = base_run(args, args.dataset)
         work = lambda: written(semseg_reports(base, run_prefix(args, "semseg"), args.n_threshold,  # noqa: E731
-                                              seeds, crf, msf, refine, aff, scales=scales))
+                                              seeds, crf, scales, refine, aff))
     print(timed("semseg", work), end="")
