@@ -286,8 +286,8 @@ def test_the_sweep_draws_each_method_against_cam_at_each_setting(tmp_path, monke
     base = train.RunConfig(epochs=1, img_size=32, batch_size=8, weights="none", device="cpu").checked()
     seen = []
     monkeypatch.setattr(comparisons, "sweep_intervals", lambda reports: seen.append(reports) or sweep_intervals(reports))
-    text = comparisons.run_sweep(base, (0.0, 1.0), seeds=(0,), n_threshold=6, faith_steps=2,
-                                 report_dir=tmp_path / "report")
+    text = comparisons.run_sweep(base, (0.0, 1.0), seeds=(0,), n_threshold=6, faith_steps=0,
+                                 report_dir=tmp_path / "report")  # as the publication: localisation alone
     rows = [line.split(" | ")[:3] for line in text.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
     assert rows == [["| 0", "CAM", "0"], ["| 0", "SEG rotate+hflip", "0"], ["| 1", "CAM", "0"],
                     ["| 1", "SEG rotate+hflip", "0"]]
@@ -303,3 +303,7 @@ def test_the_sweep_draws_each_method_against_cam_at_each_setting(tmp_path, monke
     assert by_setting[1.0][0][0] == pytest.approx(seg["test_iou"] - cam["test_iou"], abs=1e-9)
     for name in ("sweep.csv", "sweep.md", "sweep.png", "sweep_intervals.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "report" / "sweep.csv")))
+    assert len(rows) == 4 and all(r["pxap"] != "-" for r in rows)
+    assert all(r[k] == "-" for r in rows for k in ("avg_drop", "increase_conf", "deletion_auc", "insertion_auc"))

@@ -36,6 +36,24 @@ def test_the_plan_names_every_published_table_once_in_order() -> None:
     assert {c.body_evidence for c in sweep if c.exp_id.startswith("methods_be0.5_")} == {0.5}
 
 
+def test_the_sweep_is_scored_without_faithfulness_and_says_so(monkeypatch) -> None:
+    """The sweep tables localisation alone: its command names --faith_steps 0 and its write
+    passes it to run_sweep (the scoring itself with 0 steps: test_methods' sweep test)."""
+    from research import comparisons
+    sweep = publish.TABLES["sweep"]
+    assert sweep.command.endswith("--img_size 112 --weights none; --faith_steps 0)")
+    seen = {}
+
+    def stop(*args, **kwargs):
+        seen.update(kwargs)
+        raise CamlabError("stop here")
+
+    monkeypatch.setattr(comparisons, "run_sweep", stop)
+    with pytest.raises(CamlabError, match="stop here"):
+        sweep.write()
+    assert seen["faith_steps"] == 0 and seen["seeds"] == (0,)
+
+
 def test_the_estimate_uses_this_machines_runs_of_the_same_kind() -> None:
     cam = publish.TABLES["methods"].runs()[0]
     assert publish.estimate(cam, {}) == pytest.approx(publish.COST_112["CAM"])
