@@ -37,12 +37,60 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from camlab import utils
+from camlab import tables, utils
 from camlab.utils import CamlabError, OneLineParser, run_cli
-from research.bench import CPU_PEAK_GFLOPS, DEFAULT_TASKS, TASKS, BenchSettings, format_table, resolve_settings, run_bench
+from research.bench import (DEFAULT_TASKS, MODEL_TASKS, TASKS, BenchSettings, _ratio, resolve_settings,
+                            run_bench)
+from research.databench import data_table
+
+
+# ---------------------------------------------------------------------------- the table
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _mem(entry: dict) -> float | None:
+    for key in ("peak_cuda_alloc_mb", "peak_rss_mb", "process_max_rss_so_far_mb"):
+        if key in entry:
+            return entry[key]
+    return None
+
+
+def format_table(result: dict) -> str:
+    """Markdown: one row per task (plus one per compiled variant)."""
+    peak = result["settings"].get("peak_gflops")
+    of = "matmul" if result["settings"].get("peak_source", "").startswith("measured") else "peak"
+    header = ["task", "naive img/s", "fast img/s", "bound img/s", "fast/naive", "fast/bound", "GFLOP/img",
+              f"fast GFLOP/s (% of {of})", "peak mem MB (naive/fast/bound)"]
+    rows = []
+    for task in MODEL_TASKS:
+        if task not in result:
+            continue
+        r = result[task]
+        variants = [("", "fast", "bound", "fast_over_bound")]
+        if "fast_compiled" in r:
+            variants.append((" (compiled)", "fast_compiled", "bound_compiled",
+                             "fast_compiled_over_bound_compiled"))
+        for label, fast, bound, over in variants:
+            f, b, n = r[fast], r[bound], r["naive"]
+            pct = f" ({_fmt(f.get('pct_of_peak'), '.0f')}%)" if peak else ""
+            rows.append([f"{task}{label}", _fmt(n.get("img_per_s"), ".1f"), _fmt(f.get("img_per_s"), ".1f"),
+                         _fmt(b.get("img_per_s"), ".1f"), _fmt(_ratio(f, n), ".2f"), _fmt(r[over], ".2f"),
+                         f"{r['gflop_per_image']:.2f}", f"{_fmt(f.get('gflops_per_s'), '.1f')}{pct}",
+                         "/".join(_fmt(_mem(e), ".0f") for e in (n, f, b))])
+    text = tables.markdown(header, rows, [tables.LEFT] + [tables.RIGHT] * 8) if rows else ""
+    if "wsol_eval" in result:
+        evals = [[f"{r['interval']:g}", "every contour" if r["multi_contour"] else "largest contour",
+                  r["n_maps"], f"{r['size']}×{r['size']}", f"{r['fast_maps_per_s']:.1f}",
+                  f"{r['reference_maps_per_s']:.1f}", f"{r['ratio']:.1f}×"] for r in result["wsol_eval"]]
+        text += ("\n" if text else "") + tables.markdown(
+            ["CAM threshold step", "boxes", "maps", "map size", "fast maps/s", "reference maps/s", "fast/reference"],
+            evals, [tables.RIGHT, tables.LEFT] + [tables.RIGHT] * 5)
+    return text + ("\n" if text else "") + data_table(result["data"]) if "data" in result else text
 
 
 # ------------------------------------------------------------------------------ the CLI
@@ -66,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="CUDA only: also time fast and bound under torch.compile (both are reported)")
     p.add_argument("--peak_gflops", type=float, default=None,
-                   help=f"the device's peak GFLOP/s for the %% column (CPU default {CPU_PEAK_GFLOPS:g}, "
-                        f"measured on the project's 2-core AVX2 machine)")
+                   help="the device's peak GFLOP/s for the %% column (CPU default: this machine's fp32 "
+                        "matmul, measured at the start of the run; CUDA: none)")
     p.add_argument("--data_root", default=None,
                    help="a lab-layout dataset; None takes data/synthetic (generated when missing)")
     p.add_argument("--n_train", type=int, default=0,

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import platform
 import resource
@@ -25,12 +24,12 @@ from torchvision import transforms as T
 import dataloader
 import model as model_lib
 import train
-from camlab import tables, utils
+from camlab import utils
 from camlab.images import ImageSet
 from camlab.methods import Objective
 from camlab.runtime import autocast
 from camlab.utils import CamlabError, reason
-from research.databench import data_table, run_data_bench
+from research.databench import run_data_bench
 from research.evalbench import bench_wsol_eval
 from research.experiments import dataset_cams
 
@@ -41,10 +40,14 @@ WSOL_MAPS = {True: 8, False: 32}  # maps per wsol_eval round, --quick or not
 PIPELINES = ("naive", "fast", "bound")
 TASK_MODE = {"cam_train": "CAM", "seg_train": "SEG", "cam_infer": "CAM"}
 
-# fp32 peak of this project's reference CPU: 2 AVX2/FMA cores at ~2.45 GHz, 2 FMA units of
-# 8 fp32 lanes each = 32 FLOP/cycle/core -> ~157 GFLOP/s (/work/shared/notes/measured-facts.md,
-# "Compute"). Override with --peak_gflops on another machine; on CUDA no default is assumed.
-CPU_PEAK_GFLOPS = 157.0
+# The % column's reference on CPU, when --peak_gflops is not given: what this machine's fp32
+# matmul reaches with the benchmark's threads, measured at the start of the run (the best of
+# MATMUL_ROUNDS products of two MATMUL_SIZE² matrices). A fixed figure was wrong as soon as the
+# machine changed: the reference CPU's theoretical 157 GFLOP/s (2 AVX2/FMA cores at ~2.45 GHz,
+# /work/shared/notes/measured-facts.md) gave 104% of peak on an AVX-512 EPYC. On CUDA no
+# default is assumed (the pipelines run bfloat16 there).
+MATMUL_SIZE = 1024
+MATMUL_ROUNDS = 7
 
 INFER_FORM = "class"  # research.experiments.localization_report's default CAM form for evaluation
 FLOP_BATCH = 2        # images per FLOP count (FLOPs per image do not depend on it)
@@ -69,6 +72,7 @@ class BenchSettings:
     wsol_maps: int = 0        # maps per round of wsol_eval (0: the default)
     compile: bool = False
     peak_gflops: float | None = None
+    peak_source: str = ""     # how peak_gflops was found: given (--peak_gflops) or measured
     data_root: str | None = None
     seed: int = 0
     lr: float = train.RunConfig.lr
@@ -113,12 +117,30 @@ def resolve_settings(s: BenchSettings, device: torch.device) -> BenchSettings:
     # whole batches only: a smaller last batch would time a different shape (and recompile)
     s.n_train = _round_up(s.n_train, s.batch_size)
     s.n_infer = _round_up(s.n_infer, s.batch_size)
-    if s.peak_gflops is None and device.type == "cpu":
-        s.peak_gflops = CPU_PEAK_GFLOPS
+    if s.peak_gflops is not None:
+        s.peak_source = "given (--peak_gflops)"
+    elif device.type == "cpu":
+        s.peak_gflops = matmul_gflops()
+        s.peak_source = (f"measured: fp32 matmul of two {MATMUL_SIZE}×{MATMUL_SIZE} matrices, best of "
+                         f"{MATMUL_ROUNDS}, {torch.get_num_threads()} threads")
     if s.compile and device.type != "cuda":
         s.compile = False
         s.notes.append("--compile applies to CUDA only; skipped on this device")
     return s
+
+
+def matmul_gflops(size: int = MATMUL_SIZE, rounds: int = MATMUL_ROUNDS) -> float:
+    """GFLOP/s of the fastest of ``rounds`` fp32 products of two ``size``×``size`` matrices on
+    the CPU (2·size³ FLOP each), after one untimed product: the ceiling a conv of the same
+    precision can hope to approach on this machine."""
+    a, b = (torch.randn(size, size, generator=torch.Generator().manual_seed(k)) for k in (0, 1))
+    best = float("inf")
+    for r in range(rounds + 1):
+        start = time.perf_counter()
+        torch.mm(a, b)  # on the CPU, synchronous
+        elapsed = time.perf_counter() - start
+        best = min(best, elapsed) if r else best  # the first product warms up, untimed
+    return 2 * size ** 3 / best / 1e9
 
 
 def _round_up(n: int, k: int) -> int:
@@ -648,47 +670,3 @@ def _load_average() -> float | None:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
-
-
-# ---------------------------------------------------------------------------- the table
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
-
-
-def _mem(entry: dict) -> float | None:
-    for key in ("peak_cuda_alloc_mb", "peak_rss_mb", "process_max_rss_so_far_mb"):
-        if key in entry:
-            return entry[key]
-    return None
-
-
-def format_table(result: dict) -> str:
-    """Markdown: one row per task (plus one per compiled variant)."""
-    peak = result["settings"].get("peak_gflops")
-    header = ["task", "naive img/s", "fast img/s", "bound img/s", "fast/naive", "fast/bound", "GFLOP/img",
-              "fast GFLOP/s (% of peak)", "peak mem MB (naive/fast/bound)"]
-    rows = []
-    for task in MODEL_TASKS:
-        if task not in result:
-            continue
-        r = result[task]
-        variants = [("", "fast", "bound", "fast_over_bound")]
-        if "fast_compiled" in r:
-            variants.append((" (compiled)", "fast_compiled", "bound_compiled",
-                             "fast_compiled_over_bound_compiled"))
-        for label, fast, bound, over in variants:
-            f, b, n = r[fast], r[bound], r["naive"]
-            pct = f" ({_fmt(f.get('pct_of_peak'), '.0f')}%)" if peak else ""
-            rows.append([f"{task}{label}", _fmt(n.get("img_per_s"), ".1f"), _fmt(f.get("img_per_s"), ".1f"),
-                         _fmt(b.get("img_per_s"), ".1f"), _fmt(_ratio(f, n), ".2f"), _fmt(r[over], ".2f"),
-                         f"{r['gflop_per_image']:.2f}", f"{_fmt(f.get('gflops_per_s'), '.1f')}{pct}",
-                         "/".join(_fmt(_mem(e), ".0f") for e in (n, f, b))])
-    text = tables.markdown(header, rows, [tables.LEFT] + [tables.RIGHT] * 8) if rows else ""
-    if "wsol_eval" in result:
-        evals = [[f"{r['interval']:g}", "every contour" if r["multi_contour"] else "largest contour",
-                  r["n_maps"], f"{r['size']}×{r['size']}", f"{r['fast_maps_per_s']:.1f}",
-                  f"{r['reference_maps_per_s']:.1f}", f"{r['ratio']:.1f}×"] for r in result["wsol_eval"]]
-        text += ("\n" if text else "") + tables.markdown(
-            ["CAM threshold step", "boxes", "maps", "map size", "fast maps/s", "reference maps/s", "fast/reference"],
-            evals, [tables.RIGHT, tables.LEFT] + [tables.RIGHT] * 5)
-    return text + ("\n" if text else "") + data_table(result["data"]) if "data" in result else text
