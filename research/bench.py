@@ -617,10 +617,23 @@ def bench_task(s: BenchSettings, data: BenchData, device: torch.device, task: st
     return result
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name and whether it has AVX-512 (the first processor of ``cpuinfo``),
+    else the platform's machine name: ``platform.processor()`` is empty on Linux."""
+    try:
+        first = cpuinfo.read_text(errors="replace").split("\n\n")[0]
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    name = fields.get("model name") or platform.machine()
+    return name + (", AVX-512" if "avx512f" in fields.get("flags", "").split() else "")
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
 
 
 def run_bench(s: BenchSettings, data: BenchData | None = None) -> dict:

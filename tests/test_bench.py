@@ -236,3 +236,14 @@ def test_the_matmul_ceiling_counts_two_flop_per_multiply_add(monkeypatch) -> Non
     import types
     monkeypatch.setattr(b, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     assert b.matmul_gflops(size=8, rounds=3) == pytest.approx(2 * 8 ** 3 / 0.25 / 1e9)
+
+
+def test_the_cpu_is_named_from_cpuinfo(tmp_path: Path) -> None:
+    from research.bench import cpu_model
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 avx512f\n\n"
+                    "processor\t: 1\nmodel name\t: other\n")
+    assert cpu_model(info) == "AMD EPYC, AVX-512"
+    info.write_text("processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512_vnni\n")
+    assert cpu_model(info) == "Some Xeon"  # avx512f itself is the foundation flag
+    assert cpu_model(tmp_path / "missing")  # no cpuinfo: the platform's name, never empty
