@@ -341,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--body_evidence", type=float, default=None,
                     help="the embedded benchmark's body-evidence setting for --ablation and --methods "
                          "(default: the generator's default)")
+    ab.add_argument("--scores", default="off", choices=list(comparisons.SCORE_MODES),
+                    help="--methods, --sweep, --extractors and --semseg: reuse: keep each run's scored report under "
+                         "report/scores/ and reuse it when the run, the scoring settings and the code are the same "
+                         "(a stopped comparison loses at most the report in progress; the dataset's files are not "
+                         "checked); rescore: score again and keep; off: neither (default)")
     ab.add_argument("--retrain_damaged", action="store_true",
                     help="train again a comparison's run whose metrics.json is not the one camlab writes (by default: "
                          "one line naming it)")

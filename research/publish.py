@@ -123,6 +123,9 @@ class PlanSettings:
     seeds: tuple[int, ...] = SEEDS
     extra: tuple[str, ...] = ()  # main.py's and iou.py's
     extra_iou: tuple[str, ...] = ()  # iou.py's alone
+    # how the comparisons' scored reports are reused (iou.py --scores): like runs, by default
+    # (report/scores/); ``--rescore`` scores every one again (the check that a pass rewrites each file)
+    scores: str = "reuse"
 
 
 def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
@@ -169,9 +172,13 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
         args = _iou_args(methods)
         return method_configs(base_run(args), run_prefix(args, "methods"), args.seeds)
 
+    def scoring(argv: Sequence[str]) -> argparse.Namespace:
+        """A comparison's flags as its command gives them, its reports reused as ``ps.scores`` says."""
+        return _iou_args([*argv, "--scores", ps.scores])
+
     def comparison(argv: Sequence[str], command: Callable, stem: str, *figures: str) -> Callable[[], dict]:
         def write() -> dict[str, Path]:
-            command(_iou_args(argv))
+            command(scoring(argv))
             return _files(REPORT_DIR, {name: name for name in (f"{stem}.csv", f"{stem}.md", *figures)})
         return write
 
@@ -182,7 +189,7 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
 
     def write_sweep() -> dict[str, Path]:
         comparisons.run_sweep(base_run(_iou_args(methods)), SWEEP_VALUES, "methods", seeds=ps.seeds[:1],
-                              seeds_at=sweep_seeds, faith_steps=SWEEP_FAITH_STEPS)
+                              seeds_at=sweep_seeds, faith_steps=SWEEP_FAITH_STEPS, scores=ps.scores)
         return _files(REPORT_DIR, {name: name for name in ("sweep.csv", "sweep.md", "sweep.png", "sweep_intervals.png")})
 
     def semseg_runs() -> list["train.RunConfig"]:
@@ -190,13 +197,13 @@ def make_plan(ps: PlanSettings = PlanSettings()) -> tuple[Table, ...]:
         return semseg_configs(base_run(args, args.dataset), run_prefix(args, "semseg"), args.seeds)
 
     def write_semseg() -> dict[str, Path]:
-        comparisons.semseg_command(_iou_args(semseg))
+        comparisons.semseg_command(scoring(semseg))
         return _files(REPORT_DIR, {f"{stem}{ext}": f"{stem}{ext}" for stem in ("semseg", "semseg_1scale")
                                    for ext in (".csv", ".md", ".png", "_intervals.png")}
                       | {name: name for name in ("semseg_msf.md", "semseg_msf.png")})
 
     def write_rw() -> dict[str, Path]:
-        comparisons.semseg_command(_iou_args(rw))
+        comparisons.semseg_command(scoring(rw))
         return _files(REPORT_DIR, {f"semseg_rw{ext}": f"semseg{ext}"
                                    for ext in (".csv", ".md", ".png", "_intervals.png")})
 
@@ -414,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", nargs="+", choices=list(TABLES), default=None, metavar="TABLE",
                    help=f"only these tables, in plan order (default: all: {', '.join(TABLES)})")
     p.add_argument("--plan", action="store_true", help="list the tables, their commands and runs, and stop")
+    p.add_argument("--rescore", action="store_true",
+                   help="score every comparison's runs again instead of reusing the reports kept under "
+                        "report/scores/ (same run, settings and code): the pass that checks each file is rewritten "
+                        "identically")
     p.add_argument("--quote", action="store_true",
                    help="only refresh the README's and docs/' quoted blocks (<!-- published: FILE [table N] -->) "
                         "from report/published/")
@@ -439,7 +450,7 @@ def cli(argv: list[str] | None = None) -> int:
             changed = quote_files()
             print(f"refreshed the quotes in {', '.join(map(str, changed))}" if changed else "every quote is up to date")
         else:
-            publish(args.tables)
+            publish(args.tables, plan=make_plan(PlanSettings(scores="rescore")) if args.rescore else PLAN)
     return run_cli("iou.py --publish", body)
 
 

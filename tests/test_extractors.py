@@ -115,6 +115,20 @@ def test_extractors_command_scores_every_extractor_against_cam(tiny_lab, tmp_pat
     assert all(line.count("[") == 4 for line in faith[1:])  # Avg Drop, Incr. Conf., deletion, insertion
     assert all(0 <= float(r["avg_drop"]) <= 100 and 0 <= float(r["deletion_auc"]) <= 1 for r in rows)
     assert (tmp_path / "report" / "extractors_grid.png").stat().st_size > 0
+    # --scores reuse keeps each report (off, the default, kept none) and a second pass reads them
+    assert not (tmp_path / "report" / "scores").exists()
+    table = (tmp_path / "report" / "extractors.csv").read_text()
+    assert iou.main([*argv, "--scores", "reuse"]) == 0
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "report" / "scores" / "methods_cam_s0").iterdir()) == [
+        "wsol_cam", "wsol_gradcam", "wsol_layercam"]
+    from research import comparisons
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scored again")
+    with monkeypatch.context() as m:
+        m.setattr(comparisons, "wsol_report", refuse)
+        assert iou.main([*argv, "--scores", "reuse"]) == 0
+    assert (tmp_path / "report" / "extractors.csv").read_text() == table
     # --wsol --extractor reads the same maps as the comparison's row
     assert iou.main(["--wsol", "--extractor", "gradcam", "--device", "cpu", "--n_threshold", "6",
                      "--faith_steps", "2"]) == 0

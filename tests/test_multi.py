@@ -251,6 +251,18 @@ def test_semseg_report_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     assert {"test_map", "test_f1"} <= set(metrics) and metrics["best_val_by"] == "mAP"
     assert iou.main(["--semseg", "--crf", "--runs", "ml", "--n_threshold", "10", "--no_msf"]) == 0
     one_scale = (tmp_path / "report/semseg.csv").read_text().splitlines()
+    # --scores reuse: the run's reports at that scale kept once, then read, not scored again
+    assert iou.main(["--semseg", "--crf", "--runs", "ml", "--n_threshold", "10", "--no_msf", "--scores", "reuse"]) == 0
+    assert [p.name.split("-")[0] for p in (tmp_path / "report/scores/ml").iterdir()] == ["semseg_1scale"]
+    from research import comparisons
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scored again")
+    with monkeypatch.context() as m:
+        m.setattr(comparisons, "semseg_variants", refuse)
+        assert iou.main(["--semseg", "--crf", "--runs", "ml", "--n_threshold", "10", "--no_msf", "--scores",
+                         "reuse"]) == 0
+    assert (tmp_path / "report/semseg.csv").read_text().splitlines() == one_scale
     # both scales at once: the one-scale table is the --no_msf one, and what each adds is paired per run
     assert iou.main(["--semseg", "--crf", "--runs", "ml", "sl", "--n_threshold", "10", "--both_scales"]) == 0
     both = (tmp_path / "report/semseg_1scale.csv").read_text().splitlines()

@@ -51,7 +51,35 @@ def test_the_sweep_is_scored_without_faithfulness_and_says_so(monkeypatch) -> No
     monkeypatch.setattr(comparisons, "run_sweep", stop)
     with pytest.raises(CamlabError, match="stop here"):
         sweep.write()
-    assert seen["faith_steps"] == 0 and seen["seeds"] == (0,)
+    assert seen["faith_steps"] == 0 and seen["seeds"] == (0,) and seen["scores"] == "reuse"
+
+
+@pytest.mark.parametrize("table", ["methods", "extractors", "semseg", "semseg_rw"])
+def test_the_comparisons_reuse_their_scored_reports_unless_rescore(tmp_path, monkeypatch, table) -> None:
+    """Like its runs, a table's scored reports are reused (report/scores/); --rescore scores
+    every one again, and the table's command (the manifest's) is the same either way."""
+    monkeypatch.chdir(tmp_path)  # nothing is trained: the flags are caught before the command runs
+    seen = []
+    parse = publish._iou_args
+
+    def caught(argv):
+        args = parse(argv)
+        seen.append(args.scores)
+        raise CamlabError("stop here")
+    monkeypatch.setattr(publish, "_iou_args", caught)
+    rescored = {t.name: t for t in publish.make_plan(publish.PlanSettings(scores="rescore"))}
+    for plan in (publish.TABLES, rescored):
+        with pytest.raises(CamlabError, match="stop here"):
+            plan[table].write()
+    assert seen == ["reuse", "rescore"] and rescored[table].command == publish.TABLES[table].command
+    assert "--scores" not in publish.TABLES[table].command
+    called = {}
+    monkeypatch.setattr(publish, "publish", lambda names, plan: called.update(names=names, plan=plan))
+    assert publish.cli(["--tables", table, "--rescore"]) == 0
+    assert called["names"] == [table]
+    with pytest.raises(CamlabError, match="stop here"):
+        {t.name: t for t in called["plan"]}[table].write()
+    assert seen[-1] == "rescore" and not any(tmp_path.iterdir())
 
 
 def test_the_estimate_uses_this_machines_runs_of_the_same_kind() -> None:
