@@ -3,7 +3,6 @@ a report is reused only for the same run, settings, device and code; a damaged f
 again; a file system fault keeps the report; off writes nothing."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
 
@@ -100,11 +99,13 @@ def test_a_folder_that_cannot_be_written_keeps_the_report_and_says_so(run, capsy
 
 def test_the_methods_tables_cam_report_is_the_extractors_tables(run, monkeypatch) -> None:
     """The methods comparison's report of ``methods_cam_s0`` and the extractors comparison's CAM
-    report of the same run are one file: the second table reads it without loading the run."""
+    report of the same run, its test split read whole, are one file: the second table reads it
+    without loading the run. Asked to stream the split, it scores again (a streamed report has no
+    mean IoU)."""
     (run / "checkpoints" / "methods_cam_s0").mkdir()
     (run / "checkpoints" / "methods_cam_s0" / "metrics.json").write_text("{}")
     base = train.RunConfig(epochs=1, img_size=32, weights="none", device="cpu")
-    cam = dataclasses.replace(comparisons.method_configs(base)[0])
+    cam = comparisons.method_configs(base)[0]
     assert cam.exp_id == "methods_cam_s0"
     monkeypatch.setattr(comparisons, "trained", lambda cfg: {})
     monkeypatch.setattr(comparisons, "method_configs", lambda *a, **k: [cam])
@@ -115,7 +116,38 @@ def test_the_methods_tables_cam_report_is_the_extractors_tables(run, monkeypatch
         raise AssertionError("scored again")
     monkeypatch.setattr(comparisons, "wsol_report", refuse)
     monkeypatch.setattr(comparisons.Experiment, "load", refuse)
-    [again] = comparisons.extractor_reports(base, n_threshold=6, extractors=("cam",), faith_steps=2, scores="reuse")
+    [again] = comparisons.extractor_reports(base, n_threshold=6, extractors=("cam",), faith_steps=2, scores="reuse",
+                                            in_memory="always")
     assert again == {**report, "method": "CAM"} and report["pxap"] == 0.75
-    with pytest.raises(AssertionError, match="scored again"):  # other settings: not the same report
-        comparisons.extractor_reports(base, n_threshold=7, extractors=("cam",), faith_steps=2, scores="reuse")
+    for other in (dict(n_threshold=7), dict(in_memory="never")):
+        with pytest.raises(AssertionError, match="scored again"):
+            comparisons.extractor_reports(base, **{"n_threshold": 6, "in_memory": "always", **other},
+                                          extractors=("cam",), faith_steps=2, scores="reuse")
+
+
+def test_a_file_the_scoring_makes_and_the_libraries_are_in_the_key(run, monkeypatch) -> None:
+    """The random walk's affinity network (trained by the first scoring) keys its reports: the
+    key is taken again after scoring, so the next pass reuses it, and a network trained again
+    scores again; so does another version of a library."""
+    net = run / "checkpoints" / "r" / "affinity.pth"
+    calls = []
+
+    def walk() -> dict:
+        calls.append(1)
+        if not net.exists():
+            net.write_bytes(b"weights 1")
+        return {"miou": 0.25}
+    for _ in range(2):
+        assert comparisons.scored("r", "semseg_1scale", {}, "cpu", walk, "reuse", depends=("affinity.pth",)) == {
+            "miou": 0.25}
+    assert len(calls) == 1
+    net.write_bytes(b"weights 2")
+    comparisons.scored("r", "semseg_1scale", {}, "cpu", walk, "reuse", depends=("affinity.pth",))
+    assert len(calls) == 2
+    real = comparisons._version
+    monkeypatch.setattr(comparisons, "_version", lambda name: "0.0" if name == "torchcam" else real(name))
+    comparisons.scored("r", "semseg_1scale", {}, "cpu", walk, "reuse", depends=("affinity.pth",))
+    assert len(calls) == 3
+    key = comparisons.score_key("r", "semseg_1scale", {}, "cpu", ("affinity.pth",))
+    assert key["libraries"]["torchcam"] == "0.0" and key["libraries"]["numpy"] == __import__("numpy").__version__
+    assert key["files"] == {"affinity.pth": __import__("hashlib").sha256(b"weights 2").hexdigest()}
