@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import re
 import shutil
@@ -31,7 +30,8 @@ from camlab import tables
 from camlab.runs import read_metrics
 from camlab.utils import CHECKPOINT_DIR, REPORT_DIR, VISUALIZE_DIR, CamlabError, OneLineParser, atomic_write_text, run_cli
 from research import comparisons
-from research.comparisons import base_run, method_configs, run_prefix, semseg_configs, sweep_bases, sweep_prefix, trained
+from research.comparisons import (base_run, digest, method_configs, run_prefix, semseg_configs, sweep_bases,
+                                  sweep_prefix, trained)
 
 PUBLISHED_DIR = REPORT_DIR / "published"
 MANIFEST = "manifest.json"
@@ -124,7 +124,7 @@ class PlanSettings:
     extra: tuple[str, ...] = ()  # main.py's and iou.py's
     extra_iou: tuple[str, ...] = ()  # iou.py's alone
     # how the comparisons' scored reports are reused (iou.py --scores): like runs, by default
-    # (report/scores/); ``--rescore`` scores every one again (the check that a pass rewrites each file)
+    # (report/scores/); ``--rescore`` scores every one again and replaces what was kept
     scores: str = "reuse"
 
 
@@ -318,8 +318,6 @@ class Progress:
 
 
 # -------------------------------------------------------------------------- writing the files
-def digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def publish_files(written: dict[str, Path], out_dir: Path) -> dict[str, str]:
@@ -423,8 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", action="store_true", help="list the tables, their commands and runs, and stop")
     p.add_argument("--rescore", action="store_true",
                    help="score every comparison's runs again instead of reusing the reports kept under "
-                        "report/scores/ (same run, settings and code): the pass that checks each file is rewritten "
-                        "identically")
+                        "report/scores/ (same run, settings and code), and keep the new ones")
     p.add_argument("--quote", action="store_true",
                    help="only refresh the README's and docs/' quoted blocks (<!-- published: FILE [table N] -->) "
                         "from report/published/")
